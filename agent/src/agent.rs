@@ -1,0 +1,221 @@
+//! The agent's life: checks, load, read events, serve, shut down cleanly.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use aya::maps::{MapData, RingBuf};
+use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
+
+use crate::{
+    capture::{event::decode, monotonic_ns, Tracker, TrackerOptions},
+    config::Config,
+    metrics::{Metrics, ProbeLabels, ReasonLabels},
+    preflight,
+    probes::{self, HookStatus, KernelCounters, LoadOptions, Need},
+    server,
+};
+
+/// The reader drains the ring buffer at least this often: the kernel wakes it only when
+/// `wakeup_bytes` are waiting, so quiet periods are picked up by this timer.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
+const STATS_INTERVAL: Duration = Duration::from_secs(1);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let report = preflight::run();
+    eprint!("{}", report.render());
+    report.check()?;
+    raise_memlock_limit();
+
+    // Bind before loading anything, so a busy port fails fast and leaves nothing behind.
+    let listener = if config.check_only {
+        None
+    } else {
+        Some(TcpListener::bind(config.listen).await.with_context(|| {
+            format!(
+                "cannot listen on {} (choose another address with --listen or NODETAP_LISTEN)",
+                config.listen
+            )
+        })?)
+    };
+
+    let tracefs = report.tracefs.clone().expect("checked above");
+    let loaded = probes::load(&LoadOptions {
+        tracefs: &tracefs,
+        capture_len: config.capture_bytes,
+        ringbuf_bytes: config.ringbuf_bytes,
+        wakeup_bytes: config.wakeup_bytes,
+    });
+    let mut probes = match loaded {
+        Ok(p) => {
+            eprint!("{}", render_hooks(&p.hooks));
+            p
+        }
+        Err((e, hooks)) => {
+            eprint!("{}", render_hooks(&hooks));
+            return Err(e).context("nodetap cannot capture without its kernel hooks");
+        }
+    };
+    if config.check_only {
+        eprintln!("  result:        all required hooks attached; exiting (--check)");
+        return Ok(());
+    }
+
+    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    for hook in &probes.hooks {
+        metrics
+            .probe_attached
+            .get_or_create(&ProbeLabels {
+                probe: hook.tracepoint.clone(),
+                required: if hook.need == Need::Required {
+                    "true"
+                } else {
+                    "false"
+                },
+            })
+            .set(i64::from(hook.error.is_none()));
+    }
+    metrics.ringbuf_size.set(i64::from(config.ringbuf_bytes));
+    let (ring, counters) = probes.take_maps()?;
+    let tracker = Tracker::new(
+        metrics.clone(),
+        &config.procfs,
+        TrackerOptions {
+            idle_timeout_ns: config.connection_idle_timeout.as_nanos() as u64,
+            max_connections: config.max_connections,
+        },
+    );
+    let reader = tokio::spawn(read_events(ring, counters, tracker, metrics.clone()));
+
+    let listener = listener.expect("bound above");
+    log::info!(
+        "serving metrics on http://{}/metrics",
+        listener.local_addr().unwrap_or(config.listen)
+    );
+    axum::serve(listener, server::router(metrics))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("metrics endpoint failed")?;
+
+    log::info!("shutting down: detaching kernel programs");
+    reader.abort();
+    let _ = reader.await;
+    // Dropping the programs closes their links: nothing stays attached.
+    drop(probes);
+    Ok(())
+}
+
+fn render_hooks(hooks: &[HookStatus]) -> String {
+    let mut s = String::new();
+    for h in hooks {
+        let need = if h.need == Need::Required {
+            "required"
+        } else {
+            "optional"
+        };
+        match &h.error {
+            None => s.push_str(&format!("  hook:          {} attached\n", h.tracepoint)),
+            Some(e) => {
+                let level = if h.need == Need::Required {
+                    "FAILED"
+                } else {
+                    "WARNING: not attached"
+                };
+                s.push_str(&format!(
+                    "  hook:          {} {level} ({need}): {e}\n",
+                    h.tracepoint
+                ));
+            }
+        }
+    }
+    s
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; later ones ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels since 5.11");
+    }
+}
+
+async fn read_events(
+    ring: RingBuf<MapData>,
+    counters: KernelCounters,
+    mut tracker: Tracker,
+    metrics: Arc<Metrics>,
+) {
+    // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd
+    // stays open for as long as it is registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error!("cannot poll the event ring buffer: {e}");
+            return;
+        }
+    };
+    let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
+    let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut lost_seen = [0u64; agent_common::DROP_REASONS];
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                match guard {
+                    Ok(mut guard) => {
+                        drain(guard.get_inner_mut(), &mut tracker, &metrics);
+                        guard.clear_ready();
+                    }
+                    Err(e) => {
+                        log::error!("polling the event ring buffer failed: {e}");
+                        return;
+                    }
+                }
+            }
+            _ = drain_tick.tick() => drain(ring.get_mut(), &mut tracker, &metrics),
+            _ = stats_tick.tick() => {
+                for (i, (reason, total)) in counters.drops().into_iter().enumerate() {
+                    let delta = total.saturating_sub(lost_seen[i]);
+                    if delta > 0 {
+                        lost_seen[i] = total;
+                        if reason.loses_event() {
+                            log::warn!("{delta} kernel events lost ({})", reason.label());
+                        }
+                    }
+                    metrics.events_lost.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(delta);
+                }
+                metrics.ringbuf_waiting.set(counters.ringbuf_waiting() as i64);
+            }
+            _ = sweep_tick.tick() => {
+                tracker.sweep(monotonic_ns());
+            }
+        }
+    }
+}
+
+fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, metrics: &Metrics) {
+    while let Some(record) = ring.next() {
+        match decode(&record) {
+            Ok(event) => tracker.handle(&event),
+            Err(e) => {
+                metrics.events_undecodable.inc();
+                log::debug!("undecodable event: {e}");
+            }
+        }
+    }
+}

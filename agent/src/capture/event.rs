@@ -1,0 +1,272 @@
+//! Decoding ring buffer records into events. Pure: bytes in, an event or an error out.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::{
+    Direction, EventHeader, EventKind, Role, SockTuple, Syscall, AF_INET, AF_INET6, HEADER_LEN,
+};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("record of {len} bytes is shorter than an event header")]
+    Short { len: usize },
+    #[error("unknown event kind {kind}")]
+    Kind { kind: u8 },
+    #[error("data event with unknown syscall {syscall}")]
+    Syscall { syscall: u8 },
+    #[error("event says {captured} payload bytes but the record holds {available}")]
+    Payload { captured: usize, available: usize },
+}
+
+/// A TCP connection's two ends, seen from the socket's owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Endpoints {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+}
+
+impl Endpoints {
+    pub fn from_tuple(t: &SockTuple) -> Option<Self> {
+        let (local, remote): (IpAddr, IpAddr) = match t.family {
+            AF_INET => {
+                let l: [u8; 4] = t.local_addr[..4].try_into().ok()?;
+                let r: [u8; 4] = t.remote_addr[..4].try_into().ok()?;
+                (Ipv4Addr::from(l).into(), Ipv4Addr::from(r).into())
+            }
+            AF_INET6 => (
+                Ipv6Addr::from(t.local_addr).into(),
+                Ipv6Addr::from(t.remote_addr).into(),
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            local: SocketAddr::new(local, t.local_port),
+            remote: SocketAddr::new(remote, t.remote_port),
+        })
+    }
+}
+
+/// Fields every event has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Common {
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub sock_id: u64,
+    pub cgroup_id: u64,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    pub comm: [u8; 16],
+    pub endpoints: Option<Endpoints>,
+}
+
+impl Common {
+    /// The process name, as the kernel's NUL-padded comm.
+    pub fn comm(&self) -> &str {
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    Data {
+        common: Common,
+        syscall: Syscall,
+        direction: Direction,
+        /// Bytes the syscall moved.
+        bytes: u64,
+        /// The copied prefix (at most `bytes` long).
+        payload: &'a [u8],
+    },
+    Open {
+        common: Common,
+        role: Role,
+    },
+    Close {
+        common: Common,
+    },
+    FdClose {
+        common: Common,
+    },
+}
+
+impl Event<'_> {
+    pub fn kind_label(&self) -> &'static str {
+        match self {
+            Event::Data { .. } => "data",
+            Event::Open { .. } => "open",
+            Event::Close { .. } => "close",
+            Event::FdClose { .. } => "fd_close",
+        }
+    }
+}
+
+pub const EVENT_KINDS: [&str; 4] = ["data", "open", "close", "fd_close"];
+
+/// Decodes one ring buffer record.
+pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
+    if record.len() < HEADER_LEN {
+        return Err(DecodeError::Short { len: record.len() });
+    }
+    // SAFETY: EventHeader is repr(C) plain data of HEADER_LEN bytes; read_unaligned
+    // copes with any alignment of the record.
+    let h: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let common = Common {
+        pid: h.pid,
+        tid: h.tid,
+        fd: h.fd,
+        sock_id: h.sock_id,
+        cgroup_id: h.cgroup_id,
+        enter_ns: h.enter_ns,
+        exit_ns: h.exit_ns,
+        comm: h.comm,
+        endpoints: Endpoints::from_tuple(&h.tuple),
+    };
+    match EventKind::from_u8(h.kind) {
+        Some(EventKind::Data) => {
+            let syscall =
+                Syscall::from_u8(h.syscall).ok_or(DecodeError::Syscall { syscall: h.syscall })?;
+            let captured = h.captured as usize;
+            let payload =
+                record
+                    .get(HEADER_LEN..HEADER_LEN + captured)
+                    .ok_or(DecodeError::Payload {
+                        captured,
+                        available: record.len() - HEADER_LEN,
+                    })?;
+            Ok(Event::Data {
+                common,
+                syscall,
+                direction: syscall.direction(),
+                bytes: h.bytes,
+                payload,
+            })
+        }
+        Some(EventKind::Open) => Ok(Event::Open {
+            common,
+            role: match h.role {
+                1 => Role::Client,
+                2 => Role::Server,
+                _ => Role::Unknown,
+            },
+        }),
+        Some(EventKind::Close) => Ok(Event::Close { common }),
+        Some(EventKind::FdClose) => Ok(Event::FdClose { common }),
+        None => Err(DecodeError::Kind { kind: h.kind }),
+    }
+}
+
+#[cfg(test)]
+pub mod tests {
+    use super::*;
+
+    /// Encodes a header (and payload) as the kernel lays it out.
+    pub fn record(h: &EventHeader, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; HEADER_LEN];
+        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), *h) };
+        v.extend_from_slice(payload);
+        v
+    }
+
+    pub fn header(kind: EventKind) -> EventHeader {
+        let mut tuple = SockTuple {
+            family: AF_INET,
+            local_port: 40000,
+            remote_port: 6379,
+            ..Default::default()
+        };
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        let mut comm = [0u8; 16];
+        comm[..5].copy_from_slice(b"redis");
+        EventHeader {
+            kind: kind as u8,
+            direction: 0,
+            syscall: 0,
+            role: 0,
+            fd: 7,
+            pid: 100,
+            tid: 101,
+            sock_id: 0xffff_8880_0000_1000,
+            cgroup_id: 1,
+            enter_ns: 10,
+            exit_ns: 20,
+            bytes: 0,
+            captured: 0,
+            _pad: 0,
+            comm,
+            tuple,
+        }
+    }
+
+    #[test]
+    fn decodes_a_data_event_with_its_payload() {
+        let mut h = header(EventKind::Data);
+        h.syscall = Syscall::Write as u8;
+        h.bytes = 1000;
+        h.captured = 3;
+        let rec = record(&h, b"SET");
+        let Event::Data {
+            common,
+            syscall,
+            direction,
+            bytes,
+            payload,
+        } = decode(&rec).unwrap()
+        else {
+            panic!("not a data event");
+        };
+        assert_eq!(
+            (syscall, direction, bytes, payload),
+            (Syscall::Write, Direction::Transmit, 1000, &b"SET"[..])
+        );
+        assert_eq!(common.comm(), "redis");
+        assert_eq!(
+            common.endpoints.unwrap().remote,
+            "127.0.0.2:6379".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn rejects_short_and_inconsistent_records() {
+        assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short { len: 10 }));
+        let mut h = header(EventKind::Data);
+        h.syscall = Syscall::Read as u8;
+        h.captured = 50;
+        assert!(matches!(
+            decode(&record(&h, b"abc")),
+            Err(DecodeError::Payload { .. })
+        ));
+        let mut bad = header(EventKind::Data);
+        bad.kind = 99;
+        assert_eq!(
+            decode(&record(&bad, b"")),
+            Err(DecodeError::Kind { kind: 99 })
+        );
+    }
+
+    #[test]
+    fn ipv6_endpoints() {
+        let mut h = header(EventKind::Open);
+        h.role = Role::Server as u8;
+        h.tuple.family = AF_INET6;
+        h.tuple.local_addr = Ipv6Addr::LOCALHOST.octets();
+        h.tuple.remote_addr = Ipv6Addr::LOCALHOST.octets();
+        let Event::Open { common, role } = decode(&record(&h, b"")).unwrap() else {
+            panic!("not an open event");
+        };
+        assert_eq!(role, Role::Server);
+        assert_eq!(
+            common.endpoints.unwrap().local,
+            "[::1]:40000".parse::<SocketAddr>().unwrap()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = decode(&data);
+        }
+    }
+}

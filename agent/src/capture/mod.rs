@@ -1,0 +1,367 @@
+//! Capture: decoded kernel events into a connection table and per-workload TCP metrics.
+
+pub mod event;
+pub mod listeners;
+
+use std::{collections::HashMap, sync::Arc};
+
+use agent_common::{Direction, Role};
+
+use crate::metrics::{
+    ConnectionLabels, KindLabels, Metrics, Name, TcpBytesLabels, TcpSyscallLabels,
+};
+use event::{Common, Endpoints, Event};
+use listeners::Listeners;
+
+pub fn role_label(role: Role) -> &'static str {
+    match role {
+        Role::Client => "client",
+        Role::Server => "server",
+        Role::Unknown => "unknown",
+    }
+}
+
+pub fn direction_label(direction: Direction) -> &'static str {
+    match direction {
+        Direction::Transmit => "transmit",
+        Direction::Receive => "receive",
+    }
+}
+
+/// A TCP connection as the agent knows it.
+#[derive(Debug)]
+pub struct Connection {
+    pub endpoints: Option<Endpoints>,
+    pub role: Role,
+    /// The process that opened it (or was first seen using it).
+    pub pid: u32,
+    pub service: Name,
+    pub cgroup_id: u64,
+    /// Whether the agent saw it open (connect or accept) rather than mid-life.
+    pub seen_open: bool,
+    pub last_ns: u64,
+    /// Bytes and data syscalls, indexed by `Direction as usize`.
+    pub bytes: [u64; 2],
+    pub calls: [u64; 2],
+}
+
+pub struct TrackerOptions {
+    pub idle_timeout_ns: u64,
+    pub max_connections: usize,
+}
+
+/// The connection table: socket identity to connection, and (pid, fd) to socket.
+pub struct Tracker {
+    metrics: Arc<Metrics>,
+    conns: HashMap<u64, Connection>,
+    fds: HashMap<(u32, i32), u64>,
+    listeners: Listeners,
+    services: HashMap<[u8; 16], Name>,
+    opts: TrackerOptions,
+}
+
+impl Tracker {
+    pub fn new(metrics: Arc<Metrics>, procfs: &std::path::Path, opts: TrackerOptions) -> Self {
+        Self {
+            metrics,
+            conns: HashMap::new(),
+            fds: HashMap::new(),
+            listeners: Listeners::new(procfs),
+            services: HashMap::new(),
+            opts,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn get(&self, sock_id: u64) -> Option<&Connection> {
+        self.conns.get(&sock_id)
+    }
+
+    /// The socket behind a process's file descriptor, if it is a tracked TCP connection.
+    pub fn by_fd(&self, pid: u32, fd: i32) -> Option<&Connection> {
+        self.fds.get(&(pid, fd)).and_then(|id| self.conns.get(id))
+    }
+
+    /// Interned service name for a comm: one allocation per distinct process name.
+    fn service(&mut self, common: &Common) -> Name {
+        if let Some(name) = self.services.get(&common.comm) {
+            return name.clone();
+        }
+        if self.services.len() > 65536 {
+            self.services.clear();
+        }
+        let name = Name::new(common.comm());
+        self.services.insert(common.comm, name.clone());
+        name
+    }
+
+    pub fn handle(&mut self, event: &Event<'_>) {
+        self.metrics
+            .events
+            .get_or_create(&KindLabels {
+                kind: event.kind_label(),
+            })
+            .inc();
+        match *event {
+            Event::Open { common, role } => self.on_open(&common, role),
+            Event::Data {
+                common,
+                syscall,
+                direction,
+                bytes,
+                ..
+            } => {
+                let service = self.service(&common);
+                let role = self.on_data(&common, direction, bytes, &service);
+                let role = role_label(role);
+                let direction = direction_label(direction);
+                self.metrics
+                    .tcp_bytes
+                    .get_or_create(&TcpBytesLabels {
+                        direction,
+                        role,
+                        service_name: service.clone(),
+                    })
+                    .inc_by(bytes);
+                self.metrics
+                    .tcp_syscalls
+                    .get_or_create(&TcpSyscallLabels {
+                        direction,
+                        role,
+                        syscall: syscall.name(),
+                        service_name: service,
+                    })
+                    .inc();
+            }
+            Event::Close { common } => self.on_close(&common),
+            Event::FdClose { common } => {
+                self.fds.remove(&(common.pid, common.fd));
+            }
+        }
+        self.metrics
+            .connections_tracked
+            .set(self.conns.len() as i64);
+    }
+
+    fn on_open(&mut self, common: &Common, role: Role) {
+        let service = self.service(common);
+        self.metrics
+            .tcp_opened
+            .get_or_create(&ConnectionLabels {
+                role: role_label(role),
+                service_name: service.clone(),
+            })
+            .inc();
+        // A socket address seen again means its previous close was lost: replace it.
+        let conn = Connection {
+            endpoints: common.endpoints,
+            role,
+            pid: common.pid,
+            service,
+            cgroup_id: common.cgroup_id,
+            seen_open: true,
+            last_ns: common.exit_ns,
+            bytes: [0; 2],
+            calls: [0; 2],
+        };
+        self.insert(common, conn);
+    }
+
+    fn insert(&mut self, common: &Common, conn: Connection) {
+        if !self.conns.contains_key(&common.sock_id)
+            && self.conns.len() >= self.opts.max_connections
+        {
+            self.sweep(common.exit_ns);
+            if self.conns.len() >= self.opts.max_connections {
+                self.metrics.connections_untracked.inc();
+                return;
+            }
+        }
+        self.conns.insert(common.sock_id, conn);
+        self.fds.insert((common.pid, common.fd), common.sock_id);
+    }
+
+    /// Updates the connection for a data event and returns its role.
+    fn on_data(
+        &mut self,
+        common: &Common,
+        direction: Direction,
+        bytes: u64,
+        service: &Name,
+    ) -> Role {
+        if !self.conns.contains_key(&common.sock_id) {
+            // A connection that predates the agent (or whose open was lost).
+            let role = match common.endpoints {
+                Some(ep)
+                    if self
+                        .listeners
+                        .is_listening(common.pid, ep.local.port(), common.exit_ns) =>
+                {
+                    Role::Server
+                }
+                Some(_) => Role::Client,
+                None => Role::Unknown,
+            };
+            let conn = Connection {
+                endpoints: common.endpoints,
+                role,
+                pid: common.pid,
+                service: service.clone(),
+                cgroup_id: common.cgroup_id,
+                seen_open: false,
+                last_ns: common.exit_ns,
+                bytes: [0; 2],
+                calls: [0; 2],
+            };
+            self.insert(common, conn);
+            if !self.conns.contains_key(&common.sock_id) {
+                return role;
+            }
+        }
+        let conn = self.conns.get_mut(&common.sock_id).expect("inserted above");
+        conn.bytes[direction as usize] += bytes;
+        conn.calls[direction as usize] += 1;
+        conn.last_ns = common.exit_ns;
+        let role = conn.role;
+        self.fds
+            .entry((common.pid, common.fd))
+            .or_insert(common.sock_id);
+        role
+    }
+
+    fn on_close(&mut self, common: &Common) {
+        let Some(conn) = self.conns.remove(&common.sock_id) else {
+            return;
+        };
+        self.metrics
+            .tcp_closed
+            .get_or_create(&ConnectionLabels {
+                role: role_label(conn.role),
+                service_name: conn.service.clone(),
+            })
+            .inc();
+        self.fds.retain(|_, id| *id != common.sock_id);
+    }
+
+    /// Removes connections idle for longer than the timeout (their close was lost, or
+    /// they are idle keep-alives that will be re-learned on their next byte).
+    pub fn sweep(&mut self, now_ns: u64) -> usize {
+        let timeout = self.opts.idle_timeout_ns;
+        let before = self.conns.len();
+        self.conns
+            .retain(|_, c| now_ns.saturating_sub(c.last_ns) < timeout);
+        let expired = before - self.conns.len();
+        if expired > 0 {
+            let conns = &self.conns;
+            self.fds.retain(|_, id| conns.contains_key(id));
+            self.metrics.connections_expired.inc_by(expired as u64);
+        }
+        self.metrics
+            .connections_tracked
+            .set(self.conns.len() as i64);
+        expired
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so kernel and agent times compare.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capture::event::{decode, tests as ev};
+    use agent_common::{EventKind, Syscall};
+
+    fn tracker(max: usize) -> (Tracker, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new("test"));
+        let t = Tracker::new(
+            metrics.clone(),
+            std::path::Path::new("/nonexistent"),
+            TrackerOptions {
+                idle_timeout_ns: 1_000,
+                max_connections: max,
+            },
+        );
+        (t, metrics)
+    }
+
+    fn feed(t: &mut Tracker, h: &agent_common::EventHeader, payload: &[u8]) {
+        let rec = ev::record(h, payload);
+        t.handle(&decode(&rec).unwrap());
+    }
+
+    #[test]
+    fn counts_bytes_by_role_and_closes() {
+        let (mut t, m) = tracker(10);
+        let mut open = ev::header(EventKind::Open);
+        open.role = Role::Client as u8;
+        feed(&mut t, &open, b"");
+        for (syscall, bytes) in [
+            (Syscall::Write, 100),
+            (Syscall::Sendmsg, 20),
+            (Syscall::Read, 7),
+        ] {
+            let mut d = ev::header(EventKind::Data);
+            d.syscall = syscall as u8;
+            d.bytes = bytes;
+            feed(&mut t, &d, b"");
+        }
+        let conn = t.by_fd(100, 7).unwrap();
+        assert_eq!(
+            (conn.bytes, conn.calls, conn.role),
+            ([120, 7], [2, 1], Role::Client)
+        );
+        let text = m.encode();
+        assert!(text.contains("nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"redis\"} 120\n"), "{text}");
+        assert!(text.contains("nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 7\n"), "{text}");
+        feed(&mut t, &ev::header(EventKind::Close), b"");
+        assert!(t.is_empty() && t.by_fd(100, 7).is_none());
+        let text = m.encode();
+        assert!(
+            text.contains(
+                "nodetap_tcp_connections_closed_total{role=\"client\",service_name=\"redis\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nodetap_tcp_connections_opened_total{role=\"client\",service_name=\"redis\"} 1\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn idle_connections_age_out_and_the_table_is_bounded() {
+        let (mut t, m) = tracker(2);
+        for i in 0..5u64 {
+            let mut d = ev::header(EventKind::Data);
+            d.syscall = Syscall::Read as u8;
+            d.bytes = 1;
+            d.sock_id = i;
+            d.exit_ns = 10;
+            feed(&mut t, &d, b"");
+        }
+        // Two fit; the other three are counted as untracked but their bytes still count.
+        assert_eq!(t.len(), 2);
+        assert_eq!(m.connections_untracked.get(), 3);
+        assert!(m.encode().contains("nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 5\n"));
+        assert_eq!(t.sweep(10 + 1_000), 2);
+        assert_eq!(m.connections_expired.get(), 2);
+        assert!(t.is_empty() && t.fds.is_empty());
+    }
+}

@@ -1,0 +1,247 @@
+//! Configuration: defaults, overridden by an optional TOML file, overridden by
+//! `NODETAP_*` environment variables, overridden by flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use agent_common::{DEFAULT_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MIN_CAPTURE};
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 262_144;
+/// Ring buffer bytes that must be waiting before the kernel wakes the agent.
+pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
+
+/// Command line. Every flag also reads a `NODETAP_*` environment variable.
+#[derive(Debug, Default, Parser)]
+#[command(name = "nodetap", version, about = "eBPF node telemetry agent")]
+pub struct Cli {
+    /// TOML configuration file (keys as the long flags, with underscores).
+    #[arg(long, env = "NODETAP_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address of the Prometheus endpoint [default: 0.0.0.0:9464].
+    #[arg(long, env = "NODETAP_LISTEN", value_name = "ADDR:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Payload bytes copied per syscall, 256 to 4096 [default: 512].
+    #[arg(long, env = "NODETAP_CAPTURE_BYTES", value_name = "BYTES")]
+    pub capture_bytes: Option<u32>,
+    /// Size of the kernel-to-agent ring buffer, a power of two [default: 16 MiB].
+    #[arg(long, env = "NODETAP_RINGBUF_BYTES", value_name = "BYTES")]
+    pub ringbuf_bytes: Option<u32>,
+    /// Seconds without traffic after which a connection leaves the table [default: 600].
+    #[arg(long, env = "NODETAP_CONNECTION_IDLE_TIMEOUT", value_name = "SECONDS")]
+    pub connection_idle_timeout: Option<u64>,
+    /// Most connections tracked at once [default: 262144].
+    #[arg(long, env = "NODETAP_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Log level: error, warn, info, debug, trace [default: info].
+    #[arg(long, env = "NODETAP_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+    /// Run the start-up checks, load and attach every hook, print the report, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The configuration file. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub capture_bytes: Option<u32>,
+    pub ringbuf_bytes: Option<u32>,
+    pub connection_idle_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub log_level: Option<String>,
+}
+
+/// The configuration in force.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub capture_bytes: u32,
+    pub ringbuf_bytes: u32,
+    pub wakeup_bytes: u32,
+    pub connection_idle_timeout: Duration,
+    pub max_connections: usize,
+    pub log_level: log::LevelFilter,
+    pub procfs: PathBuf,
+    pub check_only: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad config file {path}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("bad value for {key}: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+impl Config {
+    /// Resolves flags and environment (already in `cli`) over the file over defaults.
+    pub fn resolve(cli: Cli) -> Result<Self, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => Self::read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::merge(cli, file)
+    }
+
+    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    pub fn merge(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
+        let listen = cli
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
+        let capture_bytes = cli
+            .capture_bytes
+            .or(file.capture_bytes)
+            .unwrap_or(DEFAULT_CAPTURE);
+        if !(MIN_CAPTURE..=MAX_CAPTURE as u32).contains(&capture_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "capture_bytes",
+                problem: format!("{capture_bytes} is outside {MIN_CAPTURE}..={MAX_CAPTURE}"),
+            });
+        }
+        let ringbuf_bytes = cli
+            .ringbuf_bytes
+            .or(file.ringbuf_bytes)
+            .unwrap_or(DEFAULT_RINGBUF_BYTES);
+        if !ringbuf_bytes.is_power_of_two() || !(64 * 1024..=1 << 30).contains(&ringbuf_bytes) {
+            return Err(ConfigError::Invalid {
+                key: "ringbuf_bytes",
+                problem: format!("{ringbuf_bytes} must be a power of two from 65536 to 1073741824"),
+            });
+        }
+        let idle = cli
+            .connection_idle_timeout
+            .or(file.connection_idle_timeout)
+            .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
+        if idle == 0 {
+            return Err(ConfigError::Invalid {
+                key: "connection_idle_timeout",
+                problem: "must be at least 1 second".into(),
+            });
+        }
+        let max_connections = cli
+            .max_connections
+            .or(file.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_connections",
+                problem: "must be at least 1".into(),
+            });
+        }
+        let level = cli
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info".into());
+        let log_level = level.parse().map_err(|_| ConfigError::Invalid {
+            key: "log_level",
+            problem: format!("{level:?} is not one of off, error, warn, info, debug, trace"),
+        })?;
+        Ok(Config {
+            listen,
+            capture_bytes,
+            ringbuf_bytes,
+            // Never wait for more than a quarter of the buffer before waking the reader.
+            wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(ringbuf_bytes / 4),
+            connection_idle_timeout: Duration::from_secs(idle),
+            max_connections,
+            log_level,
+            procfs: PathBuf::from("/proc"),
+            check_only: cli.check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str) -> Result<Config, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        Config::merge(Cli::default(), file).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = from_toml("").unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9464".parse().unwrap());
+        assert_eq!(c.capture_bytes, 512);
+        assert_eq!(c.ringbuf_bytes, 16 << 20);
+        assert_eq!(c.connection_idle_timeout, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn file_values_and_flags_over_file() {
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:1\"\ncapture_bytes = 1024\n").unwrap();
+        let cli = Cli {
+            capture_bytes: Some(2048),
+            ..Cli::default()
+        };
+        let c = Config::merge(cli, file).unwrap();
+        assert_eq!((c.listen.port(), c.capture_bytes), (1, 2048));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = from_toml("capture_byte = 300\n").unwrap_err();
+        assert!(err.contains("unknown field `capture_byte`"), "{err}");
+        let err = from_toml("capture_bytes = \"lots\"\n").unwrap_err();
+        assert!(err.contains("capture_bytes"), "{err}");
+        let err = from_toml("capture_bytes = 100\n").unwrap_err();
+        assert_eq!(
+            err,
+            "bad value for capture_bytes: 100 is outside 256..=4096"
+        );
+        let err = from_toml("ringbuf_bytes = 100000\n").unwrap_err();
+        assert!(err.starts_with("bad value for ringbuf_bytes"), "{err}");
+        let err = from_toml("log_level = \"loud\"\n").unwrap_err();
+        assert!(err.starts_with("bad value for log_level"), "{err}");
+    }
+
+    #[test]
+    fn env_and_flags_parse_through_clap() {
+        let cli = Cli::try_parse_from([
+            "nodetap",
+            "--listen",
+            "127.0.0.1:9999",
+            "--capture-bytes",
+            "300",
+        ])
+        .unwrap();
+        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!((c.listen.port(), c.capture_bytes), (9999, 300));
+        let err = Cli::try_parse_from(["nodetap", "--capture-bytes", "many"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--capture-bytes"), "{err}");
+    }
+}

@@ -1,0 +1,38 @@
+use clap::Parser;
+use nodetap::config::{Cli, Config};
+
+fn main() {
+    let cli = Cli::parse();
+    let config = match Config::resolve(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nodetap: {}", error_chain(&e));
+            std::process::exit(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(config.log_level)
+        .parse_env("RUST_LOG")
+        .format_timestamp_millis()
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(nodetap::agent::run(config)) {
+        eprintln!("nodetap: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

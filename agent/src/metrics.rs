@@ -1,0 +1,276 @@
+//! The agent's metric families, in one place, and their text exposition.
+//!
+//! Families are registered with prometheus-client, which writes OpenMetrics text; the
+//! endpoint serves the Prometheus text format 0.0.4 instead (what node_exporter serves and
+//! every scraper reads), so [`to_prometheus_text`] converts the few lines that differ.
+
+use std::{fmt, sync::Arc};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
+    registry::Registry,
+};
+
+/// A label value shared between many series without copying (service names, mostly).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(pub Arc<str>);
+
+impl Name {
+    pub fn new(s: &str) -> Self {
+        Name(Arc::from(s))
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl EncodeLabelValue for Name {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpBytesLabels {
+    pub direction: &'static str,
+    pub role: &'static str,
+    pub service_name: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpSyscallLabels {
+    pub direction: &'static str,
+    pub role: &'static str,
+    pub syscall: &'static str,
+    pub service_name: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub role: &'static str,
+    pub service_name: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub probe: String,
+    pub required: &'static str,
+}
+
+/// Every family the agent serves (node collectors add theirs at encode time).
+pub struct Metrics {
+    registry: Registry,
+    pub tcp_bytes: Family<TcpBytesLabels, Counter>,
+    pub tcp_syscalls: Family<TcpSyscallLabels, Counter>,
+    pub tcp_opened: Family<ConnectionLabels, Counter>,
+    pub tcp_closed: Family<ConnectionLabels, Counter>,
+    pub events: Family<KindLabels, Counter>,
+    pub events_lost: Family<ReasonLabels, Counter>,
+    pub events_undecodable: Counter,
+    pub connections_tracked: Gauge,
+    pub connections_expired: Counter,
+    pub connections_untracked: Counter,
+    pub ringbuf_waiting: Gauge,
+    pub ringbuf_size: Gauge,
+    pub probe_attached: Family<ProbeLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(version: &str) -> Self {
+        let mut registry = Registry::default();
+        registry.register(
+            "nodetap_build",
+            "nodetap build information",
+            Info::new(vec![("version", version.to_owned())]),
+        );
+        let m = Metrics {
+            tcp_bytes: Family::default(),
+            tcp_syscalls: Family::default(),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            events: Family::default(),
+            events_lost: Family::default(),
+            events_undecodable: Counter::default(),
+            connections_tracked: Gauge::default(),
+            connections_expired: Counter::default(),
+            connections_untracked: Counter::default(),
+            ringbuf_waiting: Gauge::default(),
+            ringbuf_size: Gauge::default(),
+            probe_attached: Family::default(),
+            registry,
+        };
+        let mut r = m.registry;
+        r.register(
+            "nodetap_tcp_bytes",
+            "Bytes moved by TCP socket syscalls (their return values), by the process that made them",
+            m.tcp_bytes.clone(),
+        );
+        r.register(
+            "nodetap_tcp_syscalls",
+            "TCP socket data syscalls that moved at least one byte",
+            m.tcp_syscalls.clone(),
+        );
+        r.register(
+            "nodetap_tcp_connections_opened",
+            "TCP connections opened by connect (client) or accept (server)",
+            m.tcp_opened.clone(),
+        );
+        r.register(
+            "nodetap_tcp_connections_closed",
+            "Tracked TCP connections that reached TCP_CLOSE",
+            m.tcp_closed.clone(),
+        );
+        r.register(
+            "nodetap_events",
+            "Events received from the kernel, by kind",
+            m.events.clone(),
+        );
+        r.register(
+            "nodetap_events_lost",
+            "Kernel events lost (ringbuf_full, pending_map_full, socket_unreadable) or sent without payload (payload_unreadable), by reason",
+            m.events_lost.clone(),
+        );
+        r.register(
+            "nodetap_events_undecodable",
+            "Ring buffer records that did not decode as events",
+            m.events_undecodable.clone(),
+        );
+        r.register(
+            "nodetap_connections_tracked",
+            "TCP connections in the agent's connection table",
+            m.connections_tracked.clone(),
+        );
+        r.register(
+            "nodetap_connections_expired",
+            "Connections removed from the table after being idle (their close was not seen)",
+            m.connections_expired.clone(),
+        );
+        r.register(
+            "nodetap_connections_untracked",
+            "Connections not added to the table because it was full (their bytes are still counted)",
+            m.connections_untracked.clone(),
+        );
+        r.register(
+            "nodetap_ringbuf_waiting_bytes",
+            "Bytes waiting in the event ring buffer when the last event was written",
+            m.ringbuf_waiting.clone(),
+        );
+        r.register(
+            "nodetap_ringbuf_size_bytes",
+            "Size of the event ring buffer",
+            m.ringbuf_size.clone(),
+        );
+        r.register(
+            "nodetap_probe_attached",
+            "1 if the kernel hook attached at start-up, 0 if not",
+            m.probe_attached.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    /// The whole exposition in Prometheus text format 0.0.4.
+    pub fn encode(&self) -> String {
+        let mut open_metrics = String::with_capacity(16 * 1024);
+        // Writing to a String cannot fail.
+        let _ =
+            prometheus_client::encoding::text::encode_registry(&mut open_metrics, &self.registry);
+        to_prometheus_text(&open_metrics)
+    }
+}
+
+/// Converts prometheus-client's OpenMetrics text to the Prometheus text format 0.0.4:
+/// counters' HELP/TYPE lines name the `_total` series, `info` becomes a gauge named
+/// `_info`, `unknown` becomes `untyped`, and UNIT/EOF lines go.
+pub fn to_prometheus_text(open_metrics: &str) -> String {
+    let mut out = String::with_capacity(open_metrics.len());
+    let mut pending_help: Option<(&str, &str)> = None;
+    for line in open_metrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            pending_help = Some((name, text));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (series, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_owned(), "untyped"),
+                other => (name.to_owned(), other),
+            };
+            if let Some((help_name, text)) = pending_help.take() {
+                if help_name == name {
+                    out.push_str(&format!("# HELP {series} {text}\n"));
+                }
+            }
+            out.push_str(&format!("# TYPE {series} {kind}\n"));
+            continue;
+        }
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_open_metrics_to_prometheus_text() {
+        let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\n\
+                  a_bytes_total{x=\"1\"} 5\n# HELP b Info.\n# TYPE b info\nb_info{version=\"1\"} 1\n\
+                  # HELP h Latency.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total{x=\"1\"} 5\n\
+             # HELP b_info Info.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n\
+             # HELP h Latency.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n"
+        );
+    }
+
+    #[test]
+    fn exposes_build_info_and_tcp_bytes() {
+        let m = Metrics::new("9.9.9");
+        m.tcp_bytes
+            .get_or_create(&TcpBytesLabels {
+                direction: "transmit",
+                role: "client",
+                service_name: Name::new("curl"),
+            })
+            .inc_by(1234);
+        let text = m.encode();
+        assert!(
+            text.contains("nodetap_build_info{version=\"9.9.9\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"curl\"} 1234\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE nodetap_tcp_bytes_total counter\n"),
+            "{text}"
+        );
+        assert!(!text.contains("# EOF"));
+    }
+}
