@@ -1,0 +1,184 @@
+//! Start-up, configuration errors and clean shutdown of the real binary.
+
+use std::{
+    collections::BTreeSet,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use nodetap_tests::{ensure_root, nodetap_bin, Agent};
+use serde_json::Value;
+
+fn bpftool_json(what: &str) -> Value {
+    let out = Command::new("bpftool")
+        .args(["-j", what, "show"])
+        .output()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(out.status.success(), "bpftool {what} show failed");
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+/// Ids (`prog_id:` or `link_id:` lines) of the eBPF objects a process holds open, from
+/// /proc/<pid>/fdinfo: exact, and not confused by other agents running concurrently.
+fn held_by(pid: u32, key: &str) -> BTreeSet<u64> {
+    let mut ids = BTreeSet::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("fdinfo") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).unwrap_or_default();
+        for line in text.lines() {
+            if let Some(id) = line.strip_prefix(key).and_then(|v| v.trim().parse().ok()) {
+                ids.insert(id);
+            }
+        }
+    }
+    ids
+}
+
+fn ids_in(what: &str, field: &str) -> BTreeSet<u64> {
+    bpftool_json(what)
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|o| o[field].as_u64())
+        .collect()
+}
+
+#[test]
+fn sigterm_detaches_everything_and_exits_zero() {
+    let mut agent = Agent::start(&[]);
+    let pid = agent.process.pid();
+    let links = held_by(pid, "link_id:");
+    // 28 tracepoint programs (see probes::HOOKS), each attached through one link.
+    assert_eq!(links.len(), 28, "links held by the agent: {links:?}");
+    let ours: BTreeSet<u64> = bpftool_json("link")
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|l| l["id"].as_u64().is_some_and(|id| links.contains(&id)))
+        .filter_map(|l| l["prog_id"].as_u64())
+        .collect();
+    assert_eq!(
+        ours.len(),
+        28,
+        "programs behind the agent's links: {ours:?}"
+    );
+    assert!(
+        ours.is_subset(&ids_in("prog", "id")),
+        "bpftool lists the programs"
+    );
+
+    agent.process.signal(libc::SIGTERM);
+    let code = agent.process.wait_timeout(Duration::from_secs(10));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit code after SIGTERM; output:\n{}",
+        agent.output()
+    );
+
+    let programs_left: Vec<u64> = ids_in("prog", "id").intersection(&ours).copied().collect();
+    assert!(
+        programs_left.is_empty(),
+        "programs still loaded: {programs_left:?}"
+    );
+    let links_left: Vec<u64> = ids_in("link", "id").intersection(&links).copied().collect();
+    assert!(
+        links_left.is_empty(),
+        "links still attached: {links_left:?}"
+    );
+}
+
+#[test]
+fn start_up_report_names_every_check_and_hook() {
+    let agent = Agent::start(&[]);
+    let out = agent.output();
+    for line in [
+        "kernel:",
+        "BTF:           yes",
+        "capabilities:",
+        "tracefs:",
+        "bpffs:",
+        "cgroup:",
+    ] {
+        assert!(out.contains(line), "report lacks {line:?}:\n{out}");
+    }
+    assert_eq!(
+        out.matches(" attached\n").count(),
+        28,
+        "every hook attached:\n{out}"
+    );
+    let text = agent.scrape();
+    assert_eq!(
+        text.matches("nodetap_probe_attached{").count(),
+        28,
+        "{text}"
+    );
+    let not_attached: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("nodetap_probe_attached{") && !l.ends_with(" 1"))
+        .collect();
+    assert!(
+        not_attached.is_empty(),
+        "hooks reported as not attached: {not_attached:?}"
+    );
+}
+
+#[test]
+fn check_mode_attaches_and_exits_zero() {
+    ensure_root();
+    let out = Command::new(nodetap_bin())
+        .arg("--check")
+        .output()
+        .expect("run nodetap --check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("all required hooks attached"), "{stderr}");
+}
+
+fn run_with(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = Command::new(nodetap_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run nodetap");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_is_a_clear_error_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("nodetap-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let unknown = dir.join("unknown.toml");
+    std::fs::write(&unknown, "listen = \"127.0.0.1:1\"\nringbuffer = 5\n").unwrap();
+    let (code, err) = run_with(&["--config", unknown.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("unknown field `ringbuffer`"), "{err}");
+
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "capture_bytes = 10\n").unwrap();
+    let (code, err) = run_with(&["--config", bad.to_str().unwrap()], &[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("bad value for capture_bytes: 10 is outside 256..=4096"),
+        "{err}"
+    );
+
+    let (code, err) = run_with(&[], &[("NODETAP_CAPTURE_BYTES", "lots")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--capture-bytes"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn busy_port_fails_before_loading_anything() {
+    ensure_root();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let (code, err) = run_with(&["--listen", &addr], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    assert!(!err.contains("hook:"), "nothing should be loaded: {err}");
+}
