@@ -26,6 +26,8 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
 /// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
 pub const PENDING_ENTRIES: u32 = 16384;
+/// Entries in the kernel's cache of connected TCP sockets' addresses (LRU).
+pub const SOCKS_ENTRIES: u32 = 65536;
 
 /// What an event reports.
 #[repr(u8)]
@@ -224,7 +226,9 @@ pub struct EventHeader {
     /// Payload bytes that follow this header.
     pub captured: u32,
     pub _pad: u32,
-    /// Name of the caller's process (the thread group leader's comm).
+    /// Name of the caller's process (the thread group leader's comm), in open and
+    /// fd-close events only: data events leave it zeroed, the agent knows the
+    /// connection's owner from its open event (two kernel reads saved per syscall).
     pub comm: [u8; 16],
     pub tuple: SockTuple,
 }

@@ -452,6 +452,7 @@ fn try_inet_sock_set_state(ctx: &TracePointContext) -> Result<(), i32> {
         return Ok(());
     }
     let sock_id: u64 = unsafe { ctx.read_at(read_config_u32(&off.skaddr) as usize)? };
+    socket::forget_socket(sock_id);
     let Some(event) = SCRATCH.get_ptr_mut(0) else {
         return Ok(());
     };
@@ -495,7 +496,11 @@ fn fill_header(
     h.bytes = 0;
     h.captured = 0;
     h._pad = 0;
-    h.comm = socket::process_comm(&config().kernel);
+    h.comm = if matches!(kind, EventKind::Open | EventKind::FdClose) {
+        socket::process_comm(&config().kernel)
+    } else {
+        [0; 16]
+    };
     h.tuple = tuple;
 }
 

@@ -5,11 +5,22 @@
 //! has no CO-RE relocations: the field offsets come from the running kernel's BTF, read
 //! by the agent at start-up and passed in `Config::kernel`.
 
-use agent_common::{KernelOffsets, SockTuple, AF_INET, AF_INET6};
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
+use agent_common::{KernelOffsets, SockTuple, AF_INET, AF_INET6, SOCKS_ENTRIES};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
+    macros::map,
+    maps::LruHashMap,
+};
 
 use crate::{count_drop, read_config_u32};
 use agent_common::DropReason;
+
+/// Addresses of connected TCP sockets by socket address. Reading them costs nine kernel
+/// reads per syscall; a lookup here costs one. Only connected sockets (remote port set)
+/// are kept: those always pass through TCP_CLOSE before they are freed, where
+/// `forget_socket` drops them, so a reused socket address never finds stale addresses.
+#[map(name = "SOCKS")]
+static SOCKS: LruHashMap<u64, SockTuple> = LruHashMap::with_max_entries(SOCKS_ENTRIES, 0);
 
 pub const IPPROTO_TCP: u16 = 6;
 const SOCK_STREAM: u16 = 1;
@@ -75,6 +86,9 @@ unsafe fn tcp_sock_of_file(
     if sk == 0 {
         return Ok(None);
     }
+    if let Some(tuple) = SOCKS.get_ptr(sk) {
+        return Ok(Some((sk, *tuple)));
+    }
     let family: u16 = read_at(sk, &off.sk_family)?;
     if family != AF_INET && family != AF_INET6 {
         return Ok(None);
@@ -100,7 +114,16 @@ unsafe fn tcp_sock_of_file(
         tuple.local_addr = read_at(sk, &off.sk_v6_rcv_saddr)?;
         tuple.remote_addr = read_at(sk, &off.sk_v6_daddr)?;
     }
+    if tuple.remote_port != 0 {
+        let _ = SOCKS.insert(sk, tuple, 0);
+    }
     Ok(Some((sk, tuple)))
+}
+
+/// The socket reached TCP_CLOSE: its address may be reused for another socket.
+#[inline(always)]
+pub fn forget_socket(sk: u64) {
+    let _ = SOCKS.remove(sk);
 }
 
 /// The process name: the thread group leader's comm, not the calling thread's (thread

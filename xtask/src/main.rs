@@ -1,1 +1,213 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench <what>`.
+
+mod bench;
+mod bench_capture;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "nodetap project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent; quick when done).
+    Setup,
+    /// Build the eBPF object and the `nodetap` binary that embeds it (release).
+    Build,
+    /// Set up, build, and run the agent with its defaults (extra arguments follow `--`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run every check and test: fmt, clippy, unit and integration.
+    Test,
+    /// Benchmarks (not tests): measure with and without the agent in one run and write
+    /// the result into BENCHMARKS.md.
+    Bench {
+        #[arg(value_enum)]
+        what: bench::What,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup(),
+        Task::Build => build().map(|_| ()),
+        Task::Run { args } => {
+            setup()?;
+            let bin = build()?;
+            require_root("the agent loads eBPF programs")?;
+            let err = exec(&bin, &args);
+            Err(err).context("could not start nodetap")
+        }
+        Task::Test => test(),
+        Task::Bench { what } => {
+            setup()?;
+            let bin = build()?;
+            require_root("benchmarks run the agent")?;
+            bench::run(what, &bin, &root())
+        }
+    }
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn require_root(why: &str) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run this as root: {why}");
+    }
+    Ok(())
+}
+
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("xtask: {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status})");
+    }
+    Ok(())
+}
+
+fn exec(bin: &Path, args: &[String]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    Command::new(bin).args(args).exec()
+}
+
+/// Debian packages the build and tests need, with a file that shows each is installed.
+const PACKAGES: &[(&str, &str)] = &[
+    // Debian's rustc with a prebuilt `core` for bpfel-unknown-none (PLATFORM.md).
+    ("rustc-web", "/usr/bin/rustc"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "/usr/lib/rustlib/bpfel-unknown-none",
+    ),
+    // LLVM 22 for bpf-linker.
+    ("llvm-22-dev", "/usr/lib/llvm-22/bin/llvm-config"),
+    ("libpolly-22-dev", "/usr/lib/llvm-22/lib/libPolly.a"),
+    ("zlib1g-dev", "/usr/include/zlib.h"),
+    ("libzstd-dev", "/usr/include/zstd.h"),
+    // Tests and benchmarks.
+    ("bpftool", "/usr/sbin/bpftool"),
+    ("iproute2", "/sbin/ip"),
+    ("curl", "/usr/bin/curl"),
+    ("redis-server", "/usr/bin/redis-server"),
+    ("redis-tools", "/usr/bin/redis-benchmark"),
+    ("postgresql", "/usr/lib/postgresql"),
+    ("nginx", "/usr/sbin/nginx"),
+    ("prometheus", "/usr/bin/prometheus"),
+    (
+        "prometheus-node-exporter",
+        "/usr/bin/prometheus-node-exporter",
+    ),
+    ("wrk", "/usr/bin/wrk"),
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn setup() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, marker)| !Path::new(marker).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        require_root("setup installs Debian packages")?;
+        eprintln!("xtask: installing {}", missing.join(" "));
+        run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        run_cmd(
+            Command::new("apt-get")
+                .args(["install", "-y", "-q", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )?;
+    }
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+        .unwrap_or(false);
+    if !linker_ok {
+        let path = format!(
+            "/usr/lib/llvm-22/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        run_cmd(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    "bpf-linker",
+                    "--locked",
+                    "--version",
+                    BPF_LINKER_VERSION,
+                ])
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+                .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
+                .env("PATH", path),
+        )?;
+    }
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+/// Builds the release binary (build.rs builds and embeds the eBPF object).
+fn build() -> Result<PathBuf> {
+    run_cmd(Command::new("cargo").current_dir(root()).args([
+        "build",
+        "--release",
+        "--package",
+        "nodetap",
+    ]))?;
+    Ok(root().join("target/release/nodetap"))
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    require_root("the integration tests load eBPF programs")?;
+    let root = root();
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root.join("agent-ebpf"))
+            .args(["fmt", "--", "--check"]),
+    )?;
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let bin = build()?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "--release", "--workspace"])
+            .env("NODETAP_BIN", bin),
+    )
+}

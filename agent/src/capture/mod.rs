@@ -57,6 +57,9 @@ pub struct Tracker {
     fds: HashMap<(u32, i32), u64>,
     listeners: Listeners,
     services: HashMap<[u8; 16], Name>,
+    /// Process names read from procfs for connections seen mid-life, by pid.
+    process_names: HashMap<u32, Name>,
+    procfs: std::path::PathBuf,
     opts: TrackerOptions,
 }
 
@@ -68,6 +71,8 @@ impl Tracker {
             fds: HashMap::new(),
             listeners: Listeners::new(procfs),
             services: HashMap::new(),
+            process_names: HashMap::new(),
+            procfs: procfs.to_path_buf(),
             opts,
         }
     }
@@ -87,6 +92,23 @@ impl Tracker {
     /// The socket behind a process's file descriptor, if it is a tracked TCP connection.
     pub fn by_fd(&self, pid: u32, fd: i32) -> Option<&Connection> {
         self.fds.get(&(pid, fd)).and_then(|id| self.conns.get(id))
+    }
+
+    /// Name of a process the agent saw no open event from (its connection predates the
+    /// agent): data events carry no name, so read it once from procfs.
+    fn process_name(&mut self, pid: u32) -> Name {
+        if let Some(name) = self.process_names.get(&pid) {
+            return name.clone();
+        }
+        if self.process_names.len() > 65536 {
+            self.process_names.clear();
+        }
+        let comm = std::fs::read_to_string(self.procfs.join(pid.to_string()).join("comm"))
+            .map(|c| c.trim_end().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let name = Name::new(&comm);
+        self.process_names.insert(pid, name.clone());
+        name
     }
 
     /// Interned service name for a comm: one allocation per distinct process name.
@@ -118,8 +140,7 @@ impl Tracker {
                 bytes,
                 ..
             } => {
-                let service = self.service(&common);
-                let role = self.on_data(&common, direction, bytes, &service);
+                let (role, service) = self.on_data(&common, direction, bytes);
                 let role = role_label(role);
                 let direction = direction_label(direction);
                 self.metrics
@@ -188,15 +209,10 @@ impl Tracker {
         self.fds.insert((common.pid, common.fd), common.sock_id);
     }
 
-    /// Updates the connection for a data event and returns its role.
-    fn on_data(
-        &mut self,
-        common: &Common,
-        direction: Direction,
-        bytes: u64,
-        service: &Name,
-    ) -> Role {
+    /// Updates the connection for a data event and returns its role and service.
+    fn on_data(&mut self, common: &Common, direction: Direction, bytes: u64) -> (Role, Name) {
         if !self.conns.contains_key(&common.sock_id) {
+            let service = self.process_name(common.pid);
             // A connection that predates the agent (or whose open was lost).
             let role = match common.endpoints {
                 Some(ep)
@@ -222,18 +238,18 @@ impl Tracker {
             };
             self.insert(common, conn);
             if !self.conns.contains_key(&common.sock_id) {
-                return role;
+                return (role, service);
             }
         }
         let conn = self.conns.get_mut(&common.sock_id).expect("inserted above");
         conn.bytes[direction as usize] += bytes;
         conn.calls[direction as usize] += 1;
         conn.last_ns = common.exit_ns;
-        let role = conn.role;
+        let found = (conn.role, conn.service.clone());
         self.fds
             .entry((common.pid, common.fd))
             .or_insert(common.sock_id);
-        role
+        found
     }
 
     fn on_close(&mut self, common: &Common) {
@@ -286,11 +302,18 @@ mod tests {
     use crate::capture::event::{decode, tests as ev};
     use agent_common::{EventKind, Syscall};
 
+    /// A tracker whose procfs is a directory holding only process 100, named "redis".
     fn tracker(max: usize) -> (Tracker, Arc<Metrics>) {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let procfs =
+            std::env::temp_dir().join(format!("nodetap-procfs-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(procfs.join("100")).unwrap();
+        std::fs::write(procfs.join("100/comm"), "redis\n").unwrap();
         let metrics = Arc::new(Metrics::new("test"));
         let t = Tracker::new(
             metrics.clone(),
-            std::path::Path::new("/nonexistent"),
+            &procfs,
             TrackerOptions {
                 idle_timeout_ns: 1_000,
                 max_connections: max,
