@@ -51,9 +51,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             eprint!("{}", render_hooks(&p.hooks));
             p
         }
-        Err((e, hooks)) => {
-            eprint!("{}", render_hooks(&hooks));
-            return Err(e).context("nodetap cannot capture without its kernel hooks");
+        Err(failure) => {
+            eprint!("{}", render_hooks(&failure.hooks));
+            return Err(failure.error).context("nodetap cannot capture without its kernel hooks");
         }
     };
     if config.check_only {

@@ -278,14 +278,22 @@ impl KernelCounters {
     }
 }
 
-/// Loads the programs with offsets for the running kernel and attaches every hook.
-/// Returns an error if a required hook failed; the statuses say which.
-pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, (ProbeError, Vec<HookStatus>)> {
-    load_inner(opts)
+/// Why loading failed, with what happened to each hook (empty if none was tried).
+#[derive(Debug)]
+pub struct LoadFailure {
+    pub error: ProbeError,
+    pub hooks: Vec<HookStatus>,
 }
 
-fn load_inner(opts: &LoadOptions<'_>) -> Result<Probes, (ProbeError, Vec<HookStatus>)> {
-    let fail = |e| (e, Vec::new());
+/// Loads the programs with offsets for the running kernel and attaches every hook.
+/// Returns an error if a required hook failed; the statuses say which.
+pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
+    let fail = |error| {
+        Box::new(LoadFailure {
+            error,
+            hooks: Vec::new(),
+        })
+    };
     let btf_bytes = std::fs::read(crate::preflight::BTF_PATH).map_err(|source| {
         fail(ProbeError::ReadBtf {
             path: crate::preflight::BTF_PATH,
@@ -334,12 +342,12 @@ fn load_inner(opts: &LoadOptions<'_>) -> Result<Probes, (ProbeError, Vec<HookSta
         .map(|h| h.program)
         .collect();
     if !missing.is_empty() {
-        return Err((
-            ProbeError::Required {
+        return Err(Box::new(LoadFailure {
+            error: ProbeError::Required {
                 names: missing.join(", "),
             },
             hooks,
-        ));
+        }));
     }
     Ok(Probes { ebpf, hooks })
 }
