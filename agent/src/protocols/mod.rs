@@ -4,6 +4,9 @@
 //! capture layer hands every data syscall on a connection to the connection's session
 //! as a [`Chunk`]; the session returns completed [`Operation`]s.
 
+pub mod postgres;
+pub mod redis;
+
 /// One data syscall's worth of a byte stream, as the capture layer saw it.
 ///
 /// The kernel copies only a prefix of what a syscall moved, so `data` may be shorter than
