@@ -7,9 +7,11 @@
 /// Largest payload prefix a kernel program can copy for one syscall. The copy size in
 /// force is `Config::capture_len` (at most this), chosen at start-up.
 pub const MAX_CAPTURE: usize = 4096;
-/// Payload prefix copied by default. 512 bytes hold a Redis command line, a PostgreSQL
-/// query header or an HTTP request line with its usual headers.
-pub const DEFAULT_CAPTURE: u32 = 512;
+/// Payload prefix copied by default. A copy never exceeds what the syscall moved, so
+/// small messages cost the same whatever this is; 2048 bytes hold a whole pipelined batch
+/// of 32 small Redis commands and PostgreSQL's startup reply, so their framing is never
+/// lost, while bulk transfers copy at most 2 KiB per syscall.
+pub const DEFAULT_CAPTURE: u32 = 2048;
 /// The smallest prefix the agent accepts: protocol detection needs this much.
 pub const MIN_CAPTURE: u32 = 256;
 

@@ -14,6 +14,7 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 262_144;
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 300;
 /// Ring buffer bytes that must be waiting before the kernel wakes the agent.
 pub const DEFAULT_WAKEUP_BYTES: u32 = 256 * 1024;
 
@@ -27,7 +28,7 @@ pub struct Cli {
     /// Address of the Prometheus endpoint [default: 0.0.0.0:9464].
     #[arg(long, env = "NODETAP_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// Payload bytes copied per syscall, 256 to 4096 [default: 512].
+    /// Payload bytes copied per syscall, 256 to 4096 [default: 2048].
     #[arg(long, env = "NODETAP_CAPTURE_BYTES", value_name = "BYTES")]
     pub capture_bytes: Option<u32>,
     /// Size of the kernel-to-agent ring buffer, a power of two [default: 16 MiB].
@@ -39,6 +40,10 @@ pub struct Cli {
     /// Most connections tracked at once [default: 262144].
     #[arg(long, env = "NODETAP_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Seconds a request may wait for its response before it is counted as timed out
+    /// [default: 300].
+    #[arg(long, env = "NODETAP_REQUEST_TIMEOUT", value_name = "SECONDS")]
+    pub request_timeout: Option<u64>,
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "NODETAP_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
@@ -56,6 +61,7 @@ pub struct FileConfig {
     pub ringbuf_bytes: Option<u32>,
     pub connection_idle_timeout: Option<u64>,
     pub max_connections: Option<usize>,
+    pub request_timeout: Option<u64>,
     pub log_level: Option<String>,
 }
 
@@ -68,6 +74,7 @@ pub struct Config {
     pub wakeup_bytes: u32,
     pub connection_idle_timeout: Duration,
     pub max_connections: usize,
+    pub request_timeout: Duration,
     pub log_level: log::LevelFilter,
     pub procfs: PathBuf,
     pub check_only: bool,
@@ -157,6 +164,16 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
+        let request_timeout = cli
+            .request_timeout
+            .or(file.request_timeout)
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS);
+        if request_timeout == 0 {
+            return Err(ConfigError::Invalid {
+                key: "request_timeout",
+                problem: "must be at least 1 second".into(),
+            });
+        }
         let level = cli
             .log_level
             .or(file.log_level)
@@ -173,6 +190,7 @@ impl Config {
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(ringbuf_bytes / 4),
             connection_idle_timeout: Duration::from_secs(idle),
             max_connections,
+            request_timeout: Duration::from_secs(request_timeout),
             log_level,
             procfs: PathBuf::from("/proc"),
             check_only: cli.check,
@@ -193,7 +211,7 @@ mod tests {
     fn defaults() {
         let c = from_toml("").unwrap();
         assert_eq!(c.listen, "0.0.0.0:9464".parse().unwrap());
-        assert_eq!(c.capture_bytes, 512);
+        assert_eq!(c.capture_bytes, 2048);
         assert_eq!(c.ringbuf_bytes, 16 << 20);
         assert_eq!(c.connection_idle_timeout, Duration::from_secs(600));
     }

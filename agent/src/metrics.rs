@@ -8,9 +8,39 @@ use std::{fmt, sync::Arc};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, info::Info},
-    registry::Registry,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    registry::{Registry, Unit},
 };
+
+/// Latency buckets in seconds: from 50 µs (a Redis GET on a fast host) to 10 s.
+pub const LATENCY_BUCKETS: [f64; 17] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Labels of `db_{client,server}_operation_duration_seconds` (OpenTelemetry database
+/// semantic conventions, Prometheus-style names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DbLabels {
+    pub db_system_name: &'static str,
+    pub db_operation_name: &'static str,
+    /// Empty on success.
+    pub error_type: Option<String>,
+    pub server_address: Name,
+    pub server_port: u16,
+    pub service_name: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabels {
+    pub protocol: &'static str,
+}
 
 /// A label value shared between many series without copying (service names, mostly).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -87,6 +117,12 @@ pub struct Metrics {
     pub ringbuf_waiting: Gauge,
     pub ringbuf_size: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub db_client_duration: Histograms<DbLabels>,
+    pub db_server_duration: Histograms<DbLabels>,
+    pub protocol_connections: Family<ProtocolLabels, Counter>,
+    pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
+    pub protocol_abandoned: Family<ProtocolLabels, Counter>,
+    pub protocol_timed_out: Family<ProtocolLabels, Counter>,
 }
 
 impl Metrics {
@@ -111,6 +147,12 @@ impl Metrics {
             ringbuf_waiting: Gauge::default(),
             ringbuf_size: Gauge::default(),
             probe_attached: Family::default(),
+            db_client_duration: Family::new_with_constructor(latency_histogram),
+            db_server_duration: Family::new_with_constructor(latency_histogram),
+            protocol_connections: Family::default(),
+            protocol_parse_errors: Family::default(),
+            protocol_abandoned: Family::default(),
+            protocol_timed_out: Family::default(),
             registry,
         };
         let mut r = m.registry;
@@ -178,6 +220,38 @@ impl Metrics {
             "nodetap_probe_attached",
             "1 if the kernel hook attached at start-up, 0 if not",
             m.probe_attached.clone(),
+        );
+        r.register_with_unit(
+            "db_client_operation_duration",
+            "Duration of database operations seen from the client: first request byte written to last response byte read",
+            Unit::Seconds,
+            m.db_client_duration.clone(),
+        );
+        r.register_with_unit(
+            "db_server_operation_duration",
+            "Duration of database operations seen from the server: first request byte read to last response byte written",
+            Unit::Seconds,
+            m.db_server_duration.clone(),
+        );
+        r.register(
+            "nodetap_protocol_connections",
+            "Connections recognised per protocol from their first client bytes (tls and unknown are not parsed)",
+            m.protocol_connections.clone(),
+        );
+        r.register(
+            "nodetap_protocol_parse_errors",
+            "Times a protocol parser lost the message framing of a connection",
+            m.protocol_parse_errors.clone(),
+        );
+        r.register(
+            "nodetap_protocol_connections_abandoned",
+            "Connections whose parsing stopped for good (framing lost too often, or upgraded to TLS)",
+            m.protocol_abandoned.clone(),
+        );
+        r.register(
+            "nodetap_protocol_requests_timed_out",
+            "Requests that never got a response (expired, dropped on lost framing, or open at close)",
+            m.protocol_timed_out.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -7,8 +7,12 @@ use std::{collections::HashMap, sync::Arc};
 
 use agent_common::{Direction, Role};
 
-use crate::metrics::{
-    ConnectionLabels, KindLabels, Metrics, Name, TcpBytesLabels, TcpSyscallLabels,
+use crate::{
+    metrics::{
+        ConnectionLabels, DbLabels, KindLabels, Metrics, Name, ProtocolLabels, TcpBytesLabels,
+        TcpSyscallLabels,
+    },
+    protocols::{Chunk, ConnectionProtocol, FeedOutcome, Operation, Protocol},
 };
 use event::{Common, Endpoints, Event};
 use listeners::Listeners;
@@ -29,7 +33,6 @@ pub fn direction_label(direction: Direction) -> &'static str {
 }
 
 /// A TCP connection as the agent knows it.
-#[derive(Debug)]
 pub struct Connection {
     pub endpoints: Option<Endpoints>,
     pub role: Role,
@@ -43,11 +46,32 @@ pub struct Connection {
     /// Bytes and data syscalls, indexed by `Direction as usize`.
     pub bytes: [u64; 2],
     pub calls: [u64; 2],
+    /// What it speaks, and the parsing session if it is a protocol the agent parses.
+    pub protocol: ConnectionProtocol,
+}
+
+impl Connection {
+    fn new(common: &Common, role: Role, service: Name, seen_open: bool) -> Self {
+        Connection {
+            endpoints: common.endpoints,
+            role,
+            pid: common.pid,
+            service,
+            cgroup_id: common.cgroup_id,
+            seen_open,
+            last_ns: common.exit_ns,
+            bytes: [0; 2],
+            calls: [0; 2],
+            protocol: ConnectionProtocol::default(),
+        }
+    }
 }
 
 pub struct TrackerOptions {
     pub idle_timeout_ns: u64,
     pub max_connections: usize,
+    /// A request without a response for this long is dropped and counted.
+    pub request_timeout_ns: u64,
 }
 
 /// The connection table: socket identity to connection, and (pid, fd) to socket.
@@ -61,6 +85,8 @@ pub struct Tracker {
     process_names: HashMap<u32, Name>,
     procfs: std::path::PathBuf,
     opts: TrackerOptions,
+    /// Reused buffer of completed operations.
+    ops: Vec<Operation>,
 }
 
 impl Tracker {
@@ -74,6 +100,7 @@ impl Tracker {
             process_names: HashMap::new(),
             procfs: procfs.to_path_buf(),
             opts,
+            ops: Vec::new(),
         }
     }
 
@@ -138,15 +165,15 @@ impl Tracker {
                 syscall,
                 direction,
                 bytes,
-                ..
+                payload,
             } => {
                 let (role, service) = self.on_data(&common, direction, bytes);
                 let role = role_label(role);
-                let direction = direction_label(direction);
+                let direction_name = direction_label(direction);
                 self.metrics
                     .tcp_bytes
                     .get_or_create(&TcpBytesLabels {
-                        direction,
+                        direction: direction_name,
                         role,
                         service_name: service.clone(),
                     })
@@ -154,12 +181,13 @@ impl Tracker {
                 self.metrics
                     .tcp_syscalls
                     .get_or_create(&TcpSyscallLabels {
-                        direction,
+                        direction: direction_name,
                         role,
                         syscall: syscall.name(),
                         service_name: service,
                     })
                     .inc();
+                self.parse(&common, direction, bytes, payload);
             }
             Event::Close { common } => self.on_close(&common),
             Event::FdClose { common } => {
@@ -181,17 +209,7 @@ impl Tracker {
             })
             .inc();
         // A socket address seen again means its previous close was lost: replace it.
-        let conn = Connection {
-            endpoints: common.endpoints,
-            role,
-            pid: common.pid,
-            service,
-            cgroup_id: common.cgroup_id,
-            seen_open: true,
-            last_ns: common.exit_ns,
-            bytes: [0; 2],
-            calls: [0; 2],
-        };
+        let conn = Connection::new(common, role, service, true);
         self.insert(common, conn);
     }
 
@@ -225,17 +243,7 @@ impl Tracker {
                 Some(_) => Role::Client,
                 None => Role::Unknown,
             };
-            let conn = Connection {
-                endpoints: common.endpoints,
-                role,
-                pid: common.pid,
-                service: service.clone(),
-                cgroup_id: common.cgroup_id,
-                seen_open: false,
-                last_ns: common.exit_ns,
-                bytes: [0; 2],
-                calls: [0; 2],
-            };
+            let conn = Connection::new(common, role, service.clone(), false);
             self.insert(common, conn);
             if !self.conns.contains_key(&common.sock_id) {
                 return (role, service);
@@ -252,10 +260,69 @@ impl Tracker {
         found
     }
 
-    fn on_close(&mut self, common: &Common) {
-        let Some(conn) = self.conns.remove(&common.sock_id) else {
+    /// Feeds a data event's bytes to the connection's protocol session and records the
+    /// operations it completes.
+    fn parse(&mut self, common: &Common, direction: Direction, bytes: u64, payload: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&common.sock_id) else {
             return;
         };
+        let from_client = match (conn.role, direction) {
+            (Role::Client, Direction::Transmit) | (Role::Server, Direction::Receive) => true,
+            (Role::Client, Direction::Receive) | (Role::Server, Direction::Transmit) => false,
+            (Role::Unknown, _) => return,
+        };
+        if matches!(conn.protocol, ConnectionProtocol::Ignored) {
+            return;
+        }
+        // Timing (DESIGN.md): a write's first byte leaves when the call starts; a read's
+        // bytes are in hand when it returns. Either ends at the return.
+        let start_ns = match direction {
+            Direction::Transmit => common.enter_ns,
+            Direction::Receive => common.exit_ns,
+        };
+        let chunk = Chunk {
+            data: payload,
+            len: bytes as usize,
+            start_ns,
+            end_ns: common.exit_ns,
+        };
+        let before = conn.protocol.session_mut().map(|s| s.protocol());
+        self.ops.clear();
+        let outcome = conn.protocol.feed(from_client, &chunk, &mut self.ops);
+        let protocol = outcome.detected.or(before);
+        let conn = &self.conns[&common.sock_id];
+        record_operations(&self.metrics, conn, protocol, &self.ops);
+        record_health(&self.metrics, protocol, &outcome);
+    }
+
+    /// Ends a connection's protocol session: what it still completes is recorded, what
+    /// stays open never got a response.
+    fn finish_session(&mut self, conn: &mut Connection) {
+        let Some(session) = conn.protocol.session_mut() else {
+            return;
+        };
+        let protocol = Some(session.protocol());
+        self.ops.clear();
+        session.finish(&mut self.ops);
+        let mut health = session.take_health();
+        health.timed_out += session.pending() as u64;
+        conn.protocol = ConnectionProtocol::Ignored;
+        record_operations(&self.metrics, conn, protocol, &self.ops);
+        record_health(
+            &self.metrics,
+            protocol,
+            &FeedOutcome {
+                detected: None,
+                health,
+            },
+        );
+    }
+
+    fn on_close(&mut self, common: &Common) {
+        let Some(mut conn) = self.conns.remove(&common.sock_id) else {
+            return;
+        };
+        self.finish_session(&mut conn);
         self.metrics
             .tcp_closed
             .get_or_create(&ConnectionLabels {
@@ -270,10 +337,34 @@ impl Tracker {
     /// they are idle keep-alives that will be re-learned on their next byte).
     pub fn sweep(&mut self, now_ns: u64) -> usize {
         let timeout = self.opts.idle_timeout_ns;
-        let before = self.conns.len();
-        self.conns
-            .retain(|_, c| now_ns.saturating_sub(c.last_ns) < timeout);
-        let expired = before - self.conns.len();
+        let request_timeout = self.opts.request_timeout_ns;
+        for conn in self.conns.values_mut() {
+            if let Some(session) = conn.protocol.session_mut() {
+                let protocol = Some(session.protocol());
+                session.expire(now_ns, request_timeout);
+                let health = session.take_health();
+                record_health(
+                    &self.metrics,
+                    protocol,
+                    &FeedOutcome {
+                        detected: None,
+                        health,
+                    },
+                );
+            }
+        }
+        let idle: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_ns) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &idle {
+            if let Some(mut conn) = self.conns.remove(id) {
+                self.finish_session(&mut conn);
+            }
+        }
+        let expired = idle.len();
         if expired > 0 {
             let conns = &self.conns;
             self.fds.retain(|_, id| conns.contains_key(id));
@@ -283,6 +374,81 @@ impl Tracker {
             .connections_tracked
             .set(self.conns.len() as i64);
         expired
+    }
+}
+
+/// Observes each operation in the client or server duration histogram.
+fn record_operations(
+    metrics: &Metrics,
+    conn: &Connection,
+    protocol: Option<Protocol>,
+    ops: &[Operation],
+) {
+    if ops.is_empty() {
+        return;
+    }
+    let (Some(protocol), Some(endpoints)) = (protocol, conn.endpoints) else {
+        return;
+    };
+    let (family, server) = match conn.role {
+        Role::Client => (&metrics.db_client_duration, endpoints.remote),
+        Role::Server => (&metrics.db_server_duration, endpoints.local),
+        Role::Unknown => return,
+    };
+    let server_address = Name::new(&server.ip().to_string());
+    for op in ops {
+        let labels = DbLabels {
+            db_system_name: protocol.label(),
+            db_operation_name: op.name,
+            error_type: op.error_type.clone(),
+            server_address: server_address.clone(),
+            server_port: server.port(),
+            service_name: conn.service.clone(),
+        };
+        let seconds = op.end_ns.saturating_sub(op.start_ns) as f64 / 1e9;
+        family.get_or_create(&labels).observe(seconds);
+    }
+}
+
+fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOutcome) {
+    if let Some(detected) = outcome.detected {
+        metrics
+            .protocol_connections
+            .get_or_create(&ProtocolLabels {
+                protocol: detected.label(),
+            })
+            .inc();
+    }
+    let Some(protocol) = protocol else {
+        return;
+    };
+    let labels = ProtocolLabels {
+        protocol: protocol.label(),
+    };
+    let h = &outcome.health;
+    if h.parse_errors > 0 {
+        metrics
+            .protocol_parse_errors
+            .get_or_create(&labels)
+            .inc_by(h.parse_errors);
+    }
+    if h.timed_out > 0 {
+        metrics
+            .protocol_timed_out
+            .get_or_create(&labels)
+            .inc_by(h.timed_out);
+    }
+    if h.gave_up {
+        metrics.protocol_abandoned.get_or_create(&labels).inc();
+    }
+    if h.tls {
+        // A PostgreSQL connection that negotiated TLS: counted as TLS too, not parsed.
+        metrics
+            .protocol_connections
+            .get_or_create(&ProtocolLabels {
+                protocol: Protocol::Tls.label(),
+            })
+            .inc();
     }
 }
 
@@ -317,6 +483,7 @@ mod tests {
             TrackerOptions {
                 idle_timeout_ns: 1_000,
                 max_connections: max,
+                request_timeout_ns: 1_000,
             },
         );
         (t, metrics)

@@ -1,0 +1,216 @@
+//! Small helpers shared by the collectors: file reading with path-carrying errors and
+//! number parsing with the same rules as the Go code node_exporter uses.
+
+use std::path::{Path, PathBuf};
+
+use super::{CollectError, ParseError};
+
+/// Reads a whole file as text (invalid UTF-8 is replaced, never an error: label values
+/// taken from it must be valid UTF-8 in the exposition format anyway).
+pub(crate) fn read(path: &Path) -> Result<String, CollectError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(match String::from_utf8(bytes) {
+            Ok(s) => s,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        }),
+        Err(source) => Err(CollectError::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Reads `path` and runs `parse` over it, attaching the path to a parse error.
+pub(crate) fn read_parse<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> Result<T, ParseError>,
+) -> Result<T, CollectError> {
+    let text = read(path)?;
+    parse(&text).map_err(|source| CollectError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Reads a one-value sysfs attribute, trimmed. `None` when it cannot be read: many
+/// attributes answer EINVAL or EOPNOTSUPP when they do not apply (the carrier of a
+/// device that is down, the speed of a virtual device), and node_exporter then leaves
+/// the metric out.
+pub(crate) fn read_attr(path: &Path) -> Option<String> {
+    use std::io::Read;
+    // One open and one read: a sysfs attribute is produced whole, at most a page, by one
+    // read (fs/sysfs/file.c), and netclass reads some twenty per interface per scrape, so
+    // the size probe and second read that fs::read does would be most of the cost.
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = f.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+}
+
+/// `base` joined with a relative path given with or without a leading `/`.
+pub(crate) fn join_rooted(base: &Path, rel: &str) -> PathBuf {
+    let rel = rel.trim_start_matches('/');
+    if rel.is_empty() {
+        base.to_path_buf()
+    } else {
+        base.join(rel)
+    }
+}
+
+pub(crate) fn parse_u64(token: &str, line: usize, what: &str) -> Result<u64, ParseError> {
+    token.parse::<u64>().map_err(|_| {
+        ParseError::new(
+            line,
+            format!("{what}: {token:?} is not an unsigned integer"),
+        )
+    })
+}
+
+/// Like Go's `strconv.ParseFloat(s, 64)` for the inputs /proc holds.
+pub(crate) fn parse_f64(token: &str, line: usize, what: &str) -> Result<f64, ParseError> {
+    token
+        .parse::<f64>()
+        .map_err(|_| ParseError::new(line, format!("{what}: {token:?} is not a number")))
+}
+
+/// Like Go's `strconv.ParseInt(s, 0, 64)`, which procfs uses for sysfs attributes: an
+/// optional sign, then `0x`/`0o`/`0b` prefixes or a leading `0` for octal, and `_`
+/// between digits when a prefix is present.
+pub(crate) fn parse_go_int(s: &str) -> Option<i64> {
+    let (neg, body) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    if body.is_empty() {
+        return None;
+    }
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits, prefixed) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d.to_string(), true)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d.to_string(), true)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d.to_string(), true)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, lower[1..].to_string(), true)
+    } else {
+        (10, lower, false)
+    };
+    let digits = if prefixed {
+        // Underscores only between digits (or right after the prefix).
+        if digits.ends_with('_') || digits.contains("__") {
+            return None;
+        }
+        digits.replace('_', "")
+    } else {
+        digits
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    let magnitude = u64::from_str_radix(&digits, radix).ok()?;
+    if neg {
+        if magnitude <= i64::MAX as u64 + 1 {
+            Some((magnitude as i64).wrapping_neg())
+        } else {
+            None
+        }
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11` (see Documentation/admin-guide/cputopology.rst).
+pub(crate) fn parse_cpu_list(text: &str) -> Result<Vec<u32>, ParseError> {
+    let text = text.trim();
+    let mut cpus = Vec::new();
+    if text.is_empty() {
+        return Ok(cpus);
+    }
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a, b),
+            None => (part, part),
+        };
+        let lo: u32 = lo
+            .parse()
+            .map_err(|_| ParseError::new(1, format!("bad cpu list entry {part:?}")))?;
+        let hi: u32 = hi
+            .parse()
+            .map_err(|_| ParseError::new(1, format!("bad cpu list entry {part:?}")))?;
+        if hi < lo || hi - lo > 65_536 {
+            return Err(ParseError::new(1, format!("bad cpu range {part:?}")));
+        }
+        cpus.extend(lo..=hi);
+    }
+    Ok(cpus)
+}
+
+/// Undoes the octal escapes (`\040` for a space, `\011`, `\012`, `\134`) the kernel puts
+/// in mount points and sources in /proc/*/mountinfo (fs/proc_namespace.c, `mangle`).
+pub(crate) fn unescape_octal(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            if v <= 0xff {
+                out.push(v as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_ints() {
+        assert_eq!(parse_go_int("0x1003"), Some(4099));
+        assert_eq!(parse_go_int("0x0"), Some(0));
+        assert_eq!(parse_go_int("1500"), Some(1500));
+        assert_eq!(parse_go_int("-1"), Some(-1));
+        assert_eq!(parse_go_int("0"), Some(0));
+        assert_eq!(parse_go_int("010"), Some(8));
+        assert_eq!(parse_go_int("0b101"), Some(5));
+        assert_eq!(parse_go_int("0x_ff"), Some(255));
+        assert_eq!(parse_go_int("1_000"), None);
+        assert_eq!(parse_go_int("-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_go_int("9223372036854775808"), None);
+        assert_eq!(parse_go_int(""), None);
+        assert_eq!(parse_go_int("-"), None);
+        assert_eq!(parse_go_int("up"), None);
+        assert_eq!(parse_go_int("08"), None);
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("").unwrap(), Vec::<u32>::new());
+        assert_eq!(parse_cpu_list("\n").unwrap(), Vec::<u32>::new());
+        assert_eq!(parse_cpu_list("1-3,7\n").unwrap(), vec![1, 2, 3, 7]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+
+    #[test]
+    fn octal() {
+        assert_eq!(unescape_octal(r"/mnt/my\040disk"), "/mnt/my disk");
+        assert_eq!(unescape_octal(r"/a\011b\134c"), "/a\tb\\c");
+        assert_eq!(unescape_octal(r"/trailing\04"), r"/trailing\04");
+        assert_eq!(unescape_octal(r"\"), r"\");
+    }
+}
