@@ -4,6 +4,10 @@
 //! Every test runs as root (CI does): eBPF tests must load their programs or fail, never
 //! skip.
 
+pub mod pgwire;
+pub mod resp;
+pub mod servers;
+
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
@@ -297,6 +301,14 @@ fn parse_labels(text: &str) -> Vec<(String, String)> {
         rest = &after[end.min(after.len())..];
     }
     out
+}
+
+/// This process's name as the kernel reports it (what the agent calls service_name).
+pub fn own_process_name() -> String {
+    std::fs::read_to_string("/proc/self/comm")
+        .expect("/proc/self/comm")
+        .trim_end()
+        .to_owned()
 }
 
 /// A unique, 15-character-safe process name for one test's traffic.

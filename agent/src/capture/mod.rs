@@ -291,6 +291,23 @@ impl Tracker {
         let outcome = conn.protocol.feed(from_client, &chunk, &mut self.ops);
         let protocol = outcome.detected.or(before);
         let conn = &self.conns[&common.sock_id];
+        if outcome.health.parse_errors > 0 {
+            log::debug!(
+                "{} framing lost on {:?} ({}, pid {}, {} bytes {}, {} copied, starting {:?})",
+                protocol.map_or("?", Protocol::label),
+                conn.endpoints,
+                conn.service,
+                common.pid,
+                bytes,
+                if from_client {
+                    "from client"
+                } else {
+                    "from server"
+                },
+                payload.len(),
+                String::from_utf8_lossy(&payload[..payload.len().min(48)]),
+            );
+        }
         record_operations(&self.metrics, conn, protocol, &self.ops);
         record_health(&self.metrics, protocol, &outcome);
     }

@@ -343,7 +343,9 @@ fn subcommand_index(container: &str, sub: &[u8]) -> Option<u16> {
 /// or an inline command: a known command in upper case followed by a space or a line end
 /// (`PING\r\n`). Lower-case inline commands are not accepted here (memcached's text protocol
 /// looks the same: `get key\r\n`), nor anything that looks like HTTP (`GET / HTTP/1.1`).
-/// A prefix too short to show the command name is not accepted either.
+/// A prefix too short to show the command name is not accepted either, and an inline
+/// command must show its whole line: an HTTP client may write `GET ` in a syscall of its
+/// own, and nothing in those four bytes tells it from Redis.
 pub fn looks_like_request(prefix: &[u8]) -> bool {
     match prefix.first() {
         Some(b'*') => {
@@ -379,10 +381,9 @@ pub fn looks_like_request(prefix: &[u8]) -> bool {
                 return false;
             }
             // HTTP's GET is also a Redis command: `GET /path HTTP/1.1`.
-            let line_end = prefix
-                .iter()
-                .position(|&c| c == b'\n')
-                .unwrap_or(prefix.len());
+            let Some(line_end) = prefix.iter().position(|&c| c == b'\n') else {
+                return false;
+            };
             let line = &prefix[..line_end];
             let http = line.windows(5).any(|w| w == b"HTTP/") || rest.starts_with(b" /");
             !http
@@ -2468,6 +2469,9 @@ mod tests {
             b"get key\r\n",
             b"PINGX\r\n",
             b"PING",
+            // An HTTP client's first write can be the method alone.
+            b"GET ",
+            b"SET a b",
             b"*1\r\n$4\r\nPIN",
             b"*1\r\n$6\r\nFOOBAR\r\n",
             b"*0\r\n",

@@ -1,0 +1,153 @@
+//! Real servers from Debian packages, started on free loopback ports with private data
+//! directories, stopped and removed on drop.
+
+use std::{
+    net::TcpStream,
+    os::unix::process::CommandExt,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::{free_port, ChildGuard};
+
+/// A private temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn wait_for_port(port: u16, what: &str, process: &mut ChildGuard) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = process.child.try_wait() {
+            panic!("{what} exited during start-up: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port} within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// redis-server on 127.0.0.1:<free port>, no persistence.
+pub struct RedisServer {
+    pub port: u16,
+    _process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = TempDir::new("nodetap-redis");
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(&dir.0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut process = ChildGuard::spawn(cmd);
+        wait_for_port(port, "redis-server", &mut process);
+        RedisServer {
+            port,
+            _process: process,
+            _dir: dir,
+        }
+    }
+}
+
+/// The PostgreSQL server binaries of the installed major version.
+pub fn postgres_bin(name: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("postgresql is installed by `cargo xtask setup`")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    versions.sort();
+    let bin = versions
+        .last()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(name);
+    assert!(bin.exists(), "{} missing", bin.display());
+    bin
+}
+
+/// uid and gid of the `postgres` user the Debian package creates: initdb and postgres
+/// refuse to run as root.
+fn postgres_user() -> (u32, u32) {
+    let name = std::ffi::CString::new("postgres").unwrap();
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(
+        !pw.is_null(),
+        "user postgres missing (installed with the postgresql package)"
+    );
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
+/// postgres on 127.0.0.1:<free port> with a fresh cluster, trust authentication.
+pub struct PostgresServer {
+    pub port: u16,
+    _process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl PostgresServer {
+    pub fn start() -> PostgresServer {
+        let dir = TempDir::new("nodetap-pg");
+        let (uid, gid) = postgres_user();
+        let chown = |p: &std::path::Path| {
+            let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+            unsafe { libc::chown(c.as_ptr(), uid, gid) };
+        };
+        chown(&dir.0);
+        let data = dir.0.join("data");
+        let out = Command::new(postgres_bin("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
+            .uid(uid)
+            .gid(gid)
+            .output()
+            .expect("run initdb");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = free_port();
+        let mut cmd = Command::new(postgres_bin("postgres"));
+        cmd.arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir.0)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut process = ChildGuard::spawn(cmd);
+        wait_for_port(port, "postgres", &mut process);
+        PostgresServer {
+            port,
+            _process: process,
+            _dir: dir,
+        }
+    }
+}
