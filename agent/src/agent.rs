@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (ring, counters) = probes.take_maps()?;
     let tracker = Tracker::new(
         metrics.clone(),
-        &config.procfs,
+        &config.node.procfs,
         TrackerOptions {
             idle_timeout_ns: config.connection_idle_timeout.as_nanos() as u64,
             max_connections: config.max_connections,
@@ -93,7 +93,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "serving metrics on http://{}/metrics",
         listener.local_addr().unwrap_or(config.listen)
     );
-    axum::serve(listener, server::router(metrics))
+    let node = Arc::new(crate::collectors::NodeCollectors::new(&config.node));
+    axum::serve(listener, server::router(metrics, node))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("metrics endpoint failed")?;

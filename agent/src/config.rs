@@ -11,6 +11,8 @@ use agent_common::{DEFAULT_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MIN_CAPT
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::collectors::NodeConfig;
+
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 262_144;
@@ -47,6 +49,31 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "NODETAP_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Where the host's procfs is (as node_exporter's flag) [default: /proc].
+    #[arg(long = "path.procfs", env = "NODETAP_PATH_PROCFS", value_name = "PATH")]
+    pub path_procfs: Option<PathBuf>,
+    /// Where the host's sysfs is [default: /sys].
+    #[arg(long = "path.sysfs", env = "NODETAP_PATH_SYSFS", value_name = "PATH")]
+    pub path_sysfs: Option<PathBuf>,
+    /// Where the host's root filesystem is [default: /].
+    #[arg(long = "path.rootfs", env = "NODETAP_PATH_ROOTFS", value_name = "PATH")]
+    pub path_rootfs: Option<PathBuf>,
+    /// Node collectors to switch on, comma-separated (see README).
+    #[arg(
+        long = "collector.enable",
+        env = "NODETAP_COLLECTOR_ENABLE",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub collector_enable: Vec<String>,
+    /// Node collectors to switch off, comma-separated (see README).
+    #[arg(
+        long = "collector.disable",
+        env = "NODETAP_COLLECTOR_DISABLE",
+        value_name = "NAMES",
+        value_delimiter = ','
+    )]
+    pub collector_disable: Vec<String>,
     /// Run the start-up checks, load and attach every hook, print the report, and exit.
     #[arg(long)]
     pub check: bool,
@@ -63,6 +90,8 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub request_timeout: Option<u64>,
     pub log_level: Option<String>,
+    /// Host metrics (`[node]` table).
+    pub node: NodeConfig,
 }
 
 /// The configuration in force.
@@ -76,7 +105,8 @@ pub struct Config {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub log_level: log::LevelFilter,
-    pub procfs: PathBuf,
+    /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
+    pub node: NodeConfig,
     pub check_only: bool,
 }
 
@@ -96,6 +126,8 @@ pub enum ConfigError {
     },
     #[error("bad value for {key}: {problem}")]
     Invalid { key: &'static str, problem: String },
+    #[error("bad node collector configuration")]
+    Node(#[source] crate::collectors::NodeConfigError),
 }
 
 impl Config {
@@ -182,6 +214,19 @@ impl Config {
             key: "log_level",
             problem: format!("{level:?} is not one of off, error, warn, info, debug, trace"),
         })?;
+        let mut node = file.node;
+        if let Some(p) = cli.path_procfs {
+            node.procfs = p;
+        }
+        if let Some(p) = cli.path_sysfs {
+            node.sysfs = p;
+        }
+        if let Some(p) = cli.path_rootfs {
+            node.rootfs = p;
+        }
+        node.enable.extend(cli.collector_enable);
+        node.disable.extend(cli.collector_disable);
+        node.validate().map_err(ConfigError::Node)?;
         Ok(Config {
             listen,
             capture_bytes,
@@ -192,7 +237,7 @@ impl Config {
             max_connections,
             request_timeout: Duration::from_secs(request_timeout),
             log_level,
-            procfs: PathBuf::from("/proc"),
+            node,
             check_only: cli.check,
         })
     }
@@ -243,6 +288,34 @@ mod tests {
         assert!(err.starts_with("bad value for ringbuf_bytes"), "{err}");
         let err = from_toml("log_level = \"loud\"\n").unwrap_err();
         assert!(err.starts_with("bad value for log_level"), "{err}");
+    }
+
+    #[test]
+    fn node_paths_and_collectors() {
+        let file: FileConfig =
+            toml::from_str("[node]\nprocfs = \"/host/proc\"\ndisable = [\"pressure\"]\n").unwrap();
+        let cli = Cli::try_parse_from([
+            "nodetap",
+            "--path.sysfs",
+            "/host/sys",
+            "--collector.disable",
+            "vmstat,time",
+        ])
+        .unwrap();
+        let c = Config::merge(cli, file).unwrap();
+        assert_eq!(c.node.procfs, PathBuf::from("/host/proc"));
+        assert_eq!(c.node.sysfs, PathBuf::from("/host/sys"));
+        assert_eq!(c.node.disable, vec!["pressure", "vmstat", "time"]);
+        let cli = Cli::try_parse_from(["nodetap", "--collector.enable", "nosuch"]).unwrap();
+        let err = Config::merge(cli, FileConfig::default()).unwrap_err();
+        assert!(
+            crate::error_chain(&err).contains("unknown node collector \"nosuch\""),
+            "{}",
+            crate::error_chain(&err)
+        );
+        assert!(from_toml("[node]\nprocs = \"/x\"\n")
+            .unwrap_err()
+            .contains("unknown field `procs`"));
     }
 
     #[test]

@@ -1,13 +1,27 @@
 //! nodetap: an eBPF node telemetry agent.
 //!
-//! kernel events -> [`capture`] (connections, TCP bytes) -> [`metrics`] -> [`server`].
+//! kernel events -> [`capture`] (connections, TCP bytes, [`protocols`]) -> [`metrics`] ->
+//! [`server`], which also serves the node_exporter-compatible [`collectors`].
 //! See ARCHITECTURE.md for the whole picture.
 
 pub mod agent;
 pub mod capture;
+pub mod collectors;
 pub mod config;
 pub mod metrics;
 pub mod preflight;
 pub mod probes;
 pub mod protocols;
 pub mod server;
+
+/// An error and its causes, as one line: "what failed: because: because".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}

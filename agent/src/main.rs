@@ -6,7 +6,7 @@ fn main() {
     let config = match Config::resolve(cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("nodetap: {}", error_chain(&e));
+            eprintln!("nodetap: {}", nodetap::error_chain(&e));
             std::process::exit(2);
         }
     };
@@ -24,15 +24,4 @@ fn main() {
         eprintln!("nodetap: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }

@@ -4,6 +4,7 @@
 //! Every test runs as root (CI does): eBPF tests must load their programs or fail, never
 //! skip.
 
+pub mod exposition;
 pub mod pgwire;
 pub mod resp;
 pub mod servers;
@@ -246,61 +247,21 @@ impl Drop for Agent {
 }
 
 /// The value of the series `name{labels}` in Prometheus text; labels must match
-/// exactly (all of them, in any order).
+/// exactly (all of them, in any order). Panics if the text is not valid exposition
+/// format: the agent's output must always parse.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, label_text) = match series.split_once('{') {
-                Some((n, rest)) => (n, rest.strip_suffix('}')?),
-                None => (series, ""),
-            };
-            if series_name != name {
-                return None;
-            }
-            let mut found: Vec<(String, String)> = parse_labels(label_text);
-            let mut wanted: Vec<(String, String)> = labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            found.sort();
-            wanted.sort();
-            if found != wanted {
-                return None;
-            }
-            value.parse().ok()
+    let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .find(|s| {
+            s.name == name
+                && s.labels.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
         })
-}
-
-fn parse_labels(text: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some((key, after)) = rest.split_once("=\"") {
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = after.len();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(match escaped {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = i + 1;
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        out.push((key.trim_start_matches(',').to_string(), value));
-        rest = &after[end.min(after.len())..];
-    }
-    out
+        .map(|s| s.value)
 }
 
 /// This process's name as the kernel reports it (what the agent calls service_name).

@@ -15,11 +15,14 @@ use anyhow::{bail, Context, Result};
 pub enum What {
     /// Loopback TCP ping-pong with and without the agent.
     Capture,
+    /// Scrape time of the node collectors, nodetap vs node_exporter.
+    Node,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
     let (key, section) = match what {
         What::Capture => ("capture", crate::bench_capture::run(nodetap)?),
+        What::Node => ("node", crate::bench_node::run(nodetap)?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)

@@ -359,11 +359,12 @@ fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<
         .try_into()
         .map_err(|e| format!("{e}"))?;
     prog.load().map_err(|e| {
-        let full = error_chain(&e);
+        let full = crate::error_chain(&e);
         log::debug!("loading {program} failed: {full}");
         shorten_verifier_log(&full)
     })?;
-    prog.attach(category, name).map_err(|e| error_chain(&e))?;
+    prog.attach(category, name)
+        .map_err(|e| crate::error_chain(&e))?;
     Ok(())
 }
 
@@ -376,17 +377,6 @@ fn shorten_verifier_log(message: &str) -> String {
     let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
     let tail = &lines[lines.len().saturating_sub(6)..];
     format!("{head}verifier said: ... {}", tail.join(" | "))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 impl Probes {

@@ -1,0 +1,254 @@
+//! `cargo xtask bench node`: scrape time of nodetap's /metrics against node_exporter's,
+//! on the same machine in the same run.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
+const WARMUP: usize = 10;
+const SCRAPES: usize = 200;
+
+/// A child process stopped with SIGTERM (so nodetap detaches its eBPF programs), then
+/// SIGKILL if it does not exit, when dropped.
+struct Proc {
+    child: Child,
+    what: &'static str,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop on SIGTERM, killing it", self.what);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")
+        .context("binding a loopback port")?
+        .local_addr()?
+        .port())
+}
+
+/// GET http://127.0.0.1:<port>/metrics; returns the body size. Any status but 200 is an
+/// error.
+fn scrape(port: u16) -> Result<usize> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // One write: a server that reads the request once must get all of it.
+    let request =
+        format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::with_capacity(256 * 1024);
+    s.read_to_end(&mut buf)?;
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of HTTP headers")?;
+    let status = String::from_utf8_lossy(&buf[..buf.len().min(12)]).into_owned();
+    if !status.ends_with(" 200") {
+        bail!("answered {status:?}");
+    }
+    Ok(buf.len() - head_end - 4)
+}
+
+fn wait_ready(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        if scrape(port).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = proc.child.try_wait()? {
+            bail!(
+                "{} exited with {status} before answering on port {port}",
+                proc.what
+            );
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "{} did not answer on port {port} within {timeout:?}",
+                proc.what
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+struct Stats {
+    median_ms: f64,
+    p99_ms: f64,
+    body_bytes: usize,
+}
+
+fn stats(mut ms: Vec<f64>, body_bytes: usize) -> Stats {
+    ms.sort_by(f64::total_cmp);
+    Stats {
+        median_ms: percentile(&ms, 50.0),
+        p99_ms: percentile(&ms, 99.0),
+        body_bytes,
+    }
+}
+
+/// Runs node_exporter (default collectors) and `nodetap_bin --listen 127.0.0.1:<port>`
+/// (root, eBPF loaded), scrapes each [`SCRAPES`] times, interleaved, after [`WARMUP`]
+/// scrapes, and returns a markdown section for BENCHMARKS.md.
+pub fn run(nodetap_bin: &Path) -> Result<String> {
+    if !Path::new(NODE_EXPORTER).exists() {
+        bail!("{NODE_EXPORTER} is missing: apt-get install -y prometheus-node-exporter");
+    }
+    let ne_port = free_port()?;
+    let mut node_exporter = Proc {
+        child: Command::new(NODE_EXPORTER)
+            .arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {NODE_EXPORTER}"))?,
+        what: "node_exporter",
+    };
+    wait_ready(ne_port, &mut node_exporter, Duration::from_secs(30))?;
+
+    let nt_port = free_port()?;
+    let mut nodetap = Proc {
+        child: Command::new(nodetap_bin)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{nt_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "starting {} (build it first, and run as root: it loads eBPF programs)",
+                    nodetap_bin.display()
+                )
+            })?,
+        what: "nodetap",
+    };
+    wait_ready(nt_port, &mut nodetap, Duration::from_secs(120))?;
+
+    for _ in 0..WARMUP {
+        scrape(ne_port).context("warm-up scrape of node_exporter")?;
+        scrape(nt_port).context("warm-up scrape of nodetap")?;
+    }
+    let (mut ne_ms, mut nt_ms) = (Vec::with_capacity(SCRAPES), Vec::with_capacity(SCRAPES));
+    let (mut ne_bytes, mut nt_bytes) = (0, 0);
+    for i in 0..SCRAPES {
+        // Alternate who goes first, so neither always scrapes a just-warmed cache.
+        let order = if i % 2 == 0 {
+            [ne_port, nt_port]
+        } else {
+            [nt_port, ne_port]
+        };
+        for port in order {
+            let start = Instant::now();
+            let bytes = scrape(port).with_context(|| format!("scrape {i} of port {port}"))?;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if port == ne_port {
+                ne_ms.push(ms);
+                ne_bytes = bytes;
+            } else {
+                nt_ms.push(ms);
+                nt_bytes = bytes;
+            }
+        }
+    }
+    drop(nodetap);
+    drop(node_exporter);
+
+    let ne = stats(ne_ms, ne_bytes);
+    let nt = stats(nt_ms, nt_bytes);
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let ne_version = first_line(NODE_EXPORTER, &["--version"]);
+
+    let mut md = String::new();
+    md.push_str("## node: /metrics scrape time, nodetap vs node_exporter\n\n");
+    md.push_str(&format!(
+        "Command: `cargo xtask bench node` (as root). Machine: {nproc} CPUs (`nproc`), kernel {kernel}. \
+         Reference: {ne_version}, default collectors.\n\n"
+    ));
+    md.push_str(&format!(
+        "Each endpoint scraped {SCRAPES} times over loopback, interleaved (alternating which goes first), \
+         after {WARMUP} warm-up scrapes; time is from connecting to reading the last byte.\n\n"
+    ));
+    md.push_str("| endpoint | median | p99 | body |\n|---|---|---|---|\n");
+    for (name, s) in [("node_exporter", &ne), ("nodetap", &nt)] {
+        md.push_str(&format!(
+            "| {name} | {:.2} ms | {:.2} ms | {:.1} KiB |\n",
+            s.median_ms,
+            s.p99_ms,
+            s.body_bytes as f64 / 1024.0
+        ));
+    }
+    md.push_str(&format!(
+        "\nRatio nodetap / node_exporter: median {:.2}x, p99 {:.2}x.\n\n",
+        nt.median_ms / ne.median_ms,
+        nt.p99_ms / ne.p99_ms
+    ));
+    md.push_str(
+        "Not like for like: nodetap's /metrics also carries its non-node families (RED metrics, \
+         traffic, the agent's own health), and node_exporter runs all its default collectors where \
+         nodetap implements twelve of them (cpu, diskstats, filesystem, loadavg, meminfo, netclass, \
+         netdev, pressure, stat, time, uname, vmstat). This compares the endpoints as deployed.\n",
+    );
+    Ok(md)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 100.0);
+        assert_eq!(percentile(&v, 99.0), 198.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+    }
+}
