@@ -1,15 +1,9 @@
 //! Benchmark plumbing shared by every `cargo xtask bench <what>`: starting the agent,
 //! scraping it, reading its CPU and memory, and writing BENCHMARKS.md.
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    path::Path,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum What {
@@ -17,12 +11,20 @@ pub enum What {
     Capture,
     /// Scrape time of the node collectors, nodetap vs node_exporter.
     Node,
+    /// redis-benchmark (default and -P 16) with and without the agent.
+    Redis,
+    /// pgbench select-only with and without the agent.
+    Postgres,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
+    // The harness starts the agent from NODETAP_BIN.
+    std::env::set_var("NODETAP_BIN", nodetap);
     let (key, section) = match what {
-        What::Capture => ("capture", crate::bench_capture::run(nodetap)?),
-        What::Node => ("node", crate::bench_node::run(nodetap)?),
+        What::Capture => ("capture", crate::bench_capture::run()?),
+        What::Node => ("node", crate::bench_node::run()?),
+        What::Redis => ("redis", crate::bench_db::redis()?),
+        What::Postgres => ("postgres", crate::bench_db::postgres()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)
@@ -68,73 +70,21 @@ pub fn machine() -> String {
     format!("{cores} cores ({cpu}), kernel {}", kernel.trim())
 }
 
-pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-pub fn http_get(addr: &str, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("no HTTP response from {addr}");
-    };
-    if !head.contains(" 200 ") {
-        bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
-    }
-    Ok(body.to_owned())
-}
-
-/// Sum of the samples of `name` whose line contains every `needle`.
-pub fn metric_sum(text: &str, name: &str, needles: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
-/// The real agent, for benchmarks.
-pub struct RunningAgent {
-    child: Child,
-    pub addr: String,
-}
+/// The real agent for a benchmark run, with its resource use. Started and stopped by
+/// the test harness's guard (SIGTERM on drop, so every program is detached).
+pub struct RunningAgent(pub nodetap_tests::Agent);
 
 impl RunningAgent {
-    pub fn start(bin: &Path, extra: &[&str]) -> Result<Self> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
-        let child = Command::new(bin)
-            .args(["--listen", &addr])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nodetap")?;
-        let agent = RunningAgent { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while http_get(&agent.addr, "/metrics").is_err() {
-            if Instant::now() > deadline {
-                bail!("nodetap did not come up");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Ok(agent)
+    pub fn start(extra: &[&str]) -> Self {
+        RunningAgent(nodetap_tests::Agent::start(extra))
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.process.pid()
     }
 
-    pub fn scrape(&self) -> Result<String> {
-        http_get(&self.addr, "/metrics")
+    pub fn scrape(&self) -> String {
+        self.0.scrape()
     }
 
     /// User + system CPU seconds the agent has used.
@@ -153,13 +103,6 @@ impl RunningAgent {
             })
             .unwrap_or(0)
             * 1024
-    }
-}
-
-impl Drop for RunningAgent {
-    fn drop(&mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 
@@ -186,4 +129,14 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Kernel events the agent lost (not those merely sent without payload).
+pub fn events_lost(text: &str) -> f64 {
+    ["ringbuf_full", "pending_map_full", "socket_unreadable"]
+        .iter()
+        .filter_map(|r| {
+            nodetap_tests::metric_value(text, "nodetap_events_lost_total", &[("reason", r)])
+        })
+        .sum()
 }

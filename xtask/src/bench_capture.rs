@@ -4,7 +4,6 @@
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
-    path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -14,7 +13,9 @@ use std::{
 
 use anyhow::Result;
 
-use crate::bench::{machine, median, metric_sum, RunningAgent};
+use nodetap_tests::metric_value;
+
+use crate::bench::{events_lost, machine, median, RunningAgent};
 
 const CONNECTIONS: usize = 4;
 const MESSAGE: usize = 64;
@@ -70,7 +71,7 @@ fn ping_pong() -> Result<f64> {
     Ok(total as f64 / elapsed)
 }
 
-pub fn run(nodetap: &Path) -> Result<String> {
+pub fn run() -> Result<String> {
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut cpu = 0.0;
@@ -82,29 +83,18 @@ pub fn run(nodetap: &Path) -> Result<String> {
         eprintln!("round {round}: without agent {rate:.0} round trips/s");
         without.push(rate);
 
-        let agent = RunningAgent::start(nodetap, &[])?;
-        let before = agent.scrape()?;
+        let agent = RunningAgent::start(&[]);
+        let before = agent.scrape();
         let cpu_before = agent.cpu_seconds();
         let rate = ping_pong()?;
         // Let the agent drain what is still in the ring buffer before reading it.
         std::thread::sleep(Duration::from_millis(500));
-        let after = agent.scrape()?;
+        let after = agent.scrape();
         cpu += agent.cpu_seconds() - cpu_before;
-        let data = |t: &str| metric_sum(t, "nodetap_events_total", &["kind=\"data\""]);
+        let data =
+            |t: &str| metric_value(t, "nodetap_events_total", &[("kind", "data")]).unwrap_or(0.0);
         events += data(&after) - data(&before);
-        lost += metric_sum(
-            &after,
-            "nodetap_events_lost_total",
-            &["reason=\"ringbuf_full\""],
-        ) + metric_sum(
-            &after,
-            "nodetap_events_lost_total",
-            &["reason=\"pending_map_full\""],
-        ) + metric_sum(
-            &after,
-            "nodetap_events_lost_total",
-            &["reason=\"socket_unreadable\""],
-        );
+        lost += events_lost(&after);
         rss = rss.max(agent.rss_bytes());
         eprintln!("round {round}: with agent {rate:.0} round trips/s");
         with.push(rate);

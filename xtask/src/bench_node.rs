@@ -1,92 +1,22 @@
 //! `cargo xtask bench node`: scrape time of nodetap's /metrics against node_exporter's,
 //! on the same machine in the same run.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nodetap_tests::{free_port, Agent, ChildGuard};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const WARMUP: usize = 10;
 const SCRAPES: usize = 200;
 
-/// A child process stopped with SIGTERM (so nodetap detaches its eBPF programs), then
-/// SIGKILL if it does not exit, when dropped.
-struct Proc {
-    child: Child,
-    what: &'static str,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!("{} did not stop on SIGTERM, killing it", self.what);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")
-        .context("binding a loopback port")?
-        .local_addr()?
-        .port())
-}
-
-/// GET http://127.0.0.1:<port>/metrics; returns the body size. Any status but 200 is an
-/// error.
+/// GET http://127.0.0.1:<port>/metrics; returns the body size.
 fn scrape(port: u16) -> Result<usize> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    // One write: a server that reads the request once must get all of it.
-    let request =
-        format!("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes())?;
-    let mut buf = Vec::with_capacity(256 * 1024);
-    s.read_to_end(&mut buf)?;
-    let head_end = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .context("no end of HTTP headers")?;
-    let status = String::from_utf8_lossy(&buf[..buf.len().min(12)]).into_owned();
-    if !status.ends_with(" 200") {
-        bail!("answered {status:?}");
-    }
-    Ok(buf.len() - head_end - 4)
-}
-
-fn wait_ready(port: u16, proc: &mut Proc, timeout: Duration) -> Result<()> {
-    let start = Instant::now();
-    loop {
-        if scrape(port).is_ok() {
-            return Ok(());
-        }
-        if let Some(status) = proc.child.try_wait()? {
-            bail!(
-                "{} exited with {status} before answering on port {port}",
-                proc.what
-            );
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "{} did not answer on port {port} within {timeout:?}",
-                proc.what
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    nodetap_tests::try_http_get(&format!("http://127.0.0.1:{port}/metrics"))
+        .map(|body| body.len())
+        .map_err(|e| anyhow::anyhow!("scrape of port {port}: {e}"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -134,39 +64,25 @@ fn stats(mut ms: Vec<f64>, body_bytes: usize) -> Stats {
 /// Runs node_exporter (default collectors) and `nodetap_bin --listen 127.0.0.1:<port>`
 /// (root, eBPF loaded), scrapes each [`SCRAPES`] times, interleaved, after [`WARMUP`]
 /// scrapes, and returns a markdown section for BENCHMARKS.md.
-pub fn run(nodetap_bin: &Path) -> Result<String> {
+pub fn run() -> Result<String> {
     if !Path::new(NODE_EXPORTER).exists() {
         bail!("{NODE_EXPORTER} is missing: apt-get install -y prometheus-node-exporter");
     }
-    let ne_port = free_port()?;
-    let mut node_exporter = Proc {
-        child: Command::new(NODE_EXPORTER)
-            .arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {NODE_EXPORTER}"))?,
-        what: "node_exporter",
-    };
-    wait_ready(ne_port, &mut node_exporter, Duration::from_secs(30))?;
-
-    let nt_port = free_port()?;
-    let mut nodetap = Proc {
-        child: Command::new(nodetap_bin)
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{nt_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "starting {} (build it first, and run as root: it loads eBPF programs)",
-                    nodetap_bin.display()
-                )
-            })?,
-        what: "nodetap",
-    };
-    wait_ready(nt_port, &mut nodetap, Duration::from_secs(120))?;
+    let ne_port = free_port();
+    let mut cmd = Command::new(NODE_EXPORTER);
+    cmd.arg(format!("--web.listen-address=127.0.0.1:{ne_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let node_exporter = ChildGuard::spawn(cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scrape(ne_port).is_err() {
+        if Instant::now() > deadline {
+            bail!("node_exporter did not answer on port {ne_port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let nodetap = Agent::start(&[]);
+    let nt_port = nodetap.port;
 
     for _ in 0..WARMUP {
         scrape(ne_port).context("warm-up scrape of node_exporter")?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_capture;
+mod bench_db;
 mod bench_node;
 
 use std::{
