@@ -61,7 +61,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let metrics = Arc::new(Metrics::new(env!("CARGO_PKG_VERSION")));
+    let metrics = Arc::new(Metrics::with_series_limit(
+        env!("CARGO_PKG_VERSION"),
+        config.max_series,
+    ));
     for hook in &probes.hooks {
         metrics
             .probe_attached

@@ -42,6 +42,10 @@ pub struct Cli {
     /// Most connections tracked at once [default: 262144].
     #[arg(long, env = "NODETAP_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Most series per request-metric family; more are dropped and counted
+    /// [default: 10000].
+    #[arg(long, env = "NODETAP_MAX_SERIES", value_name = "N")]
+    pub max_series: Option<usize>,
     /// Seconds a request may wait for its response before it is counted as timed out
     /// [default: 300].
     #[arg(long, env = "NODETAP_REQUEST_TIMEOUT", value_name = "SECONDS")]
@@ -89,6 +93,7 @@ pub struct FileConfig {
     pub connection_idle_timeout: Option<u64>,
     pub max_connections: Option<usize>,
     pub request_timeout: Option<u64>,
+    pub max_series: Option<usize>,
     pub log_level: Option<String>,
     /// Host metrics (`[node]` table).
     pub node: NodeConfig,
@@ -104,6 +109,7 @@ pub struct Config {
     pub connection_idle_timeout: Duration,
     pub max_connections: usize,
     pub request_timeout: Duration,
+    pub max_series: usize,
     pub log_level: log::LevelFilter,
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
@@ -214,6 +220,16 @@ impl Config {
             key: "log_level",
             problem: format!("{level:?} is not one of off, error, warn, info, debug, trace"),
         })?;
+        let max_series = cli
+            .max_series
+            .or(file.max_series)
+            .unwrap_or(crate::metrics::DEFAULT_SERIES_LIMIT);
+        if max_series == 0 {
+            return Err(ConfigError::Invalid {
+                key: "max_series",
+                problem: "must be at least 1".into(),
+            });
+        }
         let mut node = file.node;
         if let Some(p) = cli.path_procfs {
             node.procfs = p;
@@ -236,6 +252,7 @@ impl Config {
             connection_idle_timeout: Duration::from_secs(idle),
             max_connections,
             request_timeout: Duration::from_secs(request_timeout),
+            max_series,
             log_level,
             node,
             check_only: cli.check,

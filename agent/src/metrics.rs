@@ -24,6 +24,60 @@ fn latency_histogram() -> Histogram {
 
 pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Most series one request-metric family may hold, by default. Label values come from
+/// closed sets, but their product (operations x errors x servers x services) is still
+/// unbounded on a busy node; past the limit new series are dropped and counted.
+pub const DEFAULT_SERIES_LIMIT: usize = 10_000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabels {
+    pub family: &'static str,
+}
+
+/// A histogram family with a series limit. Only the event reader creates series, so
+/// the check-then-create below does not race with itself.
+pub struct LimitedHistograms<
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+> {
+    pub family: Histograms<L>,
+    name: &'static str,
+    created: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    dropped: Family<FamilyLabels, Counter>,
+}
+
+impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static>
+    LimitedHistograms<L>
+{
+    fn new(name: &'static str, limit: usize, dropped: Family<FamilyLabels, Counter>) -> Self {
+        Self {
+            family: Family::new_with_constructor(latency_histogram),
+            name,
+            created: std::sync::atomic::AtomicUsize::new(0),
+            limit,
+            dropped,
+        }
+    }
+
+    /// Records `value` in the series `labels`, unless that would be a new series past the
+    /// limit: then the observation is dropped and counted.
+    pub fn observe(&self, labels: &L, value: f64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(h) = self.family.get(labels) {
+            h.observe(value);
+            return;
+        }
+        if self.created.load(Relaxed) >= self.limit {
+            self.dropped
+                .get_or_create(&FamilyLabels { family: self.name })
+                .inc();
+            return;
+        }
+        self.created.fetch_add(1, Relaxed);
+        self.family.get_or_create(labels).observe(value);
+    }
+}
+
 /// Labels of `db_{client,server}_operation_duration_seconds` (OpenTelemetry database
 /// semantic conventions, Prometheus-style names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -117,8 +171,9 @@ pub struct Metrics {
     pub ringbuf_waiting: Gauge,
     pub ringbuf_size: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
-    pub db_client_duration: Histograms<DbLabels>,
-    pub db_server_duration: Histograms<DbLabels>,
+    pub db_client_duration: LimitedHistograms<DbLabels>,
+    pub db_server_duration: LimitedHistograms<DbLabels>,
+    pub series_dropped: Family<FamilyLabels, Counter>,
     pub protocol_connections: Family<ProtocolLabels, Counter>,
     pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
     pub protocol_abandoned: Family<ProtocolLabels, Counter>,
@@ -127,7 +182,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(version: &str) -> Self {
+        Self::with_series_limit(version, DEFAULT_SERIES_LIMIT)
+    }
+
+    pub fn with_series_limit(version: &str, series_limit: usize) -> Self {
         let mut registry = Registry::default();
+        let series_dropped = Family::<FamilyLabels, Counter>::default();
         registry.register(
             "nodetap_build",
             "nodetap build information",
@@ -147,8 +207,17 @@ impl Metrics {
             ringbuf_waiting: Gauge::default(),
             ringbuf_size: Gauge::default(),
             probe_attached: Family::default(),
-            db_client_duration: Family::new_with_constructor(latency_histogram),
-            db_server_duration: Family::new_with_constructor(latency_histogram),
+            db_client_duration: LimitedHistograms::new(
+                "db_client_operation_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+            ),
+            db_server_duration: LimitedHistograms::new(
+                "db_server_operation_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+            ),
+            series_dropped,
             protocol_connections: Family::default(),
             protocol_parse_errors: Family::default(),
             protocol_abandoned: Family::default(),
@@ -225,13 +294,18 @@ impl Metrics {
             "db_client_operation_duration",
             "Duration of database operations seen from the client: first request byte written to last response byte read",
             Unit::Seconds,
-            m.db_client_duration.clone(),
+            m.db_client_duration.family.clone(),
         );
         r.register_with_unit(
             "db_server_operation_duration",
             "Duration of database operations seen from the server: first request byte read to last response byte written",
             Unit::Seconds,
-            m.db_server_duration.clone(),
+            m.db_server_duration.family.clone(),
+        );
+        r.register(
+            "nodetap_series_dropped",
+            "Observations dropped because their series would pass the family's series limit",
+            m.series_dropped.clone(),
         );
         r.register(
             "nodetap_protocol_connections",
@@ -317,6 +391,31 @@ mod tests {
             "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total{x=\"1\"} 5\n\
              # HELP b_info Info.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n\
              # HELP h Latency.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n"
+        );
+    }
+
+    #[test]
+    fn series_past_the_limit_are_dropped_and_counted() {
+        let m = Metrics::with_series_limit("t", 2);
+        let labels = |op: &'static str| DbLabels {
+            db_system_name: "redis",
+            db_operation_name: op,
+            error_type: None,
+            server_address: Name::new("127.0.0.1"),
+            server_port: 6379,
+            service_name: Name::new("app"),
+        };
+        for op in ["GET", "SET", "GET", "DEL", "HSET", "SET"] {
+            m.db_client_duration.observe(&labels(op), 0.001);
+        }
+        let text = m.encode();
+        assert!(text.contains("db_operation_name=\"GET\",error_type=\"\",server_address=\"127.0.0.1\",server_port=\"6379\",service_name=\"app\"} 2\n"), "{text}");
+        assert!(!text.contains("\"DEL\""), "{text}");
+        assert!(
+            text.contains(
+                "nodetap_series_dropped_total{family=\"db_client_operation_duration_seconds\"} 2\n"
+            ),
+            "{text}"
         );
     }
 

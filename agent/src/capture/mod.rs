@@ -423,7 +423,7 @@ fn record_operations(
             service_name: conn.service.clone(),
         };
         let seconds = op.end_ns.saturating_sub(op.start_ns) as f64 / 1e9;
-        family.get_or_create(&labels).observe(seconds);
+        family.observe(&labels, seconds);
     }
 }
 
