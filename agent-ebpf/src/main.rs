@@ -50,8 +50,12 @@ const EINPROGRESS: i64 = 115;
 /// arguments start after the common header and `__syscall_nr`; `ret` likewise.
 const SYS_ARG0: usize = 16;
 const SYS_RET: usize = 16;
-/// At most this many iovecs (or mmsghdr entries) are looked at per call: a bounded loop.
-const MAX_IOV: usize = 8;
+/// At most this many iovecs are followed per call. gRPC's C core writes a slice per
+/// header piece, so one HEADERS frame spans dozens; bpf_loop keeps the verifier's cost
+/// independent of this bound.
+const MAX_IOV: u32 = 128;
+/// At most this many mmsghdr entries are summed per *mmsg call.
+const MAX_MMSG: usize = 8;
 
 #[inline(always)]
 fn config() -> &'static Config {
@@ -209,7 +213,7 @@ fn syscall_from_u8(v: u8) -> Option<Syscall> {
 #[inline(always)]
 fn mmsg_bytes(vec: u64, messages: u64) -> u64 {
     let mut total = 0u64;
-    for i in 0..MAX_IOV as u64 {
+    for i in 0..MAX_MMSG as u64 {
         if i >= messages {
             break;
         }
@@ -234,15 +238,13 @@ fn copy_payload(
         Syscall::Read | Syscall::Write | Syscall::Recvfrom | Syscall::Sendto => {
             copy_user(event, 0, pending.arg_ptr, want)
         }
-        Syscall::Readv | Syscall::Writev => {
-            copy_iovecs(event, pending.arg_ptr, pending.arg_count, want)
-        }
+        Syscall::Readv | Syscall::Writev => copy_iovecs(pending.arg_ptr, pending.arg_count, want),
         Syscall::Recvmsg | Syscall::Sendmsg => {
             // struct user_msghdr: msg_iov at offset 16, msg_iovlen at 24.
             let iov = unsafe { bpf_probe_read_user((pending.arg_ptr + 16) as *const u64) };
             let iovlen = unsafe { bpf_probe_read_user((pending.arg_ptr + 24) as *const u64) };
             match (iov, iovlen) {
-                (Ok(iov), Ok(iovlen)) => copy_iovecs(event, iov, iovlen, want),
+                (Ok(iov), Ok(iovlen)) => copy_iovecs(iov, iovlen, want),
                 _ => {
                     count_drop(DropReason::PayloadUnreadable);
                     0
@@ -254,27 +256,56 @@ fn copy_payload(
     }
 }
 
-/// Copies `want` bytes spread over an iovec array, in order.
-#[inline(always)]
-fn copy_iovecs(event: &mut DataEvent, iov: u64, count: u64, want: u64) -> usize {
-    let mut done = 0u64;
-    for i in 0..MAX_IOV as u64 {
-        if i >= count || done >= want {
-            break;
-        }
-        let Ok(entry) = (unsafe { bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) }) else {
-            count_drop(DropReason::PayloadUnreadable);
-            break;
-        };
-        let left = want - done;
-        let n = if entry[1] < left { entry[1] } else { left };
-        let copied = copy_user(event, done, entry[0], n) as u64;
-        done += copied;
-        if copied < n {
-            break;
-        }
+/// State of an iovec walk, on the caller's stack, shared with the bpf_loop callback.
+#[repr(C)]
+struct IovWalk {
+    iov: u64,
+    count: u64,
+    want: u64,
+    done: u64,
+}
+
+/// One iovec of the walk: copies its part of the payload; returns 1 to stop.
+extern "C" fn iov_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let walk = unsafe { &mut *(ctx as *mut IovWalk) };
+    let i = index as u64;
+    if i >= walk.count || walk.done >= walk.want {
+        return 1;
     }
-    done as usize
+    let Some(event) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let event = unsafe { &mut *event };
+    let Ok(entry) = (unsafe { bpf_probe_read_user((walk.iov + i * 16) as *const [u64; 2]) }) else {
+        count_drop(DropReason::PayloadUnreadable);
+        return 1;
+    };
+    let left = walk.want - walk.done;
+    let n = if entry[1] < left { entry[1] } else { left };
+    let copied = copy_user(event, walk.done, entry[0], n) as u64;
+    walk.done += copied;
+    i64::from(copied < n)
+}
+
+/// Copies `want` bytes spread over an iovec array, in order. Uses bpf_loop (kernel 5.17+):
+/// the verifier checks the step once instead of once per unrolled iteration.
+#[inline(always)]
+fn copy_iovecs(iov: u64, count: u64, want: u64) -> usize {
+    let mut walk = IovWalk {
+        iov,
+        count,
+        want,
+        done: 0,
+    };
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_IOV,
+            iov_step as *mut core::ffi::c_void,
+            (&mut walk as *mut IovWalk).cast(),
+            0,
+        )
+    };
+    walk.done as usize
 }
 
 /// Hides a value from LLVM so it cannot drop the masks below by reasoning about ranges

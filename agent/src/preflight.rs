@@ -23,8 +23,22 @@ const CAPS: [(u32, &str); 7] = [
     (2, "CAP_DAC_READ_SEARCH"),
 ];
 
+/// Oldest kernel the kernel programs load on: bpf_loop (5.17) walks iovecs; ring
+/// buffers (5.8) and BTF are older.
+pub const MIN_KERNEL: (u32, u32) = (5, 17);
+
+/// (major, minor) from a release string like "6.1.109-118.189.amzn2023.x86_64".
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
+    #[error("kernel {release} is older than {}.{}: nodetap's kernel programs need bpf_loop (Linux 5.17 or newer; EKS AMIs with kernel 6.1 have it)", MIN_KERNEL.0, MIN_KERNEL.1)]
+    OldKernel { release: String },
     #[error("kernel BTF is missing ({BTF_PATH}): nodetap needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (any EKS AMI or distribution kernel since 5.8 has it)")]
     NoBtf,
     #[error("missing capabilities {missing}: run nodetap as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE and CAP_DAC_READ_SEARCH (or CAP_SYS_ADMIN); in Kubernetes set them in the container's securityContext")]
@@ -59,6 +73,11 @@ pub struct Report {
 impl Report {
     /// Hard requirements; the caller exits with this error's message.
     pub fn check(&self) -> Result<(), PreflightError> {
+        if kernel_version(&self.kernel).is_some_and(|v| v < MIN_KERNEL) {
+            return Err(PreflightError::OldKernel {
+                release: self.kernel.clone(),
+            });
+        }
         if !self.btf {
             return Err(PreflightError::NoBtf);
         }

@@ -33,9 +33,10 @@ impl Endpoints {
                 let r: [u8; 4] = t.remote_addr[..4].try_into().ok()?;
                 (Ipv4Addr::from(l).into(), Ipv4Addr::from(r).into())
             }
+            // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d: show them as IPv4.
             AF_INET6 => (
-                Ipv6Addr::from(t.local_addr).into(),
-                Ipv6Addr::from(t.remote_addr).into(),
+                Ipv6Addr::from(t.local_addr).to_canonical(),
+                Ipv6Addr::from(t.remote_addr).to_canonical(),
             ),
             _ => return None,
         };
