@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             idle_timeout_ns: config.connection_idle_timeout.as_nanos() as u64,
             max_connections: config.max_connections,
             request_timeout_ns: config.request_timeout.as_nanos() as u64,
+            http_routes: config.http_routes.clone(),
         },
     );
     let reader = tokio::spawn(read_events(ring, counters, tracker, metrics.clone()));

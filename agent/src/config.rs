@@ -53,6 +53,15 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "NODETAP_LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// An HTTP route pattern (repeatable), e.g. `/users/{id}/orders` or `/static/*`;
+    /// patterns win over the default route normalisation.
+    #[arg(
+        long = "http-route",
+        env = "NODETAP_HTTP_ROUTES",
+        value_name = "PATTERN",
+        value_delimiter = ','
+    )]
+    pub http_routes: Vec<String>,
     /// Where the host's procfs is (as node_exporter's flag) [default: /proc].
     #[arg(long = "path.procfs", env = "NODETAP_PATH_PROCFS", value_name = "PATH")]
     pub path_procfs: Option<PathBuf>,
@@ -95,12 +104,14 @@ pub struct FileConfig {
     pub request_timeout: Option<u64>,
     pub max_series: Option<usize>,
     pub log_level: Option<String>,
+    /// HTTP route patterns.
+    pub http_routes: Vec<String>,
     /// Host metrics (`[node]` table).
     pub node: NodeConfig,
 }
 
 /// The configuration in force.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub capture_bytes: u32,
@@ -111,6 +122,8 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_series: usize,
     pub log_level: log::LevelFilter,
+    /// The user's HTTP route patterns.
+    pub http_routes: std::sync::Arc<crate::protocols::http1::RoutePatterns>,
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
     pub check_only: bool,
@@ -230,6 +243,15 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
+        let mut patterns = file.http_routes;
+        patterns.extend(cli.http_routes);
+        let http_routes =
+            crate::protocols::http1::RoutePatterns::new(patterns.iter()).map_err(|e| {
+                ConfigError::Invalid {
+                    key: "http_routes",
+                    problem: e.to_string(),
+                }
+            })?;
         let mut node = file.node;
         if let Some(p) = cli.path_procfs {
             node.procfs = p;
@@ -254,6 +276,7 @@ impl Config {
             request_timeout: Duration::from_secs(request_timeout),
             max_series,
             log_level,
+            http_routes: std::sync::Arc::new(http_routes),
             node,
             check_only: cli.check,
         })

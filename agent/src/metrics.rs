@@ -22,6 +22,16 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Body size buckets in bytes: empty, then powers of four from 64 B to 64 MiB.
+pub const SIZE_BUCKETS: [f64; 12] = [
+    0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
 pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Most series one request-metric family may hold, by default. Label values come from
@@ -49,9 +59,14 @@ pub struct LimitedHistograms<
 impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static>
     LimitedHistograms<L>
 {
-    fn new(name: &'static str, limit: usize, dropped: Family<FamilyLabels, Counter>) -> Self {
+    fn new(
+        name: &'static str,
+        limit: usize,
+        dropped: Family<FamilyLabels, Counter>,
+        buckets: fn() -> Histogram,
+    ) -> Self {
         Self {
-            family: Family::new_with_constructor(latency_histogram),
+            family: Family::new_with_constructor(buckets),
             name,
             created: std::sync::atomic::AtomicUsize::new(0),
             limit,
@@ -87,6 +102,28 @@ pub struct DbLabels {
     /// Empty on success.
     pub error_type: Option<String>,
     pub server_address: Name,
+    pub server_port: u16,
+    pub service_name: Name,
+}
+
+/// Labels of the `http_{client,server}_request_*` families (OpenTelemetry HTTP semantic
+/// conventions, Prometheus-style names).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub http_request_method: &'static str,
+    pub http_response_status_code: u16,
+    pub http_route: String,
+    pub server_port: u16,
+    pub service_name: Name,
+}
+
+/// Labels of `rpc_{client,server}_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc_system: &'static str,
+    pub rpc_service: String,
+    pub rpc_method: String,
+    pub rpc_grpc_status_code: u32,
     pub server_port: u16,
     pub service_name: Name,
 }
@@ -173,6 +210,14 @@ pub struct Metrics {
     pub probe_attached: Family<ProbeLabels, Gauge>,
     pub db_client_duration: LimitedHistograms<DbLabels>,
     pub db_server_duration: LimitedHistograms<DbLabels>,
+    pub http_client_duration: LimitedHistograms<HttpLabels>,
+    pub http_server_duration: LimitedHistograms<HttpLabels>,
+    pub http_client_request_size: LimitedHistograms<HttpLabels>,
+    pub http_client_response_size: LimitedHistograms<HttpLabels>,
+    pub http_server_request_size: LimitedHistograms<HttpLabels>,
+    pub http_server_response_size: LimitedHistograms<HttpLabels>,
+    pub rpc_client_duration: LimitedHistograms<RpcLabels>,
+    pub rpc_server_duration: LimitedHistograms<RpcLabels>,
     pub series_dropped: Family<FamilyLabels, Counter>,
     pub protocol_connections: Family<ProtocolLabels, Counter>,
     pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
@@ -211,11 +256,61 @@ impl Metrics {
                 "db_client_operation_duration_seconds",
                 series_limit,
                 series_dropped.clone(),
+                latency_histogram,
             ),
             db_server_duration: LimitedHistograms::new(
                 "db_server_operation_duration_seconds",
                 series_limit,
                 series_dropped.clone(),
+                latency_histogram,
+            ),
+            http_client_duration: LimitedHistograms::new(
+                "http_client_request_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+                latency_histogram,
+            ),
+            http_server_duration: LimitedHistograms::new(
+                "http_server_request_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+                latency_histogram,
+            ),
+            http_client_request_size: LimitedHistograms::new(
+                "http_client_request_body_size_bytes",
+                series_limit,
+                series_dropped.clone(),
+                size_histogram,
+            ),
+            http_client_response_size: LimitedHistograms::new(
+                "http_client_response_body_size_bytes",
+                series_limit,
+                series_dropped.clone(),
+                size_histogram,
+            ),
+            http_server_request_size: LimitedHistograms::new(
+                "http_server_request_body_size_bytes",
+                series_limit,
+                series_dropped.clone(),
+                size_histogram,
+            ),
+            http_server_response_size: LimitedHistograms::new(
+                "http_server_response_body_size_bytes",
+                series_limit,
+                series_dropped.clone(),
+                size_histogram,
+            ),
+            rpc_client_duration: LimitedHistograms::new(
+                "rpc_client_call_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+                latency_histogram,
+            ),
+            rpc_server_duration: LimitedHistograms::new(
+                "rpc_server_call_duration_seconds",
+                series_limit,
+                series_dropped.clone(),
+                latency_histogram,
             ),
             series_dropped,
             protocol_connections: Family::default(),
@@ -301,6 +396,58 @@ impl Metrics {
             "Duration of database operations seen from the server: first request byte read to last response byte written",
             Unit::Seconds,
             m.db_server_duration.family.clone(),
+        );
+        let durations: [(&str, &str, &Histograms<HttpLabels>); 2] = [
+            (
+                "http_client_request_duration",
+                "Duration of HTTP requests seen from the client: first request byte written to last response byte read",
+                &m.http_client_duration.family,
+            ),
+            (
+                "http_server_request_duration",
+                "Duration of HTTP requests seen from the server: first request byte read to last response byte written",
+                &m.http_server_duration.family,
+            ),
+        ];
+        for (name, help, family) in durations {
+            r.register_with_unit(name, help, Unit::Seconds, family.clone());
+        }
+        let sizes: [(&str, &str, &Histograms<HttpLabels>); 4] = [
+            (
+                "http_client_request_body_size",
+                "Size of HTTP request bodies sent by clients",
+                &m.http_client_request_size.family,
+            ),
+            (
+                "http_client_response_body_size",
+                "Size of HTTP response bodies received by clients",
+                &m.http_client_response_size.family,
+            ),
+            (
+                "http_server_request_body_size",
+                "Size of HTTP request bodies received by servers",
+                &m.http_server_request_size.family,
+            ),
+            (
+                "http_server_response_body_size",
+                "Size of HTTP response bodies sent by servers",
+                &m.http_server_response_size.family,
+            ),
+        ];
+        for (name, help, family) in sizes {
+            r.register_with_unit(name, help, Unit::Bytes, family.clone());
+        }
+        r.register_with_unit(
+            "rpc_client_call_duration",
+            "Duration of gRPC calls seen from the client: stream open to stream end",
+            Unit::Seconds,
+            m.rpc_client_duration.family.clone(),
+        );
+        r.register_with_unit(
+            "rpc_server_call_duration",
+            "Duration of gRPC calls seen from the server: stream open to stream end",
+            Unit::Seconds,
+            m.rpc_server_duration.family.clone(),
         );
         r.register(
             "nodetap_series_dropped",

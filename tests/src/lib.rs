@@ -5,6 +5,7 @@
 //! skip.
 
 pub mod exposition;
+pub mod http1;
 pub mod pgwire;
 pub mod resp;
 pub mod servers;

@@ -151,3 +151,89 @@ impl PostgresServer {
         }
     }
 }
+
+/// nginx on 127.0.0.1: one HTTP/1.1 port and one cleartext HTTP/2 (prior knowledge) port,
+/// serving a private root with files of known sizes, `return 500` at /status/500 and a
+/// small text answer under /api/.
+pub struct Nginx {
+    pub http1_port: u16,
+    pub h2c_port: u16,
+    pub root: PathBuf,
+    _process: ChildGuard,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start() -> Nginx {
+        let dir = TempDir::new("nodetap-nginx");
+        let root = dir.0.join("www");
+        std::fs::create_dir_all(root.join("users")).unwrap();
+        std::fs::write(root.join("index.html"), "x".repeat(612)).unwrap();
+        std::fs::write(root.join("big.bin"), vec![b'b'; 1_000_000]).unwrap();
+        for id in ["123", "456"] {
+            std::fs::write(root.join("users").join(id), format!("user {id}\n")).unwrap();
+        }
+        let (http1_port, h2c_port) = (free_port(), free_port());
+        let conf = dir.0.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root;\nworker_processes 1;\ndaemon off;\nerror_log stderr;\npid {d}/nginx.pid;\n\
+                 events {{}}\n\
+                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+                 server {{\n    listen 127.0.0.1:{http1_port};\n    listen 127.0.0.1:{h2c_port} http2;\n\
+                 root {root};\n    location = /status/500 {{ return 500; }}\n\
+                 location /api/ {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+                d = dir.0.display(),
+                root = root.display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-p")
+            .arg(&dir.0)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut process = ChildGuard::spawn(cmd);
+        wait_for_port(http1_port, "nginx", &mut process);
+        wait_for_port(h2c_port, "nginx", &mut process);
+        Nginx {
+            http1_port,
+            h2c_port,
+            root,
+            _process: process,
+            _dir: dir,
+        }
+    }
+}
+
+/// The gRPC peer script (tests/peers/grpc_peer.py).
+pub fn grpc_peer() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/grpc_peer.py")
+}
+
+/// A real gRPC server (Python grpcio) on 127.0.0.1:<free port>.
+pub struct GrpcServer {
+    pub port: u16,
+    _process: ChildGuard,
+}
+
+impl GrpcServer {
+    pub fn start() -> GrpcServer {
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(grpc_peer())
+            .arg("server")
+            .arg(port.to_string())
+            .stdout(Stdio::null());
+        let mut process = ChildGuard::spawn(cmd);
+        wait_for_port(port, "grpc server", &mut process);
+        GrpcServer {
+            port,
+            _process: process,
+        }
+    }
+}

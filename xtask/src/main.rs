@@ -121,7 +121,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "/usr/bin/prometheus-node-exporter",
     ),
     ("wrk", "/usr/bin/wrk"),
+    ("nghttp2-client", "/usr/bin/h2load"),
 ];
+
+/// Python packages for the tests' real peers, with a module that shows each is there.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("grpcio", "grpc")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -141,6 +145,15 @@ fn setup() -> Result<()> {
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )?;
+    }
+    for (package, module) in PYTHON_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !present {
+            run_cmd(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+        }
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")

@@ -9,10 +9,14 @@ use agent_common::{Direction, Role};
 
 use crate::{
     metrics::{
-        ConnectionLabels, DbLabels, KindLabels, Metrics, Name, ProtocolLabels, TcpBytesLabels,
-        TcpSyscallLabels,
+        ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, ProtocolLabels,
+        RpcLabels, TcpBytesLabels, TcpSyscallLabels,
     },
-    protocols::{Chunk, ConnectionProtocol, FeedOutcome, Operation, Protocol},
+    protocols::{
+        http1::{HttpExchange, RoutePatterns},
+        http2::H2Exchange,
+        Chunk, Completed, ConnectionProtocol, FeedOutcome, Operation, Protocol,
+    },
 };
 use event::{Common, Endpoints, Event};
 use listeners::Listeners;
@@ -72,6 +76,8 @@ pub struct TrackerOptions {
     pub max_connections: usize,
     /// A request without a response for this long is dropped and counted.
     pub request_timeout_ns: u64,
+    /// The user's HTTP route patterns (they win over the default normalisation).
+    pub http_routes: Arc<RoutePatterns>,
 }
 
 /// The connection table: socket identity to connection, and (pid, fd) to socket.
@@ -85,8 +91,8 @@ pub struct Tracker {
     process_names: HashMap<u32, Name>,
     procfs: std::path::PathBuf,
     opts: TrackerOptions,
-    /// Reused buffer of completed operations.
-    ops: Vec<Operation>,
+    /// Reused buffers of what sessions completed.
+    done: Completed,
 }
 
 impl Tracker {
@@ -100,7 +106,7 @@ impl Tracker {
             process_names: HashMap::new(),
             procfs: procfs.to_path_buf(),
             opts,
-            ops: Vec::new(),
+            done: Completed::default(),
         }
     }
 
@@ -287,8 +293,10 @@ impl Tracker {
             end_ns: common.exit_ns,
         };
         let before = conn.protocol.session_mut().map(|s| s.protocol());
-        self.ops.clear();
-        let outcome = conn.protocol.feed(from_client, &chunk, &mut self.ops);
+        self.done.clear();
+        let outcome =
+            conn.protocol
+                .feed(from_client, &chunk, &self.opts.http_routes, &mut self.done);
         let protocol = outcome.detected.or(before);
         let conn = &self.conns[&common.sock_id];
         if outcome.health.parse_errors > 0 {
@@ -308,7 +316,13 @@ impl Tracker {
                 String::from_utf8_lossy(&payload[..payload.len().min(48)]),
             );
         }
-        record_operations(&self.metrics, conn, protocol, &self.ops);
+        record_completed(
+            &self.metrics,
+            conn,
+            protocol,
+            &self.done,
+            &self.opts.http_routes,
+        );
         record_health(&self.metrics, protocol, &outcome);
     }
 
@@ -319,12 +333,18 @@ impl Tracker {
             return;
         };
         let protocol = Some(session.protocol());
-        self.ops.clear();
-        session.finish(&mut self.ops);
+        self.done.clear();
+        session.finish(&mut self.done);
         let mut health = session.take_health();
         health.timed_out += session.pending() as u64;
         conn.protocol = ConnectionProtocol::Ignored;
-        record_operations(&self.metrics, conn, protocol, &self.ops);
+        record_completed(
+            &self.metrics,
+            conn,
+            protocol,
+            &self.done,
+            &self.opts.http_routes,
+        );
         record_health(
             &self.metrics,
             protocol,
@@ -392,6 +412,137 @@ impl Tracker {
             .set(self.conns.len() as i64);
         expired
     }
+}
+
+/// Records what a connection's session completed.
+fn record_completed(
+    metrics: &Metrics,
+    conn: &Connection,
+    protocol: Option<Protocol>,
+    done: &Completed,
+    routes: &RoutePatterns,
+) {
+    if done.is_empty() {
+        return;
+    }
+    record_operations(metrics, conn, protocol, &done.ops);
+    record_http1(metrics, conn, &done.http);
+    record_h2(metrics, conn, &done.h2, routes);
+}
+
+/// The server end of a connection, and whether the connection's owner is the client.
+fn server_end(conn: &Connection) -> Option<(std::net::SocketAddr, bool)> {
+    let endpoints = conn.endpoints?;
+    match conn.role {
+        Role::Client => Some((endpoints.remote, true)),
+        Role::Server => Some((endpoints.local, false)),
+        Role::Unknown => None,
+    }
+}
+
+/// HTTP/1 exchanges; the session already applied the user's patterns to the route.
+fn record_http1(metrics: &Metrics, conn: &Connection, exchanges: &[HttpExchange]) {
+    let Some((server, client_side)) = server_end(conn) else {
+        return;
+    };
+    for ex in exchanges {
+        let labels = HttpLabels {
+            http_request_method: ex.method,
+            http_response_status_code: ex.status,
+            http_route: ex.route.clone(),
+            server_port: server.port(),
+            service_name: conn.service.clone(),
+        };
+        let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
+        record_http(
+            metrics,
+            client_side,
+            &labels,
+            seconds,
+            ex.request_body_bytes,
+            ex.response_body_bytes,
+        );
+    }
+}
+
+/// gRPC status UNKNOWN (2): a stream reset without grpc-status failed for a reason the
+/// wire does not say.
+const GRPC_UNKNOWN: u32 = 2;
+
+/// HTTP/2 streams: gRPC calls in the rpc families, the rest as HTTP requests.
+fn record_h2(
+    metrics: &Metrics,
+    conn: &Connection,
+    exchanges: &[H2Exchange],
+    routes: &RoutePatterns,
+) {
+    let Some((server, client_side)) = server_end(conn) else {
+        return;
+    };
+    for ex in exchanges {
+        let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
+        if let Some(grpc) = &ex.grpc {
+            let labels = RpcLabels {
+                rpc_system: "grpc",
+                rpc_service: grpc.service.clone(),
+                rpc_method: grpc.method.clone(),
+                rpc_grpc_status_code: grpc.status.unwrap_or(GRPC_UNKNOWN),
+                server_port: server.port(),
+                service_name: conn.service.clone(),
+            };
+            let family = if client_side {
+                &metrics.rpc_client_duration
+            } else {
+                &metrics.rpc_server_duration
+            };
+            family.observe(&labels, seconds);
+            continue;
+        }
+        let labels = HttpLabels {
+            http_request_method: crate::protocols::http1::method_label(ex.method.as_bytes()),
+            http_response_status_code: ex.status,
+            http_route: routes
+                .matches(&ex.path)
+                .map(str::to_owned)
+                .unwrap_or_else(|| crate::protocols::http1::normalize_route(&ex.path)),
+            server_port: server.port(),
+            service_name: conn.service.clone(),
+        };
+        record_http(
+            metrics,
+            client_side,
+            &labels,
+            seconds,
+            ex.request_body_bytes,
+            ex.response_body_bytes,
+        );
+    }
+}
+
+fn record_http(
+    metrics: &Metrics,
+    client_side: bool,
+    labels: &HttpLabels,
+    seconds: f64,
+    request_body: u64,
+    response_body: u64,
+) {
+    let (duration, request_size, response_size) = if client_side {
+        (
+            &metrics.http_client_duration,
+            &metrics.http_client_request_size,
+            &metrics.http_client_response_size,
+        )
+    } else {
+        (
+            &metrics.http_server_duration,
+            &metrics.http_server_request_size,
+            &metrics.http_server_response_size,
+        )
+    };
+    duration.observe(labels, seconds);
+    request_size.observe(labels, request_body as f64);
+    response_size.observe(labels, response_body as f64);
 }
 
 /// Observes each operation in the client or server duration histogram.
@@ -501,6 +652,7 @@ mod tests {
                 idle_timeout_ns: 1_000,
                 max_connections: max,
                 request_timeout_ns: 1_000,
+                http_routes: Arc::default(),
             },
         );
         (t, metrics)

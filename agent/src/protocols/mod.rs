@@ -4,6 +4,9 @@
 //! capture layer hands every data syscall on a connection to the connection's session
 //! as a [`Chunk`]; the session returns completed [`Operation`]s.
 
+pub mod hpack;
+pub mod http1;
+pub mod http2;
 pub mod postgres;
 pub mod redis;
 
@@ -73,6 +76,10 @@ pub struct SessionHealth {
 pub enum Protocol {
     Redis,
     Postgres,
+    /// HTTP/1.x.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), gRPC included.
+    Http2,
     /// Recognised and counted, never parsed.
     Tls,
     /// Anything else: costs nothing further.
@@ -84,6 +91,8 @@ impl Protocol {
         match self {
             Protocol::Redis => "redis",
             Protocol::Postgres => "postgresql",
+            Protocol::Http1 => "http",
+            Protocol::Http2 => "http2",
             Protocol::Tls => "tls",
             Protocol::Unknown => "unknown",
         }
@@ -101,6 +110,10 @@ pub fn detect(client_prefix: &[u8]) -> Protocol {
         Protocol::Tls
     } else if postgres::looks_like_startup(client_prefix) {
         Protocol::Postgres
+    } else if http2::looks_like_preface(client_prefix) {
+        Protocol::Http2
+    } else if http1::looks_like_request(client_prefix) {
+        Protocol::Http1
     } else if redis::looks_like_request(client_prefix) {
         Protocol::Redis
     } else {
@@ -108,10 +121,35 @@ pub fn detect(client_prefix: &[u8]) -> Protocol {
     }
 }
 
+/// What sessions completed, by kind; the caller drains it after each feed.
+#[derive(Default)]
+pub struct Completed {
+    /// Database operations (Redis, PostgreSQL).
+    pub ops: Vec<Operation>,
+    /// HTTP/1.x exchanges.
+    pub http: Vec<http1::HttpExchange>,
+    /// HTTP/2 streams, gRPC calls among them.
+    pub h2: Vec<http2::H2Exchange>,
+}
+
+impl Completed {
+    pub fn clear(&mut self) {
+        self.ops.clear();
+        self.http.clear();
+        self.h2.clear();
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.http.is_empty() && self.h2.is_empty()
+    }
+}
+
 /// A parsing session for one connection.
 pub enum Session {
     Redis(Box<redis::RedisSession>),
     Postgres(Box<postgres::PgSession>),
+    Http1(Box<http1::Http1Session>),
+    Http2(Box<http2::H2Session>),
 }
 
 impl Session {
@@ -119,32 +157,44 @@ impl Session {
         match self {
             Session::Redis(_) => Protocol::Redis,
             Session::Postgres(_) => Protocol::Postgres,
+            Session::Http1(_) => Protocol::Http1,
+            Session::Http2(_) => Protocol::Http2,
         }
     }
 
     /// Client-to-server bytes.
-    pub fn on_request(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Operation>) {
+    pub fn on_request(&mut self, chunk: &Chunk<'_>, out: &mut Completed) {
         match self {
             Session::Redis(s) => s.on_request(chunk),
             Session::Postgres(s) => {
                 s.on_frontend(chunk);
-                s.take_completed(out);
+                s.take_completed(&mut out.ops);
             }
+            Session::Http1(s) => {
+                s.on_request(chunk);
+                s.take_completed(&mut out.http);
+            }
+            Session::Http2(s) => s.on_client(chunk, &mut out.h2),
         }
     }
 
     /// Server-to-client bytes.
-    pub fn on_response(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Operation>) {
+    pub fn on_response(&mut self, chunk: &Chunk<'_>, out: &mut Completed) {
         match self {
-            Session::Redis(s) => s.on_response(chunk, out),
-            Session::Postgres(s) => s.on_backend(chunk, out),
+            Session::Redis(s) => s.on_response(chunk, &mut out.ops),
+            Session::Postgres(s) => s.on_backend(chunk, &mut out.ops),
+            Session::Http1(s) => s.on_response(chunk, &mut out.http),
+            Session::Http2(s) => s.on_server(chunk, &mut out.h2),
         }
     }
 
     /// The connection closed: hand out what only its end completes.
-    pub fn finish(&mut self, out: &mut Vec<Operation>) {
-        if let Session::Postgres(s) = self {
-            s.take_completed(out);
+    pub fn finish(&mut self, out: &mut Completed) {
+        match self {
+            Session::Redis(_) => {}
+            Session::Postgres(s) => s.take_completed(&mut out.ops),
+            Session::Http1(s) => s.finish(&mut out.http),
+            Session::Http2(s) => s.finish(&mut out.h2),
         }
     }
 
@@ -152,6 +202,8 @@ impl Session {
         match self {
             Session::Redis(s) => s.expire(now_ns, timeout_ns),
             Session::Postgres(s) => s.expire(now_ns, timeout_ns),
+            Session::Http1(s) => s.expire(now_ns, timeout_ns),
+            Session::Http2(s) => s.expire(now_ns, timeout_ns),
         }
     }
 
@@ -159,6 +211,8 @@ impl Session {
         match self {
             Session::Redis(s) => s.pending(),
             Session::Postgres(s) => s.pending(),
+            Session::Http1(s) => s.pending(),
+            Session::Http2(s) => s.pending(),
         }
     }
 
@@ -166,8 +220,29 @@ impl Session {
         match self {
             Session::Redis(s) => s.take_health(),
             Session::Postgres(s) => s.take_health(),
+            Session::Http1(s) => s.take_health(),
+            Session::Http2(s) => s.take_health(),
         }
     }
+}
+
+/// An HTTP/2 server's connection preface is a SETTINGS frame on stream 0 (RFC 9113
+/// section 3.4), which servers send right after accepting, often before they read the
+/// client's preface.
+pub fn looks_like_h2_server_settings(prefix: &[u8]) -> bool {
+    matches!(prefix, [l0, l1, l2, 0x04, flags, 0, 0, 0, 0, ..]
+        if (u32::from(*l0) << 16 | u32::from(*l1) << 8 | u32::from(*l2)) % 6 == 0 && *flags == 0)
+}
+
+/// Most server bytes kept while waiting for the client to say what the connection is.
+const MAX_HELD_SERVER_BYTES: usize = 256;
+
+/// A server chunk that came before any client bytes, kept until detection.
+pub struct HeldChunk {
+    data: Vec<u8>,
+    len: usize,
+    start_ns: u64,
+    end_ns: u64,
 }
 
 /// The protocol state of one connection.
@@ -176,6 +251,8 @@ pub enum ConnectionProtocol {
     /// No client bytes seen yet.
     #[default]
     Undetected,
+    /// The server spoke first with what may be HTTP/2 SETTINGS; waiting for the client.
+    HeldServerFirst(HeldChunk),
     Parsing(Session),
     /// Recognised as something not parsed (TLS, unknown, or a session that gave up).
     Ignored,
@@ -190,40 +267,76 @@ pub struct FeedOutcome {
 }
 
 impl ConnectionProtocol {
-    /// Feeds one syscall's bytes. `from_client` says which way they went; completed
-    /// operations are appended to `out`.
+    /// Feeds one syscall's bytes. `from_client` says which way they went; what the
+    /// session completes is appended to `out`. `routes` are the user's HTTP route
+    /// patterns, given to new HTTP/1 sessions.
     pub fn feed(
         &mut self,
         from_client: bool,
         chunk: &Chunk<'_>,
-        out: &mut Vec<Operation>,
+        routes: &std::sync::Arc<http1::RoutePatterns>,
+        out: &mut Completed,
     ) -> FeedOutcome {
         let mut outcome = FeedOutcome::default();
-        if let ConnectionProtocol::Undetected = self {
+        let undetected = matches!(
+            self,
+            ConnectionProtocol::Undetected | ConnectionProtocol::HeldServerFirst(_)
+        );
+        let mut held = None;
+        if undetected {
             if chunk.data.is_empty() {
                 // sendfile and *mmsg carry no payload: wait for bytes to look at.
                 return outcome;
             }
-            // A server that speaks first (banner protocols) is not one we parse.
-            let protocol = if from_client {
-                detect(chunk.data)
-            } else {
-                Protocol::Unknown
-            };
-            outcome.detected = Some(protocol);
-            *self = match protocol {
-                Protocol::Redis => ConnectionProtocol::Parsing(Session::Redis(Box::default())),
-                Protocol::Postgres => {
-                    ConnectionProtocol::Parsing(Session::Postgres(Box::default()))
+            if !from_client {
+                if matches!(self, ConnectionProtocol::Undetected)
+                    && looks_like_h2_server_settings(chunk.data)
+                    && chunk.data.len() <= MAX_HELD_SERVER_BYTES
+                {
+                    *self = ConnectionProtocol::HeldServerFirst(HeldChunk {
+                        data: chunk.data.to_vec(),
+                        len: chunk.len,
+                        start_ns: chunk.start_ns,
+                        end_ns: chunk.end_ns,
+                    });
+                    return outcome;
                 }
-                Protocol::Tls | Protocol::Unknown => ConnectionProtocol::Ignored,
+                // A server that speaks first otherwise (banner protocols): not parsed.
+                outcome.detected = Some(Protocol::Unknown);
+                *self = ConnectionProtocol::Ignored;
+                return outcome;
+            }
+            if let ConnectionProtocol::HeldServerFirst(h) = std::mem::take(self) {
+                held = Some(h);
+            }
+            let protocol = detect(chunk.data);
+            outcome.detected = Some(protocol);
+            let session = match protocol {
+                Protocol::Redis => Some(Session::Redis(Box::default())),
+                Protocol::Postgres => Some(Session::Postgres(Box::default())),
+                Protocol::Http1 => Some(Session::Http1(Box::new(
+                    http1::Http1Session::with_routes(routes.clone()),
+                ))),
+                Protocol::Http2 => Some(Session::Http2(Box::default())),
+                Protocol::Tls | Protocol::Unknown => None,
             };
+            *self = session.map_or(ConnectionProtocol::Ignored, ConnectionProtocol::Parsing);
         }
         if let ConnectionProtocol::Parsing(session) = self {
             if from_client {
                 session.on_request(chunk, out);
             } else {
                 session.on_response(chunk, out);
+            }
+            // The server's early SETTINGS, after the client's preface it crossed on the wire.
+            if let Some(h) = held {
+                let early = Chunk {
+                    data: &h.data,
+                    len: h.len,
+                    start_ns: h.start_ns,
+                    end_ns: h.end_ns,
+                };
+                session.on_response(&early, out);
             }
             outcome.health = session.take_health();
             if outcome.health.gave_up || outcome.health.tls {
@@ -245,6 +358,10 @@ impl ConnectionProtocol {
 mod dispatch_tests {
     use super::*;
 
+    fn no_routes() -> std::sync::Arc<http1::RoutePatterns> {
+        std::sync::Arc::new(http1::RoutePatterns::default())
+    }
+
     #[test]
     fn detects_each_protocol_from_client_bytes() {
         assert_eq!(detect(b"*1\r\n$4\r\nPING\r\n"), Protocol::Redis);
@@ -253,40 +370,102 @@ mod dispatch_tests {
             Protocol::Postgres
         );
         assert_eq!(detect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Protocol::Tls);
-        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Protocol::Unknown);
+        assert_eq!(detect(http2::PREFACE), Protocol::Http2);
+        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Protocol::Http1);
+        assert_eq!(detect(b"GET "), Protocol::Http1);
+        assert_eq!(detect(b"\x00\x01garbage"), Protocol::Unknown);
         assert_eq!(detect(b""), Protocol::Unknown);
     }
 
     #[test]
     fn a_redis_connection_yields_one_operation_per_command() {
         let mut conn = ConnectionProtocol::default();
-        let mut ops = Vec::new();
+        let mut out = Completed::default();
         let req = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
-        let out = conn.feed(true, &Chunk::whole(req, 10, 20), &mut ops);
-        assert_eq!(out.detected, Some(Protocol::Redis));
+        let outcome = conn.feed(true, &Chunk::whole(req, 10, 20), &no_routes(), &mut out);
+        assert_eq!(outcome.detected, Some(Protocol::Redis));
         conn.feed(
             false,
             &Chunk::whole(b"+OK\r\n$1\r\nv\r\n", 50, 60),
-            &mut ops,
+            &no_routes(),
+            &mut out,
         );
-        let names: Vec<_> = ops.iter().map(|o| (o.name, o.start_ns, o.end_ns)).collect();
+        let names: Vec<_> = out
+            .ops
+            .iter()
+            .map(|o| (o.name, o.start_ns, o.end_ns))
+            .collect();
         assert_eq!(names, vec![("SET", 10, 60), ("GET", 10, 60)]);
     }
 
     #[test]
+    fn an_http1_connection_applies_user_routes() {
+        let routes = std::sync::Arc::new(http1::RoutePatterns::new(["/shop/{item}"]).unwrap());
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        conn.feed(
+            true,
+            &Chunk::whole(b"GET /shop/apples HTTP/1.1\r\nHost: x\r\n\r\n", 1, 2),
+            &routes,
+            &mut out,
+        );
+        conn.feed(
+            false,
+            &Chunk::whole(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 5, 6),
+            &routes,
+            &mut out,
+        );
+        assert_eq!(out.http.len(), 1);
+        assert_eq!(
+            (
+                out.http[0].method,
+                out.http[0].status,
+                out.http[0].route.as_str()
+            ),
+            ("GET", 200, "/shop/{item}")
+        );
+    }
+
+    #[test]
+    fn an_h2_server_speaking_first_is_held_until_the_client_preface() {
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
+        let outcome = conn.feed(
+            false,
+            &Chunk::whole(&settings, 1, 1),
+            &no_routes(),
+            &mut out,
+        );
+        assert_eq!(outcome.detected, None);
+        assert!(matches!(conn, ConnectionProtocol::HeldServerFirst(_)));
+        let mut client = http2::PREFACE.to_vec();
+        client.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let outcome = conn.feed(true, &Chunk::whole(&client, 2, 2), &no_routes(), &mut out);
+        assert_eq!(outcome.detected, Some(Protocol::Http2));
+        assert!(matches!(
+            conn,
+            ConnectionProtocol::Parsing(Session::Http2(_))
+        ));
+        assert_eq!(outcome.health, SessionHealth::default());
+    }
+
+    #[test]
     fn server_first_and_tls_connections_are_ignored() {
-        let mut ops = Vec::new();
+        let mut out = Completed::default();
         let mut banner = ConnectionProtocol::default();
-        let out = banner.feed(false, &Chunk::whole(b"220 smtp ready\r\n", 1, 1), &mut ops);
-        assert_eq!(out.detected, Some(Protocol::Unknown));
+        let outcome = banner.feed(
+            false,
+            &Chunk::whole(b"220 smtp ready\r\n", 1, 1),
+            &no_routes(),
+            &mut out,
+        );
+        assert_eq!(outcome.detected, Some(Protocol::Unknown));
         assert!(matches!(banner, ConnectionProtocol::Ignored));
         let mut tls = ConnectionProtocol::default();
-        let out = tls.feed(
-            true,
-            &Chunk::whole(&[0x16, 3, 1, 0, 5, 1, 0, 0, 1, 3], 1, 1),
-            &mut ops,
-        );
-        assert_eq!(out.detected, Some(Protocol::Tls));
-        assert!(matches!(tls, ConnectionProtocol::Ignored) && ops.is_empty());
+        let hello = [0x16, 3, 1, 0, 5, 1, 0, 0, 1, 3];
+        let outcome = tls.feed(true, &Chunk::whole(&hello, 1, 1), &no_routes(), &mut out);
+        assert_eq!(outcome.detected, Some(Protocol::Tls));
+        assert!(matches!(tls, ConnectionProtocol::Ignored) && out.is_empty());
     }
 }
