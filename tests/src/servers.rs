@@ -180,7 +180,7 @@ impl Nginx {
             format!(
                 "user root;\nworker_processes 1;\ndaemon off;\nerror_log stderr;\npid {d}/nginx.pid;\n\
                  events {{}}\n\
-                 http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+                 http {{\n  access_log off;\n  keepalive_requests 1000000;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
                  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  server {{\n    listen 127.0.0.1:{http1_port};\n    listen 127.0.0.1:{h2c_port} http2;\n\
                  root {root};\n    location = /status/500 {{ return 500; }}\n\

@@ -15,6 +15,8 @@ pub enum What {
     Redis,
     /// pgbench select-only with and without the agent.
     Postgres,
+    /// wrk and h2load against nginx with and without the agent.
+    Http,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
@@ -25,6 +27,7 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Node => ("node", crate::bench_node::run()?),
         What::Redis => ("redis", crate::bench_db::redis()?),
         What::Postgres => ("postgres", crate::bench_db::postgres()?),
+        What::Http => ("http", crate::bench_http::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)

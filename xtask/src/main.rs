@@ -3,6 +3,7 @@
 mod bench;
 mod bench_capture;
 mod bench_db;
+mod bench_http;
 mod bench_node;
 
 use std::{
