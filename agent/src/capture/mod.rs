@@ -5,7 +5,8 @@ pub mod listeners;
 
 use std::{collections::HashMap, sync::Arc};
 
-use agent_common::{Direction, Role};
+use agent_common::{Direction, Role, Syscall};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     metrics::{
@@ -52,6 +53,49 @@ pub struct Connection {
     pub calls: [u64; 2],
     /// What it speaks, and the parsing session if it is a protocol the agent parses.
     pub protocol: ConnectionProtocol,
+    counters: ConnCounters,
+}
+
+/// A connection's TCP counter handles, resolved on first use: a data event then costs two
+/// atomic adds instead of two label-set lookups that hash the service name.
+#[derive(Default)]
+struct ConnCounters {
+    /// By `Direction as usize`.
+    bytes: [Option<Counter>; 2],
+    /// By `Syscall as usize - 1`.
+    calls: [Option<Counter>; Syscall::ALL.len()],
+}
+
+impl ConnCounters {
+    fn get(
+        &mut self,
+        metrics: &Metrics,
+        role: Role,
+        service: &Name,
+        syscall: Syscall,
+    ) -> (Counter, Counter) {
+        let direction = syscall.direction();
+        let bytes = self.bytes[direction as usize]
+            .get_or_insert_with(|| {
+                metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
+                    direction: direction_label(direction),
+                    role: role_label(role),
+                    service_name: service.clone(),
+                })
+            })
+            .clone();
+        let calls = self.calls[syscall as usize - 1]
+            .get_or_insert_with(|| {
+                metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
+                    direction: direction_label(direction),
+                    role: role_label(role),
+                    syscall: syscall.name(),
+                    service_name: service.clone(),
+                })
+            })
+            .clone();
+        (bytes, calls)
+    }
 }
 
 impl Connection {
@@ -67,6 +111,7 @@ impl Connection {
             bytes: [0; 2],
             calls: [0; 2],
             protocol: ConnectionProtocol::default(),
+            counters: ConnCounters::default(),
         }
     }
 }
@@ -174,25 +219,13 @@ impl Tracker {
                 payload,
             } => {
                 let (role, service) = self.on_data(&common, direction, bytes);
-                let role = role_label(role);
-                let direction_name = direction_label(direction);
-                self.metrics
-                    .tcp_bytes
-                    .get_or_create(&TcpBytesLabels {
-                        direction: direction_name,
-                        role,
-                        service_name: service.clone(),
-                    })
-                    .inc_by(bytes);
-                self.metrics
-                    .tcp_syscalls
-                    .get_or_create(&TcpSyscallLabels {
-                        direction: direction_name,
-                        role,
-                        syscall: syscall.name(),
-                        service_name: service,
-                    })
-                    .inc();
+                let (bytes_counter, calls_counter) = match self.conns.get_mut(&common.sock_id) {
+                    Some(conn) => conn.counters.get(&self.metrics, role, &service, syscall),
+                    // Not in the table (it was full): look the series up every time.
+                    None => ConnCounters::default().get(&self.metrics, role, &service, syscall),
+                };
+                bytes_counter.inc_by(bytes);
+                calls_counter.inc();
                 self.parse(&common, direction, bytes, payload);
             }
             Event::Close { common } => self.on_close(&common),
