@@ -2149,85 +2149,13 @@ impl Http1Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     // ---- fixtures ----------------------------------------------------------------------------
 
-    /// A connection captured between curl (or a raw client) and a real nginx (see
-    /// tests/fixtures/http1/README.md).
-    struct Fixture {
-        req: Vec<u8>,
-        resp: Vec<u8>,
-        /// The recv() calls of the recording proxy, in order: (client-to-server?, bytes).
-        order: Vec<(bool, usize)>,
-    }
+    use crate::protocols::test_fixtures::{logged, whole, Fixture, Piece};
 
     fn fixture(name: &str) -> Fixture {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/http1");
-        let read = |ext: &str| {
-            let path = dir.join(format!("{name}.{ext}"));
-            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-        };
-        let order: Vec<(bool, usize)> = String::from_utf8(read("order"))
-            .expect("order file is text")
-            .lines()
-            .map(|l| {
-                let (dir, n) = l.split_once(' ').expect("order line is '> N' or '< N'");
-                (dir == ">", n.parse().expect("order line has a byte count"))
-            })
-            .collect();
-        let f = Fixture {
-            req: read("req"),
-            resp: read("resp"),
-            order,
-        };
-        for (dir, total, ext) in [(true, f.req.len(), "req"), (false, f.resp.len(), "resp")] {
-            let sum: usize = f.order.iter().filter(|o| o.0 == dir).map(|o| o.1).sum();
-            assert_eq!(sum, total, "{name}: order file does not add up to .{ext}");
-        }
-        f
-    }
-
-    /// One syscall as the capture layer would hand it over.
-    #[derive(Clone, Copy, Debug)]
-    struct Piece<'a> {
-        req: bool,
-        data: &'a [u8],
-        len: usize,
-    }
-
-    /// The fixture's recv() calls, as syscalls.
-    fn logged(f: &Fixture) -> Vec<Piece<'_>> {
-        let (mut q, mut r) = (0, 0);
-        f.order
-            .iter()
-            .map(|&(req, n)| {
-                let (buf, at) = if req {
-                    (&f.req, &mut q)
-                } else {
-                    (&f.resp, &mut r)
-                };
-                let data = &buf[*at..*at + n];
-                *at += n;
-                Piece { req, data, len: n }
-            })
-            .collect()
-    }
-
-    /// All client bytes, then all server bytes, one syscall each.
-    fn whole(f: &Fixture) -> Vec<Piece<'_>> {
-        vec![
-            Piece {
-                req: true,
-                data: &f.req,
-                len: f.req.len(),
-            },
-            Piece {
-                req: false,
-                data: &f.resp,
-                len: f.resp.len(),
-            },
-        ]
+        crate::protocols::test_fixtures::load("http1", name)
     }
 
     /// Each syscall keeps only its first `keep` bytes; `len` stays true.

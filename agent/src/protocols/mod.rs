@@ -9,6 +9,8 @@ pub mod http1;
 pub mod http2;
 pub mod postgres;
 pub mod redis;
+#[cfg(test)]
+mod test_fixtures;
 
 /// One data syscall's worth of a byte stream, as the capture layer saw it.
 ///
