@@ -2152,21 +2152,12 @@ mod tests {
 
     // ---- fixtures ----------------------------------------------------------------------------
 
-    use crate::protocols::test_fixtures::{logged, whole, Fixture, Piece};
+    use crate::protocols::test_fixtures::{
+        logged, random_split, truncated, whole, Fixture, Piece, Rng,
+    };
 
     fn fixture(name: &str) -> Fixture {
         crate::protocols::test_fixtures::load("http1", name)
-    }
-
-    /// Each syscall keeps only its first `keep` bytes; `len` stays true.
-    fn truncated<'a>(pieces: &[Piece<'a>], keep: usize) -> Vec<Piece<'a>> {
-        pieces
-            .iter()
-            .map(|p| Piece {
-                data: &p.data[..p.data.len().min(keep)],
-                ..*p
-            })
-            .collect()
     }
 
     struct Outcome {
@@ -2520,37 +2511,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    /// xorshift64*: reproducible random splits without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    fn random_split<'a>(pieces: &[Piece<'a>], rng: &mut Rng, max: usize) -> Vec<Piece<'a>> {
-        let mut v = Vec::new();
-        for p in pieces {
-            let mut at = 0;
-            while at < p.len {
-                let n = (1 + rng.below(max)).min(p.len - at);
-                v.push(Piece {
-                    data: &p.data[at..at + n],
-                    len: n,
-                    ..*p
-                });
-                at += n;
-            }
-        }
-        v
     }
 
     #[test]

@@ -95,3 +95,48 @@ pub fn whole(f: &Fixture) -> Vec<Piece<'_>> {
         },
     ]
 }
+
+/// Each syscall keeps only its first `keep` bytes; `len` stays true.
+pub fn truncated<'a>(pieces: &[Piece<'a>], keep: usize) -> Vec<Piece<'a>> {
+    pieces
+        .iter()
+        .map(|p| Piece {
+            data: &p.data[..p.data.len().min(keep)],
+            ..*p
+        })
+        .collect()
+}
+
+/// xorshift64*: reproducible random splits without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Each piece cut into random parts of 1 to `max` bytes, in order.
+pub fn random_split<'a>(pieces: &[Piece<'a>], rng: &mut Rng, max: usize) -> Vec<Piece<'a>> {
+    let mut v = Vec::new();
+    for p in pieces {
+        let mut at = 0;
+        while at < p.len {
+            let n = (1 + rng.below(max)).min(p.len - at);
+            v.push(Piece {
+                data: &p.data[at..at + n],
+                len: n,
+                ..*p
+            });
+            at += n;
+        }
+    }
+    v
+}
