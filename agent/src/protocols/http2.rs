@@ -817,56 +817,15 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
 
     // ---- fixtures ------------------------------------------------------------------------
 
+    use crate::protocols::test_fixtures::Fixture;
+
     /// A connection captured between real clients and servers (see
     /// tests/fixtures/http2/README.md).
-    struct Fixture {
-        req: Vec<u8>,
-        resp: Vec<u8>,
-        /// The recv() calls of the recording proxy, in order: (client-to-server?, bytes).
-        order: Vec<(bool, usize)>,
-    }
-
     fn fixture(name: &str) -> Fixture {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/http2");
-        let read = |ext: &str| {
-            let path = dir.join(format!("{name}.{ext}"));
-            std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
-        };
-        let order: Vec<(bool, usize)> = String::from_utf8(read("order"))
-            .expect("order file is text")
-            .lines()
-            .map(|l| {
-                let (dir, n) = l.split_once(' ').expect("order line is '> N' or '< N'");
-                (dir == ">", n.parse().expect("order line has a byte count"))
-            })
-            .collect();
-        let f = Fixture {
-            req: read("req"),
-            resp: read("resp"),
-            order,
-        };
-        let sum = |d: bool| {
-            f.order
-                .iter()
-                .filter(|o| o.0 == d)
-                .map(|o| o.1)
-                .sum::<usize>()
-        };
-        assert_eq!(
-            sum(true),
-            f.req.len(),
-            "{name}: order file does not add up to .req"
-        );
-        assert_eq!(
-            sum(false),
-            f.resp.len(),
-            "{name}: order file does not add up to .resp"
-        );
-        f
+        crate::protocols::test_fixtures::load("http2", name)
     }
 
     /// One syscall as the capture layer would hand it over.
