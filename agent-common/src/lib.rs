@@ -340,10 +340,57 @@ const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<StateTpOffsets>() == 48);
 const _: () = assert!(core::mem::size_of::<Config>() == 144);
 
+// ---------------------------------------------------------------------------------------
+// IP-layer byte accounting (cgroup_skb programs)
+
+/// Flow tables, double-buffered: the programs add to the one [`MAP_NET_ACTIVE`] names,
+/// userspace flips the index, waits out the programs still writing the other one (an RCU
+/// grace period), then reads and empties it. Nothing is lost between read and delete.
+pub const MAP_NET_FLOWS: [&str; 2] = ["NET_FLOWS_0", "NET_FLOWS_1"];
+/// One u32: which of [`MAP_NET_FLOWS`] the programs write.
+pub const MAP_NET_ACTIVE: &str = "NET_ACTIVE";
+/// Per-CPU [`FlowCounters`] by [`Direction`]: what did not fit in a full flow table.
+pub const MAP_NET_OVERFLOW: &str = "NET_OVERFLOW";
+/// Default entries per flow table (one drain interval's distinct flows).
+pub const NET_FLOW_ENTRIES: u32 = 32768;
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// Who exchanged packets with whom, in which direction, as the socket's owner saw it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// cgroup v2 id of the socket's owner (`bpf_skb_cgroup_id`).
+    pub cgroup_id: u64,
+    /// This end's address: IPv4 in the first 4 bytes, network order.
+    pub local: [u8; 16],
+    /// The other end's address, likewise.
+    pub remote: [u8; 16],
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// [`Direction`].
+    pub direction: u8,
+    pub _pad: [u8; 6],
+}
+
+/// IP bytes and packets as they are on the wire: a GSO/GRO packet counts as the
+/// segments it stands for, each with its own headers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCounters {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: plain old data: repr(C), Copy, no implicit padding (checked above).
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowCounters {}
 }

@@ -2,8 +2,12 @@
 //! activity to userspace. They stay small: find the socket, copy a bounded prefix, stamp
 //! the event, push it, count what could not be pushed. All parsing happens in userspace.
 #![no_std]
+// The BPF target lacks AtomicU64::fetch_add; network.rs uses the intrinsic.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 #![no_main]
 
+mod network;
 mod socket;
 
 use agent_common::{

@@ -9,7 +9,12 @@ use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 use crate::{
     capture::{event::decode, monotonic_ns, Tracker, TrackerOptions},
     config::Config,
+    metadata::{
+        cgroup::CgroupResolver,
+        identity::{Identity, SharedZones},
+    },
     metrics::{Metrics, ProbeLabels, ReasonLabels},
+    network::FlowTables,
     preflight,
     probes::{self, HookStatus, KernelCounters, LoadOptions, Need},
     server,
@@ -42,6 +47,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let tracefs = report.tracefs.clone().expect("checked above");
     let loaded = probes::load(&LoadOptions {
         tracefs: &tracefs,
+        cgroup2: report.cgroup.v2_root(),
+        flow_entries: config.network_flow_entries,
         capture_len: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: config.wakeup_bytes,
@@ -80,6 +87,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     metrics.ringbuf_size.set(i64::from(config.ringbuf_bytes));
     let (ring, counters) = probes.take_maps()?;
+    let flow_tables = match probes.take_flow_tables(config.network_flow_entries) {
+        Some(Ok(tables)) => {
+            metrics
+                .network_flow_capacity
+                .set(i64::from(tables.capacity));
+            Some(tables)
+        }
+        Some(Err(e)) => {
+            log::warn!("IP byte accounting off: {}", crate::error_chain(&e));
+            None
+        }
+        None => None,
+    };
+    let zones = crate::metadata::zones::ZoneMap::new(
+        crate::metadata::zones::UNKNOWN,
+        &config.zones.subnets,
+    )
+    .context("zones.subnets")?;
+    let zones = SharedZones::new(zones);
+    tokio::spawn(crate::metadata::local_zone::resolve(
+        config.clone(),
+        zones.clone(),
+        metrics.clone(),
+    ));
+    let identity = Identity::new(
+        report.cgroup.v2_root().map(CgroupResolver::new),
+        None,
+        zones,
+    );
     let tracker = Tracker::new(
         metrics.clone(),
         &config.node.procfs,
@@ -89,8 +125,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             request_timeout_ns: config.request_timeout.as_nanos() as u64,
             http_routes: config.http_routes.clone(),
         },
+        identity,
     );
-    let reader = tokio::spawn(read_events(ring, counters, tracker, metrics.clone()));
+    let reader = tokio::spawn(read_events(
+        ring,
+        counters,
+        flow_tables,
+        tracker,
+        metrics.clone(),
+    ));
 
     let listener = listener.expect("bound above");
     log::info!(
@@ -160,6 +203,7 @@ fn raise_memlock_limit() {
 async fn read_events(
     ring: RingBuf<MapData>,
     counters: KernelCounters,
+    mut flow_tables: Option<FlowTables>,
     mut tracker: Tracker,
     metrics: Arc<Metrics>,
 ) {
@@ -178,6 +222,8 @@ async fn read_events(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
     let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
+    let mut network_tick = tokio::time::interval(crate::network::DRAIN_INTERVAL);
+    network_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = [0u64; agent_common::DROP_REASONS];
     loop {
         tokio::select! {
@@ -209,6 +255,20 @@ async fn read_events(
             }
             _ = sweep_tick.tick() => {
                 tracker.sweep(monotonic_ns());
+                tracker.identity_mut().zones().refresh_local_addrs();
+            }
+            _ = network_tick.tick(), if flow_tables.is_some() => {
+                let tables = flow_tables.as_mut().expect("guarded");
+                // Events first: the connection opens they carry name the processes
+                // whose cgroups the flows belong to.
+                drain(ring.get_mut(), &mut tracker, &metrics);
+                match tables.drain() {
+                    Ok(flows) => {
+                        let overflow = tables.overflow_delta();
+                        crate::network::record(&metrics, tracker.identity_mut(), &flows, overflow);
+                    }
+                    Err(e) => log::warn!("draining the flow table failed: {}", crate::error_chain(&e)),
+                }
             }
         }
     }

@@ -11,7 +11,7 @@ use agent_common::{DEFAULT_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MIN_CAPT
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::collectors::NodeConfig;
+use crate::{collectors::NodeConfig, metadata::zones::ZoneConfig};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
@@ -87,6 +87,16 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub collector_disable: Vec<String>,
+    /// This node's availability zone; wins over the node label and IMDS [default: none].
+    #[arg(long, env = "NODETAP_ZONE", value_name = "ZONE")]
+    pub zone: Option<String>,
+    /// Base URL of the EC2 instance metadata service; empty switches it off [default:
+    /// http://169.254.169.254, asked only on EC2 instances].
+    #[arg(long, env = "NODETAP_IMDS_ENDPOINT", value_name = "URL")]
+    pub imds_endpoint: Option<String>,
+    /// Entries of each kernel flow table (distinct flows per 2 s) [default: 32768].
+    #[arg(long, env = "NODETAP_NETWORK_FLOW_ENTRIES", value_name = "N")]
+    pub network_flow_entries: Option<u32>,
     /// Run the start-up checks, load and attach every hook, print the report, and exit.
     #[arg(long)]
     pub check: bool,
@@ -108,6 +118,9 @@ pub struct FileConfig {
     pub http_routes: Vec<String>,
     /// Host metrics (`[node]` table).
     pub node: NodeConfig,
+    pub network_flow_entries: Option<u32>,
+    /// Zones (`[zones]` table).
+    pub zones: ZoneConfig,
 }
 
 /// The configuration in force.
@@ -126,6 +139,11 @@ pub struct Config {
     pub http_routes: std::sync::Arc<crate::protocols::http1::RoutePatterns>,
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
+    pub zones: ZoneConfig,
+    /// Whether the zone source `imds_endpoint` was set by the user (else the default is
+    /// used only on EC2).
+    pub imds_endpoint_set: bool,
+    pub network_flow_entries: u32,
     pub check_only: bool,
 }
 
@@ -147,6 +165,8 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
     #[error("bad node collector configuration")]
     Node(#[source] crate::collectors::NodeConfigError),
+    #[error("bad zone configuration")]
+    Zones(#[source] crate::metadata::zones::ZoneError),
 }
 
 impl Config {
@@ -265,6 +285,26 @@ impl Config {
         node.enable.extend(cli.collector_enable);
         node.disable.extend(cli.collector_disable);
         node.validate().map_err(ConfigError::Node)?;
+        let mut zones = file.zones;
+        if let Some(zone) = cli.zone {
+            zones.zone = Some(zone);
+        }
+        let imds_endpoint_set = cli.imds_endpoint.is_some()
+            || zones.imds_endpoint != crate::metadata::zones::DEFAULT_IMDS_ENDPOINT;
+        if let Some(endpoint) = cli.imds_endpoint {
+            zones.imds_endpoint = endpoint;
+        }
+        zones.validate().map_err(ConfigError::Zones)?;
+        let network_flow_entries = cli
+            .network_flow_entries
+            .or(file.network_flow_entries)
+            .unwrap_or(agent_common::NET_FLOW_ENTRIES);
+        if !(64..=4 << 20).contains(&network_flow_entries) {
+            return Err(ConfigError::Invalid {
+                key: "network_flow_entries",
+                problem: format!("{network_flow_entries} is outside 64..=4194304"),
+            });
+        }
         Ok(Config {
             listen,
             capture_bytes,
@@ -278,6 +318,9 @@ impl Config {
             log_level,
             http_routes: std::sync::Arc::new(http_routes),
             node,
+            zones,
+            imds_endpoint_set,
+            network_flow_entries,
             check_only: cli.check,
         })
     }
@@ -356,6 +399,25 @@ mod tests {
         assert!(from_toml("[node]\nprocs = \"/x\"\n")
             .unwrap_err()
             .contains("unknown field `procs`"));
+    }
+
+    #[test]
+    fn zones_table_and_flags() {
+        let text = "[zones]\nzone = \"use1-az1\"\nimds_endpoint = \"\"\n\n\
+                    [[zones.subnets]]\ncidr = \"10.0.0.0/19\"\nzone = \"use1-az1\"\n\n\
+                    [[zones.subnets]]\ncidr = \"10.0.32.0/19\"\nzone = \"use1-az2\"\n";
+        let c = from_toml(text).unwrap();
+        assert_eq!(c.zones.zone.as_deref(), Some("use1-az1"));
+        assert_eq!(c.zones.subnets.len(), 2);
+        assert!(!c.zones.imds_enabled() && c.imds_endpoint_set);
+        let c = from_toml("").unwrap();
+        assert!(c.zones.imds_enabled() && !c.imds_endpoint_set);
+        let err =
+            from_toml("[[zones.subnets]]\ncidr = \"10.0.0.0/33\"\nzone = \"a\"\n").unwrap_err();
+        assert_eq!(err, "bad zone configuration");
+        let cli = Cli::try_parse_from(["nodetap", "--zone", "use1-az3"]).unwrap();
+        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        assert_eq!(c.zones.zone.as_deref(), Some("use1-az3"));
     }
 
     #[test]

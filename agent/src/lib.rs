@@ -10,6 +10,7 @@ pub mod collectors;
 pub mod config;
 pub mod metadata;
 pub mod metrics;
+pub mod network;
 pub mod preflight;
 pub mod probes;
 pub mod protocols;

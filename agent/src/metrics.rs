@@ -103,7 +103,10 @@ pub struct DbLabels {
     pub error_type: Option<String>,
     pub server_address: Name,
     pub server_port: u16,
-    pub service_name: Name,
+    #[prometheus(flatten)]
+    pub peer: PeerZone,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 /// Labels of the `http_{client,server}_request_*` families (OpenTelemetry HTTP semantic
@@ -114,7 +117,10 @@ pub struct HttpLabels {
     pub http_response_status_code: u16,
     pub http_route: String,
     pub server_port: u16,
-    pub service_name: Name,
+    #[prometheus(flatten)]
+    pub peer: PeerZone,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 /// Labels of `rpc_{client,server}_call_duration_seconds`.
@@ -125,7 +131,10 @@ pub struct RpcLabels {
     pub rpc_method: String,
     pub rpc_grpc_status_code: u32,
     pub server_port: u16,
-    pub service_name: Name,
+    #[prometheus(flatten)]
+    pub peer: PeerZone,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +145,12 @@ pub struct ProtocolLabels {
 /// A label value shared between many series without copying (service names, mostly).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Name(pub Arc<str>);
+
+impl Default for Name {
+    fn default() -> Self {
+        Name::new("")
+    }
+}
 
 impl Name {
     pub fn new(s: &str) -> Self {
@@ -159,7 +174,8 @@ impl EncodeLabelValue for Name {
 pub struct TcpBytesLabels {
     pub direction: &'static str,
     pub role: &'static str,
-    pub service_name: Name,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -167,13 +183,120 @@ pub struct TcpSyscallLabels {
     pub direction: &'static str,
     pub role: &'static str,
     pub syscall: &'static str,
-    pub service_name: Name,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub role: &'static str,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+}
+
+/// `nodetap_network_{bytes,packets}_total`: who, which way, between which zones.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NetworkLabels {
+    pub direction: &'static str,
+    pub src_zone: Name,
+    pub dst_zone: Name,
+    #[prometheus(flatten)]
+    pub workload: WorkloadLabels,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    pub direction: &'static str,
+}
+
+/// Who a series is about: `k8s_namespace_name`, `k8s_pod_name`, `k8s_container_name`
+/// and `k8s_owner_name` for a pod the Kubernetes API told the agent about, and always
+/// `service_name` (a pod's owner, a systemd unit, else the process name). Labels
+/// without a value are left out rather than written empty.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadLabels(Arc<WorkloadFields>);
+
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WorkloadFields {
+    pub k8s: Option<PodLabels>,
     pub service_name: Name,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodLabels {
+    pub namespace: Name,
+    pub pod: Name,
+    /// Empty when the cgroup is the pod's own (no container) or the container is not
+    /// in the pod's status yet.
+    pub container: Name,
+    pub owner: Name,
+}
+
+impl WorkloadLabels {
+    /// A workload known only by its service name.
+    pub fn service(name: Name) -> Self {
+        Self(Arc::new(WorkloadFields {
+            k8s: None,
+            service_name: name,
+        }))
+    }
+
+    pub fn new(fields: WorkloadFields) -> Self {
+        Self(Arc::new(fields))
+    }
+
+    pub fn fields(&self) -> &WorkloadFields {
+        &self.0
+    }
+
+    pub fn service_name(&self) -> &Name {
+        &self.0.service_name
+    }
+}
+
+fn encode_label(
+    encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    name: &str,
+    value: &str,
+) -> Result<(), fmt::Error> {
+    prometheus_client::encoding::EncodeLabel::encode(&(name, value), encoder.encode_label())
+}
+
+impl EncodeLabelSet for WorkloadLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), fmt::Error> {
+        if let Some(k8s) = &self.0.k8s {
+            for (name, value) in [
+                ("k8s_namespace_name", &k8s.namespace),
+                ("k8s_pod_name", &k8s.pod),
+                ("k8s_container_name", &k8s.container),
+                ("k8s_owner_name", &k8s.owner),
+            ] {
+                if !value.0.is_empty() {
+                    encode_label(encoder, name, &value.0)?;
+                }
+            }
+        }
+        encode_label(encoder, "service_name", &self.0.service_name.0)
+    }
+}
+
+/// `peer_zone` on request metrics: the zone of the other end, left out when unknown.
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
+pub struct PeerZone(pub Option<Name>);
+
+impl EncodeLabelSet for PeerZone {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
+    ) -> Result<(), fmt::Error> {
+        match &self.0 {
+            Some(zone) => encode_label(encoder, "peer_zone", &zone.0),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -223,6 +346,22 @@ pub struct Metrics {
     pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
     pub protocol_abandoned: Family<ProtocolLabels, Counter>,
     pub protocol_timed_out: Family<ProtocolLabels, Counter>,
+    pub network_bytes: Family<NetworkLabels, Counter>,
+    pub network_packets: Family<NetworkLabels, Counter>,
+    pub network_overflow_bytes: Family<DirectionLabels, Counter>,
+    pub network_overflow_packets: Family<DirectionLabels, Counter>,
+    pub network_flows: Gauge,
+    pub network_flow_capacity: Gauge,
+    pub kubernetes_pods: Gauge,
+    pub kubernetes_nodes: Gauge,
+    pub kubernetes_watch_errors: Counter,
+    pub zone_info: Family<ZoneInfoLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ZoneInfoLabels {
+    pub zone: String,
+    pub source: &'static str,
 }
 
 impl Metrics {
@@ -317,6 +456,16 @@ impl Metrics {
             protocol_parse_errors: Family::default(),
             protocol_abandoned: Family::default(),
             protocol_timed_out: Family::default(),
+            network_bytes: Family::default(),
+            network_packets: Family::default(),
+            network_overflow_bytes: Family::default(),
+            network_overflow_packets: Family::default(),
+            network_flows: Gauge::default(),
+            network_flow_capacity: Gauge::default(),
+            kubernetes_pods: Gauge::default(),
+            kubernetes_nodes: Gauge::default(),
+            kubernetes_watch_errors: Counter::default(),
+            zone_info: Family::default(),
             registry,
         };
         let mut r = m.registry;
@@ -474,6 +623,56 @@ impl Metrics {
             "Requests that never got a response (expired, dropped on lost framing, or open at close)",
             m.protocol_timed_out.clone(),
         );
+        r.register(
+            "nodetap_network_bytes",
+            "IP bytes on the wire (headers included, each segment of a GSO/GRO packet counted) sent or received by a workload's sockets, by zone pair",
+            m.network_bytes.clone(),
+        );
+        r.register(
+            "nodetap_network_packets",
+            "IP packets on the wire sent or received by a workload's sockets, by zone pair",
+            m.network_packets.clone(),
+        );
+        r.register(
+            "nodetap_network_overflow_bytes",
+            "IP bytes counted while the kernel flow table was full, so without workload or zone",
+            m.network_overflow_bytes.clone(),
+        );
+        r.register(
+            "nodetap_network_overflow_packets",
+            "IP packets counted while the kernel flow table was full, so without workload or zone",
+            m.network_overflow_packets.clone(),
+        );
+        r.register(
+            "nodetap_network_flows",
+            "Distinct flows (cgroup, local and remote address, direction) in the last drain of the kernel flow table",
+            m.network_flows.clone(),
+        );
+        r.register(
+            "nodetap_network_flow_capacity",
+            "Entries each kernel flow table holds",
+            m.network_flow_capacity.clone(),
+        );
+        r.register(
+            "nodetap_kubernetes_pods",
+            "Pods of this node known from the Kubernetes API",
+            m.kubernetes_pods.clone(),
+        );
+        r.register(
+            "nodetap_kubernetes_nodes",
+            "Nodes known from the Kubernetes API",
+            m.kubernetes_nodes.clone(),
+        );
+        r.register(
+            "nodetap_kubernetes_watch_errors",
+            "Errors of the Kubernetes pod and node watches (each followed by a retry)",
+            m.kubernetes_watch_errors.clone(),
+        );
+        r.register(
+            "nodetap_zone_info",
+            "This node's availability zone and where it came from (config, node_label, imds, unknown)",
+            m.zone_info.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -550,7 +749,8 @@ mod tests {
             error_type: None,
             server_address: Name::new("127.0.0.1"),
             server_port: 6379,
-            service_name: Name::new("app"),
+            peer: PeerZone::default(),
+            workload: WorkloadLabels::service(Name::new("app")),
         };
         for op in ["GET", "SET", "GET", "DEL", "HSET", "SET"] {
             m.db_client_duration.observe(&labels(op), 0.001);
@@ -573,7 +773,7 @@ mod tests {
             .get_or_create(&TcpBytesLabels {
                 direction: "transmit",
                 role: "client",
-                service_name: Name::new("curl"),
+                workload: WorkloadLabels::service(Name::new("curl")),
             })
             .inc_by(1234);
         let text = m.encode();

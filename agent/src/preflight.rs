@@ -58,6 +58,16 @@ pub enum CgroupLayout {
     V1Only,
 }
 
+impl CgroupLayout {
+    /// Where the v2 hierarchy is mounted, if it is.
+    pub fn v2_root(&self) -> Option<&std::path::Path> {
+        match self {
+            Self::Unified(p) | Self::Hybrid(p) => Some(p),
+            Self::V1Only => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Report {
     pub kernel: String,

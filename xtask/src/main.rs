@@ -123,6 +123,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("wrk", "/usr/bin/wrk"),
     ("nghttp2-client", "/usr/bin/h2load"),
+    // The network tests switch veth offloads off; the network benchmark's bulk transfer.
+    ("ethtool", "/usr/sbin/ethtool"),
+    ("iperf3", "/usr/bin/iperf3"),
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.

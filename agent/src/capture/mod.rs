@@ -9,9 +9,10 @@ use agent_common::{Direction, Role, Syscall};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
+    metadata::identity::Identity,
     metrics::{
-        ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, ProtocolLabels,
-        RpcLabels, TcpBytesLabels, TcpSyscallLabels,
+        ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, PeerZone,
+        ProtocolLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels, WorkloadLabels,
     },
     protocols::{
         http1::{HttpExchange, RoutePatterns},
@@ -43,7 +44,9 @@ pub struct Connection {
     pub role: Role,
     /// The process that opened it (or was first seen using it).
     pub pid: u32,
-    pub service: Name,
+    pub workload: WorkloadLabels,
+    /// The other end's zone, when the agent knows it.
+    pub peer_zone: PeerZone,
     pub cgroup_id: u64,
     /// Whether the agent saw it open (connect or accept) rather than mid-life.
     pub seen_open: bool,
@@ -57,7 +60,7 @@ pub struct Connection {
 }
 
 /// A connection's TCP counter handles, resolved on first use: a data event then costs two
-/// atomic adds instead of two label-set lookups that hash the service name.
+/// atomic adds instead of two label-set lookups that hash the workload labels.
 #[derive(Default)]
 struct ConnCounters {
     /// By `Direction as usize`.
@@ -71,7 +74,7 @@ impl ConnCounters {
         &mut self,
         metrics: &Metrics,
         role: Role,
-        service: &Name,
+        workload: &WorkloadLabels,
         syscall: Syscall,
     ) -> (Counter, Counter) {
         let direction = syscall.direction();
@@ -80,7 +83,7 @@ impl ConnCounters {
                 metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
                     direction: direction_label(direction),
                     role: role_label(role),
-                    service_name: service.clone(),
+                    workload: workload.clone(),
                 })
             })
             .clone();
@@ -90,7 +93,7 @@ impl ConnCounters {
                     direction: direction_label(direction),
                     role: role_label(role),
                     syscall: syscall.name(),
-                    service_name: service.clone(),
+                    workload: workload.clone(),
                 })
             })
             .clone();
@@ -99,12 +102,19 @@ impl ConnCounters {
 }
 
 impl Connection {
-    fn new(common: &Common, role: Role, service: Name, seen_open: bool) -> Self {
+    fn new(
+        common: &Common,
+        role: Role,
+        workload: WorkloadLabels,
+        peer_zone: PeerZone,
+        seen_open: bool,
+    ) -> Self {
         Connection {
             endpoints: common.endpoints,
             role,
             pid: common.pid,
-            service,
+            workload,
+            peer_zone,
             cgroup_id: common.cgroup_id,
             seen_open,
             last_ns: common.exit_ns,
@@ -131,7 +141,8 @@ pub struct Tracker {
     conns: HashMap<u64, Connection>,
     fds: HashMap<(u32, i32), u64>,
     listeners: Listeners,
-    services: HashMap<[u8; 16], Name>,
+    /// Workload labels and zones.
+    identity: Identity,
     /// Process names read from procfs for connections seen mid-life, by pid.
     process_names: HashMap<u32, Name>,
     procfs: std::path::PathBuf,
@@ -141,13 +152,18 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(metrics: Arc<Metrics>, procfs: &std::path::Path, opts: TrackerOptions) -> Self {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        procfs: &std::path::Path,
+        opts: TrackerOptions,
+        identity: Identity,
+    ) -> Self {
         Self {
             metrics,
             conns: HashMap::new(),
             fds: HashMap::new(),
             listeners: Listeners::new(procfs),
-            services: HashMap::new(),
+            identity,
             process_names: HashMap::new(),
             procfs: procfs.to_path_buf(),
             opts,
@@ -189,17 +205,18 @@ impl Tracker {
         name
     }
 
-    /// Interned service name for a comm: one allocation per distinct process name.
-    fn service(&mut self, common: &Common) -> Name {
-        if let Some(name) = self.services.get(&common.comm) {
-            return name.clone();
-        }
-        if self.services.len() > 65536 {
-            self.services.clear();
-        }
-        let name = Name::new(common.comm());
-        self.services.insert(common.comm, name.clone());
-        name
+    /// The workload behind an event, and the zone of the other end.
+    fn identify(&mut self, common: &Common, comm: &str) -> (WorkloadLabels, PeerZone) {
+        let workload = self.identity.workload(common.cgroup_id, Some(comm));
+        let peer_zone = common
+            .endpoints
+            .and_then(|ep| self.identity.peer_zone(ep.remote.ip()));
+        (workload, PeerZone(peer_zone))
+    }
+
+    /// Workload labels and zones, shared with the byte accounting.
+    pub fn identity_mut(&mut self) -> &mut Identity {
+        &mut self.identity
     }
 
     pub fn handle(&mut self, event: &Event<'_>) {
@@ -218,11 +235,11 @@ impl Tracker {
                 bytes,
                 payload,
             } => {
-                let (role, service) = self.on_data(&common, direction, bytes);
+                let (role, workload) = self.on_data(&common, direction, bytes);
                 let (bytes_counter, calls_counter) = match self.conns.get_mut(&common.sock_id) {
-                    Some(conn) => conn.counters.get(&self.metrics, role, &service, syscall),
+                    Some(conn) => conn.counters.get(&self.metrics, role, &workload, syscall),
                     // Not in the table (it was full): look the series up every time.
-                    None => ConnCounters::default().get(&self.metrics, role, &service, syscall),
+                    None => ConnCounters::default().get(&self.metrics, role, &workload, syscall),
                 };
                 bytes_counter.inc_by(bytes);
                 calls_counter.inc();
@@ -239,16 +256,16 @@ impl Tracker {
     }
 
     fn on_open(&mut self, common: &Common, role: Role) {
-        let service = self.service(common);
+        let (workload, peer_zone) = self.identify(common, common.comm());
         self.metrics
             .tcp_opened
             .get_or_create(&ConnectionLabels {
                 role: role_label(role),
-                service_name: service.clone(),
+                workload: workload.clone(),
             })
             .inc();
         // A socket address seen again means its previous close was lost: replace it.
-        let conn = Connection::new(common, role, service, true);
+        let conn = Connection::new(common, role, workload, peer_zone, true);
         self.insert(common, conn);
     }
 
@@ -266,10 +283,16 @@ impl Tracker {
         self.fds.insert((common.pid, common.fd), common.sock_id);
     }
 
-    /// Updates the connection for a data event and returns its role and service.
-    fn on_data(&mut self, common: &Common, direction: Direction, bytes: u64) -> (Role, Name) {
+    /// Updates the connection for a data event and returns its role and workload.
+    fn on_data(
+        &mut self,
+        common: &Common,
+        direction: Direction,
+        bytes: u64,
+    ) -> (Role, WorkloadLabels) {
         if !self.conns.contains_key(&common.sock_id) {
-            let service = self.process_name(common.pid);
+            let comm = self.process_name(common.pid);
+            let (workload, peer_zone) = self.identify(common, &comm.0);
             // A connection that predates the agent (or whose open was lost).
             let role = match common.endpoints {
                 Some(ep)
@@ -282,17 +305,17 @@ impl Tracker {
                 Some(_) => Role::Client,
                 None => Role::Unknown,
             };
-            let conn = Connection::new(common, role, service.clone(), false);
+            let conn = Connection::new(common, role, workload.clone(), peer_zone, false);
             self.insert(common, conn);
             if !self.conns.contains_key(&common.sock_id) {
-                return (role, service);
+                return (role, workload);
             }
         }
         let conn = self.conns.get_mut(&common.sock_id).expect("inserted above");
         conn.bytes[direction as usize] += bytes;
         conn.calls[direction as usize] += 1;
         conn.last_ns = common.exit_ns;
-        let found = (conn.role, conn.service.clone());
+        let found = (conn.role, conn.workload.clone());
         self.fds
             .entry((common.pid, common.fd))
             .or_insert(common.sock_id);
@@ -337,7 +360,7 @@ impl Tracker {
                 "{} framing lost on {:?} ({}, pid {}, {} bytes {}, {} copied, starting {:?})",
                 protocol.map_or("?", Protocol::label),
                 conn.endpoints,
-                conn.service,
+                conn.workload.service_name(),
                 common.pid,
                 bytes,
                 if from_client {
@@ -397,7 +420,7 @@ impl Tracker {
             .tcp_closed
             .get_or_create(&ConnectionLabels {
                 role: role_label(conn.role),
-                service_name: conn.service.clone(),
+                workload: conn.workload.clone(),
             })
             .inc();
         self.fds.retain(|_, id| *id != common.sock_id);
@@ -484,7 +507,8 @@ fn record_http1(metrics: &Metrics, conn: &Connection, exchanges: &[HttpExchange]
             http_response_status_code: ex.status,
             http_route: ex.route.clone(),
             server_port: server.port(),
-            service_name: conn.service.clone(),
+            peer: conn.peer_zone.clone(),
+            workload: conn.workload.clone(),
         };
         let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
         record_http(
@@ -521,7 +545,8 @@ fn record_h2(
                 rpc_method: grpc.method.clone(),
                 rpc_grpc_status_code: grpc.status.unwrap_or(GRPC_UNKNOWN),
                 server_port: server.port(),
-                service_name: conn.service.clone(),
+                peer: conn.peer_zone.clone(),
+                workload: conn.workload.clone(),
             };
             let family = if client_side {
                 &metrics.rpc_client_duration
@@ -539,7 +564,8 @@ fn record_h2(
                 .map(str::to_owned)
                 .unwrap_or_else(|| crate::protocols::http1::normalize_route(&ex.path)),
             server_port: server.port(),
-            service_name: conn.service.clone(),
+            peer: conn.peer_zone.clone(),
+            workload: conn.workload.clone(),
         };
         record_http(
             metrics,
@@ -604,7 +630,8 @@ fn record_operations(
             error_type: op.error_type.clone(),
             server_address: server_address.clone(),
             server_port: server.port(),
-            service_name: conn.service.clone(),
+            peer: conn.peer_zone.clone(),
+            workload: conn.workload.clone(),
         };
         let seconds = op.end_ns.saturating_sub(op.start_ns) as f64 / 1e9;
         family.observe(&labels, seconds);
@@ -687,6 +714,7 @@ mod tests {
                 request_timeout_ns: 1_000,
                 http_routes: Arc::default(),
             },
+            Identity::process_names_only(),
         );
         (t, metrics)
     }

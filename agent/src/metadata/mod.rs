@@ -1,6 +1,6 @@
 //! Who and where: workload identity from cgroups, and availability zones of addresses.
 //!
-//! Pure building blocks, no Kubernetes API here: [`cgroup`] turns the cgroup id the
+//! [`identity`] puts them together into the labels of every series; [`cgroup`] turns the cgroup id the
 //! kernel stamps on events into a path and the path into a pod, container or systemd
 //! unit; [`cidr`] is a longest-prefix-match table; [`zones`] decides this node's zone and
 //! the zone of any peer address, and asks the EC2 instance metadata service when nothing
@@ -8,4 +8,6 @@
 
 pub mod cgroup;
 pub mod cidr;
+pub mod identity;
+pub mod local_zone;
 pub mod zones;

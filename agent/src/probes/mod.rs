@@ -11,7 +11,7 @@ use agent_common::{
 };
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
     Ebpf, EbpfLoader,
 };
 
@@ -239,6 +239,10 @@ pub struct HookStatus {
 
 pub struct LoadOptions<'a> {
     pub tracefs: &'a Path,
+    /// The cgroup v2 root the byte accounting attaches to; `None` without cgroup v2.
+    pub cgroup2: Option<&'a Path>,
+    /// Entries of each kernel flow table.
+    pub flow_entries: u32,
     pub capture_len: u32,
     pub ringbuf_bytes: u32,
     pub wakeup_bytes: u32,
@@ -323,6 +327,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, &config, true)
         .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
+        .map_max_entries(agent_common::MAP_NET_FLOWS[0], opts.flow_entries)
+        .map_max_entries(agent_common::MAP_NET_FLOWS[1], opts.flow_entries)
         .load(EBPF_OBJECT)
         .map_err(|e| fail(ProbeError::Load(e)))?;
 
@@ -333,6 +339,21 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
             program,
             tracepoint: format!("{category}:{name}"),
             need,
+            error,
+        });
+    }
+    for (program, attach_type, label) in NETWORK_HOOKS {
+        let error = match opts.cgroup2 {
+            Some(root) => attach_cgroup_skb(&mut ebpf, program, attach_type, root).err(),
+            None => Some("no cgroup v2 mount: IP bytes per workload are not counted".to_owned()),
+        };
+        hooks.push(HookStatus {
+            program,
+            tracepoint: format!(
+                "{label} on {}",
+                opts.cgroup2.map_or("-".into(), |p| p.display().to_string())
+            ),
+            need: Need::Optional,
             error,
         });
     }
@@ -350,6 +371,49 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         }));
     }
     Ok(Probes { ebpf, hooks })
+}
+
+/// The byte accounting: (program, attach type, label). Optional: without it the agent
+/// still serves everything but `nodetap_network_*`.
+pub const NETWORK_HOOKS: [(&str, CgroupSkbAttachType, &str); 2] = [
+    (
+        "nodetap_net_egress",
+        CgroupSkbAttachType::Egress,
+        "cgroup_skb/egress",
+    ),
+    (
+        "nodetap_net_ingress",
+        CgroupSkbAttachType::Ingress,
+        "cgroup_skb/ingress",
+    ),
+];
+
+/// Attaches a cgroup_skb program to the cgroup v2 root, where it sees every socket of
+/// the host. aya attaches through a bpf_link (kernel 5.7 and later, which the agent
+/// requires): cgroup links always run beside other programs (systemd's IP accounting,
+/// a CNI's), as `BPF_F_ALLOW_MULTI` would, and the kernel refuses any flag on them, so
+/// the mode passed is the flag-less one.
+fn attach_cgroup_skb(
+    ebpf: &mut Ebpf,
+    program: &str,
+    attach_type: CgroupSkbAttachType,
+    root: &Path,
+) -> Result<(), String> {
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(program)
+        .ok_or_else(|| format!("program {program} missing from the object"))?
+        .try_into()
+        .map_err(|e| format!("{e}"))?;
+    prog.load().map_err(|e| {
+        let full = crate::error_chain(&e);
+        log::debug!("loading {program} failed: {full}");
+        shorten_verifier_log(&full)
+    })?;
+    let cgroup = std::fs::File::open(root)
+        .map_err(|e| format!("cannot open cgroup {}: {e}", root.display()))?;
+    prog.attach(&cgroup, attach_type, CgroupAttachMode::Single)
+        .map_err(|e| crate::error_chain(&e))?;
+    Ok(())
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
@@ -380,6 +444,19 @@ fn shorten_verifier_log(message: &str) -> String {
 }
 
 impl Probes {
+    /// The kernel flow tables, if the byte accounting attached.
+    pub fn take_flow_tables(
+        &mut self,
+        capacity: u32,
+    ) -> Option<Result<crate::network::FlowTables, crate::network::NetworkError>> {
+        let attached = self
+            .hooks
+            .iter()
+            .filter(|h| NETWORK_HOOKS.iter().any(|(p, _, _)| *p == h.program))
+            .any(|h| h.error.is_none());
+        attached.then(|| crate::network::FlowTables::take(&mut self.ebpf, capacity))
+    }
+
     /// Takes the ring buffer of events and the kernel counters out of the object.
     pub fn take_maps(&mut self) -> Result<(RingBuf<MapData>, KernelCounters), ProbeError> {
         let mut take = |name: &'static str| {

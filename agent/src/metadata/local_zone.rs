@@ -1,0 +1,87 @@
+//! Deciding this node's zone at start-up: configuration, else the Kubernetes node's
+//! zone label, else EC2 instance metadata (only on EC2), else `unknown`.
+
+use std::{path::Path, sync::Arc};
+
+use super::{
+    identity::SharedZones,
+    zones::{imds_availability_zone, local_zone, ZoneSource},
+};
+use crate::{
+    config::Config,
+    metrics::{Metrics, ZoneInfoLabels},
+};
+
+/// Whether DMI (or the Xen hypervisor id on older instance types) says this machine is
+/// an EC2 instance. The default IMDS address is link-local: asking it anywhere else
+/// would send a request to whatever answers there, so the agent asks only on EC2 unless
+/// the user set the endpoint.
+pub fn on_ec2(sysfs: &Path) -> bool {
+    let read = |p: &str| {
+        std::fs::read_to_string(sysfs.join(p))
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    read("class/dmi/id/sys_vendor") == "Amazon EC2"
+        || read("class/dmi/id/board_vendor") == "Amazon EC2"
+        || read("hypervisor/uuid")
+            .to_ascii_lowercase()
+            .starts_with("ec2")
+}
+
+/// Decides the zone, puts it in the zone map and in `nodetap_zone_info`. `node_label`
+/// is the Kubernetes node's zone label when the agent runs on Kubernetes.
+pub async fn resolve_with_label(
+    config: &Config,
+    node_label: Option<String>,
+    zones: &SharedZones,
+    metrics: &Metrics,
+) {
+    let configured = config
+        .zones
+        .zone
+        .as_deref()
+        .filter(|z| !z.trim().is_empty());
+    let label = node_label.filter(|z| !z.trim().is_empty());
+    let mut imds = None;
+    if configured.is_none() && label.is_none() && config.zones.imds_enabled() {
+        if config.imds_endpoint_set || on_ec2(&config.node.sysfs) {
+            match imds_availability_zone(&config.zones.imds_endpoint, config.zones.imds_timeout())
+                .await
+            {
+                Ok(zone) => imds = Some(zone),
+                Err(e) => {
+                    let hint = e.hint().map(|h| format!(" ({h})")).unwrap_or_default();
+                    log::warn!(
+                        "availability zone from instance metadata: {}{hint}",
+                        crate::error_chain(&e)
+                    );
+                }
+            }
+        } else {
+            log::info!(
+                "not an EC2 instance (DMI): instance metadata not asked; set zones.zone or NODETAP_ZONE for zone labels"
+            );
+        }
+    }
+    let (zone, source) = local_zone(configured, label.as_deref(), imds.as_deref());
+    zones.update(|s| s.map.set_local_zone(zone.clone()));
+    metrics.zone_info.clear();
+    metrics
+        .zone_info
+        .get_or_create(&ZoneInfoLabels {
+            zone: zone.clone(),
+            source: source.as_str(),
+        })
+        .set(1);
+    if source == ZoneSource::Unknown {
+        log::info!("availability zone unknown: peers are labelled by the subnet table only");
+    } else {
+        log::info!("availability zone {zone} (from {source})");
+    }
+}
+
+/// [`resolve_with_label`] without Kubernetes.
+pub async fn resolve(config: Config, zones: SharedZones, metrics: Arc<Metrics>) {
+    resolve_with_label(&config, None, &zones, &metrics).await;
+}
