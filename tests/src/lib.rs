@@ -6,6 +6,7 @@
 
 pub mod exposition;
 pub mod http1;
+pub mod netlab;
 pub mod pgwire;
 pub mod resp;
 pub mod servers;
