@@ -11,7 +11,8 @@ use crate::{
     config::Config,
     metadata::{
         cgroup::CgroupResolver,
-        identity::{Identity, SharedZones},
+        identity::{Identity, PodDirectory, SharedZones},
+        kubernetes::{self, KubeIndex, KubePods, KubeStats},
     },
     metrics::{Metrics, ProbeLabels, ReasonLabels},
     network::FlowTables,
@@ -106,14 +107,39 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("zones.subnets")?;
     let zones = SharedZones::new(zones);
-    tokio::spawn(crate::metadata::local_zone::resolve(
-        config.clone(),
-        zones.clone(),
-        metrics.clone(),
-    ));
+    let pods: Option<Arc<dyn PodDirectory>> = if config.kubernetes.is_enabled() {
+        let index = KubeIndex::new_shared();
+        let stats = Arc::new(KubeStats::default());
+        let watch = kubernetes::spawn(config.kubernetes.clone(), index.clone(), stats.clone());
+        tokio::spawn(async move {
+            match watch.await {
+                Ok(Err(e)) => log::error!(
+                    "kubernetes metadata stopped: {}; pods are labelled by process name",
+                    crate::error_chain(&e)
+                ),
+                Err(e) => log::error!("kubernetes metadata task failed: {e}"),
+                Ok(Ok(())) => {}
+            }
+        });
+        tokio::spawn(kubernetes::follow(
+            config.clone(),
+            index.clone(),
+            stats,
+            zones.clone(),
+            metrics.clone(),
+        ));
+        Some(Arc::new(KubePods(index)))
+    } else {
+        tokio::spawn(crate::metadata::local_zone::resolve(
+            config.clone(),
+            zones.clone(),
+            metrics.clone(),
+        ));
+        None
+    };
     let identity = Identity::new(
         report.cgroup.v2_root().map(CgroupResolver::new),
-        None,
+        pods,
         zones,
     );
     let tracker = Tracker::new(

@@ -11,7 +11,10 @@ use agent_common::{DEFAULT_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MIN_CAPT
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::{collectors::NodeConfig, metadata::zones::ZoneConfig};
+use crate::{
+    collectors::NodeConfig,
+    metadata::{kubernetes::KubernetesConfig, zones::ZoneConfig},
+};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9464";
 pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 600;
@@ -94,6 +97,10 @@ pub struct Cli {
     /// http://169.254.169.254, asked only on EC2 instances].
     #[arg(long, env = "NODETAP_IMDS_ENDPOINT", value_name = "URL")]
     pub imds_endpoint: Option<String>,
+    /// Kubernetes API server URL, used without authentication (e.g. a `kubectl proxy`)
+    /// [default: in-cluster configuration when KUBERNETES_SERVICE_HOST is set].
+    #[arg(long, env = "NODETAP_KUBERNETES_API_URL", value_name = "URL")]
+    pub kubernetes_api_url: Option<String>,
     /// Entries of each kernel flow table (distinct flows per 2 s) [default: 32768].
     #[arg(long, env = "NODETAP_NETWORK_FLOW_ENTRIES", value_name = "N")]
     pub network_flow_entries: Option<u32>,
@@ -121,6 +128,8 @@ pub struct FileConfig {
     pub network_flow_entries: Option<u32>,
     /// Zones (`[zones]` table).
     pub zones: ZoneConfig,
+    /// Pod and node metadata (`[kubernetes]` table).
+    pub kubernetes: KubernetesConfig,
 }
 
 /// The configuration in force.
@@ -140,6 +149,7 @@ pub struct Config {
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
     pub zones: ZoneConfig,
+    pub kubernetes: KubernetesConfig,
     /// Whether the zone source `imds_endpoint` was set by the user (else the default is
     /// used only on EC2).
     pub imds_endpoint_set: bool,
@@ -167,6 +177,8 @@ pub enum ConfigError {
     Node(#[source] crate::collectors::NodeConfigError),
     #[error("bad zone configuration")]
     Zones(#[source] crate::metadata::zones::ZoneError),
+    #[error("bad kubernetes configuration")]
+    Kubernetes(#[source] crate::metadata::kubernetes::KubeError),
 }
 
 impl Config {
@@ -305,6 +317,16 @@ impl Config {
                 problem: format!("{network_flow_entries} is outside 64..=4194304"),
             });
         }
+        let mut kubernetes = file.kubernetes;
+        if let Some(url) = cli.kubernetes_api_url {
+            kubernetes.api_url = url;
+        }
+        if kubernetes.is_enabled() {
+            // Checked here so that a DaemonSet without NODE_NAME fails at start-up.
+            kubernetes.node_name = kubernetes
+                .resolve_node_name()
+                .map_err(ConfigError::Kubernetes)?;
+        }
         Ok(Config {
             listen,
             capture_bytes,
@@ -319,6 +341,7 @@ impl Config {
             http_routes: std::sync::Arc::new(http_routes),
             node,
             zones,
+            kubernetes,
             imds_endpoint_set,
             network_flow_entries,
             check_only: cli.check,

@@ -5,6 +5,7 @@
 //! skip.
 
 pub mod exposition;
+pub mod fake_kube;
 pub mod http1;
 pub mod netlab;
 pub mod pgwire;

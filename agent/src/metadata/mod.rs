@@ -9,5 +9,6 @@
 pub mod cgroup;
 pub mod cidr;
 pub mod identity;
+pub mod kubernetes;
 pub mod local_zone;
 pub mod zones;
