@@ -538,3 +538,22 @@ fn pod_bytes_by_zone_pair_equal_the_veth_counters() {
         "the pod watch is limited to this node: {requests:#?}"
     );
 }
+
+/// The recording rule that turns inter-zone bytes into a cost, checked by Prometheus's
+/// own rule tester: same-zone and internet traffic cost nothing, each direction is
+/// priced.
+#[test]
+fn cross_zone_cost_recording_rule() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus");
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules", "rules_test.yml"])
+        .current_dir(&dir)
+        .output()
+        .expect("promtool (apt-get install prometheus, or cargo xtask setup)");
+    assert!(
+        out.status.success(),
+        "promtool test rules failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

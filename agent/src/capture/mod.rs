@@ -766,6 +766,56 @@ mod tests {
     }
 
     #[test]
+    fn request_metrics_carry_the_peers_zone_when_known() {
+        use crate::metadata::{
+            identity::SharedZones,
+            zones::{SubnetZone, ZoneMap},
+        };
+        let (mut t, m) = tracker(10);
+        let zones = ZoneMap::new(
+            "use1-az1",
+            &[SubnetZone {
+                cidr: "10.9.0.0/16".into(),
+                zone: "use1-az2".into(),
+            }],
+        )
+        .unwrap();
+        t.identity = Identity::new(None, None, SharedZones::new(zones));
+        // Two Redis connections: one to a peer in a mapped subnet, one to an address
+        // nothing says anything about.
+        for (sock, remote) in [(1u64, [10, 9, 0, 5]), (2, [192, 168, 50, 5])] {
+            let mut open = ev::header(EventKind::Open);
+            open.role = Role::Client as u8;
+            open.sock_id = sock;
+            open.fd = sock as i32;
+            open.tuple.remote_addr[..4].copy_from_slice(&remote);
+            feed(&mut t, &open, b"");
+            for (syscall, payload) in [
+                (Syscall::Write, &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]),
+                (Syscall::Read, &b"$1\r\nv\r\n"[..]),
+            ] {
+                let mut d = ev::header(EventKind::Data);
+                d.sock_id = sock;
+                d.fd = sock as i32;
+                d.tuple.remote_addr[..4].copy_from_slice(&remote);
+                d.syscall = syscall as u8;
+                d.bytes = payload.len() as u64;
+                d.captured = payload.len() as u32;
+                feed(&mut t, &d, payload);
+            }
+        }
+        let text = m.encode();
+        assert!(
+            text.contains("db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"10.9.0.5\",server_port=\"6379\",peer_zone=\"use1-az2\",service_name=\"redis\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"192.168.50.5\",server_port=\"6379\",service_name=\"redis\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn idle_connections_age_out_and_the_table_is_bounded() {
         let (mut t, m) = tracker(2);
         for i in 0..5u64 {
