@@ -11,6 +11,12 @@
 //! see packets twice on a node (veth and eth) and has no socket owner; sock_ops sees no
 //! packets, only TCP events.
 //!
+//! Replies on a connection made to a Kubernetes Service address reach the socket after
+//! netfilter restored the Service address as their source; the egress program saw the
+//! real peer (after DNAT), so it remembers, per socket, the address the socket thinks
+//! it talks to and the one its packets really went to, and the ingress program puts the
+//! real one back.
+//!
 //! Counts are wire packets: TCP hands the device one GSO skb standing for many segments
 //! and GRO hands the socket one skb for many received segments; each segment carries
 //! its own IP and TCP/UDP headers on the wire, so a skb of `len` bytes and `segs`
@@ -18,10 +24,10 @@
 
 use agent_common::{Direction, FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, NET_FLOW_ENTRIES};
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_NOEXIST},
-    helpers::{bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::{cgroup_skb, map},
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::SkBuffContext,
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
@@ -39,6 +45,21 @@ static NET_FLOWS_1: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(N
 /// What did not fit in a full table, by direction: counted, never silently lost.
 #[map(name = "NET_OVERFLOW")]
 static NET_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(2, 0);
+
+/// Sockets whose packets go to another address than their own peer address (a Service
+/// address translated by DNAT), by socket cookie. LRU: entries of closed sockets age out.
+#[map(name = "NET_NAT")]
+static NET_NAT: LruHashMap<u64, NatPeer> = LruHashMap::with_max_entries(NAT_ENTRIES, 0);
+
+const NAT_ENTRIES: u32 = 65536;
+
+/// What a socket calls its peer, and where its packets really went.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NatPeer {
+    socket_peer: [u8; 16],
+    real_peer: [u8; 16],
+}
 
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
@@ -65,6 +86,10 @@ fn account(ctx: &SkBuffContext, direction: Direction) {
     let Some((mut key, headers)) = parse(skb, direction) else {
         return;
     };
+    match direction {
+        Direction::Transmit => remember_nat(ctx, &key),
+        Direction::Receive => undo_nat(ctx, &mut key),
+    }
     key.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (len, gso_segs) = unsafe { ((*skb).len as u64, (*skb).gso_segs as u64) };
     let segs = if gso_segs == 0 { 1 } else { gso_segs };
@@ -84,6 +109,77 @@ fn account(ctx: &SkBuffContext, direction: Direction) {
                 (*slot).bytes += add.bytes;
                 (*slot).packets += add.packets;
             }
+        }
+    }
+}
+
+/// The socket's own idea of its peer (`sk->sk_daddr`, or the IPv6 one), in the layout of
+/// a flow key's address for the packet's family. IPv4 packets of an IPv6 socket carry
+/// the address mapped into its last four bytes.
+#[inline(always)]
+fn socket_peer(skb: *mut __sk_buff, family: u8) -> [u8; 16] {
+    // The verifier accepts context reads only at constant offsets from the context
+    // pointer: one volatile read per field, no loop or index arithmetic.
+    let mut out = [0u8; 16];
+    unsafe {
+        let ctx = &*skb;
+        let word3 = core::ptr::read_volatile(&ctx.remote_ip6[3]);
+        if family == FAMILY_IPV4 {
+            let v4 = if core::ptr::read_volatile(&ctx.family) == AF_INET {
+                core::ptr::read_volatile(&ctx.remote_ip4)
+            } else {
+                word3
+            };
+            out[..4].copy_from_slice(&v4.to_ne_bytes());
+        } else {
+            let words = [
+                core::ptr::read_volatile(&ctx.remote_ip6[0]),
+                core::ptr::read_volatile(&ctx.remote_ip6[1]),
+                core::ptr::read_volatile(&ctx.remote_ip6[2]),
+                word3,
+            ];
+            out[..4].copy_from_slice(&words[0].to_ne_bytes());
+            out[4..8].copy_from_slice(&words[1].to_ne_bytes());
+            out[8..12].copy_from_slice(&words[2].to_ne_bytes());
+            out[12..].copy_from_slice(&words[3].to_ne_bytes());
+        }
+    }
+    out
+}
+
+const AF_INET: u32 = 2;
+
+/// Egress: when the packet goes elsewhere than the socket's peer, remember both.
+#[inline(always)]
+fn remember_nat(ctx: &SkBuffContext, key: &FlowKey) {
+    let skb = ctx.skb.skb;
+    let peer = socket_peer(skb, key.family);
+    // Unconnected sockets have no peer; translated or not, nothing to undo.
+    if peer == [0u8; 16] || peer == key.remote {
+        return;
+    }
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    if let Some(known) = unsafe { NET_NAT.get(&cookie) } {
+        if known.real_peer == key.remote && known.socket_peer == peer {
+            return;
+        }
+    }
+    let entry = NatPeer {
+        socket_peer: peer,
+        real_peer: key.remote,
+    };
+    let _ = NET_NAT.insert(&cookie, &entry, BPF_ANY as u64);
+}
+
+/// Ingress: a reply from the address the socket thinks it talks to came from the real
+/// peer its packets went to.
+#[inline(always)]
+fn undo_nat(ctx: &SkBuffContext, key: &mut FlowKey) {
+    let skb = ctx.skb.skb;
+    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+    if let Some(known) = unsafe { NET_NAT.get(&cookie) } {
+        if known.socket_peer == key.remote {
+            key.remote = known.real_peer;
         }
     }
 }

@@ -247,6 +247,30 @@ mod tests {
     }
 
     #[test]
+    fn key_addresses_by_family() {
+        let mut v6 = [0u8; 16];
+        v6[0] = 0x26;
+        v6[15] = 1;
+        assert_eq!(key_addr(FAMILY_IPV6, &v6), Some("2600::1".parse().unwrap()));
+        // An IPv4-mapped IPv6 address is the IPv4 address (dual-stack sockets).
+        let mut mapped = [0u8; 16];
+        mapped[10] = 0xff;
+        mapped[11] = 0xff;
+        mapped[12..].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(
+            key_addr(FAMILY_IPV6, &mapped),
+            Some("10.1.2.3".parse().unwrap())
+        );
+        let mut v4 = [0u8; 16];
+        v4[..4].copy_from_slice(&[192, 0, 2, 1]);
+        assert_eq!(
+            key_addr(FAMILY_IPV4, &v4),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(key_addr(0, &v4), None);
+    }
+
+    #[test]
     fn flows_become_zone_pair_series() {
         let zones = SharedZones::new(
             ZoneMap::new(

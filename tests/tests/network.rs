@@ -62,6 +62,30 @@ fn serve(pod: &PodNet, port: u16, conns: u32) -> std::process::Child {
     child
 }
 
+/// Starts the agent and checks that the byte accounting hooks attached: they are
+/// optional to the agent, not to these tests.
+fn start_agent(config: &std::path::Path) -> Agent {
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let text = agent.scrape();
+    for hook in ["egress", "ingress"] {
+        let probe = format!(
+            "cgroup_skb/{hook} on {}",
+            nodetap_tests::netlab::cgroup2_mount().display()
+        );
+        assert_eq!(
+            metric_value(
+                &text,
+                "nodetap_probe_attached",
+                &[("probe", &probe), ("required", "false")]
+            ),
+            Some(1.0),
+            "{probe} did not attach; agent output:\n{}",
+            agent.output()
+        );
+    }
+    agent
+}
+
 fn finish(child: std::process::Child) {
     let out = child.wait_with_output().expect("netxfer serve");
     assert!(out.status.success(), "netxfer serve failed");
@@ -219,7 +243,7 @@ fn plain_host_bytes_by_zone_pair_equal_the_veth_counters() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let agent = start_agent(&config);
     agent.scrape_until(Duration::from_secs(10), |t| {
         metric_value(
             t,
@@ -338,7 +362,8 @@ impl PodSpec {
 /// On Kubernetes: pods in kubelet cgroups, their metadata from a stand-in API server
 /// (watched by the real client), zones from the nodes' labels and pod CIDRs. Pod A
 /// sends to pod B, whose address is in the pod CIDR of a node in the other zone
-/// (write and sendfile), and to pod C in its own zone.
+/// (write to its pod address, sendfile to a Service address), and to pod C in its own
+/// zone.
 #[test]
 fn pod_bytes_by_zone_pair_equal_the_veth_counters() {
     let kube = nodetap_tests::fake_kube::FakeKube::start();
@@ -435,7 +460,7 @@ fn pod_bytes_by_zone_pair_equal_the_veth_counters() {
         ),
     )
     .unwrap();
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let agent = start_agent(&config);
     let text = agent.scrape_until(Duration::from_secs(20), |t| {
         metric_value(
             t,
@@ -465,11 +490,32 @@ fn pod_bytes_by_zone_pair_equal_the_veth_counters() {
         "{text}"
     );
 
-    let before = [a.counters(), b.counters(), c.counters()];
+    // A Service address for b, translated in a's namespace as kube-proxy does (DNAT in
+    // OUTPUT): replies reach a's socket with the Service address as their source, and
+    // must still count as coming from zone-b.
     let port = 7200;
+    let service_ip = Ipv4Addr::new(10, 100, 0, 10);
+    let dnat = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &a.netns, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp",
+        ])
+        .args([
+            "-d",
+            &service_ip.to_string(),
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DNAT",
+        ])
+        .args(["--to-destination", &format!("{}:{port}", b.addr)])
+        .status()
+        .expect("iptables (apt-get install iptables, or cargo xtask setup)");
+    assert!(dnat.success(), "iptables DNAT rule in pod a");
+
+    let before = [a.counters(), b.counters(), c.counters()];
     let server = serve(&b, port, 2);
     send(&a, b.addr, port, 1_000_000, "write");
-    send(&a, b.addr, port, 700_000, "sendfile");
+    send(&a, service_ip, port, 700_000, "sendfile");
     finish(server);
     let server = serve(&c, port, 1);
     send(&a, c.addr, port, 300_000, "write");

@@ -17,6 +17,9 @@ pub enum What {
     Postgres,
     /// wrk and h2load against nginx with and without the agent.
     Http,
+    /// iperf3 and short connections between two pods through a router, with and
+    /// without the agent.
+    Network,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
@@ -28,6 +31,7 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Redis => ("redis", crate::bench_db::redis()?),
         What::Postgres => ("postgres", crate::bench_db::postgres()?),
         What::Http => ("http", crate::bench_http::run()?),
+        What::Network => ("network", crate::bench_network::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)

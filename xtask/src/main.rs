@@ -4,6 +4,7 @@ mod bench;
 mod bench_capture;
 mod bench_db;
 mod bench_http;
+mod bench_network;
 mod bench_node;
 
 use std::{
@@ -126,6 +127,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // The network tests switch veth offloads off; the network benchmark's bulk transfer.
     ("ethtool", "/usr/sbin/ethtool"),
     ("iperf3", "/usr/bin/iperf3"),
+    // The network test's stand-in for kube-proxy's Service DNAT.
+    ("iptables", "/usr/sbin/iptables"),
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
