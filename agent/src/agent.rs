@@ -141,7 +141,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         report.cgroup.v2_root().map(CgroupResolver::new),
         pods,
         zones,
-    );
+    )
+    .with_procfs(&config.node.procfs);
     let tracker = Tracker::new(
         metrics.clone(),
         &config.node.procfs,

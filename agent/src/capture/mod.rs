@@ -207,7 +207,9 @@ impl Tracker {
 
     /// The workload behind an event, and the zone of the other end.
     fn identify(&mut self, common: &Common, comm: &str) -> (WorkloadLabels, PeerZone) {
-        let workload = self.identity.workload(common.cgroup_id, Some(comm));
+        let workload = self
+            .identity
+            .workload_of_process(common.cgroup_id, common.pid, comm);
         let peer_zone = common
             .endpoints
             .and_then(|ep| self.identity.peer_zone(ep.remote.ip()));

@@ -118,6 +118,10 @@ pub struct Identity {
     /// Workloads named after a process, by name.
     by_comm: HashMap<String, WorkloadLabels>,
     names: HashMap<String, Name>,
+    /// Where to read `/proc/<pid>/cgroup`, for processes whose v2 cgroup says nothing.
+    procfs: Option<std::path::PathBuf>,
+    /// Workloads found through procfs, by (pid, process name).
+    by_process: HashMap<(u32, String), Option<WorkloadLabels>>,
 }
 
 impl Identity {
@@ -137,7 +141,52 @@ impl Identity {
             comm_by_cgroup: HashMap::new(),
             by_comm: HashMap::new(),
             names: HashMap::new(),
+            procfs: None,
+            by_process: HashMap::new(),
         }
+    }
+
+    /// Also look at `/proc/<pid>/cgroup` under `procfs` when a process's v2 cgroup is the
+    /// root: on cgroup v1 and hybrid hosts a container runtime may place containers in
+    /// the v1 hierarchies only, leaving every process in the v2 root.
+    pub fn with_procfs(mut self, procfs: impl Into<std::path::PathBuf>) -> Self {
+        self.procfs = Some(procfs.into());
+        self
+    }
+
+    /// The workload of process `pid` named `comm` in v2 cgroup `cgroup_id`: as
+    /// [`workload`](Self::workload), but when the v2 cgroup is the root (or unknown), the
+    /// process's v1 cgroups are asked first.
+    pub fn workload_of_process(&mut self, cgroup_id: u64, pid: u32, comm: &str) -> WorkloadLabels {
+        let in_root = match self.cgroups.as_mut() {
+            Some(cgroups) => cgroups.resolve(cgroup_id).is_none_or(|p| p == "/"),
+            None => true,
+        };
+        if in_root && self.procfs.is_some() {
+            let key = (pid, comm.to_owned());
+            let found = match self.by_process.get(&key) {
+                Some(found) => found.clone(),
+                None => {
+                    let found = self.proc_cgroup_workload(pid);
+                    if self.by_process.len() > MAX_CACHED {
+                        self.by_process.clear();
+                    }
+                    self.by_process.insert(key, found.clone());
+                    found
+                }
+            };
+            if let Some(workload) = found {
+                return workload;
+            }
+        }
+        self.workload(cgroup_id, Some(comm))
+    }
+
+    fn proc_cgroup_workload(&mut self, pid: u32) -> Option<WorkloadLabels> {
+        let path = self.procfs.as_ref()?.join(pid.to_string()).join("cgroup");
+        let text = std::fs::read_to_string(path).ok()?;
+        let cgroup_path = super::cgroup::path_proc_cgroup_workload(&text)?;
+        self.labels_for_path(&cgroup_path)
     }
 
     /// Identity without cgroups, Kubernetes or zones: process names only (unit tests).
@@ -235,7 +284,12 @@ impl Identity {
     /// The workload a cgroup path names by itself; `None` when the process name decides.
     fn resolve_cgroup(&mut self, cgroup_id: u64) -> Option<WorkloadLabels> {
         let path = self.cgroups.as_mut()?.resolve(cgroup_id)?;
-        match parse_cgroup_path(&path) {
+        self.labels_for_path(&path)
+    }
+
+    /// The workload a cgroup path names by itself; `None` when the process name decides.
+    fn labels_for_path(&mut self, path: &str) -> Option<WorkloadLabels> {
+        match parse_cgroup_path(path) {
             Workload::Pod {
                 pod_uid,
                 container_id,
@@ -379,6 +433,45 @@ mod tests {
         assert_eq!(&*id.zone_of("10.1.2.3".parse().unwrap()).0, "use1-az2");
         assert_eq!(&*id.zone_of("127.0.0.1".parse().unwrap()).0, "use1-az1");
         assert_eq!(id.peer_zone("192.168.7.7".parse().unwrap()), None);
+    }
+
+    #[test]
+    fn processes_in_the_v2_root_are_named_by_their_v1_cgroups() {
+        let (dir, _, _, _) = cgroup_tree();
+        let procfs = TempTree::new();
+        std::fs::create_dir_all(procfs.path().join("42")).unwrap();
+        // A hybrid host whose runtime (cgroupfs driver) placed the container in v1 only.
+        std::fs::write(
+            procfs.path().join("42/cgroup"),
+            format!(
+                "12:memory:/kubepods/burstable/pod8f7c1d2e-0000-4000-8000-000000000001/{CONTAINER}\n\
+                 1:name=systemd:/kubepods/burstable/pod8f7c1d2e-0000-4000-8000-000000000001/{CONTAINER}\n\
+                 0::/\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(procfs.path().join("43")).unwrap();
+        std::fs::write(
+            procfs.path().join("43/cgroup"),
+            "1:name=systemd:/user.slice\n0::/\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let root_id = std::fs::metadata(dir.path()).unwrap().ino();
+        let mut id = Identity::new(
+            Some(CgroupResolver::new(dir.path())),
+            Some(Arc::new(OnePod)),
+            SharedZones::new(ZoneMap::new(UNKNOWN, &[]).unwrap()),
+        )
+        .with_procfs(procfs.path());
+        let w = id.workload_of_process(root_id, 42, "cart-server");
+        assert_eq!(
+            &*w.fields().k8s.as_ref().expect("pod labels").container.0,
+            "cart"
+        );
+        let w = id.workload_of_process(root_id, 43, "bash");
+        assert!(w.fields().k8s.is_none());
+        assert_eq!(&*w.service_name().0, "bash");
     }
 
     #[test]
