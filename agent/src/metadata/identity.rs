@@ -185,7 +185,7 @@ impl Identity {
     fn proc_cgroup_workload(&mut self, pid: u32) -> Option<WorkloadLabels> {
         let path = self.procfs.as_ref()?.join(pid.to_string()).join("cgroup");
         let text = std::fs::read_to_string(path).ok()?;
-        let cgroup_path = super::cgroup::path_proc_cgroup_workload(&text)?;
+        let cgroup_path = super::cgroup::path_from_proc_cgroup(&text)?;
         self.labels_for_path(&cgroup_path)
     }
 
