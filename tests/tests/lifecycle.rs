@@ -42,13 +42,17 @@ fn ids_in(what: &str, field: &str) -> BTreeSet<u64> {
         .collect()
 }
 
+/// Every hook the agent attaches here: 28 tracepoints and 2 cgroup_skb programs.
+const HOOKS: usize = 30;
+
 #[test]
 fn sigterm_detaches_everything_and_exits_zero() {
     let mut agent = Agent::start(&[]);
     let pid = agent.process.pid();
     let links = held_by(pid, "link_id:");
-    // 28 tracepoint programs (see probes::HOOKS), each attached through one link.
-    assert_eq!(links.len(), 28, "links held by the agent: {links:?}");
+    // 28 tracepoint programs (see probes::HOOKS) and the 2 cgroup_skb programs of the
+    // byte accounting (probes::NETWORK_HOOKS), each attached through one link.
+    assert_eq!(links.len(), HOOKS, "links held by the agent: {links:?}");
     let ours: BTreeSet<u64> = bpftool_json("link")
         .as_array()
         .expect("array")
@@ -58,7 +62,7 @@ fn sigterm_detaches_everything_and_exits_zero() {
         .collect();
     assert_eq!(
         ours.len(),
-        28,
+        HOOKS,
         "programs behind the agent's links: {ours:?}"
     );
     assert!(
@@ -103,13 +107,13 @@ fn start_up_report_names_every_check_and_hook() {
     }
     assert_eq!(
         out.matches(" attached\n").count(),
-        28,
+        HOOKS,
         "every hook attached:\n{out}"
     );
     let text = agent.scrape();
     assert_eq!(
         text.matches("nodetap_probe_attached{").count(),
-        28,
+        HOOKS,
         "{text}"
     );
     let not_attached: Vec<&str> = text
