@@ -110,11 +110,6 @@ pub struct Identity {
     zones: SharedZones,
     /// Workloads that do not depend on the process name (pods, systemd units).
     by_cgroup: HashMap<u64, Option<WorkloadLabels>>,
-    /// The process name seen in a cgroup (`None` once two different ones were), for
-    /// traffic that comes without one: the kernel's byte accounting knows only the
-    /// cgroup, and a cgroup shared by many processes (a login session, the root) must
-    /// not be named after whichever of them was seen last.
-    comm_by_cgroup: HashMap<u64, Option<Name>>,
     /// Workloads named after a process, by name.
     by_comm: HashMap<String, WorkloadLabels>,
     names: HashMap<String, Name>,
@@ -138,7 +133,6 @@ impl Identity {
             pods_generation: 0,
             zones,
             by_cgroup: HashMap::new(),
-            comm_by_cgroup: HashMap::new(),
             by_comm: HashMap::new(),
             names: HashMap::new(),
             procfs: None,
@@ -223,21 +217,6 @@ impl Identity {
                 self.by_cgroup.clear();
             }
         }
-        if let Some(comm) = comm.filter(|c| !c.is_empty()) {
-            match self.comm_by_cgroup.get(&cgroup_id) {
-                None => {
-                    if self.comm_by_cgroup.len() > MAX_CACHED {
-                        self.comm_by_cgroup.clear();
-                    }
-                    let name = self.name(comm);
-                    self.comm_by_cgroup.insert(cgroup_id, Some(name));
-                }
-                Some(Some(seen)) if &*seen.0 != comm => {
-                    self.comm_by_cgroup.insert(cgroup_id, None);
-                }
-                Some(_) => {}
-            }
-        }
         let fixed = match self.by_cgroup.get(&cgroup_id) {
             Some(cached) => cached.clone(),
             None => {
@@ -252,12 +231,13 @@ impl Identity {
         if let Some(workload) = fixed {
             return workload;
         }
+        // Traffic without a process (the kernel's byte accounting knows only the
+        // cgroup) is named after the cgroup: guessing one of the processes that share it
+        // (a login session, the root cgroup, a container's scope) would misattribute the
+        // others' bytes.
         let comm = match comm.filter(|c| !c.is_empty()) {
             Some(c) => c.to_owned(),
-            None => match self.comm_by_cgroup.get(&cgroup_id) {
-                Some(Some(only)) => only.0.to_string(),
-                _ => self.cgroup_name(cgroup_id),
-            },
+            None => self.cgroup_name(cgroup_id),
         };
         if let Some(w) = self.by_comm.get(&comm) {
             return w.clone();
@@ -418,10 +398,7 @@ mod tests {
             "redis-server"
         );
         assert_eq!(&*id.workload(other, Some("bash")).service_name().0, "bash");
-        // Without a process name the one seen in the cgroup stands in; once two were
-        // seen there, the cgroup's own name does.
-        assert_eq!(&*id.workload(other, None).service_name().0, "bash");
-        assert_eq!(&*id.workload(other, Some("vim")).service_name().0, "vim");
+        // Without a process name, the cgroup's own name.
         assert_eq!(
             &*id.workload(other, None).service_name().0,
             "session-1.scope"
