@@ -157,6 +157,16 @@ pub struct VethCounters {
     pub rx_packets: u64,
 }
 
+/// The cgroup path (relative to a lab's root) the kubelet's systemd driver gives a
+/// containerd container of a Burstable pod: `kubepods.slice/kubepods-burstable.slice/
+/// kubepods-burstable-pod<uid, '_' for '-'>.slice/cri-containerd-<id>.scope`.
+pub fn kubelet_cgroup(pod_uid: &str, container_id: &str) -> String {
+    format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container_id}.scope",
+        pod_uid.replace('-', "_"),
+    )
+}
+
 /// Ethernet header length; veth frames carry no FCS and no padding.
 pub const ETH_HLEN: u64 = 14;
 
@@ -674,11 +684,7 @@ mod tests {
     }
 
     fn pod_cgroup(lab: &NetLab, uid: &str, container: char) -> LabCgroup {
-        lab.cgroup(&format!(
-            "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{}.scope",
-            uid.replace('-', "_"),
-            container.to_string().repeat(64)
-        ))
+        lab.cgroup(&kubelet_cgroup(uid, &container.to_string().repeat(64)))
     }
 
     fn json_line(out: &[u8], what: &str) -> serde_json::Value {

@@ -351,11 +351,7 @@ impl PodSpec {
     }
 
     fn cgroup(&self) -> String {
-        format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope",
-            self.uid.replace('-', "_"),
-            self.container_id
-        )
+        nodetap_tests::netlab::kubelet_cgroup(self.uid, &self.container_id)
     }
 }
 

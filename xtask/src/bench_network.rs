@@ -18,7 +18,7 @@ use nodetap_tests::{
     exposition,
     fake_kube::{node_json, pod_json, FakeKube},
     metric_value,
-    netlab::{cgroup2_mount, NetLab, PodNet, VethCounters},
+    netlab::{cgroup2_mount, kubelet_cgroup, NetLab, PodNet, VethCounters},
     servers::TempDir,
     ChildGuard,
 };
@@ -101,10 +101,7 @@ fn setup() -> Result<Setup> {
             &labels,
             &[("app", &container)],
         ));
-        cgroups.push(lab.cgroup(&format!(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{container_id}.scope",
-            uid.replace('-', "_"),
-        )));
+        cgroups.push(lab.cgroup(&kubelet_cgroup(uid, &container_id)));
     }
     let a = lab.add_pod(
         "a",

@@ -115,8 +115,11 @@ pub struct Identity {
     names: HashMap<String, Name>,
     /// Where to read `/proc/<pid>/cgroup`, for processes whose v2 cgroup says nothing.
     procfs: Option<std::path::PathBuf>,
-    /// Workloads found through procfs, by (pid, process name).
-    by_process: HashMap<(u32, String), Option<WorkloadLabels>>,
+    /// Workloads found through procfs, by pid, with the process name they were found
+    /// for (a reused pid is another process).
+    by_process: HashMap<u32, (Name, Option<WorkloadLabels>)>,
+    /// The id of the v2 root cgroup, where processes of v1-only placements sit.
+    root_id: Option<u64>,
 }
 
 impl Identity {
@@ -137,6 +140,7 @@ impl Identity {
             names: HashMap::new(),
             procfs: None,
             by_process: HashMap::new(),
+            root_id: None,
         }
     }
 
@@ -144,28 +148,32 @@ impl Identity {
     /// root: on cgroup v1 and hybrid hosts a container runtime may place containers in
     /// the v1 hierarchies only, leaving every process in the v2 root.
     pub fn with_procfs(mut self, procfs: impl Into<std::path::PathBuf>) -> Self {
+        use std::os::unix::fs::MetadataExt;
         self.procfs = Some(procfs.into());
+        // A cgroup's id is its directory's inode number (see cgroup.rs).
+        self.root_id = self
+            .cgroups
+            .as_ref()
+            .and_then(|c| std::fs::metadata(c.root()).ok())
+            .map(|m| m.ino());
         self
     }
 
     /// The workload of process `pid` named `comm` in v2 cgroup `cgroup_id`: as
-    /// [`workload`](Self::workload), but when the v2 cgroup is the root (or unknown), the
+    /// [`workload`](Self::workload), but when the v2 cgroup is the root (or there is no v2), the
     /// process's v1 cgroups are asked first.
     pub fn workload_of_process(&mut self, cgroup_id: u64, pid: u32, comm: &str) -> WorkloadLabels {
-        let in_root = match self.cgroups.as_mut() {
-            Some(cgroups) => cgroups.resolve(cgroup_id).is_none_or(|p| p == "/"),
-            None => true,
-        };
+        let in_root = self.cgroups.is_none() || self.root_id == Some(cgroup_id);
         if in_root && self.procfs.is_some() {
-            let key = (pid, comm.to_owned());
-            let found = match self.by_process.get(&key) {
-                Some(found) => found.clone(),
-                None => {
+            let found = match self.by_process.get(&pid) {
+                Some((name, found)) if &*name.0 == comm => found.clone(),
+                _ => {
                     let found = self.proc_cgroup_workload(pid);
                     if self.by_process.len() > MAX_CACHED {
                         self.by_process.clear();
                     }
-                    self.by_process.insert(key, found.clone());
+                    let name = self.name(comm);
+                    self.by_process.insert(pid, (name, found.clone()));
                     found
                 }
             };

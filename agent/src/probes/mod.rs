@@ -399,16 +399,7 @@ fn attach_cgroup_skb(
     attach_type: CgroupSkbAttachType,
     root: &Path,
 ) -> Result<(), String> {
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(program)
-        .ok_or_else(|| format!("program {program} missing from the object"))?
-        .try_into()
-        .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| {
-        let full = crate::error_chain(&e);
-        log::debug!("loading {program} failed: {full}");
-        shorten_verifier_log(&full)
-    })?;
+    let prog: &mut CgroupSkb = loaded(ebpf, program, CgroupSkb::load)?;
     let cgroup = std::fs::File::open(root)
         .map_err(|e| format!("cannot open cgroup {}: {e}", root.display()))?;
     prog.attach(&cgroup, attach_type, CgroupAttachMode::Single)
@@ -417,19 +408,33 @@ fn attach_cgroup_skb(
 }
 
 fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
-    let prog: &mut TracePoint = ebpf
+    let prog: &mut TracePoint = loaded(ebpf, program, TracePoint::load)?;
+    prog.attach(category, name)
+        .map_err(|e| crate::error_chain(&e))?;
+    Ok(())
+}
+
+/// The program named `program`, as type `T`, loaded into the kernel; the error says
+/// what went wrong in one line (the verifier's last lines; the whole log at debug).
+fn loaded<'a, T>(
+    ebpf: &'a mut Ebpf,
+    program: &str,
+    load: fn(&mut T) -> Result<(), aya::programs::ProgramError>,
+) -> Result<&'a mut T, String>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog: &mut T = ebpf
         .program_mut(program)
         .ok_or_else(|| format!("program {program} missing from the object"))?
         .try_into()
         .map_err(|e| format!("{e}"))?;
-    prog.load().map_err(|e| {
+    load(prog).map_err(|e| {
         let full = crate::error_chain(&e);
         log::debug!("loading {program} failed: {full}");
         shorten_verifier_log(&full)
     })?;
-    prog.attach(category, name)
-        .map_err(|e| crate::error_chain(&e))?;
-    Ok(())
+    Ok(prog)
 }
 
 /// A verifier log runs to thousands of lines; the report keeps the message and the
