@@ -4,23 +4,53 @@
 //! two sides agree byte for byte; the size assertions at the bottom keep it so.
 #![no_std]
 
-/// Largest payload prefix a kernel program can copy for one syscall. The copy size in
-/// force is `Config::capture_len` (at most this), chosen at start-up.
-pub const MAX_CAPTURE: usize = 4096;
-/// Payload prefix copied by default. A copy never exceeds what the syscall moved, so
-/// small messages cost the same whatever this is; 2048 bytes hold a whole pipelined batch
-/// of 32 small Redis commands and PostgreSQL's startup reply, so their framing is never
-/// lost, while bulk transfers copy at most 2 KiB per syscall.
-pub const DEFAULT_CAPTURE: u32 = 2048;
-/// The smallest prefix the agent accepts: protocol detection needs this much.
-pub const MIN_CAPTURE: u32 = 256;
+/// Largest payload one ring buffer record carries. A call that moved more is sent as
+/// several records (segments), each reserved in place in the ring buffer at the smallest
+/// size class that holds it: one copy from user memory, little slack.
+pub const MAX_SEGMENT: usize = 16384;
+/// Payload room of the record size classes, smallest first (the verifier needs constant
+/// reservation sizes, so a segment is reserved at one of these).
+pub const SEGMENT_CLASSES: [usize; 5] = [64, 256, 1024, 4096, MAX_SEGMENT];
+/// Most payload bytes copied for one call, by default. Beyond it the rest of the call is
+/// counted (the parser sees a gap of known length and resynchronises if it needed it).
+pub const DEFAULT_CALL_CAPTURE: u32 = 262144;
+/// The per-call copy limit the agent accepts: at least 64 KiB (a pipelined batch or a
+/// large reply fits), at most 64 segments (1 MiB). The default, 256 KiB, holds what real
+/// clients write at once (a pipeline flushed as one buffer, a large reply).
+pub const MIN_CALL_CAPTURE: u32 = 65536;
+pub const MAX_CALL_CAPTURE: u32 = 64 * MAX_SEGMENT as u32;
+/// Bytes per direction copied from a connection before userspace has said what it needs
+/// (it says so as soon as it has seen the first bytes; this only bounds the lag).
+pub const DEFAULT_UNDECIDED_BYTES: u32 = 1 << 20;
+/// A counts-only connection reports its counters at most this often (and at its close).
+pub const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// Map names, shared so the loader cannot misspell them.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_PENDING: &str = "PENDING";
 pub const MAP_DROPS: &str = "DROPS";
 pub const MAP_STATS: &str = "STATS";
-pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Userspace's instructions per connection ([`Instruction`] by connection id).
+pub const MAP_INSTRUCTIONS: &str = "INSTRUCTIONS";
+/// One u64 userspace bumps after writing instructions: a connection looks its
+/// instruction up only when this changed since it last did.
+pub const MAP_INSTRUCTION_GEN: &str = "INSTRUCTION_GEN";
+/// Final counters of connections whose close record found the ring buffer full.
+pub const MAP_CLOSED: &str = "CLOSED";
+/// What each syscall number is (`Syscall` and payload class), filled by the loader: a
+/// table lookup rather than a `match`, so the verifier follows one path, not one per
+/// syscall.
+pub const MAP_SYSCALL_TABLE: &str = "SYSCALL_TABLE";
+pub const SYSCALL_TABLE_ENTRIES: u32 = 512;
+/// Payload classes in the syscall table (bits 8..10 of an entry; bits 0..8 are the
+/// `Syscall`).
+pub const PAYLOAD_NONE: u32 = 0;
+/// One buffer: the second argument.
+pub const PAYLOAD_BUFFER: u32 = 1;
+/// An iovec array and its length: the second and third arguments.
+pub const PAYLOAD_IOVEC: u32 = 2;
+/// A `struct user_msghdr`: the second argument.
+pub const PAYLOAD_MSGHDR: u32 = 3;
 /// Name of the read-only global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -28,21 +58,47 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
 /// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
 pub const PENDING_ENTRIES: u32 = 16384;
-/// Entries in the kernel's cache of connected TCP sockets' addresses (LRU).
-pub const SOCKS_ENTRIES: u32 = 65536;
+/// Connections the syscall tier keeps state for (the socket tier's state lives in the
+/// socket itself and has no bound).
+pub const SYSCALL_SOCKETS: u32 = 65536;
+/// Instructions kept (LRU): one per connection being parsed or counted.
+pub const INSTRUCTION_ENTRIES: u32 = 65536;
+/// Close records kept while the ring buffer is full.
+pub const CLOSED_ENTRIES: u32 = 8192;
+
+/// How the kernel side finds data, chosen by the agent at start-up.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// `sock:sock_send_length`/`sock_recv_length` (Linux 6.3+): fired only for sockets.
+    Socket = 1,
+    /// Syscall tracepoints on every read and write (older kernels).
+    Syscall = 2,
+}
+
+impl Tier {
+    pub fn label(self) -> &'static str {
+        match self {
+            Tier::Socket => "socket",
+            Tier::Syscall => "syscall",
+        }
+    }
+}
 
 /// What an event reports.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
-    /// A data syscall on a TCP socket moved `bytes` bytes.
+    /// A call on a TCP socket moved `bytes` bytes; the record carries one segment of
+    /// its payload (possibly none).
     Data = 1,
-    /// `connect` (role client) or `accept` (role server) produced a TCP socket.
+    /// The kernel side saw a connection for the first time: its addresses, role and
+    /// owner (the process that made the call).
     Open = 2,
-    /// The socket reached TCP_CLOSE (from `sock:inet_sock_set_state`).
+    /// The socket reached TCP_CLOSE, with its final counters.
     Close = 3,
-    /// A process closed its file descriptor of a TCP socket (`close(2)`).
-    FdClose = 4,
+    /// A counts-only connection's counters (sent at most once per report interval).
+    Counts = 4,
 }
 
 impl EventKind {
@@ -51,7 +107,7 @@ impl EventKind {
             1 => Self::Data,
             2 => Self::Open,
             3 => Self::Close,
-            4 => Self::FdClose,
+            4 => Self::Counts,
             _ => return None,
         })
     }
@@ -65,6 +121,16 @@ pub enum Direction {
     Receive = 1,
 }
 
+impl Direction {
+    pub fn from_u8(v: u8) -> Self {
+        if v == 1 {
+            Self::Receive
+        } else {
+            Self::Transmit
+        }
+    }
+}
+
 /// Which end of the connection the socket is.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -75,7 +141,9 @@ pub enum Role {
     Server = 2,
 }
 
-/// The syscall behind a data event.
+/// The call that moved a connection's bytes. The socket tier sees every path into a
+/// socket, so it also names splice/sendfile and io_uring, whose bytes it counts but whose
+/// payload is not in the calling syscall's arguments.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Syscall {
@@ -90,10 +158,17 @@ pub enum Syscall {
     Recvmmsg = 9,
     Sendmmsg = 10,
     Sendfile = 11,
+    Splice = 12,
+    IoUring = 13,
+    /// Anything else that reached the socket (a kernel socket user, an unknown syscall).
+    Other = 14,
 }
 
+/// Slots of a per-direction call counter array (indexed by `Syscall as usize`).
+pub const CALL_KINDS: usize = 16;
+
 impl Syscall {
-    pub const ALL: [Syscall; 11] = [
+    pub const ALL: [Syscall; 14] = [
         Self::Read,
         Self::Write,
         Self::Readv,
@@ -105,19 +180,13 @@ impl Syscall {
         Self::Recvmmsg,
         Self::Sendmmsg,
         Self::Sendfile,
+        Self::Splice,
+        Self::IoUring,
+        Self::Other,
     ];
 
     pub fn from_u8(v: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|s| *s as u8 == v)
-    }
-
-    pub fn direction(self) -> Direction {
-        match self {
-            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg | Self::Recvmmsg => {
-                Direction::Receive
-            }
-            _ => Direction::Transmit,
-        }
     }
 
     pub fn name(self) -> &'static str {
@@ -133,6 +202,9 @@ impl Syscall {
             Self::Recvmmsg => "recvmmsg",
             Self::Sendmmsg => "sendmmsg",
             Self::Sendfile => "sendfile",
+            Self::Splice => "splice",
+            Self::IoUring => "io_uring",
+            Self::Other => "other",
         }
     }
 }
@@ -141,17 +213,26 @@ impl Syscall {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// The ring buffer had no room: the event is lost.
+    /// The ring buffer had no room: a record is lost (the connection's counters are not:
+    /// the next record, or the close, carries them).
     RingbufFull = 0,
-    /// The map of syscalls in flight was full at syscall entry: the event is lost.
+    /// The map of syscalls in flight was full at syscall entry (syscall tier): the
+    /// call is not seen.
     PendingFull = 1,
-    /// Copying the payload prefix from user memory failed: the event was sent without it.
+    /// Copying the payload from user memory failed: the record was sent without it.
     PayloadUnreadable = 2,
-    /// Walking task -> file -> socket failed for a socket fd: the event is lost.
+    /// Reading the socket's fields failed: the call is not seen.
     SocketUnreadable = 3,
+    /// The kernel could not allocate a connection's state (or the syscall tier's table
+    /// was full): its calls are not seen.
+    StateFull = 4,
+    /// A close record found the ring buffer full and the fallback table full too.
+    CloseLost = 5,
+    /// Payload beyond the per-call copy limit (bytes counted, not copied).
+    CallCapped = 6,
 }
 
-pub const DROP_REASONS: usize = 4;
+pub const DROP_REASONS: usize = 7;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -159,6 +240,9 @@ impl DropReason {
         Self::PendingFull,
         Self::PayloadUnreadable,
         Self::SocketUnreadable,
+        Self::StateFull,
+        Self::CloseLost,
+        Self::CallCapped,
     ];
 
     pub fn label(self) -> &'static str {
@@ -167,18 +251,25 @@ impl DropReason {
             Self::PendingFull => "pending_map_full",
             Self::PayloadUnreadable => "payload_unreadable",
             Self::SocketUnreadable => "socket_unreadable",
+            Self::StateFull => "state_full",
+            Self::CloseLost => "close_lost",
+            Self::CallCapped => "call_capped",
         }
     }
 
-    /// True when the event itself is gone (rather than sent without its payload).
+    /// True when a record itself is gone (rather than sent without its payload).
     pub fn loses_event(self) -> bool {
-        !matches!(self, Self::PayloadUnreadable)
+        !matches!(self, Self::PayloadUnreadable | Self::CallCapped)
     }
 }
 
 /// Slots of the per-CPU `STATS` array.
 pub const STAT_RINGBUF_AVAIL: u32 = 0;
-pub const STATS_SLOTS: u32 = 1;
+/// Connection states created by the kernel side (TCP sockets it saw move data).
+pub const STAT_STATES_CREATED: u32 = 1;
+/// Non-TCP sockets (Unix, UDP, ...) marked once so their later calls cost one lookup.
+pub const STAT_STATES_IGNORED: u32 = 2;
+pub const STATS_SLOTS: u32 = 3;
 
 /// A TCP connection's addresses. IPv4 addresses use the first 4 bytes of the arrays;
 /// ports are in host byte order.
@@ -197,56 +288,131 @@ pub struct SockTuple {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// Header of every event in the ring buffer. A data event is followed by `captured`
-/// payload bytes.
+/// A connection's exact counters, kept by the kernel per socket and sent in full with
+/// every record, so a lost record never loses a byte or a call: the next one (or the
+/// close) carries the totals.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Bytes moved, by [`Direction`].
+    pub bytes: [u64; 2],
+    /// Calls that moved at least one byte, by [`Direction`] then `Syscall as usize`
+    /// (u32: userspace takes wrapping differences).
+    pub calls: [[u32; CALL_KINDS]; 2],
+}
+
+/// Record flag: the last segment of its call.
+pub const FLAG_LAST_SEGMENT: u32 = 1;
+
+/// Header of every record in the ring buffer. A data record is followed by its payload
+/// segment (`captured` bytes; the record may be padded beyond them to its size class).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct EventHeader {
     /// [`EventKind`].
     pub kind: u8,
-    /// [`Direction`] (data events).
+    /// [`Direction`] (data records).
     pub direction: u8,
-    /// [`Syscall`] (data events).
+    /// [`Syscall`] (data and counts records).
     pub syscall: u8,
-    /// [`Role`] (open events).
+    /// [`Role`].
     pub role: u8,
+    /// The caller's file descriptor of the socket, or -1 where the tier does not know it.
     pub fd: i32,
-    /// Process id (tgid) of the caller.
+    /// Process id (tgid) of the caller (0 in softirq context: close records).
     pub pid: u32,
     /// Thread id of the caller.
     pub tid: u32,
-    /// Kernel address of the `struct sock`: the connection's identity while it lives.
-    pub sock_id: u64,
+    /// The connection's id: unique for the life of the kernel, never reused.
+    pub conn_id: u64,
     /// cgroup v2 id of the caller.
     pub cgroup_id: u64,
-    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at syscall entry.
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns) at the call's start, as far as the tier sees it
+    /// (syscall entry in the syscall tier; the socket operation's return in the socket tier).
     pub enter_ns: u64,
-    /// CLOCK_MONOTONIC at syscall exit (or at the state change, for close events).
+    /// CLOCK_MONOTONIC at the call's return (or at the state change, for close records).
     pub exit_ns: u64,
-    /// Bytes the syscall really moved: its return value (sum of msg_len for *mmsg).
+    /// Bytes the call really moved.
     pub bytes: u64,
+    /// Stream offset (bytes before it in `direction`) of the call's first byte.
+    pub call_offset: u64,
+    /// Stream offset of this record's first payload byte.
+    pub payload_offset: u64,
     /// Payload bytes that follow this header.
     pub captured: u32,
-    pub _pad: u32,
-    /// Name of the caller's process (the thread group leader's comm), in open and
-    /// fd-close events only: data events leave it zeroed, the agent knows the
-    /// connection's owner from its open event (two kernel reads saved per syscall).
+    /// `FLAG_*`.
+    pub flags: u32,
+    pub totals: Totals,
+    /// Name of the caller's process (the thread group leader's comm), in open records
+    /// only.
     pub comm: [u8; 16],
     pub tuple: SockTuple,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 
-/// A data event as built in the kernel's per-CPU scratch space.
+/// Connection state kinds kept by the kernel.
+pub const STATE_TCP: u8 = 0;
+/// Not a TCP socket over IPv4/IPv6: every call returns after one lookup.
+pub const STATE_IGNORED: u8 = 1;
+
+/// What userspace wants copied of one direction of a connection.
+pub const MODE_PARSE: u8 = 0;
+/// Nothing copied, no data records: counters only (TLS, unknown protocols, given up).
+pub const MODE_COUNTS_ONLY: u8 = 1;
+
+/// `SockState::fd` before a call's fd was checked.
+pub const FD_UNCHECKED: i32 = -1;
+/// `SockState::fd` of a socket the calling syscall's fd is not (a kernel socket).
+pub const FD_NONE: i32 = -2;
+
+/// The kernel's state of one connection (socket storage in the socket tier, a table
+/// keyed by socket address in the syscall tier).
 #[repr(C)]
-#[derive(Clone, Copy)]
-pub struct DataEvent {
-    pub header: EventHeader,
-    pub payload: [u8; MAX_CAPTURE],
-    /// Never sent. Copies into `payload` use masked offsets and sizes the verifier can
-    /// bound without following the program's own logic; this room keeps every masked
-    /// access inside the map value.
-    pub slack: [u8; 2 * MAX_CAPTURE],
+#[derive(Clone, Copy, Debug)]
+pub struct SockState {
+    pub conn_id: u64,
+    pub totals: Totals,
+    /// Userspace's skip windows, applied: stream offsets below which nothing is copied.
+    pub skip_until: [u64; 2],
+    /// When counters were last reported (counts-only connections).
+    pub last_report_ns: u64,
+    /// The instruction generation last applied.
+    pub instruction_gen: u64,
+    /// The socket inode number (syscall tier: tells a reused socket address apart).
+    pub ino: u64,
+    /// The (process, fd) last proven to be this socket: the payload of a call is read
+    /// from its syscall's arguments only when they name this socket. `FD_UNCHECKED`
+    /// until proven; `FD_NONE` for a socket no process's fd names (a kernel socket).
+    pub fd: i32,
+    pub fd_tgid: u32,
+    pub tuple: SockTuple,
+    /// `STATE_*`.
+    pub kind: u8,
+    pub role: u8,
+    /// Whether the open record was sent.
+    pub announced: u8,
+    /// Whether an instruction was applied (until then, at most `undecided_bytes` per
+    /// direction are copied).
+    pub instructed: u8,
+    /// `MODE_*` by direction.
+    pub mode: [u8; 2],
+    /// Whether `fd`/`fd_tgid` name this socket (1) or were found not to (0).
+    pub fd_ok: u8,
+    pub _pad: u8,
+}
+
+/// Userspace's word on one connection, by connection id. A missing or stale one fails
+/// safe: the kernel then copies everything the parser could need.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Instruction {
+    /// By direction: the stream offset up to which the parser skips by length (bytes
+    /// below it are not copied; an offset the connection has passed does nothing).
+    pub skip_until: [u64; 2],
+    /// `MODE_*` by direction.
+    pub mode: [u8; 2],
+    pub _pad: [u8; 6],
 }
 
 /// Offsets of kernel struct fields, read from the running kernel's BTF by the agent at
@@ -263,6 +429,7 @@ pub struct KernelOffsets {
     pub file_private_data: u32,
     pub file_inode: u32,
     pub inode_mode: u32,
+    pub inode_ino: u32,
     pub socket_sk: u32,
     pub sk_family: u32,
     pub sk_daddr: u32,
@@ -273,49 +440,36 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_protocol: u32,
     pub sk_type: u32,
-    pub _pad: u32,
-}
-
-/// Field offsets of the `sock:inet_sock_set_state` tracepoint record, read from its
-/// tracefs `format` file at start-up.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StateTpOffsets {
-    pub skaddr: u32,
-    pub oldstate: u32,
-    pub newstate: u32,
-    pub sport: u32,
-    pub dport: u32,
-    pub family: u32,
-    pub protocol: u32,
-    pub saddr: u32,
-    pub daddr: u32,
-    pub saddr_v6: u32,
-    pub daddr_v6: u32,
-    pub _pad: u32,
 }
 
 /// Read-only configuration of the kernel programs, set by the loader.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Config {
-    /// Payload bytes to copy per data event (at most [`MAX_CAPTURE`]).
-    pub capture_len: u32,
+    /// [`Tier`] in force: the other tier's programs, if loaded, do nothing.
+    pub tier: u32,
     /// The agent's own tgid: its sockets (the /metrics endpoint) are not traced.
     pub agent_pid: u32,
     /// Wake the reader only once this many bytes wait in the ring buffer; below it the
     /// agent drains on a short timer. Batching wake-ups keeps the overhead per event low.
     pub wakeup_bytes: u32,
+    /// Most payload bytes copied per call.
+    pub call_capture: u32,
+    /// Bytes per direction copied before the connection's first instruction.
+    pub undecided_bytes: u32,
     pub _pad: u32,
+    pub report_interval_ns: u64,
     pub kernel: KernelOffsets,
-    pub state_tp: StateTpOffsets,
 }
 
-/// Pending syscall state, saved at entry and used at exit.
+/// Pending syscall state, saved at entry and used at exit (syscall tier).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct PendingCall {
-    pub sock_id: u64,
+    /// The socket's kernel address.
+    pub sk: u64,
+    /// The socket's inode number.
+    pub ino: u64,
     /// User pointer: the buffer, the iovec array, the msghdr or the mmsghdr array.
     pub arg_ptr: u64,
     /// Entry count for iovec/mmsghdr arrays.
@@ -323,22 +477,28 @@ pub struct PendingCall {
     pub enter_ns: u64,
     pub fd: i32,
     pub syscall: u8,
-    pub _pad: [u8; 3],
-    pub tuple: SockTuple,
+    /// `PAYLOAD_*`.
+    pub payload: u8,
+    /// [`Direction`].
+    pub direction: u8,
+    pub _pad: u8,
 }
 
 /// TCP states used by the kernel side (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
+pub const TCP_SYN_RECV: i32 = 3;
 pub const TCP_CLOSE: i32 = 7;
 pub const TCP_LISTEN: i32 = 10;
 
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 40);
-const _: () = assert!(HEADER_LEN == 120);
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 80);
+const _: () = assert!(core::mem::size_of::<Totals>() == 144);
+const _: () = assert!(HEADER_LEN == 280);
+const _: () = assert!(core::mem::size_of::<SockState>() == 248);
+const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
+const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
-const _: () = assert!(core::mem::size_of::<StateTpOffsets>() == 48);
-const _: () = assert!(core::mem::size_of::<Config>() == 144);
+const _: () = assert!(core::mem::size_of::<Config>() == 112);
 
 // ---------------------------------------------------------------------------------------
 // IP-layer byte accounting (cgroup_skb programs)
@@ -391,6 +551,9 @@ mod pod {
     // SAFETY: plain old data: repr(C), Copy, no implicit padding (checked above).
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for PendingCall {}
+    unsafe impl aya::Pod for Instruction {}
+    unsafe impl aya::Pod for Totals {}
+    unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowCounters {}
 }

@@ -2,22 +2,25 @@
 
 use std::{sync::Arc, time::Duration};
 
+use agent_common::Tier;
 use anyhow::Context as _;
 use aya::maps::{MapData, RingBuf};
 use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
-    capture::{event::decode, monotonic_ns, Tracker, TrackerOptions},
+    capture::{
+        event::decode, instructions::InstructionSink, monotonic_ns, Tracker, TrackerOptions,
+    },
     config::Config,
     metadata::{
         cgroup::CgroupResolver,
         identity::{Identity, PodDirectory, SharedZones},
         kubernetes::{self, KubeIndex, KubePods, KubeStats},
     },
-    metrics::{Metrics, ProbeLabels, ReasonLabels},
+    metrics::{Metrics, ProbeLabels, ReasonLabels, TierLabels},
     network::FlowTables,
     preflight,
-    probes::{self, HookStatus, KernelCounters, LoadOptions, Need},
+    probes::{self, ClosedMap, HookStatus, InstructionMaps, KernelCounters, LoadOptions, Need},
     server,
 };
 
@@ -45,17 +48,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })?)
     };
 
-    let tracefs = report.tracefs.clone().expect("checked above");
     let loaded = probes::load(&LoadOptions {
-        tracefs: &tracefs,
         cgroup2: report.cgroup.v2_root(),
         flow_entries: config.network_flow_entries,
-        capture_len: config.capture_bytes,
+        capture_mode: config.capture_mode,
+        call_capture: config.capture_bytes,
         ringbuf_bytes: config.ringbuf_bytes,
         wakeup_bytes: config.wakeup_bytes,
     });
     let mut probes = match loaded {
         Ok(p) => {
+            eprintln!("  capture tier:  {}", describe_tier(p.tier));
             eprint!("{}", render_hooks(&p.hooks));
             p
         }
@@ -87,7 +90,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .set(i64::from(hook.error.is_none()));
     }
     metrics.ringbuf_size.set(i64::from(config.ringbuf_bytes));
-    let (ring, counters) = probes.take_maps()?;
+    metrics
+        .capture_info
+        .get_or_create(&TierLabels {
+            tier: probes.tier.label(),
+        })
+        .set(1);
+    let maps = probes.take_maps()?;
     let flow_tables = match probes.take_flow_tables(config.network_flow_entries) {
         Some(Ok(tables)) => {
             metrics
@@ -153,10 +162,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             http_routes: config.http_routes.clone(),
         },
         identity,
+        Box::new(KernelInstructions::new(maps.instructions)),
     );
     let reader = tokio::spawn(read_events(
-        ring,
-        counters,
+        maps.events,
+        maps.counters,
+        maps.closed,
         flow_tables,
         tracker,
         metrics.clone(),
@@ -179,6 +190,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Dropping the programs closes their links: nothing stays attached.
     drop(probes);
     Ok(())
+}
+
+fn describe_tier(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Socket => {
+            "socket (sock:sock_send_length/sock_recv_length; processes that do no networking run nothing)"
+        }
+        Tier::Syscall => {
+            "syscall (syscall tracepoints: the kernel lacks sock_send_length, Linux < 6.3, or --capture-mode syscall)"
+        }
+    }
 }
 
 fn render_hooks(hooks: &[HookStatus]) -> String {
@@ -230,6 +252,7 @@ fn raise_memlock_limit() {
 async fn read_events(
     ring: RingBuf<MapData>,
     counters: KernelCounters,
+    mut closed: ClosedMap,
     mut flow_tables: Option<FlowTables>,
     mut tracker: Tracker,
     metrics: Arc<Metrics>,
@@ -252,6 +275,7 @@ async fn read_events(
     let mut network_tick = tokio::time::interval(crate::network::DRAIN_INTERVAL);
     network_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_seen = [0u64; agent_common::DROP_REASONS];
+    let mut states_seen = (0u64, 0u64);
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -279,6 +303,14 @@ async fn read_events(
                     metrics.events_lost.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(delta);
                 }
                 metrics.ringbuf_waiting.set(counters.ringbuf_waiting() as i64);
+                let states = counters.states();
+                metrics.capture_states.inc_by(states.0.saturating_sub(states_seen.0));
+                metrics.capture_non_tcp.inc_by(states.1.saturating_sub(states_seen.1));
+                states_seen = states;
+                // Records first, so a close parked while the ring was full comes after
+                // the connection's other records.
+                drain(ring.get_mut(), &mut tracker, &metrics);
+                drain_closed(&mut closed, &mut tracker, &metrics);
             }
             _ = sweep_tick.tick() => {
                 tracker.sweep(monotonic_ns());
@@ -310,5 +342,72 @@ fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, metrics: &Metrics) 
                 log::debug!("undecodable event: {e}");
             }
         }
+    }
+    tracker.publish_instructions();
+}
+
+/// Close records the kernel parked because the ring buffer was full.
+fn drain_closed(closed: &mut ClosedMap, tracker: &mut Tracker, metrics: &Metrics) {
+    let ids: Vec<u64> = closed.keys().filter_map(Result::ok).collect();
+    for id in ids {
+        let Ok(header) = closed.get(&id, 0) else {
+            continue;
+        };
+        let _ = closed.remove(&id);
+        // SAFETY: EventHeader is plain data; its bytes are what decode() reads.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&header as *const agent_common::EventHeader).cast::<u8>(),
+                agent_common::HEADER_LEN,
+            )
+        };
+        match decode(bytes) {
+            Ok(event) => tracker.handle(&event),
+            Err(_) => {
+                metrics.events_undecodable.inc();
+            }
+        }
+    }
+}
+
+/// Instructions written to the kernel's maps.
+struct KernelInstructions {
+    maps: InstructionMaps,
+    generation: u64,
+    dirty: bool,
+}
+
+impl KernelInstructions {
+    fn new(maps: InstructionMaps) -> Self {
+        Self {
+            maps,
+            generation: 0,
+            dirty: false,
+        }
+    }
+}
+
+impl InstructionSink for KernelInstructions {
+    fn set(&mut self, conn_id: u64, instruction: agent_common::Instruction) {
+        match self.maps.instructions.insert(conn_id, instruction, 0) {
+            Ok(()) => self.dirty = true,
+            // Fails safe: without an instruction the kernel copies what a parser needs.
+            Err(e) => log::debug!("cannot write an instruction: {e}"),
+        }
+    }
+
+    fn forget(&mut self, _conn_id: u64) {
+        // The table is LRU: a closed connection's entry ages out without a syscall.
+    }
+
+    fn publish(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.generation += 1;
+        if let Err(e) = self.maps.generation.set(0, self.generation, 0) {
+            log::debug!("cannot publish instructions: {e}");
+        }
+        self.dirty = false;
     }
 }

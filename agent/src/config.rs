@@ -7,7 +7,9 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{DEFAULT_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CAPTURE, MIN_CAPTURE};
+use agent_common::{
+    DEFAULT_CALL_CAPTURE, DEFAULT_RINGBUF_BYTES, MAX_CALL_CAPTURE, MIN_CALL_CAPTURE,
+};
 use clap::Parser;
 use serde::Deserialize;
 
@@ -33,9 +35,15 @@ pub struct Cli {
     /// Address of the Prometheus endpoint [default: 0.0.0.0:9464].
     #[arg(long, env = "NODETAP_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
-    /// Payload bytes copied per syscall, 256 to 4096 [default: 2048].
+    /// Most payload bytes copied per call of a parsed connection, 65536 to 1048576
+    /// [default: 262144]; beyond it a call's bytes are counted, not copied.
     #[arg(long, env = "NODETAP_CAPTURE_BYTES", value_name = "BYTES")]
     pub capture_bytes: Option<u32>,
+    /// How the kernel side finds data: `socket` (sock_send/recv_length, Linux 6.3+),
+    /// `syscall` (syscall tracepoints), or `auto` (socket where the kernel has it)
+    /// [default: auto].
+    #[arg(long, env = "NODETAP_CAPTURE_MODE", value_name = "MODE")]
+    pub capture_mode: Option<CaptureMode>,
     /// Size of the kernel-to-agent ring buffer, a power of two [default: 16 MiB].
     #[arg(long, env = "NODETAP_RINGBUF_BYTES", value_name = "BYTES")]
     pub ringbuf_bytes: Option<u32>,
@@ -115,6 +123,7 @@ pub struct Cli {
 pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub capture_bytes: Option<u32>,
+    pub capture_mode: Option<CaptureMode>,
     pub ringbuf_bytes: Option<u32>,
     pub connection_idle_timeout: Option<u64>,
     pub max_connections: Option<usize>,
@@ -137,6 +146,7 @@ pub struct FileConfig {
 pub struct Config {
     pub listen: SocketAddr,
     pub capture_bytes: u32,
+    pub capture_mode: CaptureMode,
     pub ringbuf_bytes: u32,
     pub wakeup_bytes: u32,
     pub connection_idle_timeout: Duration,
@@ -155,6 +165,18 @@ pub struct Config {
     pub imds_endpoint_set: bool,
     pub network_flow_entries: u32,
     pub check_only: bool,
+}
+
+/// The capture tier the user asks for (`--capture-mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CaptureMode {
+    /// The socket tier where the kernel has its tracepoints (6.3+), else the syscall tier.
+    Auto,
+    /// The socket tier or fail.
+    Socket,
+    /// The syscall tier, whatever the kernel offers.
+    Syscall,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,13 +232,19 @@ impl Config {
         let capture_bytes = cli
             .capture_bytes
             .or(file.capture_bytes)
-            .unwrap_or(DEFAULT_CAPTURE);
-        if !(MIN_CAPTURE..=MAX_CAPTURE as u32).contains(&capture_bytes) {
+            .unwrap_or(DEFAULT_CALL_CAPTURE);
+        if !(MIN_CALL_CAPTURE..=MAX_CALL_CAPTURE).contains(&capture_bytes) {
             return Err(ConfigError::Invalid {
                 key: "capture_bytes",
-                problem: format!("{capture_bytes} is outside {MIN_CAPTURE}..={MAX_CAPTURE}"),
+                problem: format!(
+                    "{capture_bytes} is outside {MIN_CALL_CAPTURE}..={MAX_CALL_CAPTURE}"
+                ),
             });
         }
+        let capture_mode = cli
+            .capture_mode
+            .or(file.capture_mode)
+            .unwrap_or(CaptureMode::Auto);
         let ringbuf_bytes = cli
             .ringbuf_bytes
             .or(file.ringbuf_bytes)
@@ -330,6 +358,7 @@ impl Config {
         Ok(Config {
             listen,
             capture_bytes,
+            capture_mode,
             ringbuf_bytes,
             // Never wait for more than a quarter of the buffer before waking the reader.
             wakeup_bytes: DEFAULT_WAKEUP_BYTES.min(ringbuf_bytes / 4),
@@ -362,21 +391,28 @@ mod tests {
     fn defaults() {
         let c = from_toml("").unwrap();
         assert_eq!(c.listen, "0.0.0.0:9464".parse().unwrap());
-        assert_eq!(c.capture_bytes, 2048);
+        assert_eq!(c.capture_bytes, 262144);
+        assert_eq!(c.capture_mode, CaptureMode::Auto);
         assert_eq!(c.ringbuf_bytes, 16 << 20);
         assert_eq!(c.connection_idle_timeout, Duration::from_secs(600));
     }
 
     #[test]
     fn file_values_and_flags_over_file() {
-        let file: FileConfig =
-            toml::from_str("listen = \"127.0.0.1:1\"\ncapture_bytes = 1024\n").unwrap();
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:1\"\ncapture_bytes = 100000\ncapture_mode = \"socket\"\n",
+        )
+        .unwrap();
         let cli = Cli {
-            capture_bytes: Some(2048),
+            capture_bytes: Some(131072),
+            capture_mode: Some(CaptureMode::Syscall),
             ..Cli::default()
         };
         let c = Config::merge(cli, file).unwrap();
-        assert_eq!((c.listen.port(), c.capture_bytes), (1, 2048));
+        assert_eq!(
+            (c.listen.port(), c.capture_bytes, c.capture_mode),
+            (1, 131072, CaptureMode::Syscall)
+        );
     }
 
     #[test]
@@ -388,8 +424,10 @@ mod tests {
         let err = from_toml("capture_bytes = 100\n").unwrap_err();
         assert_eq!(
             err,
-            "bad value for capture_bytes: 100 is outside 256..=4096"
+            "bad value for capture_bytes: 100 is outside 65536..=1048576"
         );
+        let err = from_toml("capture_mode = \"kprobe\"\n").unwrap_err();
+        assert!(err.contains("capture_mode"), "{err}");
         let err = from_toml("ringbuf_bytes = 100000\n").unwrap_err();
         assert!(err.starts_with("bad value for ringbuf_bytes"), "{err}");
         let err = from_toml("log_level = \"loud\"\n").unwrap_err();
@@ -450,11 +488,20 @@ mod tests {
             "--listen",
             "127.0.0.1:9999",
             "--capture-bytes",
-            "300",
+            "70000",
+            "--capture-mode",
+            "socket",
         ])
         .unwrap();
         let c = Config::merge(cli, FileConfig::default()).unwrap();
-        assert_eq!((c.listen.port(), c.capture_bytes), (9999, 300));
+        assert_eq!(
+            (c.listen.port(), c.capture_bytes, c.capture_mode),
+            (9999, 70000, CaptureMode::Socket)
+        );
+        let err = Cli::try_parse_from(["nodetap", "--capture-mode", "kprobe"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--capture-mode"), "{err}");
         let err = Cli::try_parse_from(["nodetap", "--capture-bytes", "many"])
             .unwrap_err()
             .to_string();

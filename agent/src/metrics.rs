@@ -310,6 +310,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TierLabels {
+    pub tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub probe: String,
     pub required: &'static str,
@@ -331,6 +336,9 @@ pub struct Metrics {
     pub ringbuf_waiting: Gauge,
     pub ringbuf_size: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub capture_info: Family<TierLabels, Gauge>,
+    pub capture_states: Counter,
+    pub capture_non_tcp: Counter,
     pub db_client_duration: LimitedHistograms<DbLabels>,
     pub db_server_duration: LimitedHistograms<DbLabels>,
     pub http_client_duration: LimitedHistograms<HttpLabels>,
@@ -391,6 +399,9 @@ impl Metrics {
             ringbuf_waiting: Gauge::default(),
             ringbuf_size: Gauge::default(),
             probe_attached: Family::default(),
+            capture_info: Family::default(),
+            capture_states: Counter::default(),
+            capture_non_tcp: Counter::default(),
             db_client_duration: LimitedHistograms::new(
                 "db_client_operation_duration_seconds",
                 series_limit,
@@ -597,6 +608,21 @@ impl Metrics {
             "Duration of gRPC calls seen from the server: stream open to stream end",
             Unit::Seconds,
             m.rpc_server_duration.family.clone(),
+        );
+        r.register(
+            "nodetap_capture_info",
+            "The capture tier in force: socket (sock_send/recv_length tracepoints) or syscall (syscall tracepoints); always 1",
+            m.capture_info.clone(),
+        );
+        r.register(
+            "nodetap_capture_connection_states",
+            "TCP connections the kernel side started keeping exact counters for",
+            m.capture_states.clone(),
+        );
+        r.register(
+            "nodetap_capture_non_tcp_sockets",
+            "Non-TCP sockets (Unix, UDP) the kernel side marked once so that their calls cost one lookup",
+            m.capture_non_tcp.clone(),
         );
         r.register(
             "nodetap_series_dropped",

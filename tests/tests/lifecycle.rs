@@ -42,17 +42,29 @@ fn ids_in(what: &str, field: &str) -> BTreeSet<u64> {
         .collect()
 }
 
-/// Every hook the agent attaches here: 28 tracepoints and 2 cgroup_skb programs.
-const HOOKS: usize = 30;
+/// Every hook the agent attaches here, by capture tier: `inet_sock_set_state` (tp_btf),
+/// the tier's data hooks (2 tp_btf, or 22 syscall tracepoints), and the 2 cgroup_skb
+/// programs of the byte accounting.
+fn hooks_of(agent: &Agent) -> usize {
+    let text = agent.scrape();
+    if text.contains("nodetap_capture_info{tier=\"socket\"} 1") {
+        1 + 2 + 2
+    } else if text.contains("nodetap_capture_info{tier=\"syscall\"} 1") {
+        1 + 22 + 2
+    } else {
+        panic!("no capture tier reported:\n{text}")
+    }
+}
 
 #[test]
 fn sigterm_detaches_everything_and_exits_zero() {
     let mut agent = Agent::start(&[]);
+    let hooks = hooks_of(&agent);
     let pid = agent.process.pid();
     let links = held_by(pid, "link_id:");
-    // 28 tracepoint programs (see probes::HOOKS) and the 2 cgroup_skb programs of the
-    // byte accounting (probes::NETWORK_HOOKS), each attached through one link.
-    assert_eq!(links.len(), HOOKS, "links held by the agent: {links:?}");
+    // Each program (probes::HOOKS of the tier, probes::NETWORK_HOOKS) is attached
+    // through one link.
+    assert_eq!(links.len(), hooks, "links held by the agent: {links:?}");
     let ours: BTreeSet<u64> = bpftool_json("link")
         .as_array()
         .expect("array")
@@ -62,7 +74,7 @@ fn sigterm_detaches_everything_and_exits_zero() {
         .collect();
     assert_eq!(
         ours.len(),
-        HOOKS,
+        hooks,
         "programs behind the agent's links: {ours:?}"
     );
     assert!(
@@ -94,8 +106,10 @@ fn sigterm_detaches_everything_and_exits_zero() {
 #[test]
 fn start_up_report_names_every_check_and_hook() {
     let agent = Agent::start(&[]);
+    let hooks = hooks_of(&agent);
     let out = agent.output();
     for line in [
+        "capture tier:",
         "kernel:",
         "BTF:           yes",
         "capabilities:",
@@ -107,13 +121,13 @@ fn start_up_report_names_every_check_and_hook() {
     }
     assert_eq!(
         out.matches(" attached\n").count(),
-        HOOKS,
+        hooks,
         "every hook attached:\n{out}"
     );
     let text = agent.scrape();
     assert_eq!(
         text.matches("nodetap_probe_attached{").count(),
-        HOOKS,
+        hooks,
         "{text}"
     );
     let not_attached: Vec<&str> = text
@@ -166,7 +180,7 @@ fn bad_configuration_is_a_clear_error_naming_the_key() {
     let (code, err) = run_with(&["--config", bad.to_str().unwrap()], &[]);
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("bad value for capture_bytes: 10 is outside 256..=4096"),
+        err.contains("bad value for capture_bytes: 10 is outside 65536..=1048576"),
         "{err}"
     );
 

@@ -3,7 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{
-    Direction, EventHeader, EventKind, Role, SockTuple, Syscall, AF_INET, AF_INET6, HEADER_LEN,
+    Direction, EventHeader, EventKind, Role, SockTuple, Syscall, Totals, AF_INET, AF_INET6,
+    FLAG_LAST_SEGMENT, HEADER_LEN,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -16,6 +17,8 @@ pub enum DecodeError {
     Syscall { syscall: u8 },
     #[error("event says {captured} payload bytes but the record holds {available}")]
     Payload { captured: usize, available: usize },
+    #[error("segment of {len} bytes at stream offset {offset} lies outside its call")]
+    Segment { offset: u64, len: usize },
 }
 
 /// A TCP connection's two ends, seen from the socket's owner.
@@ -47,18 +50,22 @@ impl Endpoints {
     }
 }
 
-/// Fields every event has.
+/// Fields every record has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Common {
     pub pid: u32,
     pub tid: u32,
     pub fd: i32,
-    pub sock_id: u64,
+    /// The connection's id (unique for the kernel's life).
+    pub conn_id: u64,
     pub cgroup_id: u64,
     pub enter_ns: u64,
     pub exit_ns: u64,
     pub comm: [u8; 16],
     pub endpoints: Option<Endpoints>,
+    pub role: Role,
+    /// The connection's exact counters after this record's call.
+    pub totals: Totals,
 }
 
 impl Common {
@@ -71,23 +78,28 @@ impl Common {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event<'a> {
+    /// One segment of a call's bytes (possibly none of them: `payload` empty).
     Data {
         common: Common,
         syscall: Syscall,
         direction: Direction,
-        /// Bytes the syscall moved.
+        /// Bytes the call moved.
         bytes: u64,
-        /// The copied prefix (at most `bytes` long).
+        /// Stream offset of the call's first byte.
+        call_offset: u64,
+        /// Stream offset of `payload`'s first byte.
+        payload_offset: u64,
+        /// The call's last segment.
+        last: bool,
         payload: &'a [u8],
     },
     Open {
         common: Common,
-        role: Role,
     },
     Close {
         common: Common,
     },
-    FdClose {
+    Counts {
         common: Common,
     },
 }
@@ -98,14 +110,23 @@ impl Event<'_> {
             Event::Data { .. } => "data",
             Event::Open { .. } => "open",
             Event::Close { .. } => "close",
-            Event::FdClose { .. } => "fd_close",
+            Event::Counts { .. } => "counts",
+        }
+    }
+
+    pub fn common(&self) -> &Common {
+        match self {
+            Event::Data { common, .. }
+            | Event::Open { common }
+            | Event::Close { common }
+            | Event::Counts { common } => common,
         }
     }
 }
 
-pub const EVENT_KINDS: [&str; 4] = ["data", "open", "close", "fd_close"];
+pub const EVENT_KINDS: [&str; 4] = ["data", "open", "close", "counts"];
 
-/// Decodes one ring buffer record.
+/// Decodes one ring buffer record (or a `CLOSED` table entry, which is a bare header).
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     if record.len() < HEADER_LEN {
         return Err(DecodeError::Short { len: record.len() });
@@ -117,12 +138,18 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         pid: h.pid,
         tid: h.tid,
         fd: h.fd,
-        sock_id: h.sock_id,
+        conn_id: h.conn_id,
         cgroup_id: h.cgroup_id,
         enter_ns: h.enter_ns,
         exit_ns: h.exit_ns,
         comm: h.comm,
         endpoints: Endpoints::from_tuple(&h.tuple),
+        role: match h.role {
+            1 => Role::Client,
+            2 => Role::Server,
+            _ => Role::Unknown,
+        },
+        totals: h.totals,
     };
     match EventKind::from_u8(h.kind) {
         Some(EventKind::Data) => {
@@ -136,24 +163,30 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                         captured,
                         available: record.len() - HEADER_LEN,
                     })?;
+            // A segment must lie within its call.
+            let call_end = h.call_offset.saturating_add(h.bytes);
+            if h.payload_offset < h.call_offset
+                || h.payload_offset.saturating_add(captured as u64) > call_end
+            {
+                return Err(DecodeError::Segment {
+                    offset: h.payload_offset,
+                    len: captured,
+                });
+            }
             Ok(Event::Data {
                 common,
                 syscall,
-                direction: syscall.direction(),
+                direction: Direction::from_u8(h.direction),
                 bytes: h.bytes,
+                call_offset: h.call_offset,
+                payload_offset: h.payload_offset,
+                last: h.flags & FLAG_LAST_SEGMENT != 0,
                 payload,
             })
         }
-        Some(EventKind::Open) => Ok(Event::Open {
-            common,
-            role: match h.role {
-                1 => Role::Client,
-                2 => Role::Server,
-                _ => Role::Unknown,
-            },
-        }),
+        Some(EventKind::Open) => Ok(Event::Open { common }),
         Some(EventKind::Close) => Ok(Event::Close { common }),
-        Some(EventKind::FdClose) => Ok(Event::FdClose { common }),
+        Some(EventKind::Counts) => Ok(Event::Counts { common }),
         None => Err(DecodeError::Kind { kind: h.kind }),
     }
 }
@@ -189,13 +222,16 @@ pub mod tests {
             fd: 7,
             pid: 100,
             tid: 101,
-            sock_id: 0xffff_8880_0000_1000,
+            conn_id: 0x1001,
             cgroup_id: 1,
             enter_ns: 10,
             exit_ns: 20,
             bytes: 0,
+            call_offset: 0,
+            payload_offset: 0,
             captured: 0,
-            _pad: 0,
+            flags: FLAG_LAST_SEGMENT,
+            totals: Totals::default(),
             comm,
             tuple,
         }
@@ -206,23 +242,37 @@ pub mod tests {
         let mut h = header(EventKind::Data);
         h.syscall = Syscall::Write as u8;
         h.bytes = 1000;
+        h.call_offset = 500;
+        h.payload_offset = 500;
         h.captured = 3;
+        h.totals.bytes[0] = 1500;
         let rec = record(&h, b"SET");
         let Event::Data {
             common,
             syscall,
             direction,
             bytes,
+            call_offset,
             payload,
+            last,
+            ..
         } = decode(&rec).unwrap()
         else {
             panic!("not a data event");
         };
         assert_eq!(
-            (syscall, direction, bytes, payload),
-            (Syscall::Write, Direction::Transmit, 1000, &b"SET"[..])
+            (syscall, direction, bytes, call_offset, payload, last),
+            (
+                Syscall::Write,
+                Direction::Transmit,
+                1000,
+                500,
+                &b"SET"[..],
+                true
+            )
         );
         assert_eq!(common.comm(), "redis");
+        assert_eq!(common.totals.bytes, [1500, 0]);
         assert_eq!(
             common.endpoints.unwrap().remote,
             "127.0.0.2:6379".parse::<SocketAddr>().unwrap()
@@ -234,11 +284,19 @@ pub mod tests {
         assert_eq!(decode(&[0u8; 10]), Err(DecodeError::Short { len: 10 }));
         let mut h = header(EventKind::Data);
         h.syscall = Syscall::Read as u8;
+        h.bytes = 100;
         h.captured = 50;
         assert!(matches!(
             decode(&record(&h, b"abc")),
             Err(DecodeError::Payload { .. })
         ));
+        // A segment past its call's end.
+        h.captured = 3;
+        h.payload_offset = 99;
+        assert_eq!(
+            decode(&record(&h, b"abc")),
+            Err(DecodeError::Segment { offset: 99, len: 3 })
+        );
         let mut bad = header(EventKind::Data);
         bad.kind = 99;
         assert_eq!(
@@ -254,10 +312,10 @@ pub mod tests {
         h.tuple.family = AF_INET6;
         h.tuple.local_addr = Ipv6Addr::LOCALHOST.octets();
         h.tuple.remote_addr = Ipv6Addr::LOCALHOST.octets();
-        let Event::Open { common, role } = decode(&record(&h, b"")).unwrap() else {
+        let Event::Open { common } = decode(&record(&h, b"")).unwrap() else {
             panic!("not an open event");
         };
-        assert_eq!(role, Role::Server);
+        assert_eq!(common.role, Role::Server);
         assert_eq!(
             common.endpoints.unwrap().local,
             "[::1]:40000".parse::<SocketAddr>().unwrap()

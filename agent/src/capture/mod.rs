@@ -1,11 +1,15 @@
-//! Capture: decoded kernel events into a connection table and per-workload TCP metrics.
+//! Capture: kernel records into a connection table, exact per-workload TCP metrics, the
+//! byte streams the protocol sessions parse, and the instructions that tell the kernel
+//! what to copy of each connection.
 
 pub mod event;
+pub mod instructions;
 pub mod listeners;
+pub mod stream;
 
 use std::{collections::HashMap, sync::Arc};
 
-use agent_common::{Direction, Role, Syscall};
+use agent_common::{Direction, Role, Syscall, Totals, CALL_KINDS};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
@@ -21,7 +25,9 @@ use crate::{
     },
 };
 use event::{Common, Endpoints, Event};
+use instructions::{InstructionSink, Wanted};
 use listeners::Listeners;
+use stream::Stream;
 
 pub fn role_label(role: Role) -> &'static str {
     match role {
@@ -42,73 +48,78 @@ pub fn direction_label(direction: Direction) -> &'static str {
 pub struct Connection {
     pub endpoints: Option<Endpoints>,
     pub role: Role,
-    /// The process that opened it (or was first seen using it).
+    /// The process that owns it (the first the kernel saw use it).
     pub pid: u32,
     pub workload: WorkloadLabels,
     /// The other end's zone, when the agent knows it.
     pub peer_zone: PeerZone,
     pub cgroup_id: u64,
-    /// Whether the agent saw it open (connect or accept) rather than mid-life.
+    /// Whether the kernel saw its handshake (rather than finding it mid-life).
     pub seen_open: bool,
     pub last_ns: u64,
-    /// Bytes and data syscalls, indexed by `Direction as usize`.
+    /// Bytes and calls counted so far, indexed by `Direction as usize`: the kernel's
+    /// totals as of the latest record.
     pub bytes: [u64; 2],
     pub calls: [u64; 2],
+    /// The kernel's call counters by kind as of the latest record (u32, wrapping).
+    kinds: [[u32; CALL_KINDS]; 2],
     /// What it speaks, and the parsing session if it is a protocol the agent parses.
     pub protocol: ConnectionProtocol,
+    /// The two byte streams as fed to the session, by `Direction as usize`.
+    streams: [Stream; 2],
+    /// The last instruction sent to the kernel for it.
+    wanted: Wanted,
     counters: ConnCounters,
 }
 
-/// A connection's TCP counter handles, resolved on first use: a data event then costs two
-/// atomic adds instead of two label-set lookups that hash the workload labels.
+/// A connection's TCP counter handles, resolved on first use: a record then costs a few
+/// atomic adds instead of label-set lookups that hash the workload labels.
 #[derive(Default)]
 struct ConnCounters {
     /// By `Direction as usize`.
     bytes: [Option<Counter>; 2],
-    /// By `Syscall as usize - 1`.
-    calls: [Option<Counter>; Syscall::ALL.len()],
+    /// By `Direction as usize`, then `Syscall as usize`.
+    calls: [[Option<Counter>; CALL_KINDS]; 2],
 }
 
 impl ConnCounters {
-    fn get(
+    fn bytes(
         &mut self,
         metrics: &Metrics,
         role: Role,
         workload: &WorkloadLabels,
+        direction: Direction,
+    ) -> &Counter {
+        self.bytes[direction as usize].get_or_insert_with(|| {
+            metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
+                direction: direction_label(direction),
+                role: role_label(role),
+                workload: workload.clone(),
+            })
+        })
+    }
+
+    fn calls(
+        &mut self,
+        metrics: &Metrics,
+        role: Role,
+        workload: &WorkloadLabels,
+        direction: Direction,
         syscall: Syscall,
-    ) -> (Counter, Counter) {
-        let direction = syscall.direction();
-        let bytes = self.bytes[direction as usize]
-            .get_or_insert_with(|| {
-                metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
-                    direction: direction_label(direction),
-                    role: role_label(role),
-                    workload: workload.clone(),
-                })
+    ) -> &Counter {
+        self.calls[direction as usize][syscall as usize % CALL_KINDS].get_or_insert_with(|| {
+            metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
+                direction: direction_label(direction),
+                role: role_label(role),
+                syscall: syscall.name(),
+                workload: workload.clone(),
             })
-            .clone();
-        let calls = self.calls[syscall as usize - 1]
-            .get_or_insert_with(|| {
-                metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
-                    direction: direction_label(direction),
-                    role: role_label(role),
-                    syscall: syscall.name(),
-                    workload: workload.clone(),
-                })
-            })
-            .clone();
-        (bytes, calls)
+        })
     }
 }
 
 impl Connection {
-    fn new(
-        common: &Common,
-        role: Role,
-        workload: WorkloadLabels,
-        peer_zone: PeerZone,
-        seen_open: bool,
-    ) -> Self {
+    fn new(common: &Common, role: Role, workload: WorkloadLabels, peer_zone: PeerZone) -> Self {
         Connection {
             endpoints: common.endpoints,
             role,
@@ -116,12 +127,99 @@ impl Connection {
             workload,
             peer_zone,
             cgroup_id: common.cgroup_id,
-            seen_open,
+            seen_open: common.role != Role::Unknown,
             last_ns: common.exit_ns,
             bytes: [0; 2],
             calls: [0; 2],
+            kinds: [[0; CALL_KINDS]; 2],
             protocol: ConnectionProtocol::default(),
+            streams: Default::default(),
+            wanted: Wanted::default(),
             counters: ConnCounters::default(),
+        }
+    }
+
+    /// Brings the TCP counters up to the kernel's totals. Every record carries them, so
+    /// records lost on the way lose no byte and no call.
+    fn account(&mut self, metrics: &Metrics, totals: &Totals) {
+        for direction in [Direction::Transmit, Direction::Receive] {
+            let d = direction as usize;
+            let bytes = totals.bytes[d];
+            if bytes > self.bytes[d] {
+                self.counters
+                    .bytes(metrics, self.role, &self.workload, direction)
+                    .inc_by(bytes - self.bytes[d]);
+                self.bytes[d] = bytes;
+            }
+            for syscall in Syscall::ALL {
+                let k = syscall as usize % CALL_KINDS;
+                let diff = totals.calls[d][k].wrapping_sub(self.kinds[d][k]);
+                // Records can arrive out of order across CPUs: never count backwards.
+                if diff == 0 || diff >= 1 << 31 {
+                    continue;
+                }
+                self.kinds[d][k] = totals.calls[d][k];
+                self.calls[d] += u64::from(diff);
+                self.counters
+                    .calls(metrics, self.role, &self.workload, direction, syscall)
+                    .inc_by(u64::from(diff));
+            }
+        }
+    }
+
+    /// Which side of the conversation bytes in `direction` come from, if known.
+    fn sent_by_client(&self, direction: Direction) -> Option<bool> {
+        match (self.role, direction) {
+            (Role::Client, Direction::Transmit) | (Role::Server, Direction::Receive) => Some(true),
+            (Role::Client, Direction::Receive) | (Role::Server, Direction::Transmit) => Some(false),
+            (Role::Unknown, _) => None,
+        }
+    }
+
+    /// What the kernel should copy of this connection from now on.
+    fn wanted(&self) -> Wanted {
+        match &self.protocol {
+            // Nothing to parse: counters only.
+            ConnectionProtocol::Ignored => Wanted::counts_only(),
+            _ if self.role == Role::Unknown => Wanted::counts_only(),
+            ConnectionProtocol::Parsing(session) => {
+                let mut wanted = Wanted::parse();
+                for direction in [Direction::Transmit, Direction::Receive] {
+                    let d = direction as usize;
+                    let from_client = self.sent_by_client(direction).unwrap_or(true);
+                    wanted.fed[d] = self.streams[d].fed();
+                    wanted.skip_until[d] = wanted.fed[d] + session.skip_hint(from_client);
+                }
+                wanted
+            }
+            // Nothing known yet: the kernel's default (copy, within the undecided budget).
+            _ => Wanted::default(),
+        }
+    }
+}
+
+/// The last few thousand closed connection ids.
+#[derive(Default)]
+struct RecentlyClosed {
+    ids: std::collections::HashSet<u64>,
+    order: std::collections::VecDeque<u64>,
+}
+
+impl RecentlyClosed {
+    const CAPACITY: usize = 4096;
+
+    fn contains(&self, id: u64) -> bool {
+        self.ids.contains(&id)
+    }
+
+    fn insert(&mut self, id: u64) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > Self::CAPACITY {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
         }
     }
 }
@@ -135,7 +233,7 @@ pub struct TrackerOptions {
     pub http_routes: Arc<RoutePatterns>,
 }
 
-/// The connection table: socket identity to connection, and (pid, fd) to socket.
+/// The connection table: connection id to connection, and (pid, fd) to connection.
 pub struct Tracker {
     metrics: Arc<Metrics>,
     conns: HashMap<u64, Connection>,
@@ -143,10 +241,15 @@ pub struct Tracker {
     listeners: Listeners,
     /// Workload labels and zones.
     identity: Identity,
-    /// Process names read from procfs for connections seen mid-life, by pid.
+    /// Process names read from procfs for connections whose open record was lost, by pid.
     process_names: HashMap<u32, Name>,
     procfs: std::path::PathBuf,
     opts: TrackerOptions,
+    /// Where instructions for the kernel go.
+    instructions: Box<dyn InstructionSink>,
+    /// Connections closed lately: a record of theirs arriving after the close (from
+    /// another CPU) must not bring them back and count them twice.
+    closed: RecentlyClosed,
     /// Reused buffers of what sessions completed.
     done: Completed,
 }
@@ -157,6 +260,7 @@ impl Tracker {
         procfs: &std::path::Path,
         opts: TrackerOptions,
         identity: Identity,
+        instructions: Box<dyn InstructionSink>,
     ) -> Self {
         Self {
             metrics,
@@ -167,6 +271,8 @@ impl Tracker {
             process_names: HashMap::new(),
             procfs: procfs.to_path_buf(),
             opts,
+            instructions,
+            closed: RecentlyClosed::default(),
             done: Completed::default(),
         }
     }
@@ -179,17 +285,16 @@ impl Tracker {
         self.conns.is_empty()
     }
 
-    pub fn get(&self, sock_id: u64) -> Option<&Connection> {
-        self.conns.get(&sock_id)
+    pub fn get(&self, conn_id: u64) -> Option<&Connection> {
+        self.conns.get(&conn_id)
     }
 
-    /// The socket behind a process's file descriptor, if it is a tracked TCP connection.
+    /// The connection behind a process's file descriptor, if it is a tracked TCP connection.
     pub fn by_fd(&self, pid: u32, fd: i32) -> Option<&Connection> {
         self.fds.get(&(pid, fd)).and_then(|id| self.conns.get(id))
     }
 
-    /// Name of a process the agent saw no open event from (its connection predates the
-    /// agent): data events carry no name, so read it once from procfs.
+    /// Name of a process the agent got no open record from: read it once from procfs.
     fn process_name(&mut self, pid: u32) -> Name {
         if let Some(name) = self.process_names.get(&pid) {
             return name.clone();
@@ -205,7 +310,7 @@ impl Tracker {
         name
     }
 
-    /// The workload behind an event, and the zone of the other end.
+    /// The workload behind a record, and the zone of the other end.
     fn identify(&mut self, common: &Common, comm: &str) -> (WorkloadLabels, PeerZone) {
         let workload = self
             .identity
@@ -228,114 +333,107 @@ impl Tracker {
                 kind: event.kind_label(),
             })
             .inc();
-        match *event {
-            Event::Open { common, role } => self.on_open(&common, role),
-            Event::Data {
-                common,
-                syscall,
+        let common = *event.common();
+        if self.closed.contains(common.conn_id) {
+            return;
+        }
+        if let Event::Close { .. } = event {
+            self.on_close(&common);
+        } else if self.ensure(&common) {
+            let metrics = self.metrics.clone();
+            let conn = self.conns.get_mut(&common.conn_id).expect("ensured");
+            conn.account(&metrics, &common.totals);
+            conn.last_ns = conn.last_ns.max(common.exit_ns);
+            if let Event::Data {
                 direction,
                 bytes,
+                call_offset,
+                payload_offset,
+                last,
                 payload,
-            } => {
-                let (role, workload) = self.on_data(&common, direction, bytes);
-                let (bytes_counter, calls_counter) = match self.conns.get_mut(&common.sock_id) {
-                    Some(conn) => conn.counters.get(&self.metrics, role, &workload, syscall),
-                    // Not in the table (it was full): look the series up every time.
-                    None => ConnCounters::default().get(&self.metrics, role, &workload, syscall),
+                ..
+            } = *event
+            {
+                let segment = stream::Segment {
+                    call_offset,
+                    call_bytes: bytes,
+                    payload_offset,
+                    payload,
+                    last,
                 };
-                bytes_counter.inc_by(bytes);
-                calls_counter.inc();
-                self.parse(&common, direction, bytes, payload);
+                self.parse(&common, direction, &segment);
             }
-            Event::Close { common } => self.on_close(&common),
-            Event::FdClose { common } => {
-                self.fds.remove(&(common.pid, common.fd));
-            }
+            self.instruct(common.conn_id);
         }
         self.metrics
             .connections_tracked
             .set(self.conns.len() as i64);
     }
 
-    fn on_open(&mut self, common: &Common, role: Role) {
-        let (workload, peer_zone) = self.identify(common, common.comm());
-        self.metrics
-            .tcp_opened
-            .get_or_create(&ConnectionLabels {
-                role: role_label(role),
-                workload: workload.clone(),
-            })
-            .inc();
-        // A socket address seen again means its previous close was lost: replace it.
-        let conn = Connection::new(common, role, workload, peer_zone, true);
-        self.insert(common, conn);
-    }
-
-    fn insert(&mut self, common: &Common, conn: Connection) {
-        if !self.conns.contains_key(&common.sock_id)
-            && self.conns.len() >= self.opts.max_connections
-        {
-            self.sweep(common.exit_ns);
-            if self.conns.len() >= self.opts.max_connections {
-                self.metrics.connections_untracked.inc();
-                return;
-            }
+    /// Makes sure the record's connection is in the table; false if the table is full
+    /// (its counters are then counted on a connection made for this record alone).
+    fn ensure(&mut self, common: &Common) -> bool {
+        if self.conns.contains_key(&common.conn_id) {
+            return true;
         }
-        self.conns.insert(common.sock_id, conn);
-        self.fds.insert((common.pid, common.fd), common.sock_id);
-    }
-
-    /// Updates the connection for a data event and returns its role and workload.
-    fn on_data(
-        &mut self,
-        common: &Common,
-        direction: Direction,
-        bytes: u64,
-    ) -> (Role, WorkloadLabels) {
-        if !self.conns.contains_key(&common.sock_id) {
-            let comm = self.process_name(common.pid);
-            let (workload, peer_zone) = self.identify(common, &comm.0);
-            // A connection that predates the agent (or whose open was lost).
-            let role = match common.endpoints {
-                Some(ep)
-                    if self
+        let comm = if common.comm[0] != 0 {
+            Name::new(common.comm())
+        } else if common.pid != 0 {
+            self.process_name(common.pid)
+        } else {
+            Name::new("unknown")
+        };
+        let (workload, peer_zone) = self.identify(common, &comm.0);
+        // A connection that predates the agent: a server if its local port is listening.
+        let role = match (common.role, common.endpoints) {
+            (Role::Unknown, Some(ep))
+                if common.pid != 0
+                    && self
                         .listeners
                         .is_listening(common.pid, ep.local.port(), common.exit_ns) =>
-                {
-                    Role::Server
-                }
-                Some(_) => Role::Client,
-                None => Role::Unknown,
-            };
-            let conn = Connection::new(common, role, workload.clone(), peer_zone, false);
-            self.insert(common, conn);
-            if !self.conns.contains_key(&common.sock_id) {
-                return (role, workload);
+            {
+                Role::Server
             }
+            (Role::Unknown, Some(_)) => Role::Client,
+            (role, _) => role,
+        };
+        let conn = Connection::new(common, role, workload, peer_zone);
+        if conn.seen_open {
+            self.metrics
+                .tcp_opened
+                .get_or_create(&ConnectionLabels {
+                    role: role_label(role),
+                    workload: conn.workload.clone(),
+                })
+                .inc();
         }
-        let conn = self.conns.get_mut(&common.sock_id).expect("inserted above");
-        conn.bytes[direction as usize] += bytes;
-        conn.calls[direction as usize] += 1;
-        conn.last_ns = common.exit_ns;
-        let found = (conn.role, conn.workload.clone());
-        self.fds
-            .entry((common.pid, common.fd))
-            .or_insert(common.sock_id);
-        found
+        if self.conns.len() >= self.opts.max_connections {
+            self.sweep(common.exit_ns);
+        }
+        if self.conns.len() >= self.opts.max_connections {
+            self.metrics.connections_untracked.inc();
+            let mut conn = conn;
+            conn.account(&self.metrics, &common.totals);
+            return false;
+        }
+        self.conns.insert(common.conn_id, conn);
+        if common.fd >= 0 && common.pid != 0 {
+            self.fds.insert((common.pid, common.fd), common.conn_id);
+        }
+        true
     }
 
-    /// Feeds a data event's bytes to the connection's protocol session and records the
-    /// operations it completes.
-    fn parse(&mut self, common: &Common, direction: Direction, bytes: u64, payload: &[u8]) {
-        let Some(conn) = self.conns.get_mut(&common.sock_id) else {
+    /// Feeds one segment of a call's bytes to the connection's protocol session and
+    /// records the operations it completes.
+    fn parse(&mut self, common: &Common, direction: Direction, segment: &stream::Segment<'_>) {
+        let Some(conn) = self.conns.get_mut(&common.conn_id) else {
             return;
         };
-        let from_client = match (conn.role, direction) {
-            (Role::Client, Direction::Transmit) | (Role::Server, Direction::Receive) => true,
-            (Role::Client, Direction::Receive) | (Role::Server, Direction::Transmit) => false,
-            (Role::Unknown, _) => return,
+        let Some(from_client) = conn.sent_by_client(direction) else {
+            return;
         };
         if matches!(conn.protocol, ConnectionProtocol::Ignored) {
+            conn.streams[direction as usize].skip_to(segment);
             return;
         }
         // Timing (DESIGN.md): a write's first byte leaves when the call starts; a read's
@@ -344,34 +442,40 @@ impl Tracker {
             Direction::Transmit => common.enter_ns,
             Direction::Receive => common.exit_ns,
         };
-        let chunk = Chunk {
-            data: payload,
-            len: bytes as usize,
-            start_ns,
-            end_ns: common.exit_ns,
-        };
         let before = conn.protocol.session_mut().map(|s| s.protocol());
         self.done.clear();
-        let outcome =
-            conn.protocol
-                .feed(from_client, &chunk, &self.opts.http_routes, &mut self.done);
+        let mut outcome = FeedOutcome::default();
+        let routes = &self.opts.http_routes;
+        let done = &mut self.done;
+        let protocol = &mut conn.protocol;
+        conn.streams[direction as usize].feed(segment, |data, len| {
+            let chunk = Chunk {
+                data,
+                len,
+                start_ns,
+                end_ns: common.exit_ns,
+            };
+            let o = protocol.feed(from_client, &chunk, routes, done);
+            outcome.detected = outcome.detected.or(o.detected);
+            outcome.health.merge(&o.health);
+        });
         let protocol = outcome.detected.or(before);
-        let conn = &self.conns[&common.sock_id];
+        let conn = &self.conns[&common.conn_id];
         if outcome.health.parse_errors > 0 {
+            // Never the payload: it can hold credentials (AUTH, password messages).
             log::debug!(
-                "{} framing lost on {:?} ({}, pid {}, {} bytes {}, {} copied, starting {:?})",
+                "{} framing lost on {:?} ({}, pid {}, {} bytes {} at stream offset {})",
                 protocol.map_or("?", Protocol::label),
                 conn.endpoints,
                 conn.workload.service_name(),
                 common.pid,
-                bytes,
+                segment.call_bytes,
                 if from_client {
                     "from client"
                 } else {
                     "from server"
                 },
-                payload.len(),
-                String::from_utf8_lossy(&payload[..payload.len().min(48)]),
+                segment.call_offset,
             );
         }
         record_completed(
@@ -382,6 +486,24 @@ impl Tracker {
             &self.opts.http_routes,
         );
         record_health(&self.metrics, protocol, &outcome);
+    }
+
+    /// Tells the kernel what to copy of the connection, if that changed.
+    fn instruct(&mut self, conn_id: u64) {
+        let Some(conn) = self.conns.get_mut(&conn_id) else {
+            return;
+        };
+        let wanted = conn.wanted();
+        if conn.wanted.worth_sending(&wanted) {
+            conn.wanted = wanted;
+            self.instructions.set(conn_id, wanted.instruction());
+        }
+    }
+
+    /// Publishes the instructions written since the last call (one generation bump for
+    /// a whole drain of the ring buffer).
+    pub fn publish_instructions(&mut self) {
+        self.instructions.publish();
     }
 
     /// Ends a connection's protocol session: what it still completes is recorded, what
@@ -414,9 +536,16 @@ impl Tracker {
     }
 
     fn on_close(&mut self, common: &Common) {
-        let Some(mut conn) = self.conns.remove(&common.sock_id) else {
+        if !self.conns.contains_key(&common.conn_id) {
+            // Its other records were all lost: count its bytes under what the close says.
+            if common.totals == Totals::default() || !self.ensure(common) {
+                return;
+            }
+        }
+        let Some(mut conn) = self.conns.remove(&common.conn_id) else {
             return;
         };
+        conn.account(&self.metrics, &common.totals);
         self.finish_session(&mut conn);
         self.metrics
             .tcp_closed
@@ -425,7 +554,9 @@ impl Tracker {
                 workload: conn.workload.clone(),
             })
             .inc();
-        self.fds.retain(|_, id| *id != common.sock_id);
+        self.fds.retain(|_, id| *id != common.conn_id);
+        self.instructions.forget(common.conn_id);
+        self.closed.insert(common.conn_id);
     }
 
     /// Removes connections idle for longer than the timeout (their close was lost, or
@@ -696,10 +827,23 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use super::*;
     use crate::capture::event::{decode, tests as ev};
-    use agent_common::{EventKind, Syscall};
+    use agent_common::{EventHeader, EventKind, Instruction, Syscall, MODE_COUNTS_ONLY};
+    use std::sync::Mutex;
+
+    /// Instructions the tracker sent, shared with the test.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(u64, Instruction)>>>);
+
+    impl InstructionSink for Recorder {
+        fn set(&mut self, conn_id: u64, instruction: Instruction) {
+            self.0.lock().unwrap().push((conn_id, instruction));
+        }
+        fn forget(&mut self, _: u64) {}
+        fn publish(&mut self) {}
+    }
 
     /// A tracker whose procfs is a directory holding only process 100, named "redis".
-    fn tracker(max: usize) -> (Tracker, Arc<Metrics>) {
+    fn tracker(max: usize) -> (Tracker, Arc<Metrics>, Recorder) {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let procfs =
@@ -707,6 +851,7 @@ mod tests {
         std::fs::create_dir_all(procfs.join("100")).unwrap();
         std::fs::write(procfs.join("100/comm"), "redis\n").unwrap();
         let metrics = Arc::new(Metrics::new("test"));
+        let recorder = Recorder::default();
         let t = Tracker::new(
             metrics.clone(),
             &procfs,
@@ -717,54 +862,193 @@ mod tests {
                 http_routes: Arc::default(),
             },
             Identity::process_names_only(),
+            Box::new(recorder.clone()),
         );
-        (t, metrics)
+        (t, metrics, recorder)
     }
 
-    fn feed(t: &mut Tracker, h: &agent_common::EventHeader, payload: &[u8]) {
+    fn feed(t: &mut Tracker, h: &EventHeader, payload: &[u8]) {
         let rec = ev::record(h, payload);
         t.handle(&decode(&rec).unwrap());
     }
 
+    /// A connection as the kernel reports it: its counters move with every call.
+    struct Conn {
+        header: EventHeader,
+    }
+
+    impl Conn {
+        fn new(conn_id: u64, role: Role) -> Self {
+            let mut header = ev::header(EventKind::Data);
+            header.conn_id = conn_id;
+            header.role = role as u8;
+            Conn { header }
+        }
+
+        /// A call that moved `payload` (all copied), as one record.
+        fn call(&mut self, syscall: Syscall, direction: Direction, payload: &[u8]) -> EventHeader {
+            self.moved(
+                syscall,
+                direction,
+                payload.len() as u64,
+                payload.len() as u32,
+            )
+        }
+
+        /// A call that moved `bytes`, of which the first `captured` were copied.
+        fn moved(
+            &mut self,
+            syscall: Syscall,
+            direction: Direction,
+            bytes: u64,
+            captured: u32,
+        ) -> EventHeader {
+            let d = direction as usize;
+            let h = &mut self.header;
+            h.kind = EventKind::Data as u8;
+            h.syscall = syscall as u8;
+            h.direction = direction as u8;
+            h.call_offset = h.totals.bytes[d];
+            h.payload_offset = h.call_offset;
+            h.bytes = bytes;
+            h.captured = captured;
+            h.totals.bytes[d] += bytes;
+            h.totals.calls[d][syscall as usize] += 1;
+            *h
+        }
+
+        fn with_kind(&self, kind: EventKind) -> EventHeader {
+            let mut h = self.header;
+            h.kind = kind as u8;
+            h.captured = 0;
+            h
+        }
+    }
+
+    fn text_has(m: &Metrics, line: &str) {
+        let text = m.encode();
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+
     #[test]
-    fn counts_bytes_by_role_and_closes() {
-        let (mut t, m) = tracker(10);
-        let mut open = ev::header(EventKind::Open);
-        open.role = Role::Client as u8;
-        feed(&mut t, &open, b"");
-        for (syscall, bytes) in [
-            (Syscall::Write, 100),
-            (Syscall::Sendmsg, 20),
-            (Syscall::Read, 7),
+    fn counts_bytes_by_role_and_syscall_and_closes() {
+        let (mut t, m, _) = tracker(10);
+        let mut c = Conn::new(1, Role::Client);
+        feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        for (syscall, direction, n) in [
+            (Syscall::Write, Direction::Transmit, 100),
+            (Syscall::Sendmsg, Direction::Transmit, 20),
+            (Syscall::Read, Direction::Receive, 7),
         ] {
-            let mut d = ev::header(EventKind::Data);
-            d.syscall = syscall as u8;
-            d.bytes = bytes;
-            feed(&mut t, &d, b"");
+            let h = c.moved(syscall, direction, n, 0);
+            feed(&mut t, &h, b"");
         }
         let conn = t.by_fd(100, 7).unwrap();
         assert_eq!(
             (conn.bytes, conn.calls, conn.role),
             ([120, 7], [2, 1], Role::Client)
         );
-        let text = m.encode();
-        assert!(text.contains("nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"redis\"} 120\n"), "{text}");
-        assert!(text.contains("nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 7\n"), "{text}");
-        feed(&mut t, &ev::header(EventKind::Close), b"");
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"redis\"} 120\n");
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 7\n");
+        text_has(&m, "nodetap_tcp_syscalls_total{direction=\"transmit\",role=\"client\",syscall=\"sendmsg\",service_name=\"redis\"} 1\n");
+        feed(&mut t, &c.with_kind(EventKind::Close), b"");
         assert!(t.is_empty() && t.by_fd(100, 7).is_none());
-        let text = m.encode();
-        assert!(
-            text.contains(
-                "nodetap_tcp_connections_closed_total{role=\"client\",service_name=\"redis\"} 1\n"
-            ),
-            "{text}"
+        text_has(
+            &m,
+            "nodetap_tcp_connections_closed_total{role=\"client\",service_name=\"redis\"} 1\n",
         );
-        assert!(
-            text.contains(
-                "nodetap_tcp_connections_opened_total{role=\"client\",service_name=\"redis\"} 1\n"
-            ),
-            "{text}"
+        text_has(
+            &m,
+            "nodetap_tcp_connections_opened_total{role=\"client\",service_name=\"redis\"} 1\n",
         );
+    }
+
+    #[test]
+    fn lost_records_lose_no_byte_and_no_call() {
+        let (mut t, m, _) = tracker(10);
+        let mut c = Conn::new(2, Role::Server);
+        feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        // Ten calls; only the 3rd and the close reach userspace (the ring was full).
+        let mut kept = None;
+        for i in 0..10 {
+            let h = c.moved(Syscall::Recvfrom, Direction::Receive, 1000, 0);
+            if i == 2 {
+                kept = Some(h);
+            }
+        }
+        feed(&mut t, &kept.unwrap(), b"");
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"server\",service_name=\"redis\"} 3000\n");
+        feed(&mut t, &c.with_kind(EventKind::Close), b"");
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"server\",service_name=\"redis\"} 10000\n");
+        text_has(&m, "nodetap_tcp_syscalls_total{direction=\"receive\",role=\"server\",syscall=\"recvfrom\",service_name=\"redis\"} 10\n");
+        // A record arriving after the close (another CPU) is not counted again.
+        feed(&mut t, &kept.unwrap(), b"");
+        assert!(t.is_empty());
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"server\",service_name=\"redis\"} 10000\n");
+    }
+
+    #[test]
+    fn a_close_alone_still_counts_its_connection() {
+        let (mut t, m, _) = tracker(10);
+        let mut c = Conn::new(3, Role::Client);
+        c.moved(Syscall::Write, Direction::Transmit, 42, 0);
+        let mut close = c.with_kind(EventKind::Close);
+        close.pid = 0;
+        close.comm = [0; 16];
+        feed(&mut t, &close, b"");
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"unknown\"} 42\n");
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn parsed_connections_get_a_parse_instruction_and_others_counts_only() {
+        let (mut t, m, rec) = tracker(10);
+        let mut redis = Conn::new(4, Role::Client);
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let h = redis.call(Syscall::Write, Direction::Transmit, get);
+        feed(&mut t, &h, get);
+        let h = redis.call(Syscall::Read, Direction::Receive, b"$1\r\nv\r\n");
+        feed(&mut t, &h, b"$1\r\nv\r\n");
+        let mut tls = Conn::new(5, Role::Client);
+        let hello = [0x16, 3, 1, 0, 5, 1, 0, 0, 1, 3];
+        let h = tls.call(Syscall::Write, Direction::Transmit, &hello);
+        feed(&mut t, &h, &hello);
+        let sent = rec.0.lock().unwrap().clone();
+        assert_eq!(sent.len(), 2, "{sent:?}");
+        assert_eq!((sent[0].0, sent[0].1.mode), (4, [0, 0]));
+        assert_eq!((sent[1].0, sent[1].1.mode), (5, [MODE_COUNTS_ONLY; 2]));
+        text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"127.0.0.2\",server_port=\"6379\",service_name=\"redis\"} 1\n");
+    }
+
+    #[test]
+    fn segments_of_a_call_and_the_uncopied_rest_reach_the_parser_in_order() {
+        let (mut t, m, _) = tracker(10);
+        let mut c = Conn::new(6, Role::Client);
+        // 3 pipelined GETs written at once, sent as two segments.
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let batch: Vec<u8> = get.iter().chain(get).chain(get).copied().collect();
+        let mut h = c.moved(Syscall::Write, Direction::Transmit, batch.len() as u64, 30);
+        h.flags = 0;
+        feed(&mut t, &h, &batch[..30]);
+        h.payload_offset = 30;
+        h.captured = (batch.len() - 30) as u32;
+        h.flags = agent_common::FLAG_LAST_SEGMENT;
+        feed(&mut t, &h, &batch[30..]);
+        // The replies: a bulk string whose value the kernel did not copy (a gap).
+        let reply = b"$5\r\nvalue\r\n";
+        let mut replies = Vec::new();
+        for _ in 0..3 {
+            replies.extend_from_slice(reply);
+        }
+        let mut h = c.moved(Syscall::Read, Direction::Receive, replies.len() as u64, 4);
+        h.flags = 0;
+        feed(&mut t, &h, &replies[..4]);
+        let mut h2 = h;
+        h2.flags = agent_common::FLAG_LAST_SEGMENT;
+        h2.payload_offset = h.call_offset + 11;
+        h2.captured = 22;
+        feed(&mut t, &h2, &replies[11..]);
+        text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"127.0.0.2\",server_port=\"6379\",service_name=\"redis\"} 3\n");
     }
 
     #[test]
@@ -773,7 +1057,7 @@ mod tests {
             identity::SharedZones,
             zones::{SubnetZone, ZoneMap},
         };
-        let (mut t, m) = tracker(10);
+        let (mut t, m, _) = tracker(10);
         let zones = ZoneMap::new(
             "use1-az1",
             &[SubnetZone {
@@ -785,53 +1069,38 @@ mod tests {
         t.identity = Identity::new(None, None, SharedZones::new(zones));
         // Two Redis connections: one to a peer in a mapped subnet, one to an address
         // nothing says anything about.
-        for (sock, remote) in [(1u64, [10, 9, 0, 5]), (2, [192, 168, 50, 5])] {
-            let mut open = ev::header(EventKind::Open);
-            open.role = Role::Client as u8;
-            open.sock_id = sock;
-            open.fd = sock as i32;
-            open.tuple.remote_addr[..4].copy_from_slice(&remote);
-            feed(&mut t, &open, b"");
-            for (syscall, payload) in [
-                (Syscall::Write, &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]),
-                (Syscall::Read, &b"$1\r\nv\r\n"[..]),
+        for (id, remote) in [(1u64, [10, 9, 0, 5]), (2, [192, 168, 50, 5])] {
+            let mut c = Conn::new(id, Role::Client);
+            c.header.tuple.remote_addr[..4].copy_from_slice(&remote);
+            for (syscall, direction, payload) in [
+                (
+                    Syscall::Write,
+                    Direction::Transmit,
+                    &b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..],
+                ),
+                (Syscall::Read, Direction::Receive, &b"$1\r\nv\r\n"[..]),
             ] {
-                let mut d = ev::header(EventKind::Data);
-                d.sock_id = sock;
-                d.fd = sock as i32;
-                d.tuple.remote_addr[..4].copy_from_slice(&remote);
-                d.syscall = syscall as u8;
-                d.bytes = payload.len() as u64;
-                d.captured = payload.len() as u32;
-                feed(&mut t, &d, payload);
+                let h = c.call(syscall, direction, payload);
+                feed(&mut t, &h, payload);
             }
         }
-        let text = m.encode();
-        assert!(
-            text.contains("db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"10.9.0.5\",server_port=\"6379\",peer_zone=\"use1-az2\",service_name=\"redis\"} 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"192.168.50.5\",server_port=\"6379\",service_name=\"redis\"} 1\n"),
-            "{text}"
-        );
+        text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"10.9.0.5\",server_port=\"6379\",peer_zone=\"use1-az2\",service_name=\"redis\"} 1\n");
+        text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"192.168.50.5\",server_port=\"6379\",service_name=\"redis\"} 1\n");
     }
 
     #[test]
     fn idle_connections_age_out_and_the_table_is_bounded() {
-        let (mut t, m) = tracker(2);
+        let (mut t, m, _) = tracker(2);
         for i in 0..5u64 {
-            let mut d = ev::header(EventKind::Data);
-            d.syscall = Syscall::Read as u8;
-            d.bytes = 1;
-            d.sock_id = i;
-            d.exit_ns = 10;
-            feed(&mut t, &d, b"");
+            let mut c = Conn::new(i + 1, Role::Client);
+            c.header.exit_ns = 10;
+            let h = c.moved(Syscall::Read, Direction::Receive, 1, 0);
+            feed(&mut t, &h, b"");
         }
         // Two fit; the other three are counted as untracked but their bytes still count.
         assert_eq!(t.len(), 2);
         assert_eq!(m.connections_untracked.get(), 3);
-        assert!(m.encode().contains("nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 5\n"));
+        text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 5\n");
         assert_eq!(t.sweep(10 + 1_000), 2);
         assert_eq!(m.connections_expired.get(), 2);
         assert!(t.is_empty() && t.fds.is_empty());

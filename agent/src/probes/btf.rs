@@ -271,6 +271,7 @@ impl Btf {
             file_private_data: self.member_offset("file", "private_data")?,
             file_inode: self.member_offset("file", "f_inode")?,
             inode_mode: self.member_offset("inode", "i_mode")?,
+            inode_ino: self.member_offset("inode", "i_ino")?,
             socket_sk: self.member_offset("socket", "sk")?,
             sk_family: sk("__sk_common.skc_family")?,
             sk_daddr: sk("__sk_common.skc_daddr")?,
@@ -281,7 +282,6 @@ impl Btf {
             sk_v6_rcv_saddr: sk("__sk_common.skc_v6_rcv_saddr")?,
             sk_protocol: sk("sk_protocol")?,
             sk_type: sk("sk_type")?,
-            _pad: 0,
         })
     }
 }

@@ -1,19 +1,21 @@
-//! Loading and attaching the kernel programs embedded in the binary.
+//! Loading and attaching the kernel programs embedded in the binary, and choosing the
+//! capture tier.
 
 pub mod btf;
-pub mod tracefs;
-
-use std::path::Path;
 
 use agent_common::{
-    Config, DropReason, DROP_REASONS, GLOBAL_CONFIG, MAP_DROPS, MAP_EVENTS, MAP_STATS,
-    STAT_RINGBUF_AVAIL,
+    Config, DropReason, EventHeader, Instruction, Syscall, Tier, DROP_REASONS, GLOBAL_CONFIG,
+    MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS, MAP_INSTRUCTION_GEN, MAP_STATS,
+    MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE,
+    STAT_RINGBUF_AVAIL, STAT_STATES_CREATED, STAT_STATES_IGNORED,
 };
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
-    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
+    Btf, Ebpf, EbpfLoader,
 };
+
+use crate::config::CaptureMode;
 
 /// The kernel programs, built by build.rs from agent-ebpf.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodetap.bpf.o"));
@@ -27,173 +29,86 @@ pub enum Need {
     Optional,
 }
 
-/// One tracepoint program: (program name in the object, category, tracepoint, need).
-/// Exits come before their entries so a call is never entered without its exit hooked.
-pub const HOOKS: &[(&str, &str, &str, Need)] = &[
-    ("sys_exit_read", "syscalls", "sys_exit_read", Need::Required),
-    (
-        "sys_enter_read",
-        "syscalls",
-        "sys_enter_read",
-        Need::Required,
-    ),
-    (
-        "sys_exit_write",
-        "syscalls",
-        "sys_exit_write",
-        Need::Required,
-    ),
-    (
-        "sys_enter_write",
-        "syscalls",
-        "sys_enter_write",
-        Need::Required,
-    ),
-    (
-        "sys_exit_readv",
-        "syscalls",
-        "sys_exit_readv",
-        Need::Required,
-    ),
-    (
-        "sys_enter_readv",
-        "syscalls",
-        "sys_enter_readv",
-        Need::Required,
-    ),
-    (
-        "sys_exit_writev",
-        "syscalls",
-        "sys_exit_writev",
-        Need::Required,
-    ),
-    (
-        "sys_enter_writev",
-        "syscalls",
-        "sys_enter_writev",
-        Need::Required,
-    ),
-    (
-        "sys_exit_recvfrom",
-        "syscalls",
-        "sys_exit_recvfrom",
-        Need::Required,
-    ),
-    (
-        "sys_enter_recvfrom",
-        "syscalls",
-        "sys_enter_recvfrom",
-        Need::Required,
-    ),
-    (
-        "sys_exit_sendto",
-        "syscalls",
-        "sys_exit_sendto",
-        Need::Required,
-    ),
-    (
-        "sys_enter_sendto",
-        "syscalls",
-        "sys_enter_sendto",
-        Need::Required,
-    ),
-    (
-        "sys_exit_recvmsg",
-        "syscalls",
-        "sys_exit_recvmsg",
-        Need::Required,
-    ),
-    (
-        "sys_enter_recvmsg",
-        "syscalls",
-        "sys_enter_recvmsg",
-        Need::Required,
-    ),
-    (
-        "sys_exit_sendmsg",
-        "syscalls",
-        "sys_exit_sendmsg",
-        Need::Required,
-    ),
-    (
-        "sys_enter_sendmsg",
-        "syscalls",
-        "sys_enter_sendmsg",
-        Need::Required,
-    ),
-    (
-        "sys_exit_recvmmsg",
-        "syscalls",
-        "sys_exit_recvmmsg",
-        Need::Optional,
-    ),
-    (
-        "sys_enter_recvmmsg",
-        "syscalls",
-        "sys_enter_recvmmsg",
-        Need::Optional,
-    ),
-    (
-        "sys_exit_sendmmsg",
-        "syscalls",
-        "sys_exit_sendmmsg",
-        Need::Optional,
-    ),
-    (
-        "sys_enter_sendmmsg",
-        "syscalls",
-        "sys_enter_sendmmsg",
-        Need::Optional,
-    ),
-    (
-        "sys_exit_sendfile64",
-        "syscalls",
-        "sys_exit_sendfile64",
-        Need::Optional,
-    ),
-    (
-        "sys_enter_sendfile64",
-        "syscalls",
-        "sys_enter_sendfile64",
-        Need::Optional,
-    ),
-    (
-        "sys_exit_connect",
-        "syscalls",
-        "sys_exit_connect",
-        Need::Required,
-    ),
-    (
-        "sys_enter_connect",
-        "syscalls",
-        "sys_enter_connect",
-        Need::Required,
-    ),
-    (
-        "sys_exit_accept",
-        "syscalls",
-        "sys_exit_accept",
-        Need::Required,
-    ),
-    (
-        "sys_exit_accept4",
-        "syscalls",
-        "sys_exit_accept4",
-        Need::Required,
-    ),
-    (
-        "sys_enter_close",
-        "syscalls",
-        "sys_enter_close",
-        Need::Required,
-    ),
-    (
-        "inet_sock_set_state",
-        "sock",
-        "inet_sock_set_state",
-        Need::Required,
-    ),
+/// Where a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attach {
+    /// A classic tracepoint: category and name.
+    Tracepoint(&'static str, &'static str),
+    /// A BTF tracepoint (tp_btf): the raw tracepoint's name.
+    BtfTracepoint(&'static str),
+}
+
+/// One kernel program: its name in the object, where it attaches, whether the agent can
+/// do without it, and the tier it belongs to (`None`: every tier).
+#[derive(Clone, Copy, Debug)]
+pub struct Hook {
+    pub program: &'static str,
+    pub attach: Attach,
+    pub need: Need,
+    pub tier: Option<Tier>,
+}
+
+const fn syscall_hook(program: &'static str, need: Need) -> Hook {
+    Hook {
+        program,
+        attach: Attach::Tracepoint("syscalls", program),
+        need,
+        tier: Some(Tier::Syscall),
+    }
+}
+
+/// Every tracing program, in attach order. The connection life cycle comes first so a
+/// connection's role is known before its first data call; a syscall's exit comes before
+/// its entry so a call is never entered without its exit hooked.
+pub const HOOKS: &[Hook] = &[
+    Hook {
+        program: "inet_sock_set_state",
+        attach: Attach::BtfTracepoint("inet_sock_set_state"),
+        need: Need::Required,
+        tier: None,
+    },
+    Hook {
+        program: "sock_send_length",
+        attach: Attach::BtfTracepoint("sock_send_length"),
+        need: Need::Required,
+        tier: Some(Tier::Socket),
+    },
+    Hook {
+        program: "sock_recv_length",
+        attach: Attach::BtfTracepoint("sock_recv_length"),
+        need: Need::Required,
+        tier: Some(Tier::Socket),
+    },
+    syscall_hook("sys_exit_read", Need::Required),
+    syscall_hook("sys_enter_read", Need::Required),
+    syscall_hook("sys_exit_write", Need::Required),
+    syscall_hook("sys_enter_write", Need::Required),
+    syscall_hook("sys_exit_readv", Need::Required),
+    syscall_hook("sys_enter_readv", Need::Required),
+    syscall_hook("sys_exit_writev", Need::Required),
+    syscall_hook("sys_enter_writev", Need::Required),
+    syscall_hook("sys_exit_recvfrom", Need::Required),
+    syscall_hook("sys_enter_recvfrom", Need::Required),
+    syscall_hook("sys_exit_sendto", Need::Required),
+    syscall_hook("sys_enter_sendto", Need::Required),
+    syscall_hook("sys_exit_recvmsg", Need::Required),
+    syscall_hook("sys_enter_recvmsg", Need::Required),
+    syscall_hook("sys_exit_sendmsg", Need::Required),
+    syscall_hook("sys_enter_sendmsg", Need::Required),
+    syscall_hook("sys_exit_recvmmsg", Need::Optional),
+    syscall_hook("sys_enter_recvmmsg", Need::Optional),
+    syscall_hook("sys_exit_sendmmsg", Need::Optional),
+    syscall_hook("sys_enter_sendmmsg", Need::Optional),
+    syscall_hook("sys_exit_sendfile64", Need::Optional),
+    syscall_hook("sys_enter_sendfile64", Need::Optional),
 ];
+
+/// The hooks of `tier` (and those every tier uses).
+pub fn hooks_of(tier: Tier) -> impl Iterator<Item = &'static Hook> {
+    HOOKS
+        .iter()
+        .filter(move |h| h.tier.is_none() || h.tier == Some(tier))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
@@ -205,18 +120,17 @@ pub enum ProbeError {
     },
     #[error("the kernel's BTF lacks what nodetap needs")]
     Btf(#[source] btf::BtfError),
-    #[error("cannot read the tracepoint format {path}")]
-    ReadFormat {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("unexpected layout of sock:inet_sock_set_state")]
-    Format(#[source] tracefs::FormatError),
+    #[error("cannot load the kernel's BTF for BTF tracepoints")]
+    KernelBtf(#[source] aya::BtfError),
     #[error("the kernel refused to load nodetap's eBPF programs")]
     Load(#[source] aya::EbpfError),
     #[error("required hooks did not attach: {names}")]
     Required { names: String },
+    #[error(
+        "--capture-mode socket needs sock:sock_send_length and sock:sock_recv_length \
+         (Linux 6.3 or later); use --capture-mode auto or syscall on this kernel"
+    )]
+    NoSocketTier,
     #[error("eBPF map {name} missing from the object")]
     MissingMap { name: &'static str },
     #[error("eBPF map {name} has an unexpected type")]
@@ -237,13 +151,14 @@ pub struct HookStatus {
     pub error: Option<String>,
 }
 
+#[derive(Clone, Copy)]
 pub struct LoadOptions<'a> {
-    pub tracefs: &'a Path,
     /// The cgroup v2 root the byte accounting attaches to; `None` without cgroup v2.
-    pub cgroup2: Option<&'a Path>,
+    pub cgroup2: Option<&'a std::path::Path>,
     /// Entries of each kernel flow table.
     pub flow_entries: u32,
-    pub capture_len: u32,
+    pub capture_mode: CaptureMode,
+    pub call_capture: u32,
     pub ringbuf_bytes: u32,
     pub wakeup_bytes: u32,
 }
@@ -251,6 +166,7 @@ pub struct LoadOptions<'a> {
 /// The loaded programs. Dropping this detaches every program.
 pub struct Probes {
     ebpf: Ebpf,
+    pub tier: Tier,
     pub hooks: Vec<HookStatus>,
 }
 
@@ -261,7 +177,7 @@ pub struct KernelCounters {
 }
 
 impl KernelCounters {
-    /// Events lost or degraded so far, by reason, summed over CPUs.
+    /// Records lost or degraded so far, by reason, summed over CPUs.
     pub fn drops(&self) -> [(DropReason, u64); DROP_REASONS] {
         DropReason::ALL.map(|reason| {
             let total = self
@@ -273,13 +189,41 @@ impl KernelCounters {
         })
     }
 
-    /// Bytes waiting in the ring buffer at the last event, largest over CPUs.
+    /// Bytes waiting in the ring buffer at the last record, largest over CPUs.
     pub fn ringbuf_waiting(&self) -> u64 {
         self.stats
             .get(&STAT_RINGBUF_AVAIL, 0)
             .map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0))
             .unwrap_or(0)
     }
+
+    /// Connection states created, and non-TCP sockets marked, summed over CPUs.
+    pub fn states(&self) -> (u64, u64) {
+        let sum = |slot| {
+            self.stats
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0)
+        };
+        (sum(STAT_STATES_CREATED), sum(STAT_STATES_IGNORED))
+    }
+}
+
+/// The agent's side of the instructions: what to copy of each connection.
+pub struct InstructionMaps {
+    pub instructions: HashMap<MapData, u64, Instruction>,
+    pub generation: Array<MapData, u64>,
+}
+
+/// Close records that found the ring buffer full.
+pub type ClosedMap = HashMap<MapData, u64, EventHeader>;
+
+/// The maps the capture path reads and writes.
+pub struct CaptureMaps {
+    pub events: RingBuf<MapData>,
+    pub counters: KernelCounters,
+    pub instructions: InstructionMaps,
+    pub closed: ClosedMap,
 }
 
 /// Why loading failed, with what happened to each hook (empty if none was tried).
@@ -289,8 +233,9 @@ pub struct LoadFailure {
     pub hooks: Vec<HookStatus>,
 }
 
-/// Loads the programs with offsets for the running kernel and attaches every hook.
-/// Returns an error if a required hook failed; the statuses say which.
+/// Loads the programs with offsets for the running kernel, chooses the capture tier, and
+/// attaches every hook of it. Returns an error if a required hook failed; the statuses
+/// say which.
 pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
     let fail = |error| {
         Box::new(LoadFailure {
@@ -307,38 +252,41 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
     let kernel = btf::Btf::parse(&btf_bytes)
         .and_then(|b| b.kernel_offsets())
         .map_err(|e| fail(ProbeError::Btf(e)))?;
-    let format_path = opts.tracefs.join("events/sock/inet_sock_set_state/format");
-    let format = std::fs::read_to_string(&format_path).map_err(|source| {
-        fail(ProbeError::ReadFormat {
-            path: format_path.display().to_string(),
-            source,
-        })
-    })?;
-    let state_tp = tracefs::state_offsets(&tracefs::parse_format(&format))
-        .map_err(|e| fail(ProbeError::Format(e)))?;
-    let config = Config {
-        capture_len: opts.capture_len,
+    let kernel_btf = Btf::from_sys_fs().map_err(|e| fail(ProbeError::KernelBtf(e)))?;
+    let mut config = Config {
+        tier: Tier::Syscall as u32,
         agent_pid: std::process::id(),
         wakeup_bytes: opts.wakeup_bytes,
+        call_capture: opts.call_capture,
+        undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
         _pad: 0,
+        report_interval_ns: agent_common::DEFAULT_REPORT_INTERVAL_NS,
         kernel,
-        state_tp,
     };
-    let mut ebpf = EbpfLoader::new()
-        .override_global(GLOBAL_CONFIG, &config, true)
-        .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
-        .map_max_entries(agent_common::MAP_NET_FLOWS[0], opts.flow_entries)
-        .map_max_entries(agent_common::MAP_NET_FLOWS[1], opts.flow_entries)
-        .load(EBPF_OBJECT)
-        .map_err(|e| fail(ProbeError::Load(e)))?;
+    // The tier is written into the programs' read-only configuration, so it is chosen
+    // before loading: by trying the socket tier's programs in a first load.
+    let socket_tier = match opts.capture_mode {
+        CaptureMode::Syscall => false,
+        CaptureMode::Socket | CaptureMode::Auto => socket_tier_loads(&config, &kernel_btf, opts),
+    };
+    if opts.capture_mode == CaptureMode::Socket && !socket_tier {
+        return Err(fail(ProbeError::NoSocketTier));
+    }
+    let tier = if socket_tier {
+        Tier::Socket
+    } else {
+        Tier::Syscall
+    };
+    config.tier = tier as u32;
+    let mut ebpf = load_object(&config, opts).map_err(|e| fail(ProbeError::Load(e)))?;
 
-    let mut hooks = Vec::with_capacity(HOOKS.len());
-    for &(program, category, name, need) in HOOKS {
-        let error = attach(&mut ebpf, program, category, name).err();
+    let mut hooks = Vec::new();
+    for hook in hooks_of(tier) {
+        let error = attach(&mut ebpf, hook, &kernel_btf).err();
         hooks.push(HookStatus {
-            program,
-            tracepoint: format!("{category}:{name}"),
-            need,
+            program: hook.program,
+            tracepoint: hook_label(hook),
+            need: hook.need,
             error,
         });
     }
@@ -370,7 +318,90 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
             hooks,
         }));
     }
-    Ok(Probes { ebpf, hooks })
+    Ok(Probes { ebpf, tier, hooks })
+}
+
+fn load_object(config: &Config, opts: &LoadOptions<'_>) -> Result<Ebpf, aya::EbpfError> {
+    let mut ebpf = EbpfLoader::new()
+        .override_global(GLOBAL_CONFIG, config, true)
+        .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
+        .map_max_entries(agent_common::MAP_NET_FLOWS[0], opts.flow_entries)
+        .map_max_entries(agent_common::MAP_NET_FLOWS[1], opts.flow_entries)
+        .load(EBPF_OBJECT)?;
+    fill_syscall_table(&mut ebpf)?;
+    Ok(ebpf)
+}
+
+/// The socket tier's table of syscalls that carry socket data in their arguments, by
+/// x86-64 syscall number (arch/x86/entry/syscalls/syscall_64.tbl): (number, syscall,
+/// payload class). Others that reach a socket (splice, sendfile, io_uring) are named
+/// but have no payload in their arguments.
+const SYSCALL_TABLE: &[(u32, Syscall, u32)] = &[
+    (0, Syscall::Read, PAYLOAD_BUFFER),
+    (1, Syscall::Write, PAYLOAD_BUFFER),
+    (19, Syscall::Readv, PAYLOAD_IOVEC),
+    (20, Syscall::Writev, PAYLOAD_IOVEC),
+    (40, Syscall::Sendfile, PAYLOAD_NONE),
+    (44, Syscall::Sendto, PAYLOAD_BUFFER),
+    (45, Syscall::Recvfrom, PAYLOAD_BUFFER),
+    (46, Syscall::Sendmsg, PAYLOAD_MSGHDR),
+    (47, Syscall::Recvmsg, PAYLOAD_MSGHDR),
+    (275, Syscall::Splice, PAYLOAD_NONE),
+    (299, Syscall::Recvmmsg, PAYLOAD_NONE),
+    (307, Syscall::Sendmmsg, PAYLOAD_NONE),
+    // preadv2/pwritev2 with offset -1 are readv/writev (sockets have no offset).
+    (327, Syscall::Readv, PAYLOAD_IOVEC),
+    (328, Syscall::Writev, PAYLOAD_IOVEC),
+    (426, Syscall::IoUring, PAYLOAD_NONE),
+];
+
+fn fill_syscall_table(ebpf: &mut Ebpf) -> Result<(), aya::EbpfError> {
+    let map = ebpf.map_mut(MAP_SYSCALL_TABLE).ok_or_else(|| {
+        aya::EbpfError::MapError(aya::maps::MapError::InvalidName {
+            name: MAP_SYSCALL_TABLE.to_owned(),
+        })
+    })?;
+    let mut table: Array<&mut MapData, u32> = Array::try_from(map)?;
+    for &(nr, syscall, payload) in SYSCALL_TABLE {
+        table.set(nr, syscall as u32 | (payload << 8), 0)?;
+    }
+    Ok(())
+}
+
+/// Whether the socket tier's programs load and attach on this kernel (Linux 6.3+ has
+/// the tracepoints; the verifier must accept the programs). The trial object is dropped
+/// at once, which detaches everything it attached.
+fn socket_tier_loads(config: &Config, kernel_btf: &Btf, opts: &LoadOptions<'_>) -> bool {
+    let trial = Config {
+        tier: Tier::Socket as u32,
+        ..*config
+    };
+    let small = LoadOptions {
+        ringbuf_bytes: 4096,
+        flow_entries: 1,
+        ..*opts
+    };
+    let mut ebpf = match load_object(&trial, &small) {
+        Ok(ebpf) => ebpf,
+        Err(e) => {
+            log::debug!("socket tier unavailable: {}", crate::error_chain(&e));
+            return false;
+        }
+    };
+    for hook in HOOKS.iter().filter(|h| h.tier == Some(Tier::Socket)) {
+        if let Err(e) = attach(&mut ebpf, hook, kernel_btf) {
+            log::info!("socket tier unavailable ({}): {e}", hook.program);
+            return false;
+        }
+    }
+    true
+}
+
+fn hook_label(hook: &Hook) -> String {
+    match hook.attach {
+        Attach::Tracepoint(category, name) => format!("{category}:{name}"),
+        Attach::BtfTracepoint(name) => format!("tp_btf:{name}"),
+    }
 }
 
 /// The byte accounting: (program, attach type, label). Optional: without it the agent
@@ -397,7 +428,7 @@ fn attach_cgroup_skb(
     ebpf: &mut Ebpf,
     program: &str,
     attach_type: CgroupSkbAttachType,
-    root: &Path,
+    root: &std::path::Path,
 ) -> Result<(), String> {
     let prog: &mut CgroupSkb = loaded(ebpf, program, CgroupSkb::load)?;
     let cgroup = std::fs::File::open(root)
@@ -407,10 +438,27 @@ fn attach_cgroup_skb(
     Ok(())
 }
 
-fn attach(ebpf: &mut Ebpf, program: &str, category: &str, name: &str) -> Result<(), String> {
-    let prog: &mut TracePoint = loaded(ebpf, program, TracePoint::load)?;
-    prog.attach(category, name)
-        .map_err(|e| crate::error_chain(&e))?;
+fn attach(ebpf: &mut Ebpf, hook: &Hook, kernel_btf: &Btf) -> Result<(), String> {
+    match hook.attach {
+        Attach::Tracepoint(category, name) => {
+            let prog: &mut TracePoint = loaded(ebpf, hook.program, TracePoint::load)?;
+            prog.attach(category, name)
+                .map_err(|e| crate::error_chain(&e))?;
+        }
+        Attach::BtfTracepoint(name) => {
+            let prog: &mut BtfTracePoint = ebpf
+                .program_mut(hook.program)
+                .ok_or_else(|| format!("program {} missing from the object", hook.program))?
+                .try_into()
+                .map_err(|e| format!("{e}"))?;
+            prog.load(name, kernel_btf).map_err(|e| {
+                let full = crate::error_chain(&e);
+                log::debug!("loading {} failed: {full}", hook.program);
+                shorten_verifier_log(&full)
+            })?;
+            prog.attach().map_err(|e| crate::error_chain(&e))?;
+        }
+    }
     Ok(())
 }
 
@@ -462,8 +510,9 @@ impl Probes {
         attached.then(|| crate::network::FlowTables::take(&mut self.ebpf, capacity))
     }
 
-    /// Takes the ring buffer of events and the kernel counters out of the object.
-    pub fn take_maps(&mut self) -> Result<(RingBuf<MapData>, KernelCounters), ProbeError> {
+    /// Takes the ring buffer of records, the kernel counters, the instruction maps and
+    /// the table of close records that found the ring full out of the object.
+    pub fn take_maps(&mut self) -> Result<CaptureMaps, ProbeError> {
         let mut take = |name: &'static str| {
             self.ebpf
                 .take_map(name)
@@ -472,13 +521,21 @@ impl Probes {
         let events = take(MAP_EVENTS)?;
         let drops = take(MAP_DROPS)?;
         let stats = take(MAP_STATS)?;
+        let instructions = take(MAP_INSTRUCTIONS)?;
+        let generation = take(MAP_INSTRUCTION_GEN)?;
+        let closed = take(MAP_CLOSED)?;
         let map_err = |name: &'static str| move |source| ProbeError::Map { name, source };
-        Ok((
-            RingBuf::try_from(events).map_err(map_err(MAP_EVENTS))?,
-            KernelCounters {
+        Ok(CaptureMaps {
+            events: RingBuf::try_from(events).map_err(map_err(MAP_EVENTS))?,
+            counters: KernelCounters {
                 drops: PerCpuArray::try_from(drops).map_err(map_err(MAP_DROPS))?,
                 stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_STATS))?,
             },
-        ))
+            instructions: InstructionMaps {
+                instructions: HashMap::try_from(instructions).map_err(map_err(MAP_INSTRUCTIONS))?,
+                generation: Array::try_from(generation).map_err(map_err(MAP_INSTRUCTION_GEN))?,
+            },
+            closed: HashMap::try_from(closed).map_err(map_err(MAP_CLOSED))?,
+        })
     }
 }

@@ -73,6 +73,16 @@ pub struct SessionHealth {
     pub tls: bool,
 }
 
+impl SessionHealth {
+    /// Adds `other`'s counts to these (a call fed as several pieces).
+    pub fn merge(&mut self, other: &SessionHealth) {
+        self.parse_errors += other.parse_errors;
+        self.timed_out += other.timed_out;
+        self.gave_up |= other.gave_up;
+        self.tls |= other.tls;
+    }
+}
+
 /// Protocols the agent recognises from a connection's first client bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -216,6 +226,12 @@ impl Session {
             Session::Http1(s) => s.pending(),
             Session::Http2(s) => s.pending(),
         }
+    }
+
+    /// How many of the next bytes from the client (or server) the session will skip by
+    /// length without looking at them: the kernel need not copy them.
+    pub fn skip_hint(&self, _from_client: bool) -> u64 {
+        0
     }
 
     pub fn take_health(&mut self) -> SessionHealth {

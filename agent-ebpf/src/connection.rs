@@ -1,0 +1,202 @@
+//! The per-connection state both tiers share, and what one call does with it: update the
+//! exact counters, pick up userspace's instruction, announce the connection once, and send
+//! what userspace asked for (everything the parser needs, nothing of what it skips, or
+//! nothing at all for a counts-only connection).
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering::Relaxed},
+};
+
+use agent_common::{
+    DropReason, SockState, CALL_KINDS, FD_UNCHECKED, MODE_COUNTS_ONLY, SYSCALL_SOCKETS,
+};
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    btf_maps::SkStorage,
+    helpers::{bpf_get_smp_processor_id, generated::bpf_sk_storage_get},
+    macros::{btf_map, map},
+    maps::{LruHashMap, PerCpuArray},
+};
+
+use crate::{
+    config, count_drop, read_config_u32, read_config_u64, record, INSTRUCTIONS, INSTRUCTION_GEN,
+};
+
+/// Socket tier: the state lives in the socket itself and is freed with it, so a socket
+/// address reused by a new socket never finds an old connection's state.
+#[btf_map]
+pub static SOCK_STATES: SkStorage<SockState> = SkStorage::new();
+
+/// Syscall tier (classic tracepoints cannot reach socket storage): by socket address,
+/// removed at TCP_CLOSE; the socket inode number tells a reused address apart. LRU, so a
+/// state whose close was never seen cannot hold its slot for ever.
+#[map(name = "SYS_STATES")]
+pub static SYS_STATES: LruHashMap<u64, SockState> =
+    LruHashMap::with_max_entries(SYSCALL_SOCKETS, 0);
+
+/// Per-CPU counters behind connection ids.
+#[map(name = "CONN_IDS")]
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new connection id: unique for the life of the kernel (a per-CPU counter and the CPU).
+#[inline(always)]
+pub fn new_conn_id() -> u64 {
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u64 & 0xfff;
+    let n = match CONN_IDS.get_ptr_mut(0) {
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    };
+    (n << 12) | cpu
+}
+
+/// The socket tier's state of `sk`, created (zeroed) when `create` is set.
+#[inline(always)]
+pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut SockState> {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    let map = &SOCK_STATES as *const SkStorage<SockState> as *mut c_void;
+    let state = unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) };
+    if state.is_null() {
+        if create {
+            count_drop(DropReason::StateFull);
+        }
+        return None;
+    }
+    Some(unsafe { &mut *(state as *mut SockState) })
+}
+
+/// Starts a connection in `state` (fresh or reused): a new id, zero counters.
+#[inline(always)]
+pub fn reset(state: &mut SockState, role: u8) {
+    state.conn_id = new_conn_id();
+    state.totals = Default::default();
+    state.skip_until = [0; 2];
+    state.last_report_ns = 0;
+    state.instruction_gen = 0;
+    state.ino = 0;
+    state.fd = FD_UNCHECKED;
+    state.fd_tgid = 0;
+    state.tuple = Default::default();
+    state.kind = agent_common::STATE_TCP;
+    state.role = role;
+    state.announced = 0;
+    state.instructed = 0;
+    state.mode = [0; 2];
+    crate::bump_stat(agent_common::STAT_STATES_CREATED);
+}
+
+/// Where a call's bytes are in the caller's memory: `class` is `PAYLOAD_*` (none: not in
+/// the syscall's arguments, e.g. splice, sendfile, io_uring or a kernel socket), `ptr` the
+/// buffer, iovec array or msghdr, `count` the iovec count.
+#[derive(Clone, Copy)]
+pub struct Payload {
+    pub class: u32,
+    pub ptr: u64,
+    pub count: u64,
+}
+
+impl Payload {
+    pub const NONE: Payload = Payload {
+        class: agent_common::PAYLOAD_NONE,
+        ptr: 0,
+        count: 0,
+    };
+}
+
+/// One call that moved bytes on a connection.
+pub struct Call {
+    pub direction: usize,
+    /// `Syscall as u8`.
+    pub syscall: u8,
+    pub bytes: u64,
+    pub fd: i32,
+    pub pid_tgid: u64,
+    pub enter_ns: u64,
+    pub exit_ns: u64,
+    pub payload: Payload,
+}
+
+/// Picks up userspace's instruction for this connection when any changed since the last
+/// look (one array read per call otherwise).
+#[inline(always)]
+fn refresh_instruction(state: &mut SockState) {
+    let Some(gen) = INSTRUCTION_GEN.get(0) else {
+        return;
+    };
+    let gen = *gen;
+    if gen == state.instruction_gen {
+        return;
+    }
+    state.instruction_gen = gen;
+    if let Some(instruction) = unsafe { INSTRUCTIONS.get(&state.conn_id) } {
+        state.skip_until = instruction.skip_until;
+        state.mode = instruction.mode;
+        state.instructed = 1;
+    }
+}
+
+/// Counts the call and sends what userspace needs of it.
+#[inline(always)]
+pub fn on_call(state: &mut SockState, call: &Call) {
+    let d = call.direction & 1;
+    let call_offset = state.totals.bytes[d];
+    let kind = call.syscall as usize & (CALL_KINDS - 1);
+    // Atomic: two threads may write one socket at once; the counters must stay exact.
+    unsafe {
+        atomic_xadd::<u64, u64, { Relaxed }>(&raw mut state.totals.bytes[d], call.bytes);
+        atomic_xadd::<u32, u32, { Relaxed }>(&raw mut state.totals.calls[d][kind], 1);
+    }
+    refresh_instruction(state);
+    if state.announced == 0 && record::open(state, call) {
+        state.announced = 1;
+    }
+    if state.mode[d] == MODE_COUNTS_ONLY {
+        let interval = read_config_u64(&config().report_interval_ns);
+        if call.exit_ns.saturating_sub(state.last_report_ns) >= interval {
+            state.last_report_ns = call.exit_ns;
+            record::counts(state, call);
+        }
+        return;
+    }
+    // The part of the call to copy: nothing below the skip window, at most the per-call
+    // limit, and before the first instruction at most the undecided budget.
+    let bytes = call.bytes;
+    let skip = state.skip_until[d];
+    let from = if skip > call_offset {
+        let s = skip - call_offset;
+        if s < bytes {
+            s
+        } else {
+            bytes
+        }
+    } else {
+        0
+    };
+    let mut limit = read_config_u32(&config().call_capture) as u64;
+    let mut capped = true;
+    if state.instructed == 0 {
+        let budget = read_config_u32(&config().undecided_bytes) as u64;
+        let used = call_offset + from;
+        let room = budget.saturating_sub(used);
+        if room < limit {
+            limit = room;
+            capped = false;
+        }
+    }
+    let to = if bytes - from > limit {
+        if capped {
+            count_drop(DropReason::CallCapped);
+        }
+        from + limit
+    } else {
+        bytes
+    };
+    record::data(state, call, call_offset, from, to);
+}

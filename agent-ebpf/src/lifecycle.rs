@@ -1,0 +1,79 @@
+//! Connection life from `sock:inet_sock_set_state` (tp_btf): the role at the handshake,
+//! the final counters at TCP_CLOSE.
+//!
+//! tp_btf rather than the classic tracepoint: the socket comes as a typed pointer, so its
+//! socket storage is reachable, and a BTF tracepoint's recursion guard is per program, so
+//! a close fired from softirq while another of the agent's programs runs on that CPU is
+//! not skipped (a classic tracepoint is skipped then, and counted nowhere).
+
+use core::ffi::c_void;
+
+use agent_common::{Role, SockState, Tier, STATE_TCP, TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+
+use crate::{
+    config,
+    connection::{reset, socket_state, SYS_STATES},
+    read_config_u32, record, socket,
+};
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    on_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_state(ctx: &BtfTracePointContext) {
+    let newstate: i32 = ctx.arg(2);
+    let role = match newstate {
+        // connect(2) sent a SYN: this end is the client.
+        TCP_SYN_SENT => Role::Client,
+        // A child socket of a listener got a SYN: this end is the server.
+        TCP_SYN_RECV => Role::Server,
+        TCP_CLOSE => Role::Unknown,
+        _ => return,
+    };
+    let sk: *mut c_void = ctx.arg(0);
+    let socket_tier = read_config_u32(&config().tier) == Tier::Socket as u32;
+    if newstate == TCP_CLOSE {
+        if socket_tier {
+            if let Some(state) = socket_state(sk, false) {
+                close(state);
+            }
+        } else {
+            let key = sk as u64;
+            if let Some(state) = SYS_STATES.get_ptr_mut(&key) {
+                close(unsafe { &mut *state });
+                let _ = SYS_STATES.remove(&key);
+            }
+        }
+        return;
+    }
+    if !matches!(socket::is_tcp(sk as u64), Ok(true)) {
+        return;
+    }
+    if socket_tier {
+        if let Some(state) = socket_state(sk, true) {
+            reset(state, role as u8);
+        }
+    } else {
+        let mut fresh: SockState = unsafe { core::mem::zeroed() };
+        reset(&mut fresh, role as u8);
+        let _ = SYS_STATES.insert(&(sk as u64), &fresh, 0);
+    }
+}
+
+/// Sends the final counters of a connection the agent saw move data, and forgets it (a
+/// socket that connects again starts a new connection at TCP_SYN_SENT).
+#[inline(always)]
+fn close(state: &mut SockState) {
+    if state.kind != STATE_TCP || state.conn_id == 0 {
+        return;
+    }
+    if state.announced != 0 || state.totals.bytes[0] != 0 || state.totals.bytes[1] != 0 {
+        record::close(state);
+    }
+    state.conn_id = 0;
+    state.announced = 0;
+}

@@ -1,0 +1,316 @@
+//! Ring buffer records. Every record carries the connection's full counters, so a lost
+//! record loses no byte and no call: the next one, or the close, carries them.
+//!
+//! A data record is reserved in place at the smallest size class that holds its segment
+//! (the verifier needs constant reservation sizes) and the payload is read from user
+//! memory straight into it: one copy. A call that moved more than one segment's worth is
+//! sent as consecutive records, each saying where its bytes sit in the stream.
+
+use core::ffi::c_void;
+
+use agent_common::{
+    DropReason, EventHeader, EventKind, SockState, FLAG_LAST_SEGMENT, HEADER_LEN, MAX_SEGMENT,
+    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
+};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_probe_read_user as probe_read_user_raw,
+    },
+    macros::map,
+    maps::PerCpuArray,
+};
+
+use crate::{
+    config,
+    connection::{Call, Payload},
+    count_drop, opaque, read_config_u32, socket, CLOSED, EVENTS, STATS,
+};
+
+/// At most this many iovecs are walked per call (gRPC's C core writes a slice per header
+/// piece); bpf_loop keeps the verifier's work independent of the bound.
+const MAX_STEPS: u32 = 256;
+
+/// A record of one size class: the header and room for `N` payload bytes.
+#[repr(C)]
+struct Record<const N: usize> {
+    header: EventHeader,
+    payload: [u8; N],
+}
+
+/// Per-CPU header of the call being sent, copied into each of its records.
+#[map(name = "TEMPLATE")]
+static TEMPLATE: PerCpuArray<EventHeader> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn fill(h: &mut EventHeader, kind: EventKind, state: &SockState, call: &Call) {
+    h.kind = kind as u8;
+    h.direction = call.direction as u8;
+    h.syscall = call.syscall;
+    h.role = state.role;
+    h.fd = call.fd;
+    h.pid = (call.pid_tgid >> 32) as u32;
+    h.tid = call.pid_tgid as u32;
+    h.conn_id = state.conn_id;
+    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.enter_ns = call.enter_ns;
+    h.exit_ns = call.exit_ns;
+    h.bytes = call.bytes;
+    h.call_offset = 0;
+    h.payload_offset = 0;
+    h.captured = 0;
+    h.flags = FLAG_LAST_SEGMENT;
+    h.totals = state.totals;
+    h.tuple = state.tuple;
+}
+
+/// Wake the reader only when enough has piled up; it also drains on a short timer.
+#[inline(always)]
+fn wakeup_flags(len: usize) -> u64 {
+    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if let Some(slot) = STATS.get_ptr_mut(STAT_RINGBUF_AVAIL) {
+        unsafe { *slot = waiting };
+    }
+    if waiting + len as u64 >= read_config_u32(&config().wakeup_bytes) as u64 {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// The connection's first record: addresses, role, owner and its name.
+#[inline(always)]
+pub fn open(state: &SockState, call: &Call) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_drop(DropReason::RingbufFull);
+        return false;
+    };
+    let h = unsafe { &mut *entry.as_mut_ptr() };
+    fill(h, EventKind::Open, state, call);
+    h.comm = socket::process_comm();
+    entry.submit(wakeup_flags(HEADER_LEN));
+    true
+}
+
+/// A counts-only connection's counters.
+#[inline(always)]
+pub fn counts(state: &SockState, call: &Call) {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        count_drop(DropReason::RingbufFull);
+        return;
+    };
+    let h = unsafe { &mut *entry.as_mut_ptr() };
+    fill(h, EventKind::Counts, state, call);
+    h.comm = [0; 16];
+    entry.submit(wakeup_flags(HEADER_LEN));
+}
+
+/// The connection reached TCP_CLOSE: its final counters. If the ring buffer is full they
+/// wait in the `CLOSED` table for userspace.
+#[inline(always)]
+pub fn close(state: &SockState) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let call = Call {
+        direction: 0,
+        syscall: agent_common::Syscall::Other as u8,
+        bytes: 0,
+        fd: -1,
+        pid_tgid: 0,
+        enter_ns: now,
+        exit_ns: now,
+        payload: Payload::NONE,
+    };
+    if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
+        let h = unsafe { &mut *entry.as_mut_ptr() };
+        fill(h, EventKind::Close, state, &call);
+        h.comm = [0; 16];
+        entry.submit(wakeup_flags(HEADER_LEN));
+        return;
+    }
+    count_drop(DropReason::RingbufFull);
+    let Some(h) = TEMPLATE.get_ptr_mut(0) else {
+        return;
+    };
+    let h = unsafe { &mut *h };
+    fill(h, EventKind::Close, state, &call);
+    h.comm = [0; 16];
+    if CLOSED
+        .insert(&state.conn_id, h, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        count_drop(DropReason::CloseLost);
+    }
+}
+
+/// Sends the call's bytes `from..to` (offsets within the call) as one or more records;
+/// a call with nothing to copy still sends one record (its counters and its length).
+#[inline(always)]
+pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64) {
+    let Some(template) = TEMPLATE.get_ptr_mut(0) else {
+        return;
+    };
+    let template = unsafe { &mut *template };
+    fill(template, EventKind::Data, state, call);
+    template.comm = [0; 16];
+    template.call_offset = call_offset;
+    let mut payload = call.payload;
+    if payload.class == PAYLOAD_MSGHDR {
+        // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+        payload = match unsafe { bpf_probe_read_user((payload.ptr + 16) as *const [u64; 2]) } {
+            Ok([iov, count]) => Payload {
+                class: PAYLOAD_IOVEC,
+                ptr: iov,
+                count,
+            },
+            Err(_) => Payload::NONE,
+        };
+    }
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return;
+    };
+    // The walk lives in a map, not on the stack: the verifier then checks the callback
+    // once for any walk instead of once per combination of known values.
+    let walk = unsafe { &mut *walk };
+    walk.base = payload.ptr;
+    walk.count = payload.count;
+    walk.iovec = (payload.class == PAYLOAD_IOVEC) as u64;
+    walk.call_offset = call_offset;
+    walk.from = from;
+    walk.to = to;
+    walk.index = 0;
+    walk.iov_start = 0;
+    walk.sent = 0;
+    if payload.class != PAYLOAD_NONE && from < to {
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_loop(
+                MAX_STEPS,
+                step as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    if walk.sent == 0 {
+        // Nothing copied (or nothing could be): still report the call, its bytes a gap.
+        template.flags = FLAG_LAST_SEGMENT;
+        emit::<0>(template, 0, 0, call_offset + call.bytes);
+    }
+}
+
+/// A call's walk over its payload, shared with the bpf_loop callback.
+#[repr(C)]
+struct Walk {
+    /// The buffer, or the iovec array.
+    base: u64,
+    /// Iovec entries.
+    count: u64,
+    iovec: u64,
+    call_offset: u64,
+    /// Still to send: `from..to`, offsets within the call.
+    from: u64,
+    to: u64,
+    /// Iovec walk: the current entry and the call offset where it starts.
+    index: u64,
+    iov_start: u64,
+    /// Records sent.
+    sent: u64,
+}
+
+#[map(name = "WALK")]
+static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
+
+/// One step: sends the next segment (at most one record); returns 1 to stop.
+extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let walk = unsafe { &mut *walk };
+    if walk.from >= walk.to {
+        return 1;
+    }
+    let Some(template) = TEMPLATE.get_ptr_mut(0) else {
+        return 1;
+    };
+    let template = unsafe { &mut *template };
+    let (src, piece) = if walk.iovec == 0 {
+        (walk.base + walk.from, walk.to - walk.from)
+    } else {
+        if walk.index >= walk.count {
+            return 1;
+        }
+        let Ok(entry) =
+            (unsafe { bpf_probe_read_user((walk.base + walk.index * 16) as *const [u64; 2]) })
+        else {
+            count_drop(DropReason::PayloadUnreadable);
+            return 1;
+        };
+        let (iov_base, iov_len) = (entry[0], entry[1]);
+        let iov_end = walk.iov_start + iov_len;
+        if iov_end <= walk.from {
+            // Entirely before what is still to send (skipped, or sent already).
+            walk.index += 1;
+            walk.iov_start = iov_end;
+            return 0;
+        }
+        let end = if iov_end < walk.to { iov_end } else { walk.to };
+        (iov_base + (walk.from - walk.iov_start), end - walk.from)
+    };
+    let n = if piece > MAX_SEGMENT as u64 {
+        MAX_SEGMENT as u64
+    } else {
+        piece
+    };
+    let offset = walk.call_offset + walk.from;
+    let last = walk.from + n >= walk.to;
+    template.flags = if last { FLAG_LAST_SEGMENT } else { 0 };
+    let sent = if n <= 64 {
+        emit::<64>(template, src, n, offset)
+    } else if n <= 256 {
+        emit::<256>(template, src, n, offset)
+    } else if n <= 1024 {
+        emit::<1024>(template, src, n, offset)
+    } else if n <= 4096 {
+        emit::<4096>(template, src, n, offset)
+    } else {
+        emit::<MAX_SEGMENT>(template, src, n, offset)
+    };
+    walk.sent += sent as u64;
+    walk.from += n;
+    i64::from(last)
+}
+
+/// Reserves a record of class `N`, copies the header and `n` (at most `N`) payload bytes
+/// from user memory at `src` into it, and submits it.
+#[inline(always)]
+fn emit<const N: usize>(template: &EventHeader, src: u64, n: u64, payload_offset: u64) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count_drop(DropReason::RingbufFull);
+        return false;
+    };
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    record.header = *template;
+    record.header.payload_offset = payload_offset;
+    let mut captured = 0u32;
+    if N > 0 {
+        // For the verifier: a length it can bound by the class's room.
+        let len = opaque(n);
+        if len > 0 && len <= N as u64 {
+            let ret = unsafe {
+                probe_read_user_raw(
+                    record.payload.as_mut_ptr().cast(),
+                    len as u32,
+                    src as *const c_void,
+                )
+            };
+            if ret == 0 {
+                captured = len as u32;
+            } else {
+                count_drop(DropReason::PayloadUnreadable);
+            }
+        }
+    }
+    record.header.captured = captured;
+    entry.submit(wakeup_flags(HEADER_LEN + N));
+    true
+}

@@ -1,0 +1,150 @@
+//! The socket tier (Linux 6.3+): `sock:sock_send_length` and `sock:sock_recv_length`.
+//!
+//! They fire inside `sock_sendmsg`/`sock_recvmsg` for every path into a socket (write,
+//! writev, send*, recv*, read on a socket, each message of *mmsg, io_uring, splice) and
+//! never for files or pipes, so a process that does no networking runs none of this. The
+//! socket comes with the event; its state lives in socket storage. The payload is read
+//! from the arguments of the syscall in progress (its registers, `bpf_task_pt_regs`),
+//! and only once the syscall's fd is proven to be this socket (a kernel socket used on
+//! behalf of a file write, e.g. NFS, gets no payload). Timing: the tracepoint fires at the
+//! socket operation's return, so both `enter_ns` and `exit_ns` are that instant.
+
+use core::ffi::c_void;
+
+use agent_common::{
+    Direction, DropReason, Role, Syscall, PAYLOAD_NONE, STATE_IGNORED, STAT_STATES_IGNORED,
+    SYSCALL_TABLE_ENTRIES,
+};
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, generated::bpf_task_pt_regs,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+
+use crate::{
+    bump_stat,
+    connection::{on_call, reset, socket_state, Call, Payload},
+    count_drop, is_agent, socket, SYSCALL_TABLE,
+};
+
+const MSG_PEEK: i32 = 2;
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    on_socket_call(&ctx, Direction::Transmit);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    on_socket_call(&ctx, Direction::Receive);
+    0
+}
+
+#[inline(always)]
+fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
+    let ret: i32 = ctx.arg(1);
+    if ret <= 0 {
+        return;
+    }
+    // A peek moves nothing: the same bytes are read again, and counted then.
+    let flags: i32 = ctx.arg(2);
+    if direction == Direction::Receive && flags & MSG_PEEK != 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent(pid_tgid) {
+        return;
+    }
+    let sk: *mut c_void = ctx.arg(0);
+    let Some(state) = socket_state(sk, true) else {
+        return;
+    };
+    if state.kind == STATE_IGNORED {
+        return;
+    }
+    if state.conn_id == 0 {
+        // First sight of this socket (it predates the agent, or is not TCP).
+        match socket::is_tcp(sk as u64) {
+            Ok(true) => reset(state, Role::Unknown as u8),
+            Ok(false) => {
+                state.kind = STATE_IGNORED;
+                bump_stat(STAT_STATES_IGNORED);
+                return;
+            }
+            Err(_) => {
+                count_drop(DropReason::SocketUnreadable);
+                return;
+            }
+        }
+    }
+    if state.tuple.family == 0 {
+        match socket::read_tuple(sk as u64) {
+            Ok(tuple) => state.tuple = tuple,
+            Err(_) => {
+                count_drop(DropReason::SocketUnreadable);
+                return;
+            }
+        }
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (mut syscall, mut payload, fd) = syscall_in_progress();
+    if payload.class != PAYLOAD_NONE {
+        // The payload is in this syscall's arguments only if its fd is this socket.
+        let tgid = (pid_tgid >> 32) as u32;
+        if state.fd != fd || state.fd_tgid != tgid {
+            state.fd = fd;
+            state.fd_tgid = tgid;
+            state.fd_ok = socket::socket_of_fd(fd).is_some_and(|s| s.sk == sk as u64) as u8;
+        }
+        if state.fd_ok == 0 {
+            payload = Payload::NONE;
+            syscall = Syscall::Other as u8;
+        }
+    }
+    let call = Call {
+        direction: direction as usize,
+        syscall,
+        bytes: ret as u64,
+        fd,
+        pid_tgid,
+        enter_ns: now,
+        exit_ns: now,
+        payload,
+    };
+    on_call(state, &call);
+}
+
+/// The syscall in progress (`Syscall as u8`), where its bytes are, and its fd: from the
+/// task's saved user registers (x86-64 `struct pt_regs`: dx at 96, si at 104, di at 112,
+/// orig_ax at 120) and the syscall table. Anything the table does not know (io_uring,
+/// splice, sendfile, a kernel socket's user) has no payload there.
+#[inline(always)]
+fn syscall_in_progress() -> (u8, Payload, i32) {
+    let other = (Syscall::Other as u8, Payload::NONE, -1);
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    let Ok([dx, si, di, nr]) = (unsafe { bpf_probe_read_kernel((regs + 96) as *const [u64; 4]) })
+    else {
+        return other;
+    };
+    // An io_uring worker's registers are zeroed: no user buffer.
+    if si == 0 || nr >= SYSCALL_TABLE_ENTRIES as u64 {
+        return other;
+    }
+    let Some(entry) = SYSCALL_TABLE.get(nr as u32) else {
+        return other;
+    };
+    let entry = *entry;
+    if entry == 0 {
+        return other;
+    }
+    let payload = Payload {
+        class: (entry >> 8) & 3,
+        ptr: si,
+        count: dx,
+    };
+    (entry as u8, payload, di as i32)
+}

@@ -1,0 +1,261 @@
+//! The syscall tier (kernels before 6.3, e.g. EKS's 6.1 nodes): syscall tracepoints on
+//! the data syscalls. The entry finds the fd's socket (a walk of the task's fd table)
+//! and saves the arguments; the exit hands the call to the shared connection code, whose
+//! state is kept by socket address (classic tracepoints cannot reach socket storage).
+//!
+//! Arguments and return values are read as plain loads from the tracepoint record
+//! (`.../syscalls/sys_enter_*/format`: arguments after the common header and
+//! `__syscall_nr`, at 16 + 8 * n; `ret` at 16), not through a helper.
+
+use agent_common::{
+    Direction, DropReason, PendingCall, SockState, Syscall, FD_UNCHECKED, PAYLOAD_BUFFER,
+    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, PENDING_ENTRIES, STATE_IGNORED, STATE_TCP,
+    STAT_STATES_IGNORED,
+};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, tracepoint},
+    maps::HashMap,
+    programs::TracePointContext,
+    EbpfContext,
+};
+
+use crate::{
+    bump_stat,
+    connection::{on_call, reset, Call, Payload, SYS_STATES},
+    count_drop, is_agent, socket,
+};
+
+/// Syscalls in flight on a socket, keyed by pid_tgid (one per thread at a time).
+#[map(name = "PENDING")]
+static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(PENDING_ENTRIES, 0);
+
+const MSG_PEEK: u64 = 2;
+/// The kernel's limit on *mmsg vectors (UIO_MAXIOV).
+const MAX_MMSG: u32 = 1024;
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: the record of every sys_enter_* tracepoint holds six argument slots.
+    unsafe { *((ctx.as_ptr() as *const u8).add(16 + 8 * n) as *const u64) }
+}
+
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: every sys_exit_* record holds `long ret` at 16.
+    unsafe { *((ctx.as_ptr() as *const u8).add(16) as *const i64) }
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $syscall:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            on_enter(&ctx, $syscall);
+            0
+        }
+
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            on_exit(&ctx);
+            0
+        }
+    };
+}
+
+data_syscall!(sys_enter_read, sys_exit_read, Syscall::Read);
+data_syscall!(sys_enter_write, sys_exit_write, Syscall::Write);
+data_syscall!(sys_enter_readv, sys_exit_readv, Syscall::Readv);
+data_syscall!(sys_enter_writev, sys_exit_writev, Syscall::Writev);
+data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, Syscall::Recvfrom);
+data_syscall!(sys_enter_sendto, sys_exit_sendto, Syscall::Sendto);
+data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, Syscall::Recvmsg);
+data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, Syscall::Sendmsg);
+data_syscall!(sys_enter_recvmmsg, sys_exit_recvmmsg, Syscall::Recvmmsg);
+data_syscall!(sys_enter_sendmmsg, sys_exit_sendmmsg, Syscall::Sendmmsg);
+data_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, Syscall::Sendfile);
+
+/// Where a syscall's bytes are, and which way they go.
+#[inline(always)]
+fn shape(syscall: Syscall) -> (u8, Direction) {
+    match syscall {
+        Syscall::Read | Syscall::Recvfrom => (PAYLOAD_BUFFER as u8, Direction::Receive),
+        Syscall::Write | Syscall::Sendto => (PAYLOAD_BUFFER as u8, Direction::Transmit),
+        Syscall::Readv => (PAYLOAD_IOVEC as u8, Direction::Receive),
+        Syscall::Writev => (PAYLOAD_IOVEC as u8, Direction::Transmit),
+        Syscall::Recvmsg => (PAYLOAD_MSGHDR as u8, Direction::Receive),
+        Syscall::Sendmsg => (PAYLOAD_MSGHDR as u8, Direction::Transmit),
+        Syscall::Recvmmsg => (PAYLOAD_NONE as u8, Direction::Receive),
+        _ => (PAYLOAD_NONE as u8, Direction::Transmit),
+    }
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if is_agent(pid_tgid) {
+        return;
+    }
+    // A peek moves nothing: the same bytes are read again, and counted then.
+    let flags = match syscall {
+        Syscall::Recvfrom => arg(ctx, 3),
+        Syscall::Recvmsg => arg(ctx, 2),
+        _ => 0,
+    };
+    if flags & MSG_PEEK != 0 {
+        return;
+    }
+    let fd = arg(ctx, 0) as i32;
+    let Some(found) = socket::socket_of_fd(fd) else {
+        return;
+    };
+    // A socket already known not to be TCP costs this one lookup from now on.
+    if let Some(state) = SYS_STATES.get_ptr(&found.sk) {
+        if unsafe { (*state).kind } == STATE_IGNORED {
+            return;
+        }
+    }
+    let (payload, direction) = shape(syscall);
+    let pending = PendingCall {
+        sk: found.sk,
+        ino: found.ino,
+        arg_ptr: arg(ctx, 1),
+        arg_count: arg(ctx, 2),
+        enter_ns: unsafe { bpf_ktime_get_ns() },
+        fd,
+        syscall: syscall as u8,
+        payload,
+        direction: direction as u8,
+        _pad: 0,
+    };
+    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
+        count_drop(DropReason::PendingFull);
+    }
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let Some(pending) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
+        return;
+    };
+    let _ = PENDING.remove(&pid_tgid);
+    let ret = ret(ctx);
+    if ret <= 0 {
+        return;
+    }
+    let Some(state) = state_of(&pending) else {
+        return;
+    };
+    if state.kind == STATE_IGNORED {
+        return;
+    }
+    if state.tuple.family == 0 {
+        match socket::read_tuple(pending.sk) {
+            Ok(tuple) => state.tuple = tuple,
+            Err(_) => {
+                count_drop(DropReason::SocketUnreadable);
+                return;
+            }
+        }
+    }
+    // *mmsg return a message count: their bytes are the entries' msg_len.
+    let mmsg =
+        pending.syscall == Syscall::Recvmmsg as u8 || pending.syscall == Syscall::Sendmmsg as u8;
+    let bytes = if mmsg {
+        mmsg_bytes(pending.arg_ptr, ret as u64)
+    } else {
+        ret as u64
+    };
+    let call = Call {
+        direction: pending.direction as usize & 1,
+        syscall: pending.syscall,
+        bytes,
+        fd: pending.fd,
+        pid_tgid,
+        enter_ns: pending.enter_ns,
+        exit_ns: unsafe { bpf_ktime_get_ns() },
+        payload: Payload {
+            class: pending.payload as u32,
+            ptr: pending.arg_ptr,
+            count: pending.arg_count,
+        },
+    };
+    on_call(state, &call);
+}
+
+/// The connection state of the call's socket, created on first sight; a state left by an
+/// earlier socket at the same address (its close was not seen) is replaced.
+#[inline(always)]
+fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
+    let key = pending.sk;
+    if let Some(state) = SYS_STATES.get_ptr_mut(&key) {
+        let state = unsafe { &mut *state };
+        if state.ino == 0 {
+            // Created at the handshake, before any fd named it.
+            state.ino = pending.ino;
+        }
+        if state.ino == pending.ino {
+            return Some(state);
+        }
+    }
+    let mut fresh: SockState = unsafe { core::mem::zeroed() };
+    match socket::is_tcp(key) {
+        Ok(true) => reset(&mut fresh, agent_common::Role::Unknown as u8),
+        Ok(false) => {
+            fresh.kind = STATE_IGNORED;
+            bump_stat(STAT_STATES_IGNORED);
+        }
+        Err(_) => {
+            count_drop(DropReason::SocketUnreadable);
+            return None;
+        }
+    }
+    fresh.ino = pending.ino;
+    fresh.fd = FD_UNCHECKED;
+    if SYS_STATES.insert(&key, &fresh, 0).is_err() {
+        count_drop(DropReason::StateFull);
+        return None;
+    }
+    let state = SYS_STATES.get_ptr_mut(&key)?;
+    let state = unsafe { &mut *state };
+    (state.kind == STATE_TCP || state.kind == STATE_IGNORED).then_some(state)
+}
+
+/// State of a *mmsg sum, shared with the bpf_loop callback.
+#[repr(C)]
+struct MmsgSum {
+    vec: u64,
+    messages: u64,
+    total: u64,
+}
+
+/// The *mmsg calls return a message count; the bytes are each entry's `msg_len`
+/// (struct mmsghdr: a 56-byte msghdr then `unsigned int msg_len`, 64 bytes in all).
+extern "C" fn mmsg_step(index: u32, ctx: *mut core::ffi::c_void) -> i64 {
+    let sum = unsafe { &mut *(ctx as *mut MmsgSum) };
+    let i = index as u64;
+    if i >= sum.messages {
+        return 1;
+    }
+    let len = unsafe { bpf_probe_read_user((sum.vec + i * 64 + 56) as *const u32) }.unwrap_or(0);
+    sum.total += len as u64;
+    0
+}
+
+#[inline(always)]
+fn mmsg_bytes(vec: u64, messages: u64) -> u64 {
+    let mut sum = MmsgSum {
+        vec,
+        messages,
+        total: 0,
+    };
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_MMSG,
+            mmsg_step as *mut core::ffi::c_void,
+            (&mut sum as *mut MmsgSum).cast(),
+            0,
+        )
+    };
+    sum.total
+}
