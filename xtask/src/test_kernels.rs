@@ -86,24 +86,24 @@ fn image_behind(meta: &str) -> Result<Option<String>> {
 }
 
 /// Resolves the versioned image package behind a meta-package (e.g.
-/// linux-image-cloud-amd64 -> linux-image-6.1.0-57-cloud-amd64); a versioned name is
-/// used as it is.
-fn resolve_package(meta: &str) -> Result<String> {
-    let versioned = meta
-        .strip_prefix("linux-image-")
-        .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()));
-    if versioned {
-        return Ok(meta.to_owned());
+/// linux-image-cloud-amd64 -> linux-image-6.1.0-57-cloud-amd64); a name apt knows
+/// that depends on no other image is used as it is.
+fn resolve_package(name: &str) -> Result<String> {
+    let known = |name: &str| {
+        Command::new("apt-cache")
+            .args(["show", "--no-all-versions", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !known(name) {
+        super::run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
+        if !known(name) {
+            bail!("apt knows no package {name}: list kernel images with `apt-cache search --names-only '^linux-image-'`");
+        }
     }
-    if let Some(p) = image_behind(meta)? {
-        return Ok(p);
-    }
-    super::run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
-    image_behind(meta)?.with_context(|| {
-        format!(
-            "apt knows no kernel image behind {meta} (check the name with `apt-cache show {meta}`)"
-        )
-    })
+    Ok(image_behind(name)?.unwrap_or_else(|| name.to_owned()))
 }
 
 /// Downloads and unpacks the kernel package (once); returns the vmlinuz path.
@@ -334,8 +334,10 @@ fn boot(kernel: &Path, initramfs: &Path, opts: &Options) -> Result<Outcome> {
         .arg(kernel)
         .arg("-initrd")
         .arg(initramfs)
-        // panic=-1 reboots at once on a panic, and -no-reboot turns that into an exit.
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        // panic=-1 reboots at once on a panic, and -no-reboot turns that into an exit;
+        // loglevel=4 keeps the kernel's warnings (and errors) on the console, not its
+        // boot chatter.
+        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     eprintln!("xtask: {cmd:?}");
@@ -390,7 +392,7 @@ fn boot(kernel: &Path, initramfs: &Path, opts: &Options) -> Result<Outcome> {
                 bail!(
                     "the guest did not finish within {} s (raise it with --timeout); console tail:\n{}\n(full console: {})",
                     opts.timeout.as_secs(),
-                    tail.join("\n"),
+                    shown(&tail),
                     console.display()
                 );
             }
@@ -400,11 +402,19 @@ fn boot(kernel: &Path, initramfs: &Path, opts: &Options) -> Result<Outcome> {
     if !outcome.done {
         bail!(
             "the guest stopped before finishing its checks (qemu: {status}); console tail:\n{}\n(full console: {})",
-            tail.join("\n"),
+            shown(&tail),
             console.display()
         );
     }
     Ok(outcome)
+}
+
+fn shown(tail: &[String]) -> String {
+    if tail.is_empty() {
+        "(the guest printed nothing)".into()
+    } else {
+        tail.join("\n")
+    }
 }
 
 fn report(outcome: &Outcome, built: Duration, booted: Duration, total: Duration) -> Result<()> {

@@ -32,6 +32,8 @@ use nodetap_tests::{
 const NODETAP: &str = "/bin/nodetap";
 const TCPGEN: &str = "/bin/tcpgen";
 const REDIS_SERVER: &str = "/bin/redis-server";
+/// The socket tier's data tracepoint (Linux 6.3+).
+const SOCK_SEND_LENGTH: &str = "/sys/kernel/tracing/events/sock/sock_send_length";
 /// Loading and verifying the kernel programs runs under emulation here: slow.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long counts may trail the traffic (the agent drains its ring buffer on a timer).
@@ -64,6 +66,15 @@ fn run(ran: &mut usize) {
     setup_system();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("guest: kernel {}", release.trim());
+    println!(
+        "guest: sock:sock_send_length {}: auto mode must choose the {} tier",
+        if Path::new(SOCK_SEND_LENGTH).exists() {
+            "present"
+        } else {
+            "absent"
+        },
+        expected_tier()
+    );
     println!(
         "guest: cpus {}, memory {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -320,12 +331,23 @@ fn value(families: &[exposition::Family], name: &str, labels: &[(&str, &str)]) -
         .map(|s| s.value)
 }
 
-/// On this kernel (below the socket tier's 6.3 floor) auto mode must choose the syscall
-/// tier. An agent without `--capture-mode` has one tier only: the check says so.
+/// The tier auto mode must choose here: `socket` where the kernel has the socket-level
+/// data tracepoints (Linux 6.3+), `syscall` below (Debian's and EKS's 6.1).
+fn expected_tier() -> &'static str {
+    if Path::new(SOCK_SEND_LENGTH).exists() {
+        "socket"
+    } else {
+        "syscall"
+    }
+}
+
+/// Auto mode must choose the tier this kernel allows. An agent without `--capture-mode`
+/// has one capture path only: the check says so.
 fn capture_tier(agent: &Agent, capture_mode: bool) -> Outcome {
     if !capture_mode {
         return Ok("SKIP this nodetap has no --capture-mode (one capture path only)".into());
     }
+    let want = expected_tier();
     let families = agent.scrape()?;
     let tiers: Vec<String> = families
         .iter()
@@ -334,9 +356,9 @@ fn capture_tier(agent: &Agent, capture_mode: bool) -> Outcome {
         .filter_map(|s| s.labels.get("tier").cloned())
         .collect();
     match tiers.as_slice() {
-        [tier] if tier == "syscall" => Ok("auto mode chose tier syscall".into()),
+        [tier] if tier == want => Ok(format!("auto mode chose tier {want}")),
         [] => Err("no nodetap_capture_info{tier} series with value 1".into()),
-        other => Err(format!("expected tier syscall, agent reports {other:?}")),
+        other => Err(format!("expected tier {want}, agent reports {other:?}")),
     }
 }
 
