@@ -45,7 +45,12 @@ pub fn run(opts: &Options) -> Result<()> {
     let initramfs = build_initramfs(&nodetap, &bins)?;
     let built = started.elapsed();
     let booted = Instant::now();
-    let outcome = boot(&kernel, &initramfs, opts)?;
+    let console = kernel
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(&cache_dir())
+        .join("console.log");
+    let outcome = boot(&kernel, &initramfs, &console, opts)?;
     let boot_time = booted.elapsed();
     report(&outcome, built, boot_time, started.elapsed())
 }
@@ -106,19 +111,22 @@ fn resolve_package(name: &str) -> Result<String> {
     Ok(image_behind(name)?.unwrap_or_else(|| name.to_owned()))
 }
 
-/// Downloads and unpacks the kernel package (once); returns the vmlinuz path.
+/// Downloads the kernel package and keeps its boot/ (vmlinuz, config, System.map),
+/// once per package version; returns the vmlinuz path. No modules: the guest needs
+/// none (serial console and loopback only; the cloud kernel builds both in).
 fn fetch_kernel(meta: &str) -> Result<PathBuf> {
     let package = resolve_package(meta)?;
     let dir = cache_dir().join(&package);
-    let unpacked = dir.join("root");
-    if let Some(vmlinuz) = find_vmlinuz(&unpacked) {
+    if let Some(vmlinuz) = find_vmlinuz(&dir) {
         return Ok(vmlinuz);
     }
-    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let work = dir.join("download");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let download = || {
         super::run_cmd(
             Command::new("apt-get")
-                .current_dir(&dir)
+                .current_dir(&work)
                 // The download goes into target/, which apt's sandbox user cannot write.
                 .args(["-q", "-o", "APT::Sandbox::User=root", "download", &package]),
         )
@@ -128,19 +136,24 @@ fn fetch_kernel(meta: &str) -> Result<PathBuf> {
         super::run_cmd(Command::new("apt-get").args(["update", "-q"]))?;
         download().with_context(|| format!("cannot download {package} with apt-get"))?;
     }
-    let deb = fs::read_dir(&dir)?
+    let deb = fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .with_context(|| format!("apt-get download left no .deb in {}", dir.display()))?;
+        .with_context(|| format!("apt-get download left no .deb in {}", work.display()))?;
+    let unpacked = work.join("root");
     super::run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
-    let _ = fs::remove_file(&deb);
-    find_vmlinuz(&unpacked).with_context(|| {
+    let _ = fs::remove_dir_all(dir.join("boot"));
+    fs::rename(unpacked.join("boot"), dir.join("boot")).with_context(|| {
+        format!("{package} holds no boot/ directory: is it a kernel image package?")
+    })?;
+    fs::remove_dir_all(&work)?;
+    find_vmlinuz(&dir).with_context(|| {
         format!("{package} holds no boot/vmlinuz-*: is it a kernel image package?")
     })
 }
 
-fn find_vmlinuz(unpacked: &Path) -> Option<PathBuf> {
-    fs::read_dir(unpacked.join("boot"))
+fn find_vmlinuz(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir.join("boot"))
         .ok()?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| {
@@ -322,9 +335,9 @@ struct Outcome {
 
 /// Boots the kernel with the initramfs, streams the console, and collects result lines
 /// until the guest powers off or the timeout passes.
-fn boot(kernel: &Path, initramfs: &Path, opts: &Options) -> Result<Outcome> {
-    let console = cache_dir().join("console.log");
-    let mut log = fs::File::create(&console)?;
+fn boot(kernel: &Path, initramfs: &Path, console: &Path, opts: &Options) -> Result<Outcome> {
+    let mut log = fs::File::create(console)
+        .with_context(|| format!("cannot create {}", console.display()))?;
     let mut cmd = Command::new("qemu-system-x86_64");
     // TCG, not KVM: a KVM guest hangs at boot on the build machines (PLATFORM.md).
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1G"])
@@ -362,7 +375,7 @@ fn boot(kernel: &Path, initramfs: &Path, opts: &Options) -> Result<Outcome> {
     let mut outcome = Outcome {
         results: Vec::new(),
         done: false,
-        console: console.clone(),
+        console: console.to_path_buf(),
     };
     let mut tail: Vec<String> = Vec::new();
     loop {
