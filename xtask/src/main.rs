@@ -49,6 +49,10 @@ enum Task {
         /// Virtual CPUs of the guest.
         #[arg(long, default_value_t = 2)]
         smp: u32,
+        /// Start the guest's agent with `--capture-mode MODE` (default: auto, and the
+        /// tier must be the one the kernel allows).
+        #[arg(long, value_name = "MODE", value_parser = ["auto", "socket", "syscall"])]
+        capture_mode: Option<String>,
     },
     /// Benchmarks (not tests): measure with and without the agent in one run and write
     /// the result into BENCHMARKS.md.
@@ -74,10 +78,12 @@ fn main() -> Result<()> {
             package,
             timeout,
             smp,
+            capture_mode,
         } => test_kernels::run(&test_kernels::Options {
             package,
             timeout: std::time::Duration::from_secs(timeout),
             smp,
+            capture_mode,
         }),
         Task::Bench { what } => {
             setup()?;

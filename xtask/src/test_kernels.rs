@@ -33,6 +33,8 @@ pub struct Options {
     pub package: String,
     pub timeout: Duration,
     pub smp: u32,
+    /// Passed to the guest's agent as `--capture-mode` (auto when absent).
+    pub capture_mode: Option<String>,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -338,6 +340,11 @@ struct Outcome {
 fn boot(kernel: &Path, initramfs: &Path, console: &Path, opts: &Options) -> Result<Outcome> {
     let mut log = fs::File::create(console)
         .with_context(|| format!("cannot create {}", console.display()))?;
+    let mut cmdline = String::from("console=ttyS0 panic=-1 loglevel=4");
+    if let Some(mode) = &opts.capture_mode {
+        // Read by guest_init from /proc/cmdline; the kernel ignores it.
+        cmdline.push_str(&format!(" nodetap.capture_mode={mode}"));
+    }
     let mut cmd = Command::new("qemu-system-x86_64");
     // TCG, not KVM: a KVM guest hangs at boot on the build machines (PLATFORM.md).
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1G"])
@@ -350,7 +357,8 @@ fn boot(kernel: &Path, initramfs: &Path, console: &Path, opts: &Options) -> Resu
         // panic=-1 reboots at once on a panic, and -no-reboot turns that into an exit;
         // loglevel=4 keeps the kernel's warnings (and errors) on the console, not its
         // boot chatter.
-        .args(["-append", "console=ttyS0 panic=-1 loglevel=4"])
+        .arg("-append")
+        .arg(cmdline)
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     eprintln!("xtask: {cmd:?}");

@@ -73,7 +73,7 @@ fn run(ran: &mut usize) {
         } else {
             "absent"
         },
-        expected_tier()
+        kernel_tier()
     );
     println!(
         "guest: cpus {}, memory {}",
@@ -94,16 +94,27 @@ fn run(ran: &mut usize) {
         *ran += 1;
     };
 
-    check("check", &mut check_report);
-
     let help = Command::new(NODETAP)
         .arg("--help")
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let capture_mode = help.contains("--capture-mode");
+    let mode = CaptureMode {
+        supported: help.contains("--capture-mode"),
+        asked: asked_capture_mode(),
+    };
+    if let (Some(asked), false) = (&mode.asked, mode.supported) {
+        check("capture-mode", &mut || {
+            Err(format!(
+                "asked for --capture-mode {asked}, but this nodetap has no such flag"
+            ))
+        });
+    }
+    let mode_args = mode.args();
 
-    let agent = match std::panic::catch_unwind(|| Agent::start(capture_mode)) {
+    check("check", &mut || check_report(&mode_args));
+
+    let agent = match std::panic::catch_unwind(|| Agent::start(&mode_args)) {
         Ok(Ok(agent)) => agent,
         Ok(Err(e)) => {
             check("agent-start", &mut || Err(e.clone()));
@@ -119,7 +130,7 @@ fn run(ran: &mut usize) {
         agent.started_in.as_secs_f64()
     );
 
-    check("capture-tier", &mut || capture_tier(&agent, capture_mode));
+    check("capture-tier", &mut || capture_tier(&agent, &mode));
     for (name, family, api, calls, size, reply, send, recv) in TRANSFERS {
         check(&format!("tcp-exact-{name}"), &mut || {
             tcp_exact(&agent, name, family, api, calls, size, reply, send, recv)
@@ -212,9 +223,10 @@ fn power_off() -> ! {
 }
 
 /// `nodetap --check` loads and attaches every hook, prints its report and exits 0.
-fn check_report() -> Outcome {
+fn check_report(mode_args: &[String]) -> Outcome {
     let out = Command::new(NODETAP)
         .arg("--check")
+        .args(mode_args)
         .output()
         .map_err(|e| format!("cannot run {NODETAP}: {e}"))?;
     println!("guest: nodetap --check said:");
@@ -247,15 +259,13 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(capture_mode: bool) -> Result<Agent, String> {
+    fn start(mode_args: &[String]) -> Result<Agent, String> {
         let port = free_port();
         let log = Path::new("/tmp/nodetap.log").to_path_buf();
         let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
         let mut cmd = Command::new(NODETAP);
         cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
-        if capture_mode {
-            cmd.args(["--capture-mode", "auto"]);
-        }
+        cmd.args(mode_args);
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone().map_err(|e| e.to_string())?)
             .stderr(file);
@@ -331,9 +341,36 @@ fn value(families: &[exposition::Family], name: &str, labels: &[(&str, &str)]) -
         .map(|s| s.value)
 }
 
-/// The tier auto mode must choose here: `socket` where the kernel has the socket-level
-/// data tracepoints (Linux 6.3+), `syscall` below (Debian's and EKS's 6.1).
-fn expected_tier() -> &'static str {
+/// The capture tier the run asks for, and whether this agent can be asked.
+struct CaptureMode {
+    /// The agent has `--capture-mode auto|socket|syscall`.
+    supported: bool,
+    /// `nodetap.capture_mode=` on the kernel command line (`cargo xtask test-kernels
+    /// --capture-mode`); auto when absent.
+    asked: Option<String>,
+}
+
+impl CaptureMode {
+    fn args(&self) -> Vec<String> {
+        if !self.supported {
+            return Vec::new();
+        }
+        let mode = self.asked.clone().unwrap_or_else(|| "auto".into());
+        vec!["--capture-mode".into(), mode]
+    }
+
+    /// The tier the agent must run in: the one forced, else the one this kernel
+    /// allows: `socket` where it has the socket-level data tracepoints (Linux 6.3+),
+    /// `syscall` below (Debian's and EKS's 6.1).
+    fn expected_tier(&self) -> String {
+        match self.asked.as_deref() {
+            Some(forced @ ("socket" | "syscall")) => forced.into(),
+            _ => kernel_tier().into(),
+        }
+    }
+}
+
+fn kernel_tier() -> &'static str {
     if Path::new(SOCK_SEND_LENGTH).exists() {
         "socket"
     } else {
@@ -341,13 +378,22 @@ fn expected_tier() -> &'static str {
     }
 }
 
-/// Auto mode must choose the tier this kernel allows. An agent without `--capture-mode`
-/// has one capture path only: the check says so.
-fn capture_tier(agent: &Agent, capture_mode: bool) -> Outcome {
-    if !capture_mode {
+fn asked_capture_mode() -> Option<String> {
+    std::fs::read_to_string("/proc/cmdline")
+        .ok()?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("nodetap.capture_mode="))
+        .map(str::to_owned)
+}
+
+/// The agent must run in the tier asked for, or in auto mode the one this kernel
+/// allows. An agent without `--capture-mode` has one capture path only: the check says
+/// so.
+fn capture_tier(agent: &Agent, mode: &CaptureMode) -> Outcome {
+    if !mode.supported {
         return Ok("SKIP this nodetap has no --capture-mode (one capture path only)".into());
     }
-    let want = expected_tier();
+    let want = mode.expected_tier();
     let families = agent.scrape()?;
     let tiers: Vec<String> = families
         .iter()
@@ -355,10 +401,13 @@ fn capture_tier(agent: &Agent, capture_mode: bool) -> Outcome {
         .filter(|s| s.name == "nodetap_capture_info" && s.value == 1.0)
         .filter_map(|s| s.labels.get("tier").cloned())
         .collect();
+    let how = mode.asked.as_deref().unwrap_or("auto");
     match tiers.as_slice() {
-        [tier] if tier == want => Ok(format!("auto mode chose tier {want}")),
+        [tier] if *tier == want => Ok(format!("--capture-mode {how}: tier {want}")),
         [] => Err("no nodetap_capture_info{tier} series with value 1".into()),
-        other => Err(format!("expected tier {want}, agent reports {other:?}")),
+        other => Err(format!(
+            "--capture-mode {how}: expected tier {want}, agent reports {other:?}"
+        )),
     }
 }
 
