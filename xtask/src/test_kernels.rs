@@ -179,9 +179,10 @@ fn build_initramfs(nodetap: &Path, bins: &[(String, PathBuf)]) -> Result<PathBuf
     )?;
     let mut files: Vec<(String, PathBuf)> = bins.to_vec();
     files.push(("bin/nodetap".into(), stripped));
-    if Path::new(REDIS_SERVER).exists() {
-        files.push(("bin/redis-server".into(), REDIS_SERVER.into()));
+    if !Path::new(REDIS_SERVER).exists() {
+        bail!("{REDIS_SERVER} is missing: `cargo xtask setup` installs Debian's redis-server");
     }
+    files.push(("bin/redis-server".into(), REDIS_SERVER.into()));
     let mut libs = BTreeSet::new();
     for (_, host) in &files {
         libs.extend(shared_libraries(host)?);

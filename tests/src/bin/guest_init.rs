@@ -1,7 +1,7 @@
 //! PID 1 of the second-kernel test VM (`cargo xtask test-kernels`, see docs/kernels.md).
 //!
 //! The xtask packs this program as `/init` of an initramfs beside the release `nodetap`,
-//! `tcpgen` and (when installed) `redis-server`, boots a kernel under qemu, and reads the
+//! `tcpgen` and Debian's `redis-server`, boots a kernel under qemu, and reads the
 //! serial console. This program mounts what the agent needs, runs the checks, prints one
 //! machine-readable line per check and powers the VM off:
 //!
@@ -423,20 +423,32 @@ type Transfer = (
     &'static str,
 );
 
-const TRANSFERS: [Transfer; 3] = [
-    ("rw-v4", "v4", "rw", 300, 100, 40_000, "write", "read"),
+/// The host's capture tests' transfers (tests/tests/capture.rs): every data syscall
+/// family, both address families.
+const TRANSFERS: [Transfer; 4] = [
+    ("rw-v4", "v4", "rw", 1000, 100, 300_000, "write", "read"),
     (
         "sendrecv-v6",
         "v6",
         "sendrecv",
-        100,
+        500,
         1_000,
-        200_000,
+        1_000_000,
         "sendto",
         "recvfrom",
     ),
     (
-        "msg-v4", "v4", "msg", 50, 4_000, 300_001, "sendmsg", "recvmsg",
+        "vectored-v4",
+        "v4",
+        "vectored",
+        300,
+        777,
+        123_457,
+        "writev",
+        "readv",
+    ),
+    (
+        "msg-v6", "v6", "msg", 250, 4_000, 2_000_001, "sendmsg", "recvmsg",
     ),
 ];
 
