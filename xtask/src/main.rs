@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench <what>`.
+//! Project tasks: `cargo xtask setup | build | run | test | test-kernels | bench <what>`.
 
 mod bench;
 mod bench_capture;
@@ -6,6 +6,7 @@ mod bench_db;
 mod bench_http;
 mod bench_network;
 mod bench_node;
+mod test_kernels;
 
 use std::{
     path::{Path, PathBuf},
@@ -35,6 +36,24 @@ enum Task {
     },
     /// Set up, build, and run every check and test: fmt, clippy, unit and integration.
     Test,
+    /// Boot a second kernel (Debian's 6.1 cloud kernel, the EKS floor) under qemu and
+    /// run `--check` and the capture exactness checks there (docs/kernels.md).
+    TestKernels {
+        /// Debian kernel image package (a meta-package such as linux-image-cloud-amd64,
+        /// or a versioned linux-image-6.1.0-NN-cloud-amd64).
+        #[arg(long, default_value = "linux-image-cloud-amd64")]
+        package: String,
+        /// Seconds the guest may take before the run fails (emulation is slow).
+        #[arg(long, default_value_t = 1800)]
+        timeout: u64,
+        /// Virtual CPUs of the guest.
+        #[arg(long, default_value_t = 2)]
+        smp: u32,
+        /// Start the guest's agent with `--capture-mode MODE` (default: auto, and the
+        /// tier must be the one the kernel allows).
+        #[arg(long, value_name = "MODE", value_parser = ["auto", "socket", "syscall"])]
+        capture_mode: Option<String>,
+    },
     /// Benchmarks (not tests): measure with and without the agent in one run and write
     /// the result into BENCHMARKS.md.
     Bench {
@@ -55,6 +74,17 @@ fn main() -> Result<()> {
             Err(err).context("could not start nodetap")
         }
         Task::Test => test(),
+        Task::TestKernels {
+            package,
+            timeout,
+            smp,
+            capture_mode,
+        } => test_kernels::run(&test_kernels::Options {
+            package,
+            timeout: std::time::Duration::from_secs(timeout),
+            smp,
+            capture_mode,
+        }),
         Task::Bench { what } => {
             setup()?;
             let bin = build()?;
@@ -129,6 +159,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     // The network test's stand-in for kube-proxy's Service DNAT.
     ("iptables", "/usr/sbin/iptables"),
+    // The second-kernel tests (test-kernels): the emulator, and objcopy to strip the
+    // agent's debug info before it goes into the guest's initramfs.
+    ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
+    ("binutils", "/usr/bin/objcopy"),
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
