@@ -22,6 +22,11 @@ pub enum What {
     /// iperf3 and short connections between two pods through a router, with and
     /// without the agent.
     Network,
+    /// The kernel programs' own run time per TCP syscall, per pipe syscall and per
+    /// packet, and agent CPU per event, beside no-op programs on the same hooks.
+    Cost,
+    /// Pipe I/O of processes that do no networking, with and without the agent.
+    Bystander,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
@@ -34,6 +39,8 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Postgres => ("postgres", crate::bench_db::postgres()?),
         What::Http => ("http", crate::bench_http::run()?),
         What::Network => ("network", crate::bench_network::run()?),
+        What::Cost => ("cost", crate::bench_cost::run()?),
+        What::Bystander => ("bystander", crate::bench_bystander::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)

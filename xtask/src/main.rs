@@ -1,7 +1,9 @@
 //! Project tasks: `cargo xtask setup | build | run | test | bench <what>`.
 
 mod bench;
+mod bench_bystander;
 mod bench_capture;
+mod bench_cost;
 mod bench_db;
 mod bench_http;
 mod bench_network;
@@ -129,6 +131,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "/usr/bin/iperf3"),
     // The network test's stand-in for kube-proxy's Service DNAT.
     ("iptables", "/usr/sbin/iptables"),
+    // bench cost: no-op programs on the agent's hooks, the floor its numbers stand on.
+    ("bpftrace", "/usr/bin/bpftrace"),
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
