@@ -5,6 +5,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+pub mod kernel;
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum What {
     /// Loopback TCP ping-pong with and without the agent.
@@ -20,6 +22,11 @@ pub enum What {
     /// iperf3 and short connections between two pods through a router, with and
     /// without the agent.
     Network,
+    /// The kernel programs' own run time per TCP syscall, per pipe syscall and per
+    /// packet, and agent CPU per event, beside no-op programs on the same hooks.
+    Cost,
+    /// Pipe I/O of processes that do no networking, with and without the agent.
+    Bystander,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
@@ -32,6 +39,8 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Postgres => ("postgres", crate::bench_db::postgres()?),
         What::Http => ("http", crate::bench_http::run()?),
         What::Network => ("network", crate::bench_network::run()?),
+        What::Cost => ("cost", crate::bench_cost::run()?),
+        What::Bystander => ("bystander", crate::bench_bystander::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)
@@ -138,12 +147,34 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Kernel events the agent lost (not those merely sent without payload).
-pub fn events_lost(text: &str) -> f64 {
-    ["ringbuf_full", "pending_map_full", "socket_unreadable"]
+/// Sum of the samples named `name` whose labels include `labels` (others may differ).
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    nodetap_tests::exposition::parse(text)
+        .unwrap_or_default()
         .iter()
-        .filter_map(|r| {
-            nodetap_tests::metric_value(text, "nodetap_events_lost_total", &[("reason", r)])
+        .flat_map(|f| f.samples.iter())
+        .filter(|s| s.name == name)
+        .filter(|s| {
+            labels
+                .iter()
+                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
         })
+        .map(|s| s.value)
         .sum()
+}
+
+/// Kernel events the agent lost, every reason but `payload_unreadable` (events sent
+/// without payload, not lost), so reasons added later are counted too.
+pub fn events_lost(text: &str) -> f64 {
+    metric_sum(text, "nodetap_events_lost_total", &[])
+        - metric_sum(
+            text,
+            "nodetap_events_lost_total",
+            &[("reason", "payload_unreadable")],
+        )
+}
+
+/// Events the agent received from the kernel, every kind.
+pub fn events_total(text: &str) -> f64 {
+    metric_sum(text, "nodetap_events_total", &[])
 }

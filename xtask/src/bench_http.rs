@@ -6,24 +6,13 @@
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
-use nodetap_tests::{exposition, servers::Nginx};
+use nodetap_tests::servers::Nginx;
 
-use crate::bench::{events_lost, machine, RunningAgent};
+use crate::bench::{events_lost, machine, metric_sum, RunningAgent};
 
 /// Sum of `_count` samples of a histogram family whose labels include `labels`.
 fn count(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
-    exposition::parse(text)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .filter(|s| s.name == format!("{family}_count"))
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
-        .map(|s| s.value)
-        .sum()
+    metric_sum(text, &format!("{family}_count"), labels)
 }
 
 /// One wrk run: (requests/s, requests completed).

@@ -23,7 +23,10 @@ use nodetap_tests::{
     ChildGuard,
 };
 
-use crate::bench::{machine, median, RunningAgent};
+use crate::bench::{
+    kernel::{Group, Held, Sample, StatsEnabled},
+    machine, median, RunningAgent,
+};
 
 /// Alternating rounds of each load, without and with the agent.
 const ROUNDS: usize = 5;
@@ -387,50 +390,24 @@ impl Usage {
 }
 
 /// Run time the kernel measured for the agent's eBPF programs (`kernel.bpf_stats_enabled`),
-/// by kind: (runs, nanoseconds).
+/// by group: (runs, nanoseconds).
 #[derive(Clone, Copy, Default)]
 struct ProgramCost {
     net: (f64, f64),
     tracepoints: (f64, f64),
 }
 
-/// Switches the kernel's per-program run-time statistics on or off. They cost a clock
-/// read per program run, so they are on only for the rounds that measure them.
-fn bpf_stats(on: bool) -> Result<()> {
-    std::fs::write(
-        "/proc/sys/kernel/bpf_stats_enabled",
-        if on { "1" } else { "0" },
-    )
-    .context("writing /proc/sys/kernel/bpf_stats_enabled")
-}
-
-/// Sums `run_cnt` and `run_time_ns` of the loaded programs by kind: the byte accounting
-/// (`nodetap_net_*`, names cut at 15 characters by the kernel) and the syscall and socket
-/// tracepoints (`sys_*`, `inet_sock_set_*`). Each round's agent loads fresh programs,
-/// whose counters start at zero.
-fn program_cost() -> Result<ProgramCost> {
-    let out = Command::new("bpftool")
-        .args(["prog", "show", "-j"])
-        .output()
-        .context("running bpftool")?;
-    ensure!(out.status.success(), "bpftool prog show failed");
-    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool json")?;
-    let mut cost = ProgramCost::default();
-    for p in progs.as_array().into_iter().flatten() {
-        let name = p["name"].as_str().unwrap_or("");
-        let runs = p["run_cnt"].as_f64().unwrap_or(0.0);
-        let ns = p["run_time_ns"].as_f64().unwrap_or(0.0);
-        let slot = if name.starts_with("nodetap_net_") {
-            &mut cost.net
-        } else if name.starts_with("sys_") || name.starts_with("inet_sock_set_") {
-            &mut cost.tracepoints
-        } else {
-            continue;
-        };
-        slot.0 += runs;
-        slot.1 += ns;
+impl ProgramCost {
+    fn add(&mut self, held: &Held, delta: &Sample) {
+        for (slot, group) in [
+            (&mut self.net, Group::Bytes),
+            (&mut self.tracepoints, Group::Capture),
+        ] {
+            let (runs, ns) = held.group(delta, group);
+            slot.0 += runs;
+            slot.1 += ns;
+        }
     }
-    Ok(cost)
 }
 
 /// The agent's count of pod A's transmit in one bulk round against A's eth0.
@@ -466,19 +443,16 @@ pub fn run() -> Result<String> {
         eprintln!("bulk round {round}: without agent {:.2} Gbit/s", bps / 1e9);
         bulk_off.push(bps);
 
-        bpf_stats(true)?;
+        let stats = StatsEnabled::on()?;
         let agent = s.agent()?;
+        let held = Held::of(agent.pid())?;
         let before = s.a.counters();
         let cpu0 = agent.cpu_seconds();
-        let cost0 = program_cost()?;
+        let cost0 = held.sample()?;
         let (bps, bytes) = iperf(&s)?;
-        let cost1 = program_cost()?;
-        bpf_stats(false)?;
+        kernel_cost.add(&held, &held.sample()?.since(&cost0));
+        drop(stats);
         let cpu = agent.cpu_seconds() - cpu0;
-        kernel_cost.net.0 += cost1.net.0 - cost0.net.0;
-        kernel_cost.net.1 += cost1.net.1 - cost0.net.1;
-        kernel_cost.tracepoints.0 += cost1.tracepoints.0 - cost0.tracepoints.0;
-        kernel_cost.tracepoints.1 += cost1.tracepoints.1 - cost0.tracepoints.1;
         bulk_use.add(&agent, cpu, &agent.scrape());
         bulk_bytes += bytes;
         eprintln!(

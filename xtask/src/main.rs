@@ -1,7 +1,9 @@
 //! Project tasks: `cargo xtask setup | build | run | test | test-kernels | bench <what>`.
 
 mod bench;
+mod bench_bystander;
 mod bench_capture;
+mod bench_cost;
 mod bench_db;
 mod bench_http;
 mod bench_network;
@@ -163,6 +165,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // agent's debug info before it goes into the guest's initramfs.
     ("qemu-system-x86", "/usr/bin/qemu-system-x86_64"),
     ("binutils", "/usr/bin/objcopy"),
+    // bench cost: no-op programs on the agent's hooks, the floor its numbers stand on.
+    ("bpftrace", "/usr/bin/bpftrace"),
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
