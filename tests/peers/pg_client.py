@@ -17,8 +17,9 @@ The workload, in autocommit mode on one connection:
 - an error: a duplicate key (SQLSTATE 23505, class 23);
 - 10 plain SELECTs after all that, and SELECT pg_stat_force_next_flush().
 
-`work` prints {"ops": {"SELECT": {"": 711}, "INSERT": {"": 11, "23": 1}, ...},
-"copy_rows": {"in": 5000, "out": 1010}}: statements by verb and SQLSTATE class.
+`work` prints {"stage": LABEL, "ops": {"SELECT": {"": 500}}} after each stage, with
+the stage's statements by verb and SQLSTATE class, and waits for a line on stdin; at the
+end {"done": true, "ops": {...all...}, "copy_rows": {"in": 5000, "out": 1010}}.
 `stats` prints {"calls": {"SELECT": 711, ...}, "rows": {"COPY": 6010, ...},
 "xact_rollback": 1, "ops": {...}}: pg_stat_statements calls and rows summed by the
 statement's first word (failed statements are not there), the database's rolled-back
@@ -47,10 +48,18 @@ def conninfo(port, db):
 class Ops:
     def __init__(self):
         self.ops = {}
+        self.stage_ops = {}
 
     def add(self, verb, error="", n=1):
-        self.ops.setdefault(verb, {}).setdefault(error, 0)
-        self.ops[verb][error] += n
+        for ops in (self.ops, self.stage_ops):
+            ops.setdefault(verb, {}).setdefault(error, 0)
+            ops[verb][error] += n
+
+    def stage(self, label):
+        """Reports the stage's statements and waits for a line on stdin."""
+        print(json.dumps({"stage": label, "ops": self.stage_ops}), flush=True)
+        self.stage_ops = {}
+        sys.stdin.readline()
 
 
 def setup(port):
@@ -69,6 +78,7 @@ def work(port):
             "INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 1000) g"
         )
         ops.add("INSERT")
+        ops.stage("CREATE TABLE and INSERT ... SELECT")
 
         # Pipeline mode: 500 parameterised SELECTs, results fetched at the end.
         cursors = []
@@ -79,6 +89,7 @@ def work(port):
                 cursors.append(cur)
         assert all(c.fetchone() is not None for c in cursors)
         ops.add("SELECT", n=500)
+        ops.stage("pipeline mode, 500 SELECTs")
 
         # Prepared statements.
         cur = conn.cursor()
@@ -90,6 +101,7 @@ def work(port):
             )
             assert cur.fetchone()[0] == i + 1
         ops.add("SELECT", n=200)
+        ops.stage("prepared statements, 200 SELECTs")
 
         # A transaction.
         with conn.transaction():
@@ -102,18 +114,21 @@ def work(port):
         ops.add("INSERT", n=10)
         ops.add("UPDATE")
         ops.add("COMMIT")
+        ops.stage("transaction")
 
         # COPY in and out.
         with cur.copy("COPY copied (id, v) FROM STDIN") as copy:
             for i in range(5000):
                 copy.write_row((i, f"copied row {i} " + "x" * (i % 100)))
         ops.add("COPY")
+        ops.stage("COPY FROM STDIN, 5000 rows")
         out_rows = 0
         with cur.copy("COPY items TO STDOUT") as copy:
             for _ in copy.rows():
                 out_rows += 1
         assert out_rows == 1010, out_rows
         ops.add("COPY")
+        ops.stage("COPY TO STDOUT, 1010 rows")
 
         # An integrity error.
         try:
@@ -121,13 +136,15 @@ def work(port):
             raise AssertionError("duplicate insert succeeded")
         except errors.UniqueViolation:
             ops.add("INSERT", "23")
+        ops.stage("unique violation")
 
         # The same connection after all that.
         for i in range(10):
             assert conn.execute("SELECT count(*) FROM items WHERE id > %s", (i,)).fetchone()
         conn.execute("SELECT pg_stat_force_next_flush()")
         ops.add("SELECT", n=11)
-    return {"ops": ops.ops, "copy_rows": {"in": 5000, "out": out_rows}}
+        ops.stage("SELECTs after all that")
+    return {"done": True, "ops": ops.ops, "copy_rows": {"in": 5000, "out": out_rows}}
 
 
 def stats(port):

@@ -4,7 +4,7 @@
     redis_client.py NAME PORT
 
 Renames its process to NAME (so the agent reports its traffic under a name of its own),
-then, on one pooled connection (a blocking pool of one), runs:
+then, on one pooled connection (a blocking pool of one), runs these stages:
 
 - non-transactional pipelines of 10, 100, 1,000 and 10,000 mixed SET/GET/INCR;
 - a MULTI/EXEC transaction pipeline;
@@ -15,10 +15,13 @@ then, on one pooled connection (a blocking pool of one), runs:
 
 Every command redis-py puts on the wire (its own handshake included) and the first word
 of every error reply are recorded from inside the connection, so the report is what
-went over the socket, not what the script meant to send. Prints one JSON object:
+went over the socket, not what the script meant to send. After each stage it prints
 
-    {"wire": {"SET": {"": 5}, "LPUSH": {"WRONGTYPE": 1}, ...},
-     "connections": 1, "local_ports": [...]}
+    {"stage": "pipeline of 1000", "wire": {"SET": {"": 334}, "LPUSH": {"WRONGTYPE": 1}}}
+
+(that stage's commands by name and error) and waits for a line on stdin; at the end
+
+    {"done": true, "wire": {...all stages...}, "connections": 1, "local_ports": [...]}
 
 Redis answers in order on a connection, so the i-th reply belongs to the i-th command.
 """
@@ -48,6 +51,20 @@ class Recorder:
         self.sent = []  # command names, in wire order, across connections
         self.replies = []  # "" or the error's first word, in wire order
         self.local_ports = []
+        self.reported = 0
+
+    def wire(self, start=0):
+        assert len(self.sent) == len(self.replies), (len(self.sent), len(self.replies))
+        wire = {}
+        for name, error in zip(self.sent[start:], self.replies[start:]):
+            wire.setdefault(name, {}).setdefault(error, 0)
+            wire[name][error] += 1
+        return wire
+
+    def stage(self, label):
+        print(json.dumps({"stage": label, "wire": self.wire(self.reported)}), flush=True)
+        self.reported = len(self.sent)
+        sys.stdin.readline()
 
 
 REC = Recorder()
@@ -123,40 +140,42 @@ def main():
                 p.incr(f"counter:{n}")
         results = p.execute()
         assert len(results) == n, (n, len(results))
+        REC.stage(f"pipeline of {n}")
 
     # A transaction: MULTI, queued commands, EXEC in one write.
     p = r.pipeline(transaction=True)
     p.set("tx:a", "1").incr("tx:a").get("tx:a").set("tx:b", "2")
     assert p.execute() == [True, 2, b"2", True]
+    REC.stage("MULTI/EXEC transaction")
 
     # Large aggregate replies.
     r.delete("bighash", "biglist")
     r.hset("bighash", mapping={f"field:{i}": f"value:{i}" for i in range(10000)})
     assert len(r.hgetall("bighash")) == 10000
+    REC.stage("HGETALL of 10000 fields")
     r.rpush("biglist", *[f"element:{i}" for i in range(10000)])
     assert len(r.lrange("biglist", 0, -1)) == 10000
+    REC.stage("LRANGE of 10000 elements")
 
     # Errors.
     r.set("astring", "x")
     expect_error("WRONGTYPE", lambda: r.lpush("astring", "y"))
     expect_error("WRONGTYPE", lambda: r.hgetall("biglist"))
     expect_error("unknown command", lambda: r.execute_command("NOSUCHCMD", "a"))
+    REC.stage("errors")
 
     # Plain commands on the same pooled connection after all that.
     for i in range(50):
         r.set(f"after:{i}", str(i))
         assert r.get(f"after:{i}") == str(i).encode()
+    REC.stage("GET/SET after all that")
     pool.disconnect()
 
-    assert len(REC.sent) == len(REC.replies), (len(REC.sent), len(REC.replies))
-    wire = {}
-    for name, error in zip(REC.sent, REC.replies):
-        wire.setdefault(name, {}).setdefault(error, 0)
-        wire[name][error] += 1
     print(
         json.dumps(
             {
-                "wire": wire,
+                "done": True,
+                "wire": REC.wire(),
                 "connections": len(REC.local_ports),
                 "local_ports": REC.local_ports,
             }
