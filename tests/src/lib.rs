@@ -303,12 +303,18 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// The lines of a scrape that name `needle`, for failure messages.
+/// The sample lines of a scrape that name `needle`, for failure messages (the first 60).
 pub fn lines_with(text: &str, needle: &str) -> String {
-    text.lines()
+    const MAX: usize = 60;
+    let lines: Vec<&str> = text
+        .lines()
         .filter(|l| !l.starts_with('#') && l.contains(needle))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .collect();
+    let mut out = lines[..lines.len().min(MAX)].join("\n");
+    if lines.len() > MAX {
+        out.push_str(&format!("\n... and {} more lines", lines.len() - MAX));
+    }
+    out
 }
 
 /// Holds a lock for the whole test: tests whose load or exactness would disturb one
