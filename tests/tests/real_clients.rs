@@ -5,7 +5,8 @@
 //!
 //! Truth: what the client library put on the wire (recorded inside it by the peer),
 //! cross-checked with the server's own counts (Redis `INFO commandstats`/`errorstats`,
-//! PostgreSQL's `pg_stat_statements` and `pg_stat_database`).
+//! PostgreSQL's `pg_stat_statements` and `pg_stat_database`). The two tests run one at a
+//! time: each stage waits for the agent, and the other's load would only blur that.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -14,6 +15,7 @@ use nodetap_tests::{
     ops::OpCounts,
     peers::{run_peer, StagedPeer},
     resp::{Reply, RespClient},
+    serial,
     servers::{PostgresServer, RedisServer},
     unique_name, Agent,
 };
@@ -248,6 +250,7 @@ fn redis_op(name: &str) -> String {
 
 #[test]
 fn redis_py_pipelines_transactions_large_replies_errors_exact() {
+    let _serial = serial();
     let redis = RedisServer::start();
     let agent = Agent::start(&[]);
     let port = redis.port.to_string();
@@ -305,6 +308,7 @@ fn redis_py_pipelines_transactions_large_replies_errors_exact() {
 
 #[test]
 fn psycopg_pipeline_mode_prepared_transaction_copy_errors_exact() {
+    let _serial = serial();
     let pg = PostgresServer::start_with(&[("shared_preload_libraries", "pg_stat_statements")]);
     let port = pg.port.to_string();
     // Database and extension before the agent starts: not part of what it must count.
