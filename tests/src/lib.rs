@@ -8,6 +8,8 @@ pub mod exposition;
 pub mod fake_kube;
 pub mod http1;
 pub mod netlab;
+pub mod ops;
+pub mod peers;
 pub mod pgwire;
 pub mod resp;
 pub mod servers;
@@ -224,6 +226,12 @@ impl Agent {
         http_get(&self.metrics_url())
     }
 
+    /// The capture tier the agent reports (`nodetap_capture_info{tier}`), for failure
+    /// messages: CI runs the suite once per tier (`NODETAP_CAPTURE_MODE`).
+    pub fn tier(&self) -> String {
+        capture_tier(&self.scrape())
+    }
+
     /// What the agent printed so far.
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -265,6 +273,55 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
                     .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
         })
         .map(|s| s.value)
+}
+
+/// The tier named by the `nodetap_capture_info{tier}` sample that is 1, or a note that
+/// the agent reports none.
+pub fn capture_tier(text: &str) -> String {
+    let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .find(|s| s.name == "nodetap_capture_info" && s.value == 1.0)
+        .and_then(|s| s.labels.get("tier").cloned())
+        .unwrap_or_else(|| "unknown (no nodetap_capture_info{tier} = 1)".to_owned())
+}
+
+/// The sum of the samples named `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// The sample lines of a scrape that name `needle`, for failure messages (the first 60).
+pub fn lines_with(text: &str, needle: &str) -> String {
+    const MAX: usize = 60;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains(needle))
+        .collect();
+    let mut out = lines[..lines.len().min(MAX)].join("\n");
+    if lines.len() > MAX {
+        out.push_str(&format!("\n... and {} more lines", lines.len() - MAX));
+    }
+    out
+}
+
+/// Holds a lock for the whole test: tests whose load or exactness would disturb one
+/// another (every agent sees every socket on the machine) run one at a time.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// This process's name as the kernel reports it (what the agent calls service_name).

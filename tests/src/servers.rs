@@ -110,6 +110,11 @@ pub struct PostgresServer {
 
 impl PostgresServer {
     pub fn start() -> PostgresServer {
+        PostgresServer::start_with(&[])
+    }
+
+    /// Started with extra `-c name=value` settings (e.g. `shared_preload_libraries`).
+    pub fn start_with(settings: &[(&str, &str)]) -> PostgresServer {
         let dir = TempDir::new("nodetap-pg");
         let (uid, gid) = postgres_user();
         let chown = |p: &std::path::Path| {
@@ -138,6 +143,11 @@ impl PostgresServer {
             .args(["-p", &port.to_string(), "-k"])
             .arg(&dir.0)
             .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(
+                settings
+                    .iter()
+                    .flat_map(|(k, v)| ["-c".to_owned(), format!("{k}={v}")]),
+            )
             .uid(uid)
             .gid(gid)
             .stdout(Stdio::null())

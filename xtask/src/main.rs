@@ -170,7 +170,11 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("grpcio", "grpc")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("grpcio", "grpc"),
+    ("redis", "redis"),
+    ("psycopg[binary]", "psycopg"),
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
