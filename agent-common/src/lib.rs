@@ -19,9 +19,12 @@ pub const DEFAULT_CALL_CAPTURE: u32 = 262144;
 /// clients write at once (a pipeline flushed as one buffer, a large reply).
 pub const MIN_CALL_CAPTURE: u32 = 65536;
 pub const MAX_CALL_CAPTURE: u32 = 64 * MAX_SEGMENT as u32;
-/// Bytes per direction copied from a connection before userspace has said what it needs
-/// (it says so as soon as it has seen the first bytes; this only bounds the lag).
-pub const DEFAULT_UNDECIDED_BYTES: u32 = 1 << 20;
+/// Bytes per direction copied from a connection before userspace has said what it needs.
+/// Userspace says so once it has drained the connection's first records (within the
+/// drain interval, 20 ms, or sooner under load); this only bounds what an unknown bulk
+/// protocol costs meanwhile, and must be large enough that a parsed connection's first
+/// burst is never cut (a cut is a gap the parser must resynchronise after).
+pub const DEFAULT_UNDECIDED_BYTES: u32 = 16 << 20;
 /// A counts-only connection reports its counters at most this often (and at its close).
 pub const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 

@@ -9,12 +9,13 @@ use core::{
 };
 
 use agent_common::{
-    DropReason, SockState, CALL_KINDS, FD_UNCHECKED, MODE_COUNTS_ONLY, SYSCALL_SOCKETS,
+    DropReason, Role, SockState, CALL_KINDS, FD_UNCHECKED, MODE_COUNTS_ONLY, PAYLOAD_BUFFER,
+    SYSCALL_SOCKETS,
 };
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
-    helpers::{bpf_get_smp_processor_id, generated::bpf_sk_storage_get},
+    helpers::{bpf_get_smp_processor_id, bpf_probe_read_user, generated::bpf_sk_storage_get},
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray},
 };
@@ -142,6 +143,21 @@ fn refresh_instruction(state: &mut SockState) {
     }
 }
 
+/// Whether this is the client's first call and its bytes start a TLS handshake record
+/// (content type 22, version 3.x).
+#[inline(always)]
+fn starts_tls(state: &SockState, call: &Call) -> bool {
+    let from_client = (state.role == Role::Client as u8 && call.direction == 0)
+        || (state.role == Role::Server as u8 && call.direction == 1);
+    if !from_client || call.payload.class != PAYLOAD_BUFFER || call.bytes < 3 {
+        return false;
+    }
+    match unsafe { bpf_probe_read_user(call.payload.ptr as *const [u8; 3]) } {
+        Ok([0x16, 0x03, minor]) => minor <= 4,
+        _ => false,
+    }
+}
+
 /// Counts the call and sends what userspace needs of it.
 #[inline(always)]
 pub fn on_call(state: &mut SockState, call: &Call) {
@@ -156,6 +172,11 @@ pub fn on_call(state: &mut SockState, call: &Call) {
     refresh_instruction(state);
     if state.announced == 0 && record::open(state, call) {
         state.announced = 1;
+    }
+    if state.instructed == 0 && call_offset == 0 && starts_tls(state, call) {
+        // Cheap filtering, before userspace's word: a client's first bytes that are a TLS
+        // handshake record will never be parsed (userspace would say counts-only).
+        state.mode = [MODE_COUNTS_ONLY; 2];
     }
     if state.mode[d] == MODE_COUNTS_ONLY {
         let interval = read_config_u64(&config().report_interval_ns);

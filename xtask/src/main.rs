@@ -43,7 +43,7 @@ enum Task {
     TestKernels {
         /// Debian kernel image package (a meta-package such as linux-image-cloud-amd64,
         /// or a versioned linux-image-6.1.0-NN-cloud-amd64).
-        #[arg(long, default_value = "linux-image-cloud-amd64")]
+        #[arg(long, default_value = test_kernels::DEFAULT_PACKAGE)]
         package: String,
         /// Seconds the guest may take before the run fails (emulation is slow).
         #[arg(long, default_value_t = 1800)]
@@ -268,10 +268,27 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     let bin = build()?;
+    // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
             .args(["test", "--release", "--workspace"])
-            .env("NODETAP_BIN", bin),
-    )
+            .env("NODETAP_BIN", &bin)
+            .env("NODETAP_CAPTURE_MODE", "socket"),
+    )?;
+    // ...the integration suite again in the syscall tier (older kernels, e.g. EKS 6.1)...
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "--release", "--package", "nodetap-tests", "--tests"])
+            .env("NODETAP_BIN", &bin)
+            .env("NODETAP_CAPTURE_MODE", "syscall"),
+    )?;
+    // ...and a real 6.1 kernel under qemu, where auto mode must choose the syscall tier.
+    test_kernels::run(&test_kernels::Options {
+        package: test_kernels::DEFAULT_PACKAGE.to_owned(),
+        timeout: std::time::Duration::from_secs(1800),
+        smp: 2,
+        capture_mode: None,
+    })
 }

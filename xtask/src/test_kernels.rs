@@ -29,6 +29,9 @@ fn cache_dir() -> PathBuf {
 /// A real Redis server for the guest (setup installs Debian's redis-server).
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
 
+/// Debian's cloud kernel meta-package: 6.1 in bookworm, the EKS floor.
+pub const DEFAULT_PACKAGE: &str = "linux-image-cloud-amd64";
+
 pub struct Options {
     pub package: String,
     pub timeout: Duration,

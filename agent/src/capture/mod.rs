@@ -506,9 +506,48 @@ impl Tracker {
         self.instructions.publish();
     }
 
-    /// Ends a connection's protocol session: what it still completes is recorded, what
+    /// Ends a connection's protocol session: the bytes still held of calls whose last
+    /// segment never came are fed, what the session still completes is recorded, what
     /// stays open never got a response.
     fn finish_session(&mut self, conn: &mut Connection) {
+        if matches!(conn.protocol, ConnectionProtocol::Parsing(_)) {
+            self.done.clear();
+            let mut health = crate::protocols::SessionHealth::default();
+            for direction in [Direction::Transmit, Direction::Receive] {
+                let Some(from_client) = conn.sent_by_client(direction) else {
+                    continue;
+                };
+                let (protocol, streams) = (&mut conn.protocol, &mut conn.streams);
+                let at = conn.last_ns;
+                streams[direction as usize].finish(|data, len| {
+                    let chunk = Chunk {
+                        data,
+                        len,
+                        start_ns: at,
+                        end_ns: at,
+                    };
+                    let o =
+                        protocol.feed(from_client, &chunk, &self.opts.http_routes, &mut self.done);
+                    health.merge(&o.health);
+                });
+            }
+            let protocol = conn.protocol.session_mut().map(|s| s.protocol());
+            record_completed(
+                &self.metrics,
+                conn,
+                protocol,
+                &self.done,
+                &self.opts.http_routes,
+            );
+            record_health(
+                &self.metrics,
+                protocol,
+                &FeedOutcome {
+                    detected: None,
+                    health,
+                },
+            );
+        }
         let Some(session) = conn.protocol.session_mut() else {
             return;
         };

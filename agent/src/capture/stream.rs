@@ -24,11 +24,26 @@ impl Segment<'_> {
     }
 }
 
-/// How far a direction's bytes have been fed to the parser.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How far a direction's bytes have been fed to the parser, and the bytes of a call whose
+/// last segment has not arrived yet.
+///
+/// Parsers see one call as one piece wherever its bytes were copied contiguously (a call
+/// sent as several segments, e.g. one per iovec or per 16 KiB, is put back together): a
+/// message that starts a call is a boundary they can resynchronise on, and an HTTP/2
+/// server's first SETTINGS must reach detection as the one piece it was written as.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stream {
     fed: u64,
+    /// Copied bytes of the call in progress, from stream offset `fed`.
+    pending: Vec<u8>,
+    /// The call in progress: its offset and end, when `pending_open`.
+    pending_call: (u64, u64),
+    pending_open: bool,
 }
+
+/// Most bytes of one call held while its other segments arrive (the kernel's per-call copy
+/// limit is at most this).
+const MAX_PENDING: usize = agent_common::MAX_CALL_CAPTURE as usize;
 
 impl Stream {
     /// Stream offset up to which bytes (or gaps) were fed.
@@ -36,32 +51,79 @@ impl Stream {
         self.fed
     }
 
-    /// Feeds a segment to `parse(data, len)` as consecutive pieces: a gap (`data` empty,
-    /// `len` bytes) up to the segment, the segment's bytes not fed before, and after a
-    /// call's last segment a gap up to the call's end.
+    /// Feeds a segment to `parse(data, len)`: gaps (`data` empty, `len` bytes) for what was
+    /// not copied (skipped at the parser's word, beyond the per-call limit, or lost on the
+    /// way), and the copied bytes of each call in one piece once its last segment is in.
     pub fn feed(&mut self, segment: &Segment<'_>, mut parse: impl FnMut(&[u8], usize)) {
-        if segment.payload_offset > self.fed {
+        // A record of another call while one is open: that call's last segment was lost.
+        if self.pending_open && segment.call_offset != self.pending_call.0 {
+            self.finish_call(&mut parse);
+        }
+        let expected = self.fed + self.pending.len() as u64;
+        if segment.payload_offset > expected {
+            self.flush(&mut parse);
             parse(&[], gap(segment.payload_offset - self.fed));
             self.fed = segment.payload_offset;
         }
         // Bytes already fed (a record that overlaps an earlier one) are not fed again.
-        let already = self.fed - segment.payload_offset;
-        if let Some(fresh) = usize::try_from(already)
+        let expected = self.fed + self.pending.len() as u64;
+        let fresh = usize::try_from(expected - segment.payload_offset.min(expected))
             .ok()
-            .and_then(|a| segment.payload.get(a..))
-            .filter(|f| !f.is_empty())
-        {
-            parse(fresh, fresh.len());
-            self.fed += fresh.len() as u64;
+            .and_then(|already| segment.payload.get(already..))
+            .unwrap_or(&[]);
+        if segment.last && !self.pending_open && self.pending.is_empty() {
+            // A call in one record: no copy.
+            if !fresh.is_empty() {
+                parse(fresh, fresh.len());
+                self.fed += fresh.len() as u64;
+            }
+        } else {
+            if self.pending.len() + fresh.len() > MAX_PENDING {
+                self.flush(&mut parse);
+            }
+            self.pending.extend_from_slice(fresh);
+            self.pending_open = true;
+            self.pending_call = (segment.call_offset, segment.call_end());
         }
-        if segment.last && segment.call_end() > self.fed {
-            parse(&[], gap(segment.call_end() - self.fed));
-            self.fed = segment.call_end();
+        if segment.last {
+            self.pending_call = (segment.call_offset, segment.call_end());
+            self.pending_open = true;
+            self.finish_call(&mut parse);
+        }
+    }
+
+    /// Feeds what is held of the open call, then a gap to its end.
+    fn finish_call(&mut self, parse: &mut impl FnMut(&[u8], usize)) {
+        self.flush(parse);
+        let end = self.pending_call.1;
+        if self.pending_open && end > self.fed {
+            parse(&[], gap(end - self.fed));
+            self.fed = end;
+        }
+        self.pending_open = false;
+    }
+
+    /// Feeds the bytes held, as one piece.
+    fn flush(&mut self, parse: &mut impl FnMut(&[u8], usize)) {
+        if !self.pending.is_empty() {
+            parse(&self.pending, self.pending.len());
+            self.fed += self.pending.len() as u64;
+            self.pending.clear();
+        }
+    }
+
+    /// Feeds what is held of a call whose last segment never came (the connection closed
+    /// or went quiet).
+    pub fn finish(&mut self, mut parse: impl FnMut(&[u8], usize)) {
+        if self.pending_open {
+            self.finish_call(&mut parse);
         }
     }
 
     /// Moves past a segment without parsing it (a connection that is not parsed).
     pub fn skip_to(&mut self, segment: &Segment<'_>) {
+        self.pending.clear();
+        self.pending_open = false;
         let end = if segment.last {
             segment.call_end()
         } else {
@@ -120,15 +182,41 @@ mod tests {
         let mut s = Stream::default();
         // A call of 100 bytes: 10 copied, 50 skipped at userspace's word, 20 copied, the
         // last 20 beyond the copy limit.
-        assert_eq!(
-            run(&mut s, seg(0, 100, 0, &[1; 10], false)),
-            vec![(vec![1; 10], 10)]
-        );
+        assert_eq!(run(&mut s, seg(0, 100, 0, &[1; 10], false)), vec![]);
         assert_eq!(
             run(&mut s, seg(0, 100, 60, &[2; 20], true)),
-            vec![(vec![], 50), (vec![2; 20], 20), (vec![], 20)]
+            vec![
+                (vec![1; 10], 10),
+                (vec![], 50),
+                (vec![2; 20], 20),
+                (vec![], 20)
+            ]
         );
         assert_eq!(s.fed(), 100);
+    }
+
+    #[test]
+    fn segments_of_one_call_reach_the_parser_as_one_piece() {
+        let mut s = Stream::default();
+        // An HTTP/2 SETTINGS frame written as header and payload iovecs.
+        let header = [0, 0, 6, 4, 0, 0, 0, 0, 0];
+        assert_eq!(run(&mut s, seg(0, 15, 0, &header, false)), vec![]);
+        assert_eq!(
+            run(&mut s, seg(0, 15, 9, &[0, 3, 0, 0, 0, 100], true)),
+            vec![(vec![0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100], 15)]
+        );
+        // A call whose last segment was lost: fed when the next call shows up.
+        assert_eq!(run(&mut s, seg(15, 10, 15, b"abcd", false)), vec![]);
+        assert_eq!(
+            run(&mut s, seg(25, 2, 25, b"xy", true)),
+            vec![(b"abcd".to_vec(), 4), (vec![], 6), (b"xy".to_vec(), 2)]
+        );
+        // Or when the connection ends.
+        assert_eq!(run(&mut s, seg(27, 8, 27, b"tail", false)), vec![]);
+        let mut out = Vec::new();
+        s.finish(|d, l| out.push((d.to_vec(), l)));
+        assert_eq!(out, vec![(b"tail".to_vec(), 4), (vec![], 4)]);
+        assert_eq!(s.fed(), 35);
     }
 
     #[test]
