@@ -91,7 +91,15 @@ fn sigterm_detaches_everything_and_exits_zero() {
         agent.output()
     );
 
-    let programs_left: Vec<u64> = ids_in("prog", "id").intersection(&ours).copied().collect();
+    // BTF tracepoint programs are freed after an RCU grace period (the kernel defers
+    // the free of a tracing program's trampoline), so their ids may linger a moment
+    // after the agent is gone: wait for them, briefly.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut programs_left: Vec<u64> = ids_in("prog", "id").intersection(&ours).copied().collect();
+    while !programs_left.is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        programs_left = ids_in("prog", "id").intersection(&ours).copied().collect();
+    }
     assert!(
         programs_left.is_empty(),
         "programs still loaded: {programs_left:?}"
