@@ -480,11 +480,7 @@ pub struct PendingCall {
     pub enter_ns: u64,
     pub fd: i32,
     pub syscall: u8,
-    /// `PAYLOAD_*`.
-    pub payload: u8,
-    /// [`Direction`].
-    pub direction: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 3],
 }
 
 /// TCP states used by the kernel side (include/net/tcp_states.h).

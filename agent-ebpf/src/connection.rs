@@ -147,8 +147,9 @@ fn refresh_instruction(state: &mut SockState) {
 /// (content type 22, version 3.x).
 #[inline(always)]
 fn starts_tls(state: &SockState, call: &Call) -> bool {
-    let from_client = (state.role == Role::Client as u8 && call.direction == 0)
-        || (state.role == Role::Server as u8 && call.direction == 1);
+    // Client (1) transmitting (0) or server (2) receiving (1): role = direction + 1.
+    let from_client = state.role as usize == call.direction + 1;
+    let _ = Role::Client;
     if !from_client || call.payload.class != PAYLOAD_BUFFER || call.bytes < 3 {
         return false;
     }

@@ -56,7 +56,7 @@ macro_rules! data_syscall {
 
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            on_exit(&ctx);
+            on_exit(&ctx, $syscall);
             0
         }
     };
@@ -114,7 +114,6 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
             return;
         }
     }
-    let (payload, direction) = shape(syscall);
     let pending = PendingCall {
         sk: found.sk,
         ino: found.ino,
@@ -123,17 +122,17 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
         enter_ns: unsafe { bpf_ktime_get_ns() },
         fd,
         syscall: syscall as u8,
-        payload,
-        direction: direction as u8,
-        _pad: 0,
+        _pad: [0; 3],
     };
     if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
         count_drop(DropReason::PendingFull);
     }
 }
 
+/// The exit of `syscall` (known to each program, so the verifier follows one path per
+/// program rather than one per syscall and direction).
 #[inline(always)]
-fn on_exit(ctx: &TracePointContext) {
+fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let Some(pending) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
         return;
@@ -159,23 +158,22 @@ fn on_exit(ctx: &TracePointContext) {
         }
     }
     // *mmsg return a message count: their bytes are the entries' msg_len.
-    let mmsg =
-        pending.syscall == Syscall::Recvmmsg as u8 || pending.syscall == Syscall::Sendmmsg as u8;
-    let bytes = if mmsg {
+    let bytes = if matches!(syscall, Syscall::Recvmmsg | Syscall::Sendmmsg) {
         mmsg_bytes(pending.arg_ptr, ret as u64)
     } else {
         ret as u64
     };
+    let (payload, direction) = shape(syscall);
     let call = Call {
-        direction: pending.direction as usize & 1,
-        syscall: pending.syscall,
+        direction: direction as usize,
+        syscall: syscall as u8,
         bytes,
         fd: pending.fd,
         pid_tgid,
         enter_ns: pending.enter_ns,
         exit_ns: unsafe { bpf_ktime_get_ns() },
         payload: Payload {
-            class: pending.payload as u32,
+            class: payload as u32,
             ptr: pending.arg_ptr,
             count: pending.arg_count,
         },
