@@ -460,7 +460,10 @@ pub struct Config {
     pub call_capture: u32,
     /// Bytes per direction copied before the connection's first instruction.
     pub undecided_bytes: u32,
-    pub _pad: u32,
+    /// Before its first instruction a connection's payload is copied only while less
+    /// than this many bytes wait in the ring buffer: connections userspace has decided
+    /// on keep the room.
+    pub undecided_ring_bytes: u32,
     pub report_interval_ns: u64,
     pub kernel: KernelOffsets,
 }

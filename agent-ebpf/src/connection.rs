@@ -13,7 +13,7 @@ use agent_common::{
     SYSCALL_SOCKETS,
 };
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
     helpers::{bpf_get_smp_processor_id, bpf_probe_read_user, generated::bpf_sk_storage_get},
     macros::{btf_map, map},
@@ -21,7 +21,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    config, count_drop, read_config_u32, read_config_u64, record, INSTRUCTIONS, INSTRUCTION_GEN,
+    config, count_drop, read_config_u32, read_config_u64, record, EVENTS, INSTRUCTIONS,
+    INSTRUCTION_GEN,
 };
 
 /// Socket tier: the state lives in the socket itself and is freed with it, so a socket
@@ -206,7 +207,14 @@ pub fn on_call(state: &mut SockState, call: &Call) {
     if state.instructed == 0 {
         let budget = read_config_u32(&config().undecided_bytes) as u64;
         let used = call_offset + from;
-        let room = budget.saturating_sub(used);
+        let mut room = budget.saturating_sub(used);
+        // Undecided payload yields the ring buffer to connections userspace has decided
+        // on: an unknown bulk protocol must not crowd out parsed ones before its
+        // counts-only instruction arrives.
+        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+        if waiting >= read_config_u32(&config().undecided_ring_bytes) as u64 {
+            room = 0;
+        }
         if room < limit {
             limit = room;
             capped = false;
