@@ -12,15 +12,21 @@ pub mod redis;
 #[cfg(test)]
 mod test_fixtures;
 
-/// One data syscall's worth of a byte stream, as the capture layer saw it.
+/// Consecutive bytes of one direction of a connection, as the capture layer saw them.
 ///
-/// The kernel copies only a prefix of what a syscall moved, so `data` may be shorter than
-/// `len`: the bytes in `data.len()..len` happened but are unknown. A parser that is
-/// skipping a value of known length (a Redis bulk string, a PostgreSQL DataRow) skips
-/// them; a parser that needs them to find the next message boundary has lost the framing.
+/// The kernel copies what the parser needs of each syscall, up to a per-syscall cap, so
+/// `data` may be shorter than `len`: the bytes in `data.len()..len` happened but are
+/// unknown. A parser that is skipping a value of known length (a Redis bulk string, a
+/// PostgreSQL DataRow) skips them; a parser that needs them to find the next message
+/// boundary has lost the framing and resynchronises.
+///
+/// One syscall may arrive as several consecutive chunks with the same times: copied
+/// bytes, then a gap (`data` empty, `len` the bytes not copied because the session said
+/// it would skip them, see [`Session::skip_hint`]), then copied bytes again. Sessions
+/// treat that exactly like one chunk holding those bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Chunk<'a> {
-    /// The copied prefix.
+    /// The copied bytes (the first `data.len()` of the `len`).
     pub data: &'a [u8],
     /// Bytes the syscall really moved (`>= data.len()`).
     pub len: usize,
@@ -60,15 +66,131 @@ pub struct Operation {
     pub collection: Option<String>,
 }
 
-/// What a session reports about its own health, drained by the caller.
+/// Why requests were lost: they happened (or may have), but no operation reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// The parser needed bytes that were not copied (the per-syscall cap, a lost event).
+    CaptureGap,
+    /// Bytes that did not parse as the protocol.
+    Unparsable,
+    /// The queue of open requests was full: the oldest was dropped to make room.
+    QueueFull,
+    /// The session stopped parsing the connection (see [`StopReason`]) with requests open.
+    Stopped,
+}
+
+impl LostReason {
+    pub const ALL: [LostReason; 4] = [
+        LostReason::CaptureGap,
+        LostReason::Unparsable,
+        LostReason::QueueFull,
+        LostReason::Stopped,
+    ];
+
+    /// The stable `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            LostReason::CaptureGap => "capture_gap",
+            LostReason::Unparsable => "unparsable",
+            LostReason::QueueFull => "queue_full",
+            LostReason::Stopped => "stopped",
+        }
+    }
+}
+
+/// Requests lost, by reason. Requests dropped when a session resynchronises count here
+/// (not as timed out): they may well have been answered, in bytes the session could not
+/// follow. A request the session never saw at all (sent in lost bytes) counts when its
+/// answer shows it existed, where the protocol makes that possible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostRequests {
+    pub capture_gap: u64,
+    pub unparsable: u64,
+    pub queue_full: u64,
+    pub stopped: u64,
+}
+
+impl LostRequests {
+    pub fn add(&mut self, reason: LostReason, n: u64) {
+        *self.slot(reason) += n;
+    }
+
+    pub fn get(&self, reason: LostReason) -> u64 {
+        match reason {
+            LostReason::CaptureGap => self.capture_gap,
+            LostReason::Unparsable => self.unparsable,
+            LostReason::QueueFull => self.queue_full,
+            LostReason::Stopped => self.stopped,
+        }
+    }
+
+    fn slot(&mut self, reason: LostReason) -> &mut u64 {
+        match reason {
+            LostReason::CaptureGap => &mut self.capture_gap,
+            LostReason::Unparsable => &mut self.unparsable,
+            LostReason::QueueFull => &mut self.queue_full,
+            LostReason::Stopped => &mut self.stopped,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        LostReason::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+
+    /// Every reason with its count (zeros included), in [`LostReason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (LostReason, u64)> + '_ {
+        LostReason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    pub fn merge(&mut self, other: &LostRequests) {
+        for (r, n) in other.iter() {
+            self.add(r, n);
+        }
+    }
+}
+
+/// Why a session stopped parsing a connection for good. These are the only ones: any
+/// other loss of framing is recovered from (see each protocol's "Lost framing" section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// Redis SYNC/PSYNC: the connection became a replication stream, not request/response.
+    Replication,
+    /// HTTP/1 `101 Switching Protocols` or a CONNECT tunnel: another protocol follows.
+    Upgrade,
+    /// HTTP/2: bytes of the connection were lost or did not decode, so the HPACK tables
+    /// (shared by every later header block) cannot be trusted again.
+    HpackDesync,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 3] = [
+        StopReason::Replication,
+        StopReason::Upgrade,
+        StopReason::HpackDesync,
+    ];
+
+    /// The stable `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            StopReason::Replication => "replication",
+            StopReason::Upgrade => "upgrade",
+            StopReason::HpackDesync => "hpack_desync",
+        }
+    }
+}
+
+/// What a session reports about its own health, drained by the caller: every field
+/// counts what happened since the last `take_health`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionHealth {
-    /// Bytes that could not be parsed (framing errors).
+    /// Framing losses (each followed by a resynchronisation).
     pub parse_errors: u64,
-    /// Requests dropped because they never got a response.
+    /// Requests dropped because they got no response within the timeout.
     pub timed_out: u64,
-    /// The session stopped decoding this connection for good.
-    pub gave_up: bool,
+    /// Requests lost, by reason.
+    pub lost: LostRequests,
+    /// The session stopped decoding this connection for good, and why (reported once).
+    pub stopped: Option<StopReason>,
     /// The connection turned out to be TLS (after a STARTTLS-style upgrade).
     pub tls: bool,
 }
@@ -226,6 +348,19 @@ impl Session {
             Session::Http2(s) => s.take_health(),
         }
     }
+
+    /// How many of the next bytes in that direction the session will skip by length
+    /// without looking at them, after the chunks fed so far: the capture layer need not
+    /// copy them, and hands them over as a gap chunk (`data` empty, `len` the count). 0
+    /// when unsure; never a byte the session needs.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        match self {
+            Session::Redis(s) => s.skip_hint(from_client),
+            Session::Postgres(s) => s.skip_hint(from_client),
+            Session::Http1(s) => s.skip_hint(from_client),
+            Session::Http2(s) => s.skip_hint(from_client),
+        }
+    }
 }
 
 /// An HTTP/2 server's connection preface is a SETTINGS frame on stream 0 (RFC 9113
@@ -256,7 +391,7 @@ pub enum ConnectionProtocol {
     /// The server spoke first with what may be HTTP/2 SETTINGS; waiting for the client.
     HeldServerFirst(HeldChunk),
     Parsing(Session),
-    /// Recognised as something not parsed (TLS, unknown, or a session that gave up).
+    /// Recognised as something not parsed (TLS, unknown, or a session that stopped).
     Ignored,
 }
 
@@ -341,11 +476,19 @@ impl ConnectionProtocol {
                 session.on_response(&early, out);
             }
             outcome.health = session.take_health();
-            if outcome.health.gave_up || outcome.health.tls {
+            if outcome.health.stopped.is_some() || outcome.health.tls {
                 *self = ConnectionProtocol::Ignored;
             }
         }
         outcome
+    }
+
+    /// [`Session::skip_hint`] of a connection being parsed; 0 otherwise.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        match self {
+            ConnectionProtocol::Parsing(s) => s.skip_hint(from_client),
+            _ => 0,
+        }
     }
 
     pub fn session_mut(&mut self) -> Option<&mut Session> {
