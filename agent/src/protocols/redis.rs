@@ -779,7 +779,11 @@ impl ReqParser {
                         continue;
                     }
                     self.line_len += 1;
-                    if self.line_len > MAX_LINE {
+                    // Inline commands are typed text (redis-cli, telnet): control bytes mean
+                    // these are not commands (another protocol, or bytes after lost framing),
+                    // and queueing them would shift every later reply onto the wrong request.
+                    if self.line_len > MAX_LINE || !(b.is_ascii_graphic() || b" \t\r".contains(&b))
+                    {
                         return Err(());
                     }
                     self.inline_byte(b);
@@ -2936,6 +2940,371 @@ mod tests {
         );
     }
 
+    // ---- real clients: pipelines, large replies, resynchronisation --------------------------
+
+    /// Where each top-level reply of a server stream ends (exclusive offsets).
+    fn reply_ends(stream: &[u8]) -> Vec<usize> {
+        let mut p = RespParser::NEW;
+        let mut pos = 0;
+        let mut ends = Vec::new();
+        while pos < stream.len() {
+            match p.advance(stream, &mut pos) {
+                Ok(true) => ends.push(pos),
+                Ok(false) => break,
+                Err(()) => panic!("fixture reply stream does not parse at {pos}"),
+            }
+        }
+        ends
+    }
+
+    /// Where each command of a client stream starts.
+    fn command_starts(stream: &[u8]) -> Vec<usize> {
+        let mut p = ReqParser::NEW;
+        let mut pos = 0;
+        let mut starts = vec![0];
+        while pos < stream.len() {
+            match p.advance(stream, &mut pos, 0) {
+                Ok(true) => starts.push(pos),
+                Ok(false) => break,
+                Err(()) => panic!("fixture request stream does not parse at {pos}"),
+            }
+        }
+        starts.pop();
+        starts
+    }
+
+    /// Index of the piece (of one direction) that holds byte `at` of that direction.
+    fn piece_of(pieces: &[Piece<'_>], req: bool, at: usize) -> usize {
+        let mut seen = 0;
+        for (i, p) in pieces.iter().enumerate().filter(|(_, p)| p.req == req) {
+            if at < seen + p.len {
+                return i;
+            }
+            seen += p.len;
+        }
+        panic!("byte {at} is past the stream");
+    }
+
+    /// The operations are exactly `want`, and each one runs from the piece holding its
+    /// command's first byte to the piece holding its reply's last byte.
+    fn assert_exact(what: &str, f: &Fixture, pieces: &[Piece<'_>], o: &Outcome, want: &[String]) {
+        let got = summary(&o.ops);
+        if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+            panic!(
+                "{what}: operation #{i} is {:?}, expected {:?} ({} operations, {} expected)",
+                got.get(i),
+                want.get(i),
+                got.len(),
+                want.len()
+            );
+        }
+        assert_eq!(o.health, SessionHealth::default(), "{what}: health");
+        assert_eq!(o.pending, 0, "{what}: requests left open");
+        let starts = command_starts(&f.req);
+        let ends = reply_ends(&f.resp);
+        assert_eq!(
+            (starts.len(), ends.len()),
+            (want.len(), want.len()),
+            "{what}"
+        );
+        for (i, op) in o.ops.iter().enumerate() {
+            let s = o.times[piece_of(pieces, true, starts[i])];
+            let e = o.times[piece_of(pieces, false, ends[i] - 1)] + 500;
+            assert_eq!(
+                (op.start_ns, op.end_ns),
+                (s, e),
+                "{what}: times of #{i} {op:?}"
+            );
+        }
+    }
+
+    /// redis-py's connection set-up: CLIENT SETINFO LIB-NAME and LIB-VER, which Redis 7.0
+    /// does not know yet.
+    const PY_SETUP: [&str; 2] = ["CLIENT:ERR", "CLIENT:ERR"];
+
+    fn pipelines_py_expected() -> Vec<String> {
+        let mut v: Vec<String> = PY_SETUP.map(String::from).to_vec();
+        for n in [10, 100, 1000, 10_000] {
+            // redis-py's incr() is INCRBY counter 1.
+            v.extend((0..n).map(|i| ["SET", "GET", "INCRBY"][i % 3].to_string()));
+        }
+        v
+    }
+
+    fn large_replies_py_expected() -> Vec<String> {
+        let mut v: Vec<String> = PY_SETUP.map(String::from).to_vec();
+        v.extend(["HSET", "RPUSH", "HGETALL", "LRANGE", "MGET", "GET"].map(String::from));
+        v
+    }
+
+    #[test]
+    fn real_client_pipelines_of_10_to_10000_are_exact() {
+        // Each pipeline is sent once the previous one's replies are read: not fed "whole"
+        // (that would queue all 11,112 requests at once, over MAX_PENDING).
+        let f = fixture("pipelines_py");
+        let want = pipelines_py_expected();
+        let logged = logged(&f);
+        assert_exact("as logged", &f, &logged, &run(&logged), &want);
+        let mut rng = Rng(7);
+        for max in [1, 3, 64, 1000, 6000, 65_536] {
+            let v = random_split(&logged, &mut rng, max);
+            assert_exact(&format!("split {max}"), &f, &v, &run(&v), &want);
+        }
+    }
+
+    #[test]
+    fn pipelines_in_one_chunk_and_split_randomly() {
+        let mut rng = Rng(11);
+        for n in [10usize, 100, 1000, 10_000] {
+            let mut reqs = Vec::new();
+            let mut replies = Vec::new();
+            let mut want = Vec::new();
+            for i in 0..n {
+                let key = format!("key:{i}");
+                match i % 4 {
+                    0 => {
+                        reqs.extend(cmd(&[b"SET", key.as_bytes(), b"value"]));
+                        replies.extend(b"+OK\r\n");
+                        want.push("SET".to_string());
+                    }
+                    1 => {
+                        reqs.extend(cmd(&[b"GET", key.as_bytes()]));
+                        replies.extend(b"$5\r\nvalue\r\n");
+                        want.push("GET".to_string());
+                    }
+                    2 => {
+                        reqs.extend(cmd(&[b"LPUSH", key.as_bytes(), b"x"]));
+                        replies.extend(b"-WRONGTYPE Operation against a key\r\n");
+                        want.push("LPUSH:WRONGTYPE".to_string());
+                    }
+                    _ => {
+                        reqs.extend(b"PING\r\n");
+                        replies.extend(b"+PONG\r\n");
+                        want.push("PING".to_string());
+                    }
+                }
+            }
+            let f = Fixture {
+                order: vec![(true, reqs.len()), (false, replies.len())],
+                req: reqs,
+                resp: replies,
+            };
+            let pieces = logged(&f);
+            assert_exact(
+                &format!("{n} in one chunk"),
+                &f,
+                &pieces,
+                &run(&pieces),
+                &want,
+            );
+            for max in [1, 5, 100, 5000] {
+                let v = random_split(&pieces, &mut rng, max);
+                assert_exact(&format!("{n} split {max}"), &f, &v, &run(&v), &want);
+            }
+        }
+    }
+
+    #[test]
+    fn replies_of_10000_elements_split_across_many_chunks() {
+        let f = fixture("large_replies_py");
+        let want = large_replies_py_expected();
+        assert_exact("whole", &f, &whole(&f), &run(&whole(&f)), &want);
+        let logged = logged(&f);
+        assert_exact("as logged", &f, &logged, &run(&logged), &want);
+        let mut rng = Rng(13);
+        for max in [1, 2, 17, 500, 4096, 65_536] {
+            let v = random_split(&logged, &mut rng, max);
+            assert_exact(&format!("split {max}"), &f, &v, &run(&v), &want);
+        }
+        // The 10,000-element replies really are that.
+        let lrange = &f.resp[reply_ends(&f.resp)[4]..];
+        assert!(lrange.starts_with(b"*10000\r\n"), "LRANGE reply");
+    }
+
+    /// Feeds `pieces` to `s`, piece `i` at `1000 * (first + i + 1)`.
+    fn feed_more(
+        s: &mut RedisSession,
+        ops: &mut Vec<Operation>,
+        pieces: &[Piece<'_>],
+        first: usize,
+    ) {
+        for (i, p) in pieces.iter().enumerate() {
+            let t = 1000 * ((first + i) as u64 + 1);
+            let c = Chunk {
+                data: p.data,
+                len: p.len,
+                start_ns: t,
+                end_ns: t + 500,
+            };
+            if p.req {
+                s.on_request(&c);
+            } else {
+                s.on_response(&c, ops);
+            }
+            check_bounds(s);
+        }
+    }
+
+    #[test]
+    fn a_gap_where_commands_were_then_every_later_command_is_counted() {
+        // The second client syscall of the 1,000-command pipeline is lost (a gap chunk: its
+        // bytes happened, none was copied). The commands before it are matched, the replies
+        // to the lost ones are counted as lost, and the 10,000-command pipeline after it is
+        // counted exactly.
+        let f = fixture("pipelines_py");
+        let mut pieces = logged(&f);
+        let gap = pieces
+            .iter()
+            .position(|p| p.req && p.len == 10_135)
+            .expect("the 1,000-command pipeline's second write");
+        let mut probe = RedisSession::new();
+        probe.on_request(&Chunk::whole(pieces[gap - 1].data, 0, 0));
+        let known = probe.pending();
+        assert!(known > 500 && known < 1000, "{known}");
+        pieces[gap].data = &[];
+        let o = run(&pieces);
+        let mut want = pipelines_py_expected();
+        // CLIENT x2, 10, 100, then the first `known` of the 1,000.
+        let lost_from = 2 + 10 + 100 + known;
+        want.drain(lost_from..2 + 10 + 100 + 1000);
+        assert_eq!(summary(&o.ops), want, "everything but the lost commands");
+        assert_eq!(
+            o.health,
+            SessionHealth {
+                parse_errors: 1,
+                lost: LostRequests {
+                    capture_gap: (1000 - known) as u64,
+                    ..LostRequests::default()
+                },
+                ..SessionHealth::default()
+            }
+        );
+        assert_eq!(o.pending, 0);
+    }
+
+    #[test]
+    fn a_gap_where_replies_were_then_every_later_command_is_counted() {
+        // A server syscall in the middle of the 10,000 replies is lost: the requests still
+        // open are counted as lost; the next conversation on the connection (redis-py's
+        // large replies) is counted exactly.
+        let f = fixture("pipelines_py");
+        let mut pieces = logged(&f);
+        let gap = pieces
+            .iter()
+            .position(|p| !p.req && p.len == 15_319)
+            .expect("a server read of the 10,000 replies");
+        pieces[gap].data = &[];
+        let mut s = RedisSession::new();
+        let mut ops = Vec::new();
+        feed_more(&mut s, &mut ops, &pieces[..gap], 0);
+        let before = ops.len();
+        let answered = before - (2 + 10 + 100 + 1000);
+        feed_more(&mut s, &mut ops, &pieces[gap..], gap);
+        assert_eq!(ops.len(), before, "nothing matched after the loss");
+        let h = s.take_health();
+        assert_eq!(
+            (
+                h.parse_errors,
+                h.timed_out,
+                h.lost.capture_gap,
+                h.lost.total()
+            ),
+            (1, 0, (10_000 - answered) as u64, (10_000 - answered) as u64)
+        );
+        let g = fixture("large_replies_py");
+        let more = logged(&g);
+        feed_more(&mut s, &mut ops, &more, pieces.len());
+        assert_eq!(summary(&ops[before..]), large_replies_py_expected());
+        assert_eq!(s.take_health(), SessionHealth::default());
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn skip_hints() {
+        let mut s = RedisSession::new();
+        let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\n".to_vec();
+        set.extend([b'v'; 10]);
+        s.on_request(&Chunk::whole(&set, 1, 1));
+        assert_eq!(s.skip_hint(true), 99_990, "the value, not its CRLF");
+        s.on_request(&Chunk {
+            data: &[],
+            len: 99_990,
+            start_ns: 1,
+            end_ns: 1,
+        });
+        assert_eq!(s.skip_hint(true), 0);
+        s.on_request(&Chunk::whole(b"\r\n", 1, 1));
+        assert_eq!(s.pending(), 1);
+        let mut ops = Vec::new();
+        s.on_response(&Chunk::whole(b"+OK\r\n", 2, 2), &mut ops);
+        // The first two arguments are kept up to 32 bytes: no hint before that.
+        s.on_request(&Chunk::whole(b"*2\r\n$3\r\nGET\r\n$100\r\nabc", 3, 3));
+        assert_eq!(s.skip_hint(true), 0);
+        s.on_request(&Chunk::whole(&[b'k'; 29], 3, 3));
+        assert_eq!(s.skip_hint(true), 100 - 32);
+        // A bulk reply: skipped; the first element of an array: kept up to 33 bytes.
+        s.on_request(&Chunk::whole(&[b'k'; 68], 3, 3));
+        s.on_request(&Chunk::whole(b"\r\n", 3, 3));
+        s.on_response(&Chunk::whole(b"$100000\r\nxyz", 4, 4), &mut ops);
+        assert_eq!(s.skip_hint(false), 99_997);
+        s.on_response(
+            &Chunk {
+                data: &[],
+                len: 99_997,
+                start_ns: 4,
+                end_ns: 4,
+            },
+            &mut ops,
+        );
+        s.on_response(&Chunk::whole(b"\r\n", 5, 5), &mut ops);
+        assert_eq!(summary(&ops), ["SET", "GET"]);
+        s.on_request(&Chunk::whole(&cmd(&[b"LRANGE", b"l", b"0", b"-1"]), 6, 6));
+        s.on_response(&Chunk::whole(b"*2\r\n$50\r\nabc", 7, 7), &mut ops);
+        assert_eq!(s.skip_hint(false), 0, "element 0 of an array is looked at");
+        s.on_response(&Chunk::whole(&[b'x'; 30], 7, 7), &mut ops);
+        assert_eq!(s.skip_hint(false), 50 - 33);
+        assert_eq!(s.take_health(), SessionHealth::default());
+    }
+
+    #[test]
+    fn endless_garbage_keeps_memory_bounded() {
+        let mut rng = Rng(99);
+        let mut s = RedisSession::new();
+        let mut ops = Vec::new();
+        let alphabet = b"*$:+-%>|_#,(!=~?0123456789\r\n\r\nabcOKGETSETPING \x00\xff";
+        for i in 0..20_000u64 {
+            let n = rng.below(300);
+            let data: Vec<u8> = (0..n)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let c = Chunk {
+                data: &data,
+                len: n + if rng.below(4) == 0 {
+                    rng.below(100_000)
+                } else {
+                    0
+                },
+                start_ns: i,
+                end_ns: i,
+            };
+            if rng.below(2) == 0 {
+                s.on_request(&c);
+            } else {
+                s.on_response(&c, &mut ops);
+            }
+            check_bounds(&s);
+            if i % 1000 == 0 {
+                s.expire(i, 500);
+            }
+        }
+        check_ops(&ops);
+        assert!(
+            s.open.capacity() <= 2 * MAX_PENDING,
+            "{}",
+            s.open.capacity()
+        );
+    }
+
     // ---- properties ------------------------------------------------------------------------
 
     use proptest::prelude::*;
@@ -3131,6 +3500,50 @@ mod tests {
         #[test]
         fn resp_noise_never_panics(calls in syscalls(resp_noise().boxed())) {
             feed(&calls);
+        }
+
+        /// Binary garbage (another protocol, bytes after lost framing; no line ends, so no
+        /// inline command can hide in it) in either direction, then a conversation of a
+        /// client that waits for each reply: from the third exchange on, every command is
+        /// matched exactly, and nothing stays open.
+        #[test]
+        fn binary_garbage_then_valid_traffic_recovers(
+            garbage in prop::collection::vec(
+                (any::<bool>(), prop::collection::vec(any::<u8>().prop_filter("no LF", |b| *b != b'\n'), 1..300)),
+                1..6,
+            ),
+            pairs in prop::collection::vec((request(), top_reply()), 3..12),
+        ) {
+            let mut s = RedisSession::new();
+            let mut ops = Vec::new();
+            let mut t = 0;
+            for (req, g) in &garbage {
+                t += 10;
+                let c = Chunk::whole(g, t, t + 1);
+                if *req {
+                    s.on_request(&c);
+                } else {
+                    s.on_response(&c, &mut ops);
+                }
+            }
+            let before = ops.len();
+            let mut want = Vec::new();
+            for ((r, name), (reply, err)) in &pairs {
+                t += 10;
+                s.on_request(&Chunk::whole(r, t, t + 1));
+                t += 10;
+                s.on_response(&Chunk::whole(reply, t, t + 1), &mut ops);
+                want.push(match err {
+                    None => name.to_string(),
+                    Some(e) => format!("{name}:{e}"),
+                });
+                check_bounds(&s);
+            }
+            let got = summary(&ops[before..]);
+            let tail = want.len() - 2;
+            prop_assert!(got.len() >= tail, "{:?} for {:?}", got, want);
+            prop_assert_eq!(&got[got.len() - tail..], &want[2..]);
+            prop_assert_eq!(s.pending(), 0);
         }
 
         #[test]
