@@ -1183,6 +1183,10 @@ pub struct PgSession {
     skipped_executes: u64,
     /// Why framing was last lost: what requests dropped while realigning count as.
     last_loss: LostReason,
+    /// Completions (CommandComplete, EmptyQuery, PortalSuspended) the gap at the head of
+    /// the queue absorbed, and whether it absorbed an ErrorResponse.
+    gap_answers: usize,
+    gap_failed: bool,
     /// Operations completed by frontend traffic (see [`PgSession::take_completed`]).
     inferred: Vec<Operation>,
 }
@@ -1227,6 +1231,8 @@ impl PgSession {
             health: SessionHealth::default(),
             skipped_executes: 0,
             last_loss: LostReason::CaptureGap,
+            gap_answers: 0,
+            gap_failed: false,
             inferred: Vec::new(),
         }
     }
@@ -1727,6 +1733,8 @@ impl PgSession {
     /// Drops every entry; live operations among them are counted as lost for the reason
     /// framing was last lost (they may have been answered in bytes that were not followed).
     fn drop_all(&mut self) {
+        self.gap_answers = 0;
+        self.gap_failed = false;
         while let Some(p) = self.pop_front() {
             if p.is_live_op() {
                 self.health.lost.add(self.last_loss, 1);
@@ -1963,6 +1971,11 @@ impl PgSession {
         // Only a CommandComplete tag that agrees makes the guess good enough to use.
         let info = info.as_deref().filter(|i| tag == Some(i.name));
         out.push(make_op(info, tag, error, *start_ns, end_ns));
+        if typ == b'E' {
+            self.gap_failed = true;
+        } else {
+            self.gap_answers += 1;
+        }
     }
 
     /// Completes the Execute at the head of the queue.
@@ -1987,6 +2000,10 @@ impl PgSession {
 
     fn ready_for_query(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
         self.copy_in = false;
+        if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
+            self.end_gap();
+            return;
+        }
         if self.terminators == 0 {
             // Nothing can be waiting for this (start-up, or requests whose Sync was lost).
             self.drop_all();
@@ -2019,6 +2036,36 @@ impl PgSession {
                 Pending::Sync | Pending::Gap { .. } => break,
                 Pending::Execute { expired: false, .. } => self.skipped_executes += 1,
                 _ => {}
+            }
+        }
+    }
+
+    /// A ReadyForQuery with the gap at the head of the queue ends the gap. The lost bytes
+    /// most likely held no Sync: a pipeline write cut in the middle, its Sync sent in a
+    /// later write (psycopg and libpq pipelines end with one Sync). Then this ReadyForQuery
+    /// also answers the first Sync queued after the gap, and the answers the gap absorbed
+    /// include those of the requests queued before that Sync: they go too (reported
+    /// already, from their answers). Taken so when those answers are enough to cover them
+    /// (or an error made the server skip to the Sync); otherwise only the gap goes.
+    fn end_gap(&mut self) {
+        let answered = std::mem::take(&mut self.gap_answers);
+        let failed = std::mem::take(&mut self.gap_failed);
+        self.pop_front();
+        let Some(i) = self.queue.iter().position(Pending::is_terminator) else {
+            return;
+        };
+        if !matches!(self.queue[i], Pending::Sync) {
+            return;
+        }
+        let executes = self
+            .queue
+            .iter()
+            .take(i)
+            .filter(|p| matches!(p, Pending::Execute { .. }))
+            .count();
+        if failed || answered >= executes {
+            for _ in 0..=i {
+                self.pop_front();
             }
         }
     }
@@ -2329,6 +2376,8 @@ mod tests {
                 ok("DELETE"),
             ],
             "copy_in" | "copy_extended" => vec![ok("COPY"), ok("DELETE")],
+            "psycopg_pipeline" => vec![ok("SELECT"); 501],
+            "psycopg_copy" => vec![ok("COPY"), ok("COPY"), ok("DELETE")],
             "auth_fail" | "tls" | "cancel" => vec![],
             _ => panic!("no expectation for {name}"),
         }
@@ -2353,6 +2402,8 @@ mod tests {
         "auth_fail",
         "tls",
         "cancel",
+        "psycopg_pipeline",
+        "psycopg_copy",
     ];
 
     fn assert_ops(c: &Capture, how: &str, o: &Outcome) {
@@ -2569,7 +2620,7 @@ mod tests {
             match *name {
                 // One client write of many small messages, longer than the copied prefix:
                 // the requests past the prefix are never seen.
-                "pipeline" | "pipeline_error" => {
+                "pipeline" | "pipeline_error" | "psycopg_pipeline" => {
                     assert!(is_subsequence(&got, &want), "{name}: {got:?}");
                     assert!(o.health.parse_errors > 0);
                 }
@@ -2631,7 +2682,7 @@ mod tests {
                         got, want,
                         "{name} round {round} prefix {prefix}: no framing error, yet ops differ"
                     );
-                } else if matches!(*name, "pipeline" | "pipeline_error") {
+                } else if matches!(*name, "pipeline" | "pipeline_error" | "psycopg_pipeline") {
                     // A lost write holding several Syncs: how many answers it gets is
                     // unknown, and later pipelined operations may be misattributed until
                     // the pipeline drains (documented). Still bounded: one operation per
@@ -2648,6 +2699,175 @@ mod tests {
                 }
             }
         }
+    }
+
+    // ------------------------------------------------------------------ real clients
+
+    /// The recorded chunks, with chunk `gap` not copied at all (a gap chunk).
+    fn replay_with_gap(c: &Capture, gap: usize) -> Outcome {
+        let mut s = PgSession::new();
+        let mut o = Outcome::default();
+        for (i, &(dir, a, b)) in c.chunks.iter().enumerate() {
+            let bytes = match dir {
+                Dir::Frontend => &c.fe[a..b],
+                Dir::Backend => &c.be[a..b],
+            };
+            let t = i as u64 * 1000;
+            let chunk = Chunk {
+                data: if i == gap { &[] } else { bytes },
+                len: bytes.len(),
+                start_ns: t,
+                end_ns: t + 500,
+            };
+            match dir {
+                Dir::Frontend => s.on_frontend(&chunk),
+                Dir::Backend => s.on_backend(&chunk, &mut o.ops),
+            }
+            let h = s.take_health();
+            o.health.parse_errors += h.parse_errors;
+            o.health.timed_out += h.timed_out;
+            o.health.lost.merge(&h.lost);
+            check_bounds(&s);
+        }
+        s.take_completed(&mut o.ops);
+        o.pending = s.pending();
+        o
+    }
+
+    #[test]
+    fn psycopg_pipeline_mode_is_exact() {
+        // 500 parameterised SELECTs in pipeline mode: Bind/Describe/Execute per query in
+        // many writes, one Sync, every result in one read.
+        let c = load("psycopg_pipeline");
+        let o = replay(&c, &c.chunks, usize::MAX);
+        assert_ops(&c, "recorded", &o);
+        let results = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Backend && x.2 - x.1 > 30_000)
+            .expect("the read holding all results");
+        for (i, op) in o.ops[..500].iter().enumerate() {
+            assert_eq!(op.end_ns, results as u64 * 1000 + 500, "end of #{i}");
+            assert!(op.start_ns < op.end_ns);
+            assert_eq!(op.statement, "SELECT name FROM items WHERE id = $1");
+        }
+        // Each query starts with the write holding its first message.
+        assert!(o.ops[..500]
+            .windows(2)
+            .all(|w| w[0].start_ns <= w[1].start_ns));
+        assert_eq!(o.ops[0].start_ns, 2000, "the first pipelined write");
+    }
+
+    #[test]
+    fn psycopg_copy_in_and_out_are_exact() {
+        let c = load("psycopg_copy");
+        let o = replay(&c, &c.chunks, usize::MAX);
+        assert_ops(&c, "recorded", &o);
+        // COPY TO STDOUT ends with the last of the reads holding its 5,000 rows.
+        let last_rows = c
+            .chunks
+            .iter()
+            .rposition(|x| x.0 == Dir::Backend && x.2 - x.1 > 60_000)
+            .unwrap();
+        assert_eq!(o.ops[1].end_ns, last_rows as u64 * 1000 + 500);
+        for (name, prefix) in [("64 KiB", 65_536), ("4 KiB", 4096)] {
+            let o = replay(&c, &c.chunks, prefix);
+            assert_eq!(summary(&o.ops), expected("psycopg_copy"), "{name}");
+        }
+    }
+
+    #[test]
+    fn psycopg_pipeline_with_lost_results_then_exact() {
+        // The read holding all 500 results is lost: when the client sends its next query,
+        // it has read them all (one Sync group was open), so the 500 complete there, and the
+        // next query is exact.
+        let c = load("psycopg_pipeline");
+        let gap = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Backend && x.2 - x.1 > 30_000)
+            .unwrap();
+        let o = replay_with_gap(&c, gap);
+        assert_eq!(summary(&o.ops), expected("psycopg_pipeline"));
+        assert!(o.ops[..500]
+            .iter()
+            .all(|op| op.end_ns == gap as u64 * 1000 + 500));
+        assert_eq!(o.ops[500].statement, "SELECT count(*) FROM items");
+        assert_eq!(
+            (o.health.parse_errors, o.health.lost.total(), o.pending),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn psycopg_pipeline_with_lost_requests_then_exact() {
+        // A write of the pipeline is lost: the answers to what it held are reported from
+        // the answers alone, and the query after the pipeline is exact.
+        let c = load("psycopg_pipeline");
+        let gap = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Frontend && x.2 - x.1 > 10_000)
+            .unwrap();
+        let o = replay_with_gap(&c, gap);
+        assert_eq!(
+            summary(&o.ops),
+            expected("psycopg_pipeline"),
+            "{:?}",
+            o.health
+        );
+        assert_eq!(o.ops[500].statement, "SELECT count(*) FROM items");
+        assert_eq!(
+            (o.health.parse_errors, o.health.lost.total(), o.pending),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn skip_hints() {
+        let mut s = started();
+        // A Query's text is kept up to 4 KiB: the rest of a longer one is skipped.
+        let sql = format!("SELECT '{}'", "x".repeat(10_000));
+        let query = q(&sql);
+        fe(&mut s, &query[..100], 1);
+        assert_eq!(s.skip_hint(true), 0, "statement text still wanted");
+        fe(&mut s, &query[100..5 + FE_BODY_CAP], 1);
+        assert_eq!(s.skip_hint(true), (query.len() - 5 - FE_BODY_CAP) as u64);
+        s.on_frontend(&Chunk {
+            data: &[],
+            len: query.len() - 5 - FE_BODY_CAP,
+            start_ns: 1,
+            end_ns: 1,
+        });
+        assert_eq!(s.skip_hint(true), 0);
+        // A DataRow is not looked at: all of its body after the header.
+        let row = m(b'D', &[b'r'; 100_000]);
+        let mut out = be(&mut s, &[m(b'T', &[0, 0]), row[..7].to_vec()].concat(), 2);
+        assert_eq!(s.skip_hint(false), 100_000 - 2);
+        s.on_backend(
+            &Chunk {
+                data: &[],
+                len: 100_000 - 2,
+                start_ns: 2,
+                end_ns: 2,
+            },
+            &mut out,
+        );
+        out.extend(be(&mut s, &[m(b'C', b"SELECT 1\0"), ready()].concat(), 3));
+        assert_eq!(summary(&out), vec![("SELECT", None)]);
+        assert_eq!(out[0].statement, "SELECT ?");
+        assert_eq!(s.take_health(), SessionHealth::default());
+        // Lost framing: no hint until realigned.
+        s.on_backend(
+            &Chunk {
+                data: &[b'D', 0],
+                len: 1000,
+                start_ns: 4,
+                end_ns: 4,
+            },
+            &mut out,
+        );
+        assert_eq!(s.skip_hint(false), 0);
     }
 
     // ------------------------------------------------------------------ hand-made traffic
