@@ -3571,6 +3571,71 @@ mod tests {
     }
 
     #[test]
+    fn a_gap_where_a_request_was_then_every_later_request_is_counted() {
+        let mut d = Driver::new();
+        d.req(b"GET /a HTTP/1.1\r\n\r\n").resp(OK_5);
+        // A whole request not copied (a lost event): its head is unknown.
+        let lost = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+        d.req_len(&[], lost.len());
+        d.resp(OK_5);
+        for i in 0..100 {
+            let req = format!("POST /items/{i} HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc");
+            d.req(req.as_bytes()).resp(OK_5);
+        }
+        d.finish();
+        let mut want = vec!["GET 200 /a 0 5".to_string()];
+        want.extend((0..100).map(|_| "POST 200 /items/{id} 3 5".to_string()));
+        assert_eq!(d.summary(), want);
+        let h = d.health();
+        assert_eq!(
+            (
+                h.parse_errors,
+                h.timed_out,
+                h.lost.capture_gap,
+                h.lost.total()
+            ),
+            (1, 0, 1, 1),
+            "the response to the lost request is counted as lost"
+        );
+    }
+
+    #[test]
+    fn a_gap_where_a_response_head_was_then_every_later_request_is_counted() {
+        let mut d = Driver::new();
+        // Two requests in flight; the first response's head is not copied.
+        d.req(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+        d.resp_len(&[], OK_5.len());
+        d.resp(OK_5);
+        for _ in 0..100 {
+            d.req(b"GET /c HTTP/1.1\r\n\r\n").resp(OK_5);
+        }
+        d.finish();
+        assert_eq!(d.summary(), vec!["GET 200 /c 0 5"; 100]);
+        let h = d.health();
+        assert_eq!((h.parse_errors, h.timed_out, h.lost.capture_gap), (1, 0, 2));
+    }
+
+    #[test]
+    fn skip_hints() {
+        let mut d = Driver::new();
+        d.req(b"POST /up HTTP/1.1\r\nContent-Length: 100000\r\n\r\nxyz");
+        assert_eq!(d.s.skip_hint(true), 99_997);
+        d.req_len(&[], 99_997);
+        assert_eq!(d.s.skip_hint(true), 0);
+        d.resp(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nab");
+        assert_eq!(d.s.skip_hint(false), 0x1000 - 2, "chunk data, not its CRLF");
+        d.resp_len(&[], 0x1000 - 2);
+        assert_eq!(d.s.skip_hint(false), 0);
+        d.resp(b"\r\n0\r\n\r\n");
+        d.req(b"GET /x HTTP/1.1\r\n\r\n");
+        d.resp(b"HTTP/1.1 200 OK\r\n\r\nclose-delimited");
+        assert_eq!(d.s.skip_hint(false), 0, "runs to the close: not by length");
+        d.finish();
+        assert_eq!(d.summary(), ["POST 200 /up 100000 4109", "GET 200 /x 0 15"]);
+        assert_eq!(d.health(), SessionHealth::default());
+    }
+
+    #[test]
     fn never_gives_up_after_repeated_framing_errors() {
         let mut d = Driver::new();
         for _ in 0..1000 {
