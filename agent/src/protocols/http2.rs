@@ -1985,6 +1985,41 @@ mod tests {
     }
 
     #[test]
+    fn skip_hints() {
+        let mut d = Driver::new();
+        d.client(&client_start()).client(&get_request(1, "/a"));
+        d.server(&status(1, "200", false));
+        let data = frame(DATA, END_STREAM, 1, &[b'x'; 10_000]);
+        d.server(&data[..FRAME_HEADER + 100]);
+        assert_eq!(d.s.skip_hint(false), 9_900, "the rest of the DATA payload");
+        d.server_len(&[], 9_900);
+        assert_eq!(d.s.skip_hint(false), 0, "a frame header comes next");
+        // Padded DATA: the pad length is read first.
+        d.client(&get_request(3, "/b"));
+        d.server(&status(3, "200", false));
+        let mut padded = vec![4u8];
+        padded.extend([b'y'; 1000]);
+        padded.extend([0u8; 4]);
+        let data = frame(DATA, END_STREAM | PADDED, 3, &padded);
+        d.server(&data[..FRAME_HEADER]);
+        assert_eq!(d.s.skip_hint(false), 0, "pad length not seen yet");
+        d.server(&data[FRAME_HEADER..FRAME_HEADER + 1]);
+        assert_eq!(d.s.skip_hint(false), 1004);
+        d.server_len(&[], 1004);
+        // A header block is never skipped.
+        let req = get_request(5, "/c");
+        d.client(&req[..FRAME_HEADER + 1]);
+        assert_eq!(d.s.skip_hint(true), 0);
+        d.client(&req[FRAME_HEADER + 1..]);
+        assert_eq!(
+            d.summary(),
+            ["GET /a 200 req=0 resp=10000", "GET /b 200 req=0 resp=1000"]
+        );
+        assert_eq!(d.s.take_health(), SessionHealth::default());
+        assert_eq!(d.s.pending(), 1);
+    }
+
+    #[test]
     fn a_header_block_in_lost_bytes_gives_up_for_good() {
         let mut d = Driver::new();
         d.client(&client_start())
