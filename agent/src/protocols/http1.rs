@@ -3995,6 +3995,54 @@ mod tests {
             feed(&calls);
         }
 
+        /// Framing lost (a gap chunk) in one direction or both, binary garbage in the
+        /// directions that lost it, then a client that waits for each response: every
+        /// exchange is matched exactly, and nothing stays open.
+        #[test]
+        fn garbage_after_lost_framing_then_valid_traffic_recovers(
+            lose in 1u8..4,
+            garbage in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 1..300)), 0..6),
+            n in 1usize..10,
+        ) {
+            let (lose_req, lose_resp) = (lose & 1 != 0, lose & 2 != 0);
+            let mut s = Http1Session::new();
+            let mut ex = Vec::new();
+            s.on_request(&Chunk::whole(b"GET /first HTTP/1.1\r\n\r\n", 10, 10));
+            s.on_response(&Chunk::whole(OK_5, 15, 15), &mut ex);
+            let gap = Chunk { data: &[], len: 100, start_ns: 20, end_ns: 20 };
+            if lose_req {
+                s.on_request(&gap);
+            }
+            if lose_resp {
+                s.on_response(&gap, &mut ex);
+            }
+            let mut t = 30;
+            for (req, g) in &garbage {
+                let req = if lose_req && lose_resp { *req } else { lose_req };
+                t += 10;
+                if req {
+                    s.on_request(&Chunk::whole(g, t, t));
+                } else {
+                    s.on_response(&Chunk::whole(g, t, t), &mut ex);
+                }
+            }
+            let before = ex.len();
+            let paths = ["/alpha", "/beta", "/gamma", "/delta", "/epsilon"];
+            for i in 0..n {
+                t += 10;
+                let req = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", paths[i % 5]);
+                s.on_request(&Chunk::whole(req.as_bytes(), t, t));
+                t += 10;
+                s.on_response(&Chunk::whole(OK_5, t, t), &mut ex);
+                check_bounds(&s);
+            }
+            s.finish(&mut ex);
+            let got: Vec<&str> = ex[before..].iter().map(|e| e.route.as_str()).collect();
+            let want: Vec<&str> = (0..n).map(|i| paths[i % 5]).collect();
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(s.pending(), 0);
+        }
+
         #[test]
         fn pipelined_streams_match_exactly(
             exchanges in prop::collection::vec(exchange_gen(), 1..12),

@@ -596,6 +596,59 @@ mod dispatch_tests {
     }
 
     #[test]
+    fn a_replication_stream_stops_the_connection_with_its_reason() {
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        let psync = b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
+        let outcome = conn.feed(true, &Chunk::whole(psync, 1, 1), &no_routes(), &mut out);
+        assert_eq!(outcome.detected, Some(Protocol::Redis));
+        assert_eq!(outcome.health.stopped, Some(StopReason::Replication));
+        assert!(matches!(conn, ConnectionProtocol::Ignored));
+        assert_eq!(conn.skip_hint(false), 0);
+        assert_eq!(StopReason::Replication.label(), "replication");
+    }
+
+    #[test]
+    fn skip_hints_through_the_connection() {
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        let head = b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        conn.feed(true, &Chunk::whole(head, 1, 1), &no_routes(), &mut out);
+        assert_eq!(conn.skip_hint(true), 5000);
+        assert_eq!(conn.skip_hint(false), 0);
+        assert_eq!(ConnectionProtocol::default().skip_hint(true), 0);
+    }
+
+    #[test]
+    fn lost_request_labels_are_stable() {
+        let labels: Vec<_> = LostReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            ["capture_gap", "unparsable", "queue_full", "stopped"]
+        );
+        let stops: Vec<_> = StopReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(stops, ["replication", "upgrade", "hpack_desync"]);
+        let mut lost = LostRequests::default();
+        lost.add(LostReason::CaptureGap, 2);
+        lost.add(LostReason::QueueFull, 3);
+        let mut more = lost;
+        more.merge(&lost);
+        assert_eq!(
+            (more.capture_gap, more.queue_full, more.total()),
+            (4, 6, 10)
+        );
+        assert_eq!(
+            lost.iter().collect::<Vec<_>>(),
+            [
+                (LostReason::CaptureGap, 2),
+                (LostReason::Unparsable, 0),
+                (LostReason::QueueFull, 3),
+                (LostReason::Stopped, 0)
+            ]
+        );
+    }
+
+    #[test]
     fn server_first_and_tls_connections_are_ignored() {
         let mut out = Completed::default();
         let mut banner = ConnectionProtocol::default();

@@ -66,7 +66,11 @@
 //!   the queue, replies are absorbed by it: each CommandComplete, EmptyQueryResponse,
 //!   PortalSuspended or ErrorResponse is reported as an operation of its own (named by
 //!   the tag, statement text only when the tag agrees with the last Bind/Parse before
-//!   the loss, started where the loss happened), and the next ReadyForQuery ends the gap.
+//!   the loss, started where the loss happened), and the next ReadyForQuery ends the gap
+//!   (with the Sync group queued after it when the absorbed answers cover that group: a
+//!   pipeline write cut in the middle holds no Sync). A simple Query queued after the
+//!   gap, sent before an answer ended, ends the gap too: a client sends one only when
+//!   idle, so that answer is the query's.
 //!   Statement and portal names may have been rebound in the lost bytes, so the unnamed
 //!   statement and the portals are forgotten.
 //! - Backend: the backend also realigns (a) at a fully copied chunk that ends with a
@@ -1858,6 +1862,16 @@ impl PgSession {
                 self.in_startup = false;
             }
             return;
+        }
+        if matches!(self.queue.front(), Some(Pending::Gap { .. }))
+            && matches!(self.queue.get(1), Some(Pending::Query { start_ns, .. }) if *start_ns <= end_ns)
+        {
+            // A simple query sent before this answer ended: clients send one only when idle
+            // (libpq refuses it in pipeline mode), so whatever the lost bytes held was
+            // answered before it; this answer is the query's.
+            self.gap_answers = 0;
+            self.gap_failed = false;
+            self.pop_front();
         }
         if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
             match typ {
@@ -3717,6 +3731,56 @@ mod tests {
                 prop_assert!(o.len() <= max);
                 let _ = operation_name(&sql);
                 let _ = collection_of(&sql, operation_name(&sql));
+            }
+
+            /// Framing lost (a gap chunk) in one direction or both, binary garbage in the
+            /// directions that lost it (what comes after a loss is not at a boundary), then
+            /// a client that waits for each answer: every query from the second on is
+            /// matched exactly, and nothing stays open.
+            #[test]
+            fn garbage_after_lost_framing_then_valid_traffic_recovers(
+                lose in 1u8..4,
+                garbage in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 1..300)), 0..6),
+                n in 2usize..10,
+            ) {
+                let (lose_fe, lose_be) = (lose & 1 != 0, lose & 2 != 0);
+                let mut s = started();
+                fe(&mut s, &q("SELECT 0"), 10);
+                let mut out = be(&mut s, &[m(b'C', b"SELECT 1\0"), ready()].concat(), 15);
+                let gap = Chunk { data: &[], len: 100, start_ns: 20, end_ns: 20 };
+                if lose_fe {
+                    s.on_frontend(&gap);
+                }
+                if lose_be {
+                    s.on_backend(&gap, &mut out);
+                }
+                let garbage: Vec<_> = garbage
+                    .into_iter()
+                    .map(|(front, g)| (if lose_fe && lose_be { front } else { lose_fe }, g))
+                    .collect();
+                let mut t = 30;
+                for (front, g) in &garbage {
+                    t += 10;
+                    if *front {
+                        fe(&mut s, g, t);
+                    } else {
+                        out.extend(be(&mut s, g, t));
+                    }
+                }
+                let before = out.len();
+                for i in 0..n {
+                    t += 10;
+                    fe(&mut s, &q(&format!("UPDATE t{i} SET a = 1")), t);
+                    t += 10;
+                    out.extend(be(&mut s, &[m(b'C', b"UPDATE 1\0"), ready()].concat(), t));
+                    check_bounds(&s);
+                }
+                s.take_completed(&mut out);
+                let got: Vec<_> = out[before..].iter().map(|o| o.collection.clone()).collect();
+                let want: Vec<_> = (1..n).map(|i| Some(format!("t{i}"))).collect();
+                prop_assert!(got.len() >= n - 1, "{:?}", got);
+                prop_assert_eq!(&got[got.len() - (n - 1)..], &want[..]);
+                prop_assert_eq!(s.pending(), 0);
             }
 
             #[test]
