@@ -838,7 +838,7 @@ fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOu
             .get_or_create(&labels)
             .inc_by(h.timed_out);
     }
-    if h.gave_up {
+    if h.stopped.is_some() {
         metrics.protocol_abandoned.get_or_create(&labels).inc();
     }
     if h.tls {

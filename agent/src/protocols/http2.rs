@@ -46,10 +46,14 @@
 //! decoded makes every later one untrustworthy. So when a frame header, or any byte of a
 //! header block, falls in the part of a chunk that was not copied, or a block does not
 //! decode, or the framing breaks the rules that keep header blocks whole (CONTINUATION
-//! sequences, padding longer than the frame), the session gives up on the connection for
-//! good: `gave_up`, one parse error, open streams dropped (counted as timed out), all state
-//! freed, and every later call returns at once. It never emits an exchange whose labels
-//! come from a table it could not follow.
+//! sequences, padding longer than the frame), the session stops parsing the connection for
+//! good: [`SessionHealth::stopped`] is [`StopReason::HpackDesync`], one parse error, open
+//! streams dropped (counted as lost, `stopped`), all state freed, and every later call
+//! returns at once. It never emits an exchange whose labels come from a table it could not
+//! follow. A lost frame header is the same case: the frames it hid may have been header
+//! blocks. This is the only protocol that cannot resynchronise; the capture layer copies
+//! every byte the session needs (up to a per-syscall cap) and nothing of DATA payloads
+//! ([`H2Session::skip_hint`]), so it happens only past that cap or when events are lost.
 //!
 //! # Memory
 //!
@@ -61,12 +65,12 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::hpack;
-use super::{Chunk, SessionHealth};
+use super::{Chunk, LostReason, SessionHealth, StopReason};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// Open streams kept per connection; the oldest is dropped to make room (counted as timed
-/// out). Servers advertise 100 to 128 concurrent streams by default.
+/// Open streams kept per connection; the oldest is dropped to make room (counted as lost,
+/// `queue_full`). Servers advertise 100 to 128 concurrent streams by default.
 pub const MAX_STREAMS: usize = 1024;
 /// Largest header block collected (the payloads of a HEADERS or PUSH_PROMISE frame and its
 /// CONTINUATION frames). A larger one cannot be decoded: the session gives up.
@@ -306,12 +310,29 @@ impl H2Session {
         self.state.as_ref().map_or(0, |s| s.streams.len())
     }
 
-    /// Returns the health counters and resets them; `gave_up` stays set once set.
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
     pub fn take_health(&mut self) -> SessionHealth {
-        let h = self.health;
-        self.health.parse_errors = 0;
-        self.health.timed_out = 0;
-        h
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the payload of the DATA frame being read (once its pad length,
+    /// if any, is in hand). 0 when unsure.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        let Some(state) = &self.state else {
+            return 0;
+        };
+        let side = if from_client {
+            &state.client
+        } else {
+            &state.server
+        };
+        match &side.frame {
+            Some(f) if f.kind == DATA && (f.flags & PADDED == 0 || f.lead_len > 0) => {
+                u64::from(f.left)
+            }
+            _ => 0,
+        }
     }
 
     /// Drops the streams opened more than `timeout_ns` before `now_ns` (counted in
@@ -360,10 +381,12 @@ impl H2Session {
 
     fn give_up(&mut self) {
         if let Some(s) = self.state.take() {
-            self.health.timed_out += s.streams.len() as u64;
+            self.health
+                .lost
+                .add(LostReason::Stopped, s.streams.len() as u64);
         }
         self.health.parse_errors += 1;
-        self.health.gave_up = true;
+        self.health.stopped = Some(StopReason::HpackDesync);
     }
 }
 
@@ -548,7 +571,7 @@ impl State {
             self.last_stream = block.stream;
             if self.streams.len() >= MAX_STREAMS {
                 self.streams.pop_first();
-                health.timed_out += 1;
+                health.lost.add(LostReason::QueueFull, 1);
             }
             let (path, path_truncated) = fields.path.unwrap_or_default();
             self.streams.insert(
@@ -817,6 +840,7 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::StopReason;
 
     // ---- fixtures ------------------------------------------------------------------------
 
@@ -905,7 +929,8 @@ mod tests {
             let h = s.take_health();
             health.parse_errors += h.parse_errors;
             health.timed_out += h.timed_out;
-            health.gave_up |= h.gave_up;
+            health.lost.merge(&h.lost);
+            health.stopped = health.stopped.or(h.stopped);
         }
         Outcome {
             exchanges,
@@ -1337,7 +1362,8 @@ mod tests {
         let o = run(pieces);
         let lost = lost_needed_bytes(f, pieces);
         assert_eq!(
-            o.health.gave_up, lost,
+            o.health.stopped.is_some(),
+            lost,
             "{name} ({how}): gave up iff needed bytes were lost"
         );
         if lost {
@@ -1714,13 +1740,13 @@ mod tests {
             .server(&frame(DATA, PADDED | END_STREAM, 1, &[5, 0, 0]));
         assert_eq!(d.summary(), ["GET / 200 req=0 resp=0"]);
         let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.gave_up), (1, false));
+        assert_eq!((h.parse_errors, h.stopped.is_some()), (1, false));
         // In HEADERS: the block cannot be trusted.
         let mut d = Driver::new();
         d.client(&client_start());
         d.client(&frame(HEADERS, PADDED | END_HEADERS, 1, &[200, 0x82]));
         let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.gave_up), (1, true));
+        assert_eq!((h.parse_errors, h.stopped.is_some()), (1, true));
     }
 
     #[test]
@@ -1741,7 +1767,7 @@ mod tests {
         ] {
             let mut d = Driver::new();
             d.client(&client_start()).client(&bad);
-            assert!(d.s.take_health().gave_up, "{bad:?}");
+            assert!(d.s.take_health().stopped.is_some(), "{bad:?}");
         }
     }
 
@@ -1834,7 +1860,8 @@ mod tests {
         }
         d.client(&reqs);
         assert_eq!(d.s.pending(), MAX_STREAMS);
-        assert_eq!(d.s.take_health().timed_out, 1);
+        let h = d.s.take_health();
+        assert_eq!((h.timed_out, h.lost.queue_full), (0, 1));
         d.server(&status(1, "200", true))
             .server(&status(3, "200", true));
         assert_eq!(d.summary(), ["GET / 200 req=0 resp=0"]);
@@ -1860,14 +1887,17 @@ mod tests {
         d.server(&settings(&[(SETTINGS_HEADER_TABLE_SIZE, 100)]));
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &big));
         assert!(
-            !d.s.take_health().gave_up,
+            d.s.take_health().stopped.is_none(),
             "not acknowledged yet: 4096 still allowed"
         );
         d.client(&frame(SETTINGS, ACK, 0, &[]));
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 3, &small));
-        assert!(!d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_none());
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 5, &big));
-        assert!(d.s.take_health().gave_up, "4096 above the acknowledged 100");
+        assert!(
+            d.s.take_health().stopped.is_some(),
+            "4096 above the acknowledged 100"
+        );
         // A larger table may be used as soon as it was offered.
         let mut d = Driver::new();
         d.client(&client_start());
@@ -1878,14 +1908,14 @@ mod tests {
         ]
         .concat();
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
-        assert!(!d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_none());
         // Beyond what the decoder keeps: give up.
         let mut d = Driver::new();
         d.client(&client_start());
         d.server(&settings(&[(SETTINGS_HEADER_TABLE_SIZE, 1 << 20)]));
         let b = [enc_int(0x20, 5, 1 << 20), block(&[(":method", "GET")])].concat();
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
-        assert!(d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_some());
         // SETTINGS whose parameters were not copied allow any size up to the cap.
         let mut d = Driver::new();
         d.client(&client_start());
@@ -1897,7 +1927,7 @@ mod tests {
         ]
         .concat();
         d.client(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &b));
-        assert!(!d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_none());
         assert_eq!(d.s.state.as_ref().unwrap().client.hpack.max_size(), 65536);
     }
 
@@ -1936,7 +1966,7 @@ mod tests {
         // 50 declared, 70,000 moved: the frame ends and the next header is in lost bytes.
         d.server_len(&head, head.len() + 70_000);
         assert!(
-            d.s.take_health().gave_up,
+            d.s.take_health().stopped.is_some(),
             "a frame header among lost bytes gives up"
         );
         let mut d = Driver::new();
@@ -1955,6 +1985,41 @@ mod tests {
     }
 
     #[test]
+    fn skip_hints() {
+        let mut d = Driver::new();
+        d.client(&client_start()).client(&get_request(1, "/a"));
+        d.server(&status(1, "200", false));
+        let data = frame(DATA, END_STREAM, 1, &[b'x'; 10_000]);
+        d.server(&data[..FRAME_HEADER + 100]);
+        assert_eq!(d.s.skip_hint(false), 9_900, "the rest of the DATA payload");
+        d.server_len(&[], 9_900);
+        assert_eq!(d.s.skip_hint(false), 0, "a frame header comes next");
+        // Padded DATA: the pad length is read first.
+        d.client(&get_request(3, "/b"));
+        d.server(&status(3, "200", false));
+        let mut padded = vec![4u8];
+        padded.extend([b'y'; 1000]);
+        padded.extend([0u8; 4]);
+        let data = frame(DATA, END_STREAM | PADDED, 3, &padded);
+        d.server(&data[..FRAME_HEADER]);
+        assert_eq!(d.s.skip_hint(false), 0, "pad length not seen yet");
+        d.server(&data[FRAME_HEADER..FRAME_HEADER + 1]);
+        assert_eq!(d.s.skip_hint(false), 1004);
+        d.server_len(&[], 1004);
+        // A header block is never skipped.
+        let req = get_request(5, "/c");
+        d.client(&req[..FRAME_HEADER + 1]);
+        assert_eq!(d.s.skip_hint(true), 0);
+        d.client(&req[FRAME_HEADER + 1..]);
+        assert_eq!(
+            d.summary(),
+            ["GET /a 200 req=0 resp=10000", "GET /b 200 req=0 resp=1000"]
+        );
+        assert_eq!(d.s.take_health(), SessionHealth::default());
+        assert_eq!(d.s.pending(), 1);
+    }
+
+    #[test]
     fn a_header_block_in_lost_bytes_gives_up_for_good() {
         let mut d = Driver::new();
         d.client(&client_start())
@@ -1964,16 +2029,19 @@ mod tests {
         let r = get_request(5, "/c");
         d.client_len(&r[..12], r.len());
         let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.timed_out, h.gave_up), (1, 1, true));
+        assert_eq!(
+            (h.parse_errors, h.timed_out, h.lost.stopped, h.stopped),
+            (1, 0, 1, Some(StopReason::HpackDesync))
+        );
         assert!(d.s.state.is_none(), "state is freed");
         assert_eq!(d.s.pending(), 0);
         // Nothing more comes out, and no more errors are counted.
         d.server(&status(3, "200", true))
             .client(&get_request(7, "/d"));
         assert_eq!(d.summary(), ["GET /a 200 req=0 resp=0"]);
-        let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.timed_out, h.gave_up), (0, 0, true));
-        assert!(std::mem::size_of::<H2Session>() <= 64);
+        // `stopped` was reported once.
+        assert_eq!(d.s.take_health(), SessionHealth::default());
+        assert!(std::mem::size_of::<H2Session>() <= 96);
     }
 
     #[test]
@@ -1981,7 +2049,7 @@ mod tests {
         let mut d = Driver::new();
         let c = client_start();
         d.client_len(&c[..30], c.len());
-        assert!(d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_some());
         // The preface itself may be missing (the capture already recognised it).
         let mut d = Driver::new();
         d.client_len(&[], 24)
@@ -1994,10 +2062,10 @@ mod tests {
     fn not_a_preface_gives_up() {
         let mut d = Driver::new();
         d.client(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n");
-        assert!(d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_some());
         let mut d = Driver::new();
         d.client(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert!(d.s.take_health().gave_up);
+        assert!(d.s.take_health().stopped.is_some());
     }
 
     #[test]
@@ -2463,7 +2531,7 @@ mod tests {
                 prop_assert!(i.is_some(), "unexpected {}", sm);
                 left.remove(i.unwrap());
             }
-            if !h.gave_up {
+            if h.stopped.is_none() {
                 prop_assert!(left.is_empty(), "missing {:?}", left);
             }
         }

@@ -12,15 +12,21 @@ pub mod redis;
 #[cfg(test)]
 mod test_fixtures;
 
-/// One data syscall's worth of a byte stream, as the capture layer saw it.
+/// Consecutive bytes of one direction of a connection, as the capture layer saw them.
 ///
-/// The kernel copies only a prefix of what a syscall moved, so `data` may be shorter than
-/// `len`: the bytes in `data.len()..len` happened but are unknown. A parser that is
-/// skipping a value of known length (a Redis bulk string, a PostgreSQL DataRow) skips
-/// them; a parser that needs them to find the next message boundary has lost the framing.
+/// The kernel copies what the parser needs of each syscall, up to a per-syscall cap, so
+/// `data` may be shorter than `len`: the bytes in `data.len()..len` happened but are
+/// unknown. A parser that is skipping a value of known length (a Redis bulk string, a
+/// PostgreSQL DataRow) skips them; a parser that needs them to find the next message
+/// boundary has lost the framing and resynchronises.
+///
+/// One syscall may arrive as several consecutive chunks with the same times: copied
+/// bytes, then a gap (`data` empty, `len` the bytes not copied because the session said
+/// it would skip them, see [`Session::skip_hint`]), then copied bytes again. Sessions
+/// treat that exactly like one chunk holding those bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct Chunk<'a> {
-    /// The copied prefix.
+    /// The copied bytes (the first `data.len()` of the `len`).
     pub data: &'a [u8],
     /// Bytes the syscall really moved (`>= data.len()`).
     pub len: usize,
@@ -60,15 +66,131 @@ pub struct Operation {
     pub collection: Option<String>,
 }
 
-/// What a session reports about its own health, drained by the caller.
+/// Why requests were lost: they happened (or may have), but no operation reports them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LostReason {
+    /// The parser needed bytes that were not copied (the per-syscall cap, a lost event).
+    CaptureGap,
+    /// Bytes that did not parse as the protocol.
+    Unparsable,
+    /// The queue of open requests was full: the oldest was dropped to make room.
+    QueueFull,
+    /// The session stopped parsing the connection (see [`StopReason`]) with requests open.
+    Stopped,
+}
+
+impl LostReason {
+    pub const ALL: [LostReason; 4] = [
+        LostReason::CaptureGap,
+        LostReason::Unparsable,
+        LostReason::QueueFull,
+        LostReason::Stopped,
+    ];
+
+    /// The stable `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            LostReason::CaptureGap => "capture_gap",
+            LostReason::Unparsable => "unparsable",
+            LostReason::QueueFull => "queue_full",
+            LostReason::Stopped => "stopped",
+        }
+    }
+}
+
+/// Requests lost, by reason. Requests dropped when a session resynchronises count here
+/// (not as timed out): they may well have been answered, in bytes the session could not
+/// follow. A request the session never saw at all (sent in lost bytes) counts when its
+/// answer shows it existed, where the protocol makes that possible.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LostRequests {
+    pub capture_gap: u64,
+    pub unparsable: u64,
+    pub queue_full: u64,
+    pub stopped: u64,
+}
+
+impl LostRequests {
+    pub fn add(&mut self, reason: LostReason, n: u64) {
+        *self.slot(reason) += n;
+    }
+
+    pub fn get(&self, reason: LostReason) -> u64 {
+        match reason {
+            LostReason::CaptureGap => self.capture_gap,
+            LostReason::Unparsable => self.unparsable,
+            LostReason::QueueFull => self.queue_full,
+            LostReason::Stopped => self.stopped,
+        }
+    }
+
+    fn slot(&mut self, reason: LostReason) -> &mut u64 {
+        match reason {
+            LostReason::CaptureGap => &mut self.capture_gap,
+            LostReason::Unparsable => &mut self.unparsable,
+            LostReason::QueueFull => &mut self.queue_full,
+            LostReason::Stopped => &mut self.stopped,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        LostReason::ALL.iter().map(|&r| self.get(r)).sum()
+    }
+
+    /// Every reason with its count (zeros included), in [`LostReason::ALL`] order.
+    pub fn iter(&self) -> impl Iterator<Item = (LostReason, u64)> + '_ {
+        LostReason::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    pub fn merge(&mut self, other: &LostRequests) {
+        for (r, n) in other.iter() {
+            self.add(r, n);
+        }
+    }
+}
+
+/// Why a session stopped parsing a connection for good. These are the only ones: any
+/// other loss of framing is recovered from (see each protocol's "Lost framing" section).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StopReason {
+    /// Redis SYNC/PSYNC: the connection became a replication stream, not request/response.
+    Replication,
+    /// HTTP/1 `101 Switching Protocols` or a CONNECT tunnel: another protocol follows.
+    Upgrade,
+    /// HTTP/2: bytes of the connection were lost or did not decode, so the HPACK tables
+    /// (shared by every later header block) cannot be trusted again.
+    HpackDesync,
+}
+
+impl StopReason {
+    pub const ALL: [StopReason; 3] = [
+        StopReason::Replication,
+        StopReason::Upgrade,
+        StopReason::HpackDesync,
+    ];
+
+    /// The stable `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            StopReason::Replication => "replication",
+            StopReason::Upgrade => "upgrade",
+            StopReason::HpackDesync => "hpack_desync",
+        }
+    }
+}
+
+/// What a session reports about its own health, drained by the caller: every field
+/// counts what happened since the last `take_health`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionHealth {
-    /// Bytes that could not be parsed (framing errors).
+    /// Framing losses (each followed by a resynchronisation).
     pub parse_errors: u64,
-    /// Requests dropped because they never got a response.
+    /// Requests dropped because they got no response within the timeout.
     pub timed_out: u64,
-    /// The session stopped decoding this connection for good.
-    pub gave_up: bool,
+    /// Requests lost, by reason.
+    pub lost: LostRequests,
+    /// The session stopped decoding this connection for good, and why (reported once).
+    pub stopped: Option<StopReason>,
     /// The connection turned out to be TLS (after a STARTTLS-style upgrade).
     pub tls: bool,
 }
@@ -242,6 +364,19 @@ impl Session {
             Session::Http2(s) => s.take_health(),
         }
     }
+
+    /// How many of the next bytes in that direction the session will skip by length
+    /// without looking at them, after the chunks fed so far: the capture layer need not
+    /// copy them, and hands them over as a gap chunk (`data` empty, `len` the count). 0
+    /// when unsure; never a byte the session needs.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        match self {
+            Session::Redis(s) => s.skip_hint(from_client),
+            Session::Postgres(s) => s.skip_hint(from_client),
+            Session::Http1(s) => s.skip_hint(from_client),
+            Session::Http2(s) => s.skip_hint(from_client),
+        }
+    }
 }
 
 /// An HTTP/2 server's connection preface is a SETTINGS frame on stream 0 (RFC 9113
@@ -272,7 +407,7 @@ pub enum ConnectionProtocol {
     /// The server spoke first with what may be HTTP/2 SETTINGS; waiting for the client.
     HeldServerFirst(HeldChunk),
     Parsing(Session),
-    /// Recognised as something not parsed (TLS, unknown, or a session that gave up).
+    /// Recognised as something not parsed (TLS, unknown, or a session that stopped).
     Ignored,
 }
 
@@ -357,11 +492,19 @@ impl ConnectionProtocol {
                 session.on_response(&early, out);
             }
             outcome.health = session.take_health();
-            if outcome.health.gave_up || outcome.health.tls {
+            if outcome.health.stopped.is_some() || outcome.health.tls {
                 *self = ConnectionProtocol::Ignored;
             }
         }
         outcome
+    }
+
+    /// [`Session::skip_hint`] of a connection being parsed; 0 otherwise.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        match self {
+            ConnectionProtocol::Parsing(s) => s.skip_hint(from_client),
+            _ => 0,
+        }
     }
 
     pub fn session_mut(&mut self) -> Option<&mut Session> {
@@ -469,6 +612,59 @@ mod dispatch_tests {
     }
 
     #[test]
+    fn a_replication_stream_stops_the_connection_with_its_reason() {
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        let psync = b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
+        let outcome = conn.feed(true, &Chunk::whole(psync, 1, 1), &no_routes(), &mut out);
+        assert_eq!(outcome.detected, Some(Protocol::Redis));
+        assert_eq!(outcome.health.stopped, Some(StopReason::Replication));
+        assert!(matches!(conn, ConnectionProtocol::Ignored));
+        assert_eq!(conn.skip_hint(false), 0);
+        assert_eq!(StopReason::Replication.label(), "replication");
+    }
+
+    #[test]
+    fn skip_hints_through_the_connection() {
+        let mut conn = ConnectionProtocol::default();
+        let mut out = Completed::default();
+        let head = b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        conn.feed(true, &Chunk::whole(head, 1, 1), &no_routes(), &mut out);
+        assert_eq!(conn.skip_hint(true), 5000);
+        assert_eq!(conn.skip_hint(false), 0);
+        assert_eq!(ConnectionProtocol::default().skip_hint(true), 0);
+    }
+
+    #[test]
+    fn lost_request_labels_are_stable() {
+        let labels: Vec<_> = LostReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(
+            labels,
+            ["capture_gap", "unparsable", "queue_full", "stopped"]
+        );
+        let stops: Vec<_> = StopReason::ALL.iter().map(|r| r.label()).collect();
+        assert_eq!(stops, ["replication", "upgrade", "hpack_desync"]);
+        let mut lost = LostRequests::default();
+        lost.add(LostReason::CaptureGap, 2);
+        lost.add(LostReason::QueueFull, 3);
+        let mut more = lost;
+        more.merge(&lost);
+        assert_eq!(
+            (more.capture_gap, more.queue_full, more.total()),
+            (4, 6, 10)
+        );
+        assert_eq!(
+            lost.iter().collect::<Vec<_>>(),
+            [
+                (LostReason::CaptureGap, 2),
+                (LostReason::Unparsable, 0),
+                (LostReason::QueueFull, 3),
+                (LostReason::Stopped, 0)
+            ]
+        );
+    }
+
+    #[test]
     fn server_first_and_tls_connections_are_ignored() {
         let mut out = Completed::default();
         let mut banner = ConnectionProtocol::default();
@@ -485,5 +681,198 @@ mod dispatch_tests {
         let outcome = tls.feed(true, &Chunk::whole(&hello, 1, 1), &no_routes(), &mut out);
         assert_eq!(outcome.detected, Some(Protocol::Tls));
         assert!(matches!(tls, ConnectionProtocol::Ignored) && out.is_empty());
+    }
+}
+
+/// Skip hints never claim a byte a session needs: feeding recorded connections of every
+/// protocol with the hinted bytes replaced by gap chunks (as the kernel delivers them
+/// when told to skip) gives the same results as feeding every byte.
+#[cfg(test)]
+mod skip_hint_tests {
+    use super::*;
+    use crate::protocols::test_fixtures::{self, Rng};
+    use std::path::PathBuf;
+
+    type Syscalls = Vec<(bool, Vec<u8>)>;
+
+    fn dir(protocol: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(protocol)
+    }
+
+    /// Every recorded connection of a protocol, as (from client, bytes) syscalls.
+    fn recorded(protocol: &str) -> Vec<(String, Syscalls)> {
+        let mut names: Vec<String> = std::fs::read_dir(dir(protocol))
+            .expect("fixture folder")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".order").map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let calls = if protocol == "postgres" {
+                    postgres(&name)
+                } else {
+                    let f = test_fixtures::load(protocol, &name);
+                    test_fixtures::logged(&f)
+                        .iter()
+                        .map(|p| (p.req, p.data.to_vec()))
+                        .collect()
+                };
+                (name, calls)
+            })
+            .collect()
+    }
+
+    /// PostgreSQL's recordings: `.fe`, `.be`, and `f N` / `b N` order lines.
+    fn postgres(name: &str) -> Syscalls {
+        let read =
+            |ext: &str| std::fs::read(dir("postgres").join(format!("{name}.{ext}"))).unwrap();
+        let (fe, be, order) = (read("fe"), read("be"), read("order"));
+        let (mut f, mut b) = (0, 0);
+        String::from_utf8(order)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (d, n) = l.split_once(' ').unwrap();
+                let n: usize = n.parse().unwrap();
+                if d == "f" {
+                    f += n;
+                    (true, fe[f - n..f].to_vec())
+                } else {
+                    b += n;
+                    (false, be[b - n..b].to_vec())
+                }
+            })
+            .collect()
+    }
+
+    fn session(protocol: &str) -> Session {
+        match protocol {
+            "redis" => Session::Redis(Box::default()),
+            "postgres" => Session::Postgres(Box::default()),
+            "http1" => Session::Http1(Box::default()),
+            "http2" => Session::Http2(Box::default()),
+            _ => unreachable!(),
+        }
+    }
+
+    /// What a feed produced: everything completed, the health after each syscall, what
+    /// stayed open, then what the close completed.
+    #[derive(Debug, PartialEq)]
+    struct Result {
+        completed: String,
+        health: Vec<SessionHealth>,
+        pending: usize,
+    }
+
+    /// Feeds the syscalls; with `hints`, each syscall is cut at a random point and the
+    /// bytes the session then says it will skip go as a gap chunk. Returns the result and
+    /// the bytes skipped.
+    fn feed(protocol: &str, calls: &Syscalls, hints: Option<&mut Rng>) -> (Result, u64) {
+        let mut s = session(protocol);
+        let mut out = Completed::default();
+        let mut all = String::new();
+        let mut health = Vec::new();
+        let mut skipped = 0;
+        let mut rng = hints;
+        for (i, (from_client, data)) in calls.iter().enumerate() {
+            let t = 1000 * (i as u64 + 1);
+            let give = |s: &mut Session, data: &[u8], len: usize, out: &mut Completed| {
+                let c = Chunk {
+                    data,
+                    len,
+                    start_ns: t,
+                    end_ns: t + 500,
+                };
+                if *from_client {
+                    s.on_request(&c, out);
+                } else {
+                    s.on_response(&c, out);
+                }
+            };
+            match rng.as_deref_mut() {
+                None => give(&mut s, data, data.len(), &mut out),
+                Some(rng) => {
+                    let j = rng.below(data.len() + 1);
+                    if j > 0 {
+                        give(&mut s, &data[..j], j, &mut out);
+                    }
+                    let k = (s.skip_hint(*from_client) as usize).min(data.len() - j);
+                    if k > 0 {
+                        give(&mut s, &[], k, &mut out);
+                        skipped += k as u64;
+                    }
+                    if j + k < data.len() {
+                        give(&mut s, &data[j + k..], data.len() - j - k, &mut out);
+                    }
+                }
+            }
+            all += &format!("{:?}{:?}{:?}", out.ops, out.http, out.h2);
+            out.clear();
+            health.push(s.take_health());
+        }
+        let pending = s.pending();
+        s.finish(&mut out);
+        all += &format!("{:?}{:?}{:?}", out.ops, out.http, out.h2);
+        health.push(s.take_health());
+        (
+            Result {
+                completed: all,
+                health,
+                pending,
+            },
+            skipped,
+        )
+    }
+
+    #[test]
+    fn hinted_gaps_change_nothing_on_recorded_connections() {
+        let mut rng = Rng(0x5eed);
+        for protocol in ["redis", "postgres", "http1", "http2"] {
+            let mut skipped = 0;
+            for (name, calls) in recorded(protocol) {
+                let (want, _) = feed(protocol, &calls, None);
+                for round in 0..4 {
+                    // Also cut the syscalls further, so that hints are asked for at many
+                    // points inside bodies.
+                    let calls: Syscalls = if round == 0 {
+                        calls.clone()
+                    } else {
+                        let max = [0, 7, 300, 5000][round];
+                        calls
+                            .iter()
+                            .flat_map(|(c, d)| {
+                                let mut parts = Vec::new();
+                                let mut at = 0;
+                                while at < d.len() {
+                                    let n = (1 + rng.below(max)).min(d.len() - at);
+                                    parts.push((*c, d[at..at + n].to_vec()));
+                                    at += n;
+                                }
+                                parts
+                            })
+                            .collect()
+                    };
+                    let (plain, _) = feed(protocol, &calls, None);
+                    let (hinted, n) = feed(protocol, &calls, Some(&mut rng));
+                    assert!(
+                        plain == hinted,
+                        "{protocol}/{name} round {round}: hinted gaps changed the result\n\
+                         plain:  {plain:?}\nhinted: {hinted:?}"
+                    );
+                    if round == 0 {
+                        assert_eq!(plain.completed, want.completed, "{protocol}/{name}");
+                    }
+                    skipped += n;
+                }
+            }
+            // Not vacuous: every protocol's recordings have bodies to skip.
+            assert!(skipped > 10_000, "{protocol}: only {skipped} bytes hinted");
+        }
     }
 }

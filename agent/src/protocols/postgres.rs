@@ -47,12 +47,14 @@
 //!
 //! # Lost framing and resynchronisation
 //!
-//! Framing is lost when a message header falls into bytes that were not copied, or when
-//! a header is not a valid message for that direction. Each loss counts once in
-//! [`SessionHealth::parse_errors`]. The session then resynchronises rather than giving
-//! up, because with a small copied prefix this is routine: any read holding many small
-//! DataRows, any write holding several small messages, loses it. All of this relies on
-//! the two directions being fed in the order they happened.
+//! The capture layer copies every byte the session needs, up to a cap per syscall, and
+//! nothing of a body the session skips by length ([`PgSession::skip_hint`]). Framing is
+//! lost when a message header falls into bytes that were not copied (a syscall over the
+//! cap, a lost event: reason `capture_gap`), or when a header is not a valid message for
+//! that direction (`unparsable`). Each loss counts once in
+//! [`SessionHealth::parse_errors`]. The session then resynchronises; it never stops
+//! decoding a connection because of past losses. All of this relies on the two
+//! directions being fed in the order they happened.
 //!
 //! - A direction realigns at the first later chunk that starts with a plausible message:
 //!   a valid type and length for that direction, followed either by another valid header
@@ -64,7 +66,11 @@
 //!   the queue, replies are absorbed by it: each CommandComplete, EmptyQueryResponse,
 //!   PortalSuspended or ErrorResponse is reported as an operation of its own (named by
 //!   the tag, statement text only when the tag agrees with the last Bind/Parse before
-//!   the loss, started where the loss happened), and the next ReadyForQuery ends the gap.
+//!   the loss, started where the loss happened), and the next ReadyForQuery ends the gap
+//!   (with the Sync group queued after it when the absorbed answers cover that group: a
+//!   pipeline write cut in the middle holds no Sync). A simple Query queued after the
+//!   gap, sent before an answer ended, ends the gap too: a client sends one only when
+//!   idle, so that answer is the query's.
 //!   Statement and portal names may have been rebound in the lost bytes, so the unnamed
 //!   statement and the portals are forgotten.
 //! - Backend: the backend also realigns (a) at a fully copied chunk that ends with a
@@ -76,17 +82,16 @@
 //!   `on_backend` or by [`PgSession::take_completed`]), and the next backend chunk
 //!   starts a message. At a realignment with more than one request open (pipelining),
 //!   which reply the chunk belongs to is unknown: the open requests are dropped and
-//!   counted in [`SessionHealth::timed_out`] ("dropped because they never got a
-//!   response").
+//!   counted in [`SessionHealth::lost`] with the reason of the loss.
 //! - Pipelining clients whose one write, longer than the copied prefix, holds several
 //!   Syncs or Queries are the known weak spot: how many ReadyForQuery the gap should
 //!   absorb is unknown, so a few operations after it can be misattributed until the
 //!   pipeline drains. Clients that wait for each answer (libpq without pipeline mode,
 //!   psql, pgbench's default modes, most drivers) and batches ending in one Sync are
 //!   matched exactly.
-//! - After [`MAX_CONSECUTIVE_LOSSES`] losses with no operation completed in between,
-//!   or framing lost before the start-up packet was understood, the session gives up
-//!   ([`SessionHealth::gave_up`]) and is O(1) from then on.
+//! - Framing lost before the start-up packet was understood (or the one-byte answer to
+//!   SSLRequest not copied): the frontend is taken as typed messages from then on and
+//!   realigns like any other loss (a TLS handshake record instead still stops parsing).
 //!
 //! SSLRequest / GSSENCRequest answered `S` / `G` switch the connection to an encrypted
 //! stream: [`SessionHealth::tls`] is set and the session stops parsing (O(1) from then
@@ -105,7 +110,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::{Chunk, Operation, SessionHealth};
+use super::{Chunk, LostReason, Operation, SessionHealth};
 
 /// `SSLRequest` code (1234 << 16 | 5679).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -132,8 +137,6 @@ pub const MAX_CACHED_STATEMENTS: usize = 256;
 pub const MAX_CACHED_TEXT: usize = 64 * 1024;
 /// Most named portals remembered per connection.
 pub const MAX_NAMED_PORTALS: usize = 16;
-/// Framing losses in a row, with no operation completed in between, before giving up.
-pub const MAX_CONSECUTIVE_LOSSES: u32 = 32;
 /// Longest statement or portal name remembered (longer ones are not cached).
 const MAX_NAME_LEN: usize = 128;
 /// Longest collection (table) name reported.
@@ -870,8 +873,8 @@ fn tail_realign(data: &[u8]) -> Option<usize> {
 enum Ev {
     /// A whole message: its body start is in `Framer::body`.
     Msg { typ: u8, code: u32, start_ns: u64 },
-    /// A header that is invalid or not copied: framing lost.
-    Lost,
+    /// A header that is invalid (`Unparsable`) or not copied (`CaptureGap`): framing lost.
+    Lost(LostReason),
     /// The chunk is used up.
     End,
 }
@@ -988,14 +991,14 @@ impl Framer {
                         _ => false,
                     };
                     if !ok {
-                        return Ev::Lost;
+                        return Ev::Lost(LostReason::Unparsable);
                     }
                     (0, code, len - 8)
                 } else {
                     let typ = self.hdr[0];
                     let len = be_u32(&self.hdr[1..5]) as usize;
                     if !header_ok(dir, typ, len) {
-                        return Ev::Lost;
+                        return Ev::Lost(LostReason::Unparsable);
                     }
                     (typ, 0, len - 4)
                 };
@@ -1011,7 +1014,7 @@ impl Framer {
                 self.truncated = false;
                 self.in_body = true;
             } else if cur.unknown > 0 {
-                return Ev::Lost;
+                return Ev::Lost(LostReason::CaptureGap);
             } else {
                 return Ev::End;
             }
@@ -1182,7 +1185,12 @@ pub struct PgSession {
 
     health: SessionHealth,
     skipped_executes: u64,
-    losses_in_a_row: u32,
+    /// Why framing was last lost: what requests dropped while realigning count as.
+    last_loss: LostReason,
+    /// Completions (CommandComplete, EmptyQuery, PortalSuspended) the gap at the head of
+    /// the queue absorbed, and whether it absorbed an ErrorResponse.
+    gap_answers: usize,
+    gap_failed: bool,
     /// Operations completed by frontend traffic (see [`PgSession::take_completed`]).
     inferred: Vec<Operation>,
 }
@@ -1226,7 +1234,9 @@ impl PgSession {
             portals: VecDeque::new(),
             health: SessionHealth::default(),
             skipped_executes: 0,
-            losses_in_a_row: 0,
+            last_loss: LostReason::CaptureGap,
+            gap_answers: 0,
+            gap_failed: false,
             inferred: Vec::new(),
         }
     }
@@ -1244,13 +1254,13 @@ impl PgSession {
         self.live_ops
     }
 
-    /// Whether the session stopped parsing for good (TLS, gave up, cancel request).
+    /// Whether the session stopped parsing for good (TLS, cancel request).
     pub fn stopped(&self) -> bool {
         self.state == State::Stopped
     }
 
     /// Returns what happened since the last call and resets it: counters restart at 0, and
-    /// the `gave_up` / `tls` flags are reported once (the session stays stopped).
+    /// the `tls` flag is reported once (the session stays stopped).
     pub fn take_health(&mut self) -> SessionHealth {
         std::mem::take(&mut self.health)
     }
@@ -1261,6 +1271,21 @@ impl PgSession {
     /// this after `on_frontend` when no backend chunk follows (the connection closed).
     pub fn take_completed(&mut self, out: &mut Vec<Operation>) {
         out.append(&mut self.inferred);
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the message body being read, once the bounded start of it the
+    /// session keeps is in hand (all of a DataRow or CopyData). 0 when unsure.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        let f = if from_client { &self.fe } else { &self.be };
+        if self.state != State::Active || f.lost || !f.in_body {
+            return 0;
+        }
+        if f.truncated || f.body.len() >= f.keep {
+            f.remaining as u64
+        } else {
+            0
+        }
     }
 
     /// Executes the server skipped (after an error earlier in the same Sync group) since
@@ -1319,8 +1344,8 @@ impl PgSession {
             }
             match self.fe.next(Dir::Frontend, chunk, &mut cur) {
                 Ev::End => break,
-                Ev::Lost => {
-                    self.frontend_lost(chunk.start_ns);
+                Ev::Lost(reason) => {
+                    self.frontend_lost(chunk.start_ns, reason);
                     break;
                 }
                 Ev::Msg {
@@ -1378,7 +1403,10 @@ impl PgSession {
                 Some(_) => self.encryption_replies_expected = 0,
                 None => {
                     if cur.unknown > 0 {
-                        self.give_up();
+                        // The answer was not copied: a TLS record from the client will still
+                        // tell (`encryption_requested`); the backend realigns like any loss.
+                        self.encryption_replies_expected = 0;
+                        self.backend_lost(LostReason::CaptureGap);
                     }
                     return;
                 }
@@ -1387,8 +1415,8 @@ impl PgSession {
         loop {
             match self.be.next(Dir::Backend, chunk, &mut cur) {
                 Ev::End => break,
-                Ev::Lost => {
-                    self.backend_lost();
+                Ev::Lost(reason) => {
+                    self.backend_lost(reason);
                     break;
                 }
                 Ev::Msg { typ, .. } => {
@@ -1652,7 +1680,7 @@ impl PgSession {
             // Overflow: the oldest request will never be matched; count it.
             if let Some(old) = self.pop_front() {
                 if old.is_live_op() {
-                    self.health.timed_out += 1;
+                    self.health.lost.add(LostReason::QueueFull, 1);
                 }
             }
         }
@@ -1706,25 +1734,25 @@ impl PgSession {
         }
     }
 
-    /// Drops the first `n` entries (all with `usize::MAX`); live operations among them
-    /// are counted as timed out.
-    fn drop_front(&mut self, n: usize) {
-        for _ in 0..n.min(self.queue.len()) {
-            if let Some(p) = self.pop_front() {
-                if p.is_live_op() {
-                    self.health.timed_out += 1;
-                }
+    /// Drops every entry; live operations among them are counted as lost for the reason
+    /// framing was last lost (they may have been answered in bytes that were not followed).
+    fn drop_all(&mut self) {
+        self.gap_answers = 0;
+        self.gap_failed = false;
+        while let Some(p) = self.pop_front() {
+            if p.is_live_op() {
+                self.health.lost.add(self.last_loss, 1);
             }
         }
     }
 
-    fn frontend_lost(&mut self, start_ns: u64) {
+    fn frontend_lost(&mut self, start_ns: u64, reason: LostReason) {
         self.health.parse_errors += 1;
-        if self.fe.untyped {
-            // Not even the start-up packet made sense: this is not PostgreSQL as we know it.
-            self.give_up();
-            return;
-        }
+        self.last_loss = reason;
+        // Framing lost before the start-up packet was understood: what follows is typed
+        // messages (a client does not send a second start-up packet), or a TLS record,
+        // which `on_frontend` still recognises after an SSLRequest.
+        self.fe.untyped = false;
         self.fe.realign();
         self.fe.lost = true;
         // In copy-in mode the lost bytes are copy data (the client waits for the COPY's
@@ -1751,18 +1779,17 @@ impl PgSession {
         self.unnamed_stmt = None;
         self.unnamed_portal = None;
         self.portals.clear();
-        self.count_loss();
     }
 
-    fn backend_lost(&mut self) {
+    fn backend_lost(&mut self, reason: LostReason) {
         self.health.parse_errors += 1;
+        self.last_loss = reason;
         // The start-up's ReadyForQuery may be among the lost bytes; a client does not
         // send requests before it, so the first ReadyForQuery seen later answers nothing
         // queued (an empty queue) either way.
         self.in_startup = false;
         self.be.realign();
         self.be.lost = true;
-        self.count_loss();
     }
 
     /// The queue holds exactly one request: one Query or function call, or one
@@ -1775,19 +1802,12 @@ impl PgSession {
                 .is_some_and(|p| p.is_terminator() && !matches!(p, Pending::Gap { .. }))
     }
 
-    fn count_loss(&mut self) {
-        self.losses_in_a_row += 1;
-        if self.losses_in_a_row > MAX_CONSECUTIVE_LOSSES {
-            self.give_up();
-        }
-    }
-
     /// The backend realigned at a chunk. With one request open, the chunk is part of its
     /// answer (a client waiting for an answer sends nothing else): keep it. With more
     /// (pipelining), which answer the chunk belongs to is unknown: drop them, counted.
     fn resolve_doubt(&mut self) {
         if !self.one_request_open() {
-            self.drop_front(usize::MAX);
+            self.drop_all();
         }
     }
 
@@ -1830,7 +1850,6 @@ impl PgSession {
                 _ => continue,
             };
             self.inferred.push(op);
-            self.losses_in_a_row = 0;
         }
         self.be.realign();
     }
@@ -1843,6 +1862,16 @@ impl PgSession {
                 self.in_startup = false;
             }
             return;
+        }
+        if matches!(self.queue.front(), Some(Pending::Gap { .. }))
+            && matches!(self.queue.get(1), Some(Pending::Query { start_ns, .. }) if *start_ns <= end_ns)
+        {
+            // A simple query sent before this answer ended: clients send one only when idle
+            // (libpq refuses it in pipeline mode), so whatever the lost bytes held was
+            // answered before it; this answer is the query's.
+            self.gap_answers = 0;
+            self.gap_failed = false;
+            self.pop_front();
         }
         if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
             match typ {
@@ -1899,7 +1928,6 @@ impl PgSession {
                                 start,
                                 end_ns,
                             ));
-                            self.losses_in_a_row = 0;
                         }
                     }
                     Some(Pending::Close) => {
@@ -1957,7 +1985,11 @@ impl PgSession {
         // Only a CommandComplete tag that agrees makes the guess good enough to use.
         let info = info.as_deref().filter(|i| tag == Some(i.name));
         out.push(make_op(info, tag, error, *start_ns, end_ns));
-        self.losses_in_a_row = 0;
+        if typ == b'E' {
+            self.gap_failed = true;
+        } else {
+            self.gap_answers += 1;
+        }
     }
 
     /// Completes the Execute at the head of the queue.
@@ -1976,16 +2008,19 @@ impl PgSession {
         {
             if !expired {
                 out.push(make_op(info.as_deref(), tag, error, start_ns, end_ns));
-                self.losses_in_a_row = 0;
             }
         }
     }
 
     fn ready_for_query(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
         self.copy_in = false;
+        if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
+            self.end_gap();
+            return;
+        }
         if self.terminators == 0 {
-            // Nothing can be waiting for this (start-up, or requests we did not see).
-            self.drop_front(usize::MAX);
+            // Nothing can be waiting for this (start-up, or requests whose Sync was lost).
+            self.drop_all();
             return;
         }
         while let Some(p) = self.pop_front() {
@@ -1999,7 +2034,6 @@ impl PgSession {
                 } => {
                     if !expired {
                         out.push(make_op(info.as_deref(), tag, error, start_ns, end_ns));
-                        self.losses_in_a_row = 0;
                     }
                     break;
                 }
@@ -2010,7 +2044,6 @@ impl PgSession {
                 } => {
                     if !expired {
                         out.push(make_op(None, None, error, start_ns, end_ns));
-                        self.losses_in_a_row = 0;
                     }
                     break;
                 }
@@ -2021,13 +2054,38 @@ impl PgSession {
         }
     }
 
-    fn stop_encrypted(&mut self) {
-        self.health.tls = true;
-        self.stop();
+    /// A ReadyForQuery with the gap at the head of the queue ends the gap. The lost bytes
+    /// most likely held no Sync: a pipeline write cut in the middle, its Sync sent in a
+    /// later write (psycopg and libpq pipelines end with one Sync). Then this ReadyForQuery
+    /// also answers the first Sync queued after the gap, and the answers the gap absorbed
+    /// include those of the requests queued before that Sync: they go too (reported
+    /// already, from their answers). Taken so when those answers are enough to cover them
+    /// (or an error made the server skip to the Sync); otherwise only the gap goes.
+    fn end_gap(&mut self) {
+        let answered = std::mem::take(&mut self.gap_answers);
+        let failed = std::mem::take(&mut self.gap_failed);
+        self.pop_front();
+        let Some(i) = self.queue.iter().position(Pending::is_terminator) else {
+            return;
+        };
+        if !matches!(self.queue[i], Pending::Sync) {
+            return;
+        }
+        let executes = self
+            .queue
+            .iter()
+            .take(i)
+            .filter(|p| matches!(p, Pending::Execute { .. }))
+            .count();
+        if failed || answered >= executes {
+            for _ in 0..=i {
+                self.pop_front();
+            }
+        }
     }
 
-    fn give_up(&mut self) {
-        self.health.gave_up = true;
+    fn stop_encrypted(&mut self) {
+        self.health.tls = true;
         self.stop();
     }
 
@@ -2179,7 +2237,8 @@ mod tests {
             let h = s.take_health();
             o.health.parse_errors += h.parse_errors;
             o.health.timed_out += h.timed_out;
-            o.health.gave_up |= h.gave_up;
+            o.health.lost.merge(&h.lost);
+            o.health.stopped = o.health.stopped.or(h.stopped);
             o.health.tls |= h.tls;
             check_bounds(&s);
         }
@@ -2331,6 +2390,8 @@ mod tests {
                 ok("DELETE"),
             ],
             "copy_in" | "copy_extended" => vec![ok("COPY"), ok("DELETE")],
+            "psycopg_pipeline" => vec![ok("SELECT"); 501],
+            "psycopg_copy" => vec![ok("COPY"), ok("COPY"), ok("DELETE")],
             "auth_fail" | "tls" | "cancel" => vec![],
             _ => panic!("no expectation for {name}"),
         }
@@ -2355,6 +2416,8 @@ mod tests {
         "auth_fail",
         "tls",
         "cancel",
+        "psycopg_pipeline",
+        "psycopg_copy",
     ];
 
     fn assert_ops(c: &Capture, how: &str, o: &Outcome) {
@@ -2511,7 +2574,7 @@ mod tests {
         let auth = o("auth_fail");
         assert_eq!(auth.user.as_deref(), Some("no_such_user"));
         let cancel = o("cancel");
-        assert!(cancel.stopped && !cancel.health.gave_up);
+        assert!(cancel.stopped && cancel.health.stopped.is_none());
     }
 
     #[test]
@@ -2566,12 +2629,12 @@ mod tests {
             let o = replay(&c, &c.chunks, 256);
             let want = expected(name);
             let got = summary(&o.ops);
-            assert!(!o.health.gave_up, "{name}: gave up");
+            assert_eq!(o.health.stopped, None, "{name}: stopped");
             assert_eq!(o.pending, 0, "{name}: requests left open");
             match *name {
                 // One client write of many small messages, longer than the copied prefix:
                 // the requests past the prefix are never seen.
-                "pipeline" | "pipeline_error" => {
+                "pipeline" | "pipeline_error" | "psycopg_pipeline" => {
                     assert!(is_subsequence(&got, &want), "{name}: {got:?}");
                     assert!(o.health.parse_errors > 0);
                 }
@@ -2628,12 +2691,12 @@ mod tests {
                 let prefix = [0, 1, 5, 16, 64, 256, 1024][rng.below(7)];
                 let o = replay(&c, &chunks, prefix);
                 let got = summary(&o.ops);
-                if o.health.parse_errors == 0 && !o.health.gave_up {
+                if o.health.parse_errors == 0 {
                     assert_eq!(
                         got, want,
                         "{name} round {round} prefix {prefix}: no framing error, yet ops differ"
                     );
-                } else if matches!(*name, "pipeline" | "pipeline_error") {
+                } else if matches!(*name, "pipeline" | "pipeline_error" | "psycopg_pipeline") {
                     // A lost write holding several Syncs: how many answers it gets is
                     // unknown, and later pipelined operations may be misattributed until
                     // the pipeline drains (documented). Still bounded: one operation per
@@ -2650,6 +2713,175 @@ mod tests {
                 }
             }
         }
+    }
+
+    // ------------------------------------------------------------------ real clients
+
+    /// The recorded chunks, with chunk `gap` not copied at all (a gap chunk).
+    fn replay_with_gap(c: &Capture, gap: usize) -> Outcome {
+        let mut s = PgSession::new();
+        let mut o = Outcome::default();
+        for (i, &(dir, a, b)) in c.chunks.iter().enumerate() {
+            let bytes = match dir {
+                Dir::Frontend => &c.fe[a..b],
+                Dir::Backend => &c.be[a..b],
+            };
+            let t = i as u64 * 1000;
+            let chunk = Chunk {
+                data: if i == gap { &[] } else { bytes },
+                len: bytes.len(),
+                start_ns: t,
+                end_ns: t + 500,
+            };
+            match dir {
+                Dir::Frontend => s.on_frontend(&chunk),
+                Dir::Backend => s.on_backend(&chunk, &mut o.ops),
+            }
+            let h = s.take_health();
+            o.health.parse_errors += h.parse_errors;
+            o.health.timed_out += h.timed_out;
+            o.health.lost.merge(&h.lost);
+            check_bounds(&s);
+        }
+        s.take_completed(&mut o.ops);
+        o.pending = s.pending();
+        o
+    }
+
+    #[test]
+    fn psycopg_pipeline_mode_is_exact() {
+        // 500 parameterised SELECTs in pipeline mode: Bind/Describe/Execute per query in
+        // many writes, one Sync, every result in one read.
+        let c = load("psycopg_pipeline");
+        let o = replay(&c, &c.chunks, usize::MAX);
+        assert_ops(&c, "recorded", &o);
+        let results = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Backend && x.2 - x.1 > 30_000)
+            .expect("the read holding all results");
+        for (i, op) in o.ops[..500].iter().enumerate() {
+            assert_eq!(op.end_ns, results as u64 * 1000 + 500, "end of #{i}");
+            assert!(op.start_ns < op.end_ns);
+            assert_eq!(op.statement, "SELECT name FROM items WHERE id = $1");
+        }
+        // Each query starts with the write holding its first message.
+        assert!(o.ops[..500]
+            .windows(2)
+            .all(|w| w[0].start_ns <= w[1].start_ns));
+        assert_eq!(o.ops[0].start_ns, 2000, "the first pipelined write");
+    }
+
+    #[test]
+    fn psycopg_copy_in_and_out_are_exact() {
+        let c = load("psycopg_copy");
+        let o = replay(&c, &c.chunks, usize::MAX);
+        assert_ops(&c, "recorded", &o);
+        // COPY TO STDOUT ends with the last of the reads holding its 5,000 rows.
+        let last_rows = c
+            .chunks
+            .iter()
+            .rposition(|x| x.0 == Dir::Backend && x.2 - x.1 > 60_000)
+            .unwrap();
+        assert_eq!(o.ops[1].end_ns, last_rows as u64 * 1000 + 500);
+        for (name, prefix) in [("64 KiB", 65_536), ("4 KiB", 4096)] {
+            let o = replay(&c, &c.chunks, prefix);
+            assert_eq!(summary(&o.ops), expected("psycopg_copy"), "{name}");
+        }
+    }
+
+    #[test]
+    fn psycopg_pipeline_with_lost_results_then_exact() {
+        // The read holding all 500 results is lost: when the client sends its next query,
+        // it has read them all (one Sync group was open), so the 500 complete there, and the
+        // next query is exact.
+        let c = load("psycopg_pipeline");
+        let gap = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Backend && x.2 - x.1 > 30_000)
+            .unwrap();
+        let o = replay_with_gap(&c, gap);
+        assert_eq!(summary(&o.ops), expected("psycopg_pipeline"));
+        assert!(o.ops[..500]
+            .iter()
+            .all(|op| op.end_ns == gap as u64 * 1000 + 500));
+        assert_eq!(o.ops[500].statement, "SELECT count(*) FROM items");
+        assert_eq!(
+            (o.health.parse_errors, o.health.lost.total(), o.pending),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn psycopg_pipeline_with_lost_requests_then_exact() {
+        // A write of the pipeline is lost: the answers to what it held are reported from
+        // the answers alone, and the query after the pipeline is exact.
+        let c = load("psycopg_pipeline");
+        let gap = c
+            .chunks
+            .iter()
+            .position(|x| x.0 == Dir::Frontend && x.2 - x.1 > 10_000)
+            .unwrap();
+        let o = replay_with_gap(&c, gap);
+        assert_eq!(
+            summary(&o.ops),
+            expected("psycopg_pipeline"),
+            "{:?}",
+            o.health
+        );
+        assert_eq!(o.ops[500].statement, "SELECT count(*) FROM items");
+        assert_eq!(
+            (o.health.parse_errors, o.health.lost.total(), o.pending),
+            (1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn skip_hints() {
+        let mut s = started();
+        // A Query's text is kept up to 4 KiB: the rest of a longer one is skipped.
+        let sql = format!("SELECT '{}'", "x".repeat(10_000));
+        let query = q(&sql);
+        fe(&mut s, &query[..100], 1);
+        assert_eq!(s.skip_hint(true), 0, "statement text still wanted");
+        fe(&mut s, &query[100..5 + FE_BODY_CAP], 1);
+        assert_eq!(s.skip_hint(true), (query.len() - 5 - FE_BODY_CAP) as u64);
+        s.on_frontend(&Chunk {
+            data: &[],
+            len: query.len() - 5 - FE_BODY_CAP,
+            start_ns: 1,
+            end_ns: 1,
+        });
+        assert_eq!(s.skip_hint(true), 0);
+        // A DataRow is not looked at: all of its body after the header.
+        let row = m(b'D', &[b'r'; 100_000]);
+        let mut out = be(&mut s, &[m(b'T', &[0, 0]), row[..7].to_vec()].concat(), 2);
+        assert_eq!(s.skip_hint(false), 100_000 - 2);
+        s.on_backend(
+            &Chunk {
+                data: &[],
+                len: 100_000 - 2,
+                start_ns: 2,
+                end_ns: 2,
+            },
+            &mut out,
+        );
+        out.extend(be(&mut s, &[m(b'C', b"SELECT 1\0"), ready()].concat(), 3));
+        assert_eq!(summary(&out), vec![("SELECT", None)]);
+        assert_eq!(out[0].statement, "SELECT ?");
+        assert_eq!(s.take_health(), SessionHealth::default());
+        // Lost framing: no hint until realigned.
+        s.on_backend(
+            &Chunk {
+                data: &[b'D', 0],
+                len: 1000,
+                start_ns: 4,
+                end_ns: 4,
+            },
+            &mut out,
+        );
+        assert_eq!(s.skip_hint(false), 0);
     }
 
     // ------------------------------------------------------------------ hand-made traffic
@@ -2938,7 +3170,7 @@ mod tests {
             be(&mut s, &[answer], 1);
             if tls {
                 let h = s.take_health();
-                assert!(h.tls && !h.gave_up && s.stopped());
+                assert!(h.tls && h.stopped.is_none() && s.stopped());
                 // O(1) from here: nothing is parsed, nothing reported.
                 fe(&mut s, &[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5], 2);
                 assert!(be(&mut s, &[0x17; 100], 3).is_empty());
@@ -3110,7 +3342,12 @@ mod tests {
             check_bounds(&s);
         }
         assert_eq!(s.queue.len(), MAX_PENDING);
-        assert_eq!(s.take_health().timed_out, 1000, "overflow counted");
+        let h = s.take_health();
+        assert_eq!(
+            (h.timed_out, h.lost.queue_full),
+            (0, 1000),
+            "overflow counted"
+        );
         assert!(s.queued_text <= MAX_QUEUED_TEXT);
         // The newest ones still have names, even without their text.
         let last = s.queue.back().unwrap();
@@ -3185,7 +3422,8 @@ mod tests {
             12,
         );
         assert!(ops.is_empty(), "{ops:?}");
-        assert_eq!(s.take_health().timed_out, 2);
+        let h = s.take_health();
+        assert_eq!((h.timed_out, h.lost.capture_gap), (0, 2));
         assert_eq!(s.pending(), 0);
         // And the next request is matched normally.
         fe(&mut s, &q("DELETE FROM t"), 13);
@@ -3263,23 +3501,45 @@ mod tests {
     }
 
     #[test]
-    fn give_up_after_repeated_losses() {
+    fn never_gives_up_after_repeated_losses() {
         let mut s = started();
-        for i in 0..=MAX_CONSECUTIVE_LOSSES {
-            // A frontend chunk that starts cleanly, then garbage.
-            fe(
-                &mut s,
-                &[q("SELECT 1"), q("SELECT 2"), vec![b'!'; 10]].concat(),
-                i as u64,
+        let answer = [m(b'C', b"SELECT 1\0"), ready()].concat();
+        let mut ops = Vec::new();
+        for i in 0..1000u64 {
+            fe(&mut s, &q("SELECT 1"), 10 * i);
+            // The answer's header was not copied: framing lost, and found again when the
+            // client sends its next query (it read the whole answer).
+            s.on_backend(
+                &Chunk {
+                    data: &answer[..3],
+                    len: answer.len(),
+                    start_ns: 10 * i + 5,
+                    end_ns: 10 * i + 6,
+                },
+                &mut ops,
             );
         }
+        fe(&mut s, &q("DELETE FROM t"), 20_000);
+        ops.extend(be(
+            &mut s,
+            &[m(b'C', b"DELETE 3\0"), ready()].concat(),
+            20_001,
+        ));
         let h = s.take_health();
-        assert!(h.gave_up, "{h:?}");
-        assert!(s.stopped() && s.queue.is_empty());
-        // Garbage instead of a start-up packet gives up at once.
+        assert_eq!((h.parse_errors, h.lost.total(), h.stopped), (1000, 0, None));
+        assert_eq!(ops.len(), 1001);
+        assert!(ops[..1000].iter().all(|o| o.name == "SELECT"), "{ops:?}");
+        assert_eq!(ops[999].end_ns, 9996, "ends with the last backend chunk");
+        assert_eq!(ops[1000].name, "DELETE");
+        assert!(!s.stopped());
+        // Garbage instead of a start-up packet: typed messages are looked for next.
         let mut s = PgSession::new();
         fe(&mut s, &[0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff], 0);
-        assert!(s.take_health().gave_up);
+        assert_eq!(s.take_health().parse_errors, 1);
+        fe(&mut s, &q("SELECT 1"), 1);
+        let ops = be(&mut s, &answer, 2);
+        assert_eq!(summary(&ops), vec![("SELECT", None)]);
+        assert_eq!(s.take_health(), SessionHealth::default());
     }
 
     #[test]
@@ -3471,6 +3731,56 @@ mod tests {
                 prop_assert!(o.len() <= max);
                 let _ = operation_name(&sql);
                 let _ = collection_of(&sql, operation_name(&sql));
+            }
+
+            /// Framing lost (a gap chunk) in one direction or both, binary garbage in the
+            /// directions that lost it (what comes after a loss is not at a boundary), then
+            /// a client that waits for each answer: every query from the second on is
+            /// matched exactly, and nothing stays open.
+            #[test]
+            fn garbage_after_lost_framing_then_valid_traffic_recovers(
+                lose in 1u8..4,
+                garbage in prop::collection::vec((any::<bool>(), prop::collection::vec(any::<u8>(), 1..300)), 0..6),
+                n in 2usize..10,
+            ) {
+                let (lose_fe, lose_be) = (lose & 1 != 0, lose & 2 != 0);
+                let mut s = started();
+                fe(&mut s, &q("SELECT 0"), 10);
+                let mut out = be(&mut s, &[m(b'C', b"SELECT 1\0"), ready()].concat(), 15);
+                let gap = Chunk { data: &[], len: 100, start_ns: 20, end_ns: 20 };
+                if lose_fe {
+                    s.on_frontend(&gap);
+                }
+                if lose_be {
+                    s.on_backend(&gap, &mut out);
+                }
+                let garbage: Vec<_> = garbage
+                    .into_iter()
+                    .map(|(front, g)| (if lose_fe && lose_be { front } else { lose_fe }, g))
+                    .collect();
+                let mut t = 30;
+                for (front, g) in &garbage {
+                    t += 10;
+                    if *front {
+                        fe(&mut s, g, t);
+                    } else {
+                        out.extend(be(&mut s, g, t));
+                    }
+                }
+                let before = out.len();
+                for i in 0..n {
+                    t += 10;
+                    fe(&mut s, &q(&format!("UPDATE t{i} SET a = 1")), t);
+                    t += 10;
+                    out.extend(be(&mut s, &[m(b'C', b"UPDATE 1\0"), ready()].concat(), t));
+                    check_bounds(&s);
+                }
+                s.take_completed(&mut out);
+                let got: Vec<_> = out[before..].iter().map(|o| o.collection.clone()).collect();
+                let want: Vec<_> = (1..n).map(|i| Some(format!("t{i}"))).collect();
+                prop_assert!(got.len() >= n - 1, "{:?}", got);
+                prop_assert_eq!(&got[got.len() - (n - 1)..], &want[..]);
+                prop_assert_eq!(s.pending(), 0);
             }
 
             #[test]

@@ -34,7 +34,7 @@
 //!   closes them, and EXEC gets its array. Errors nested in that array are not errors of EXEC.
 //! - CLIENT REPLY OFF/SKIP: the commands that will get no reply are not queued at all (they
 //!   produce no operation); CLIENT REPLY ON and RESET end the OFF mode.
-//! - SYNC/PSYNC turn the connection into a replication stream: the session gives up on it.
+//! - SYNC/PSYNC turn the connection into a replication stream: parsing stops (see below).
 //! - A reply never closes a request that started after the reply ended (impossible in a
 //!   correct pairing; it happens only after lost framing, and the reply is then ignored).
 //!
@@ -49,31 +49,48 @@
 //!
 //! # Lost framing
 //!
-//! The capture layer copies only a prefix of each syscall. Inside a value of known length the
-//! missing bytes are skipped. When a header is among the missing bytes the framing is lost:
+//! The capture layer copies every byte the session needs, up to a cap per syscall, and
+//! nothing of a value the session skips by length ([`RedisSession::skip_hint`]). Inside a
+//! value of known length the missing bytes are skipped. When a header is among the missing
+//! bytes (a syscall over the cap, a lost event), or bytes do not parse, the framing is lost.
+//! The session never stops decoding the connection because of that: it recovers at the next
+//! boundary it can prove, and counts what it could not attribute in
+//! [`SessionHealth::lost`] (reason `capture_gap` or `unparsable`), never as timed out.
 //!
-//! - If the message being parsed started a syscall, and no other request is open (the way a
+//! - If the message being parsed started a chunk, and no other request is open (the way a
 //!   client that does not pipeline behaves), the message is taken to end with what that
 //!   direction sends until the other direction speaks: a request is queued at once and its
 //!   remaining bytes are skipped until the first reply bytes arrive; a reply closes its request
 //!   with the end time of the last reply chunk before the next request. No error is counted
 //!   unless the next chunk of that direction does not start a message.
 //! - Otherwise it is a parse error. Requests: the requests already queued are still matched
-//!   (their replies come first); a gap marker stands for the unknown requests, and replies
-//!   that reach it are dropped until one ends after the next known request started. Replies:
-//!   how many were lost is unknown, so the open requests are dropped (counted as
-//!   `timed_out`). That direction then skips chunks until one starts like a message.
-//! - More than [`MAX_RESYNCS`] parse errors (one is forgiven per 1,024 operations matched
-//!   since) make the session give up: it drops its state and ignores the connection (O(1)).
+//!   (their replies come first, in order); a gap marker stands for the unknown requests, and
+//!   replies that reach it are dropped, each counted as one lost request, until one ends after
+//!   the next known request started (exact for clients that read their replies before
+//!   writing again; with a client that keeps writing, a reply to a lost request can be paired
+//!   with the next known one). The request direction recovers at the first chunk that starts
+//!   like a command: a RESP array header whose first bulk string is printable, or a whole
+//!   inline line starting with a known command and not followed by a bulk header (which
+//!   would make it the body of a bulk string).
+//! - Replies: how many were lost is unknown, so is which request the next reply answers: the
+//!   open requests are dropped (counted as lost). The reply direction recovers only at a chunk
+//!   that starts like a reply and comes after the client spoke: a client sends again once it
+//!   has what it waited for, so the server's next bytes start a reply; a chunk of the server
+//!   that comes before that is the rest of the lost reply, and requests open while it is
+//!   skipped are dropped (counted as lost) as it may hold their replies.
+//! - SYNC/PSYNC turn the connection into a replication stream: the session stops parsing it
+//!   for good ([`SessionHealth::stopped`], [`StopReason::Replication`]); requests open then
+//!   count as lost (`stopped`).
 //!
 //! Streamed RESP3 strings and aggregates (`$?`, `*?`), which redis-server never sends, are
 //! framing errors.
 
 use std::collections::VecDeque;
 
-use super::{Chunk, Operation, SessionHealth};
+use super::{Chunk, LostReason, Operation, SessionHealth, StopReason};
 
-/// Open requests kept per connection; when full, the oldest is dropped (counted as timed out).
+/// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
+/// `queue_full`).
 pub const MAX_PENDING: usize = 10_000;
 /// Longest line accepted: a header, a simple string or error, an inline command (Redis's
 /// own limit for inline requests is the same). Longer is a framing error, except the lines a
@@ -82,12 +99,8 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// Deepest nesting of aggregates accepted in a reply (Redis 7.0's COMMAND DOCS reply, in
 /// tests/fixtures/redis/plain.resp, nests 12 levels).
 pub const MAX_DEPTH: usize = 24;
-/// Parse errors tolerated before the session gives up on the connection.
-pub const MAX_RESYNCS: u8 = 8;
 /// Longest statement, in bytes.
 pub const MAX_STATEMENT: usize = 256;
-/// Matched operations that forgive one past parse error.
-const RESYNC_FORGIVE_OPS: u16 = 1024;
 /// Largest bulk string accepted (redis-server's proto-max-bulk-len is 512 MB by default).
 const MAX_BULK: u64 = 1 << 40;
 /// Largest aggregate accepted, in elements.
@@ -432,15 +445,19 @@ fn plausible_request(data: &[u8]) -> bool {
                 .all(|c| c.is_ascii_graphic())
         }
         Some(c) if c.is_ascii_alphabetic() => {
-            let end = data
+            let Some(end) = data
                 .iter()
                 .position(|&c| matches!(c, b' ' | b'\t' | b'\r' | b'\n'))
-                .unwrap_or(data.len());
-            if end == data.len() {
-                end <= 32 && data.iter().all(|c| c.is_ascii_graphic())
-            } else {
-                command_index(&data[..end]).is_some()
-            }
+            else {
+                return false;
+            };
+            // `GET\r\n$3\r\nkey\r\n` is the command-name bulk string of an array command,
+            // seen from its body on: not a boundary.
+            let bulk_follows = data
+                .iter()
+                .position(|&c| c == b'\n')
+                .is_some_and(|nl| data.get(nl + 1) == Some(&b'$'));
+            command_index(&data[..end]).is_some() && !bulk_follows
         }
         _ => false,
     }
@@ -543,6 +560,11 @@ impl<const N: usize> Cap<N> {
 
     fn bytes(&self) -> &[u8] {
         &self.buf[..usize::from(self.len)]
+    }
+
+    /// No further byte would be kept: skipping the rest changes nothing it says.
+    fn full(&self) -> bool {
+        usize::from(self.len) == N || self.lost
     }
 
     /// Every byte of the value is in `bytes()`.
@@ -757,7 +779,11 @@ impl ReqParser {
                         continue;
                     }
                     self.line_len += 1;
-                    if self.line_len > MAX_LINE {
+                    // Inline commands are typed text (redis-cli, telnet): control bytes mean
+                    // these are not commands (another protocol, or bytes after lost framing),
+                    // and queueing them would shift every later reply onto the wrong request.
+                    if self.line_len > MAX_LINE || !(b.is_ascii_graphic() || b" \t\r".contains(&b))
+                    {
                         return Err(());
                     }
                     self.inline_byte(b);
@@ -1263,8 +1289,8 @@ impl PubSub {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Special {
     None,
-    /// Not a request: an unknown number of requests whose framing was lost.
-    Gap,
+    /// Not a request: an unknown number of requests whose framing was lost, and why.
+    Gap(LostReason),
     Monitor,
     Reset,
     PubSub(PubSub),
@@ -1283,6 +1309,10 @@ struct Open {
 }
 
 impl Open {
+    fn is_gap(&self) -> bool {
+        matches!(self.special, Special::Gap(_))
+    }
+
     fn name(&self) -> &'static str {
         COMMANDS
             .get(usize::from(self.name))
@@ -1410,8 +1440,13 @@ pub struct RedisSession {
     reply_off: bool,
     skip_next: bool,
     health: SessionHealth,
-    resyncs: u8,
-    forgive: u16,
+    /// A SYNC/PSYNC made the connection a replication stream: nothing more is parsed.
+    stopped: bool,
+    /// Why the reply direction is resynchronising (what requests dropped meanwhile count as).
+    resp_lost: LostReason,
+    /// The client spoke since the reply direction lost its framing: the server's next chunk
+    /// may start a reply.
+    resp_armed: bool,
 }
 
 impl Default for RedisSession {
@@ -1436,8 +1471,9 @@ impl RedisSession {
             reply_off: false,
             skip_next: false,
             health: SessionHealth::default(),
-            resyncs: 0,
-            forgive: 0,
+            stopped: false,
+            resp_lost: LostReason::Unparsable,
+            resp_armed: false,
         }
     }
 
@@ -1446,12 +1482,38 @@ impl RedisSession {
         self.open.len() - self.gaps + usize::from(self.tail.is_some())
     }
 
-    /// Returns the health counters and resets them; `gave_up` stays set once set.
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
     pub fn take_health(&mut self) -> SessionHealth {
-        let h = self.health;
-        self.health.parse_errors = 0;
-        self.health.timed_out = 0;
-        h
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the bulk string being read (its CRLF excluded, which is checked),
+    /// when none of it is kept (only the first bytes of the command name, its first two
+    /// arguments and the first element of a reply are). 0 when unsure.
+    pub fn skip_hint(&self, from_client: bool) -> u64 {
+        if self.stopped {
+            return 0;
+        }
+        if from_client {
+            let r = &self.req;
+            let kept = match r.arg {
+                0 => r.a0.full(),
+                1 => r.a1.full(),
+                2 => r.a2.full(),
+                _ => true,
+            };
+            if r.state == ReqState::BulkBody && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        } else {
+            let r = &self.resp;
+            let kept = r.target != Target::Word || r.reply.word.full();
+            if r.state == RespState::Body && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        }
+        0
     }
 
     /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
@@ -1461,7 +1523,7 @@ impl RedisSession {
             if o.start_ns.saturating_add(timeout_ns) >= now_ns {
                 break;
             }
-            if o.special == Special::Gap {
+            if o.is_gap() {
                 self.gaps -= 1;
             } else {
                 self.health.timed_out += 1;
@@ -1481,8 +1543,11 @@ impl RedisSession {
 
     /// Client-to-server bytes.
     pub fn on_request(&mut self, chunk: &Chunk) {
-        if self.health.gave_up {
+        if self.stopped {
             return;
+        }
+        if self.resp.state == RespState::Resync && chunk.len > 0 {
+            self.resp_armed = true;
         }
         if self.resp.state == RespState::LostTail {
             // A client that does not pipeline sends again only after the whole reply.
@@ -1502,7 +1567,8 @@ impl RedisSession {
             }
             ReqState::ExpectStart => {
                 if !plausible_request(data) {
-                    self.request_framing_lost(chunk.start_ns);
+                    // The command taken to end with its syscall did not.
+                    self.request_framing_lost(chunk.start_ns, LostReason::CaptureGap);
                     return;
                 }
                 self.req.state = ReqState::Start;
@@ -1514,13 +1580,13 @@ impl RedisSession {
             match self.req.advance(data, &mut pos, chunk.start_ns) {
                 Ok(true) => {
                     self.finish_request();
-                    if self.health.gave_up {
+                    if self.stopped {
                         return;
                     }
                 }
                 Ok(false) => break,
                 Err(()) => {
-                    self.request_framing_lost(chunk.start_ns);
+                    self.request_framing_lost(chunk.start_ns, LostReason::Unparsable);
                     return;
                 }
             }
@@ -1530,7 +1596,7 @@ impl RedisSession {
             match self.req.skip(&mut unknown) {
                 Skip::Complete => {
                     self.finish_request();
-                    if self.health.gave_up {
+                    if self.stopped {
                         return;
                     }
                 }
@@ -1540,11 +1606,11 @@ impl RedisSession {
                         // One command filling the syscall, nothing else in flight: take it as
                         // ending where the client stops sending.
                         self.finish_request();
-                        if !self.health.gave_up {
+                        if !self.stopped {
                             self.req.state = ReqState::LostTail;
                         }
                     } else {
-                        self.request_framing_lost(chunk.start_ns);
+                        self.request_framing_lost(chunk.start_ns, LostReason::CaptureGap);
                     }
                     return;
                 }
@@ -1554,7 +1620,7 @@ impl RedisSession {
 
     /// Server-to-client bytes; completed operations are appended to `out`.
     pub fn on_response(&mut self, chunk: &Chunk, out: &mut Vec<Operation>) {
-        if self.health.gave_up {
+        if self.stopped {
             return;
         }
         if self.tail.as_ref().is_some_and(|t| t.closed) {
@@ -1575,14 +1641,20 @@ impl RedisSession {
                 return;
             }
             RespState::Resync => {
-                if !plausible_reply(data) {
+                if !(self.resp_armed && plausible_reply(data)) {
+                    // The rest of a lost reply, or replies to any request open now: pairing a
+                    // later reply with one of those requests could be wrong.
+                    self.resp_armed = false;
+                    self.drop_open(self.resp_lost);
                     return;
                 }
+                self.resp_armed = false;
                 self.resp.state = RespState::Type;
             }
             RespState::ExpectStart => {
                 if !plausible_reply(data) {
-                    self.response_framing_lost();
+                    // The reply taken to end with its syscalls did not.
+                    self.response_framing_lost(LostReason::CaptureGap);
                     return;
                 }
                 self.resp.state = RespState::Type;
@@ -1595,7 +1667,7 @@ impl RedisSession {
                 Ok(true) => self.reply_done(chunk.end_ns, out),
                 Ok(false) => break,
                 Err(()) => {
-                    self.response_framing_lost();
+                    self.response_framing_lost(LostReason::Unparsable);
                     return;
                 }
             }
@@ -1630,7 +1702,7 @@ impl RedisSession {
                         }));
                         self.resp.reset(RespState::LostTail);
                     } else {
-                        self.response_framing_lost();
+                        self.response_framing_lost(LostReason::CaptureGap);
                     }
                     return;
                 }
@@ -1676,7 +1748,7 @@ impl RedisSession {
         match role {
             // The connection becomes a replication stream: not request/response any more.
             Role::Sync => {
-                self.give_up();
+                self.stop_replication();
                 return;
             }
             // RESET also turns CLIENT REPLY back ON, and is answered.
@@ -1717,14 +1789,14 @@ impl RedisSession {
     fn push_open(&mut self, open: Open) {
         if self.open.len() >= MAX_PENDING {
             if let Some(old) = self.open.pop_front() {
-                if old.special == Special::Gap {
+                if old.is_gap() {
                     self.gaps -= 1;
                 } else {
-                    self.health.timed_out += 1;
+                    self.health.lost.add(LostReason::QueueFull, 1);
                 }
             }
         }
-        if open.special == Special::Gap {
+        if open.is_gap() {
             self.gaps += 1;
         }
         self.open.push_back(open);
@@ -1734,7 +1806,7 @@ impl RedisSession {
     fn pop_head(&mut self, end_ns: u64) -> Option<Open> {
         loop {
             let head = *self.open.front()?;
-            if head.special == Special::Gap {
+            if let Special::Gap(reason) = head.special {
                 // Replies that ended before the next known request started answer lost ones.
                 match self.open.get(1) {
                     Some(next) if next.start_ns <= end_ns => {
@@ -1742,7 +1814,10 @@ impl RedisSession {
                         self.gaps -= 1;
                         continue;
                     }
-                    _ => return None,
+                    _ => {
+                        self.health.lost.add(reason, 1);
+                        return None;
+                    }
                 }
             }
             if head.start_ns > end_ns {
@@ -1873,59 +1948,50 @@ impl RedisSession {
             statement: open.statement(),
             collection: None,
         });
-        self.forgive += 1;
-        if self.forgive >= RESYNC_FORGIVE_OPS {
-            self.forgive = 0;
-            self.resyncs = self.resyncs.saturating_sub(1);
-        }
     }
 
     /// Request framing lost: the queued requests still get their replies first; a gap
     /// stands for the lost ones.
-    fn request_framing_lost(&mut self, start_ns: u64) {
+    fn request_framing_lost(&mut self, start_ns: u64, reason: LostReason) {
         self.health.parse_errors += 1;
         self.req = ReqParser::NEW;
         self.req.state = ReqState::Resync;
-        if self.open.back().is_none_or(|o| o.special != Special::Gap) {
+        if self.open.back().is_none_or(|o| !o.is_gap()) {
             self.push_open(Open {
                 start_ns,
                 argc: 0,
                 name: NO_INDEX,
                 sub: NO_INDEX,
-                special: Special::Gap,
+                special: Special::Gap(reason),
             });
         }
-        self.resynced();
     }
 
     /// Reply framing lost: how many replies were lost is unknown, so is which request the
     /// next reply answers: the open requests are dropped.
-    fn response_framing_lost(&mut self) {
+    fn response_framing_lost(&mut self, reason: LostReason) {
         self.health.parse_errors += 1;
         self.resp.reset(RespState::Resync);
-        self.drop_open();
-        self.resynced();
+        self.resp_lost = reason;
+        self.resp_armed = false;
+        self.drop_open(reason);
     }
 
-    fn drop_open(&mut self) {
-        self.health.timed_out += self.pending() as u64;
+    /// Drops the open requests, counted as lost for `reason`.
+    fn drop_open(&mut self, reason: LostReason) {
+        self.health.lost.add(reason, self.pending() as u64);
         self.open.clear();
         self.gaps = 0;
         self.tail = None;
         self.absorb = None;
     }
 
-    fn resynced(&mut self) {
-        self.resyncs += 1;
-        if self.resyncs > MAX_RESYNCS {
-            self.give_up();
-        }
-    }
-
-    fn give_up(&mut self) {
-        self.drop_open();
+    /// The connection became a replication stream: stop for good, holding nothing.
+    fn stop_replication(&mut self) {
+        self.drop_open(LostReason::Stopped);
         self.open = VecDeque::new();
-        self.health.gave_up = true;
+        self.stopped = true;
+        self.health.stopped = Some(StopReason::Replication);
         self.req = ReqParser::NEW;
         self.resp = RespParser::NEW;
     }
@@ -1934,6 +2000,7 @@ impl RedisSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocols::{LostRequests, StopReason};
 
     // ---- fixtures ------------------------------------------------------------------------
 
@@ -2262,7 +2329,16 @@ mod tests {
                         assert_eq!(op.end_ns, 1000 * (2 * batch + 2) + 500, "{name}: end #{i}");
                     }
                     assert_eq!(o.health.parse_errors, 4, "{name}");
-                    assert!(!o.health.gave_up, "{name}");
+                    // Each batch's other replies reach the gap: one lost request each.
+                    assert_eq!(
+                        o.health.lost,
+                        LostRequests {
+                            capture_gap: 4 * (16 - per as u64),
+                            ..LostRequests::default()
+                        },
+                        "{name}"
+                    );
+                    assert_eq!(o.health.stopped, None, "{name}");
                     assert_eq!(o.pending, 0, "{name}");
                 }
                 // The rest: values larger than 256 bytes are skipped by length, and the
@@ -2639,14 +2715,21 @@ mod tests {
         d.resp(b"$-1\r\n");
         assert_eq!(d.summary(), ["INCR", "INCR", "INCR", "INCR", "GET"]);
         let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.timed_out, h.gave_up), (1, 0, false));
+        // The 16 replies that reach the gap answered lost requests.
+        assert_eq!(
+            (h.parse_errors, h.timed_out, h.lost.capture_gap, h.stopped),
+            (1, 0, 16, None)
+        );
         // Reply side: a syscall of 20 replies truncated: 2 replies known, the third lost in
         // its line; the 18 open requests are dropped.
         d.req(&batch);
         d.resp_len(&replies[..10], replies.len());
         assert_eq!(d.ops.len(), 7);
         let h = d.s.take_health();
-        assert_eq!((h.parse_errors, h.timed_out), (1, 18));
+        assert_eq!(
+            (h.parse_errors, h.timed_out, h.lost.capture_gap),
+            (1, 0, 18)
+        );
         // Garbage is skipped until a syscall starts like a reply.
         d.resp(b"garbage");
         d.req(&cmd(&[b"PING"]));
@@ -2656,31 +2739,42 @@ mod tests {
     }
 
     #[test]
-    fn gives_up_after_repeated_framing_errors() {
+    fn never_gives_up_after_repeated_framing_errors() {
         let mut d = Driver::new();
-        for _ in 0..=MAX_RESYNCS {
+        for _ in 0..1000 {
             d.req(&cmd(&[b"GET", b"a"]));
             // Starts like a reply (so it is parsed after a resync), then breaks.
             d.resp(b"$3\r\nabcdef\r\n");
         }
         let h = d.s.take_health();
-        assert!(h.gave_up);
-        assert_eq!(h.parse_errors, u64::from(MAX_RESYNCS) + 1);
+        assert_eq!(
+            (h.parse_errors, h.lost.unparsable, h.stopped),
+            (1000, 1000, None)
+        );
+        for _ in 0..10 {
+            d.req(&cmd(&[b"GET", b"a"]));
+            d.resp(b"+OK\r\n");
+        }
+        assert_eq!(d.summary(), ["GET"; 10]);
+        assert_eq!(d.s.pending(), 0);
+        assert_eq!(d.s.take_health(), SessionHealth::default());
+    }
+
+    #[test]
+    fn replication_stream_stops_parsing_and_says_why() {
+        let mut d = Driver::new();
+        d.req(&cmd(&[b"GET", b"a"]));
+        d.req(&cmd(&[b"PSYNC", b"?", b"-1"]));
+        d.resp(b"+FULLRESYNC 8371b4fb1155b71f4a04d3e1bc3e18c4a990aeeb 0\r\n$5\r\nREDIS");
+        let h = d.s.take_health();
+        assert_eq!(h.stopped, Some(StopReason::Replication));
+        assert_eq!((h.parse_errors, h.timed_out, h.lost.stopped), (0, 0, 1));
         d.req(&cmd(&[b"GET", b"a"]));
         d.resp(b"+OK\r\n");
         assert!(d.ops.is_empty());
         assert_eq!(d.s.pending(), 0);
-        assert!(d.s.take_health().gave_up, "gave_up stays set");
-    }
-
-    #[test]
-    fn replication_stream_gives_up_cleanly() {
-        let mut d = Driver::new();
-        d.req(&cmd(&[b"PSYNC", b"?", b"-1"]));
-        d.resp(b"+FULLRESYNC 8371b4fb1155b71f4a04d3e1bc3e18c4a990aeeb 0\r\n$5\r\nREDIS");
-        let h = d.s.take_health();
-        assert!(h.gave_up);
-        assert_eq!(h.parse_errors, 0);
+        assert_eq!(d.s.take_health(), SessionHealth::default(), "reported once");
+        assert_eq!(d.s.skip_hint(true) + d.s.skip_hint(false), 0);
     }
 
     #[test]
@@ -2692,7 +2786,8 @@ mod tests {
         }
         d.req(&many);
         assert_eq!(d.s.pending(), MAX_PENDING);
-        assert_eq!(d.s.take_health().timed_out, 5);
+        let h = d.s.take_health();
+        assert_eq!((h.timed_out, h.lost.queue_full), (0, 5));
         d.s.expire(u64::MAX, 1);
         assert_eq!(d.s.pending(), 0);
         assert_eq!(d.s.take_health().timed_out, MAX_PENDING as u64);
@@ -2828,8 +2923,8 @@ mod tests {
         d.resp(&b"*1\r\n".repeat(MAX_DEPTH + 1));
         let h = d.s.take_health();
         assert_eq!(
-            (h.parse_errors, h.timed_out),
-            (1, 1),
+            (h.parse_errors, h.timed_out, h.lost.unparsable),
+            (1, 0, 1),
             "one level more is a framing error"
         );
     }
@@ -2837,11 +2932,376 @@ mod tests {
     #[test]
     fn session_is_small() {
         let size = std::mem::size_of::<RedisSession>();
-        assert!(size <= 512, "RedisSession is {size} bytes");
+        assert!(size <= 576, "RedisSession is {size} bytes");
         assert!(
             std::mem::size_of::<Open>() <= 24,
             "{}",
             std::mem::size_of::<Open>()
+        );
+    }
+
+    // ---- real clients: pipelines, large replies, resynchronisation --------------------------
+
+    /// Where each top-level reply of a server stream ends (exclusive offsets).
+    fn reply_ends(stream: &[u8]) -> Vec<usize> {
+        let mut p = RespParser::NEW;
+        let mut pos = 0;
+        let mut ends = Vec::new();
+        while pos < stream.len() {
+            match p.advance(stream, &mut pos) {
+                Ok(true) => ends.push(pos),
+                Ok(false) => break,
+                Err(()) => panic!("fixture reply stream does not parse at {pos}"),
+            }
+        }
+        ends
+    }
+
+    /// Where each command of a client stream starts.
+    fn command_starts(stream: &[u8]) -> Vec<usize> {
+        let mut p = ReqParser::NEW;
+        let mut pos = 0;
+        let mut starts = vec![0];
+        while pos < stream.len() {
+            match p.advance(stream, &mut pos, 0) {
+                Ok(true) => starts.push(pos),
+                Ok(false) => break,
+                Err(()) => panic!("fixture request stream does not parse at {pos}"),
+            }
+        }
+        starts.pop();
+        starts
+    }
+
+    /// Index of the piece (of one direction) that holds byte `at` of that direction.
+    fn piece_of(pieces: &[Piece<'_>], req: bool, at: usize) -> usize {
+        let mut seen = 0;
+        for (i, p) in pieces.iter().enumerate().filter(|(_, p)| p.req == req) {
+            if at < seen + p.len {
+                return i;
+            }
+            seen += p.len;
+        }
+        panic!("byte {at} is past the stream");
+    }
+
+    /// The operations are exactly `want`, and each one runs from the piece holding its
+    /// command's first byte to the piece holding its reply's last byte.
+    fn assert_exact(what: &str, f: &Fixture, pieces: &[Piece<'_>], o: &Outcome, want: &[String]) {
+        let got = summary(&o.ops);
+        if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+            panic!(
+                "{what}: operation #{i} is {:?}, expected {:?} ({} operations, {} expected)",
+                got.get(i),
+                want.get(i),
+                got.len(),
+                want.len()
+            );
+        }
+        assert_eq!(o.health, SessionHealth::default(), "{what}: health");
+        assert_eq!(o.pending, 0, "{what}: requests left open");
+        let starts = command_starts(&f.req);
+        let ends = reply_ends(&f.resp);
+        assert_eq!(
+            (starts.len(), ends.len()),
+            (want.len(), want.len()),
+            "{what}"
+        );
+        for (i, op) in o.ops.iter().enumerate() {
+            let s = o.times[piece_of(pieces, true, starts[i])];
+            let e = o.times[piece_of(pieces, false, ends[i] - 1)] + 500;
+            assert_eq!(
+                (op.start_ns, op.end_ns),
+                (s, e),
+                "{what}: times of #{i} {op:?}"
+            );
+        }
+    }
+
+    /// redis-py's connection set-up: CLIENT SETINFO LIB-NAME and LIB-VER, which Redis 7.0
+    /// does not know yet.
+    const PY_SETUP: [&str; 2] = ["CLIENT:ERR", "CLIENT:ERR"];
+
+    fn pipelines_py_expected() -> Vec<String> {
+        let mut v: Vec<String> = PY_SETUP.map(String::from).to_vec();
+        for n in [10, 100, 1000, 10_000] {
+            // redis-py's incr() is INCRBY counter 1.
+            v.extend((0..n).map(|i| ["SET", "GET", "INCRBY"][i % 3].to_string()));
+        }
+        v
+    }
+
+    fn large_replies_py_expected() -> Vec<String> {
+        let mut v: Vec<String> = PY_SETUP.map(String::from).to_vec();
+        v.extend(["HSET", "RPUSH", "HGETALL", "LRANGE", "MGET", "GET"].map(String::from));
+        v
+    }
+
+    #[test]
+    fn real_client_pipelines_of_10_to_10000_are_exact() {
+        // Each pipeline is sent once the previous one's replies are read: not fed "whole"
+        // (that would queue all 11,112 requests at once, over MAX_PENDING).
+        let f = fixture("pipelines_py");
+        let want = pipelines_py_expected();
+        let logged = logged(&f);
+        assert_exact("as logged", &f, &logged, &run(&logged), &want);
+        let mut rng = Rng(7);
+        for max in [1, 3, 64, 1000, 6000, 65_536] {
+            let v = random_split(&logged, &mut rng, max);
+            assert_exact(&format!("split {max}"), &f, &v, &run(&v), &want);
+        }
+    }
+
+    #[test]
+    fn pipelines_in_one_chunk_and_split_randomly() {
+        let mut rng = Rng(11);
+        for n in [10usize, 100, 1000, 10_000] {
+            let mut reqs = Vec::new();
+            let mut replies = Vec::new();
+            let mut want = Vec::new();
+            for i in 0..n {
+                let key = format!("key:{i}");
+                match i % 4 {
+                    0 => {
+                        reqs.extend(cmd(&[b"SET", key.as_bytes(), b"value"]));
+                        replies.extend(b"+OK\r\n");
+                        want.push("SET".to_string());
+                    }
+                    1 => {
+                        reqs.extend(cmd(&[b"GET", key.as_bytes()]));
+                        replies.extend(b"$5\r\nvalue\r\n");
+                        want.push("GET".to_string());
+                    }
+                    2 => {
+                        reqs.extend(cmd(&[b"LPUSH", key.as_bytes(), b"x"]));
+                        replies.extend(b"-WRONGTYPE Operation against a key\r\n");
+                        want.push("LPUSH:WRONGTYPE".to_string());
+                    }
+                    _ => {
+                        reqs.extend(b"PING\r\n");
+                        replies.extend(b"+PONG\r\n");
+                        want.push("PING".to_string());
+                    }
+                }
+            }
+            let f = Fixture {
+                order: vec![(true, reqs.len()), (false, replies.len())],
+                req: reqs,
+                resp: replies,
+            };
+            let pieces = logged(&f);
+            assert_exact(
+                &format!("{n} in one chunk"),
+                &f,
+                &pieces,
+                &run(&pieces),
+                &want,
+            );
+            for max in [1, 5, 100, 5000] {
+                let v = random_split(&pieces, &mut rng, max);
+                assert_exact(&format!("{n} split {max}"), &f, &v, &run(&v), &want);
+            }
+        }
+    }
+
+    #[test]
+    fn replies_of_10000_elements_split_across_many_chunks() {
+        let f = fixture("large_replies_py");
+        let want = large_replies_py_expected();
+        assert_exact("whole", &f, &whole(&f), &run(&whole(&f)), &want);
+        let logged = logged(&f);
+        assert_exact("as logged", &f, &logged, &run(&logged), &want);
+        let mut rng = Rng(13);
+        for max in [1, 2, 17, 500, 4096, 65_536] {
+            let v = random_split(&logged, &mut rng, max);
+            assert_exact(&format!("split {max}"), &f, &v, &run(&v), &want);
+        }
+        // The 10,000-element replies really are that.
+        let lrange = &f.resp[reply_ends(&f.resp)[4]..];
+        assert!(lrange.starts_with(b"*10000\r\n"), "LRANGE reply");
+    }
+
+    /// Feeds `pieces` to `s`, piece `i` at `1000 * (first + i + 1)`.
+    fn feed_more(
+        s: &mut RedisSession,
+        ops: &mut Vec<Operation>,
+        pieces: &[Piece<'_>],
+        first: usize,
+    ) {
+        for (i, p) in pieces.iter().enumerate() {
+            let t = 1000 * ((first + i) as u64 + 1);
+            let c = Chunk {
+                data: p.data,
+                len: p.len,
+                start_ns: t,
+                end_ns: t + 500,
+            };
+            if p.req {
+                s.on_request(&c);
+            } else {
+                s.on_response(&c, ops);
+            }
+            check_bounds(s);
+        }
+    }
+
+    #[test]
+    fn a_gap_where_commands_were_then_every_later_command_is_counted() {
+        // The second client syscall of the 1,000-command pipeline is lost (a gap chunk: its
+        // bytes happened, none was copied). The commands before it are matched, the replies
+        // to the lost ones are counted as lost, and the 10,000-command pipeline after it is
+        // counted exactly.
+        let f = fixture("pipelines_py");
+        let mut pieces = logged(&f);
+        let gap = pieces
+            .iter()
+            .position(|p| p.req && p.len == 10_135)
+            .expect("the 1,000-command pipeline's second write");
+        let mut probe = RedisSession::new();
+        probe.on_request(&Chunk::whole(pieces[gap - 1].data, 0, 0));
+        let known = probe.pending();
+        assert!(known > 500 && known < 1000, "{known}");
+        pieces[gap].data = &[];
+        let o = run(&pieces);
+        let mut want = pipelines_py_expected();
+        // CLIENT x2, 10, 100, then the first `known` of the 1,000.
+        let lost_from = 2 + 10 + 100 + known;
+        want.drain(lost_from..2 + 10 + 100 + 1000);
+        assert_eq!(summary(&o.ops), want, "everything but the lost commands");
+        assert_eq!(
+            o.health,
+            SessionHealth {
+                parse_errors: 1,
+                lost: LostRequests {
+                    capture_gap: (1000 - known) as u64,
+                    ..LostRequests::default()
+                },
+                ..SessionHealth::default()
+            }
+        );
+        assert_eq!(o.pending, 0);
+    }
+
+    #[test]
+    fn a_gap_where_replies_were_then_every_later_command_is_counted() {
+        // A server syscall in the middle of the 10,000 replies is lost: the requests still
+        // open are counted as lost; the next conversation on the connection (redis-py's
+        // large replies) is counted exactly.
+        let f = fixture("pipelines_py");
+        let mut pieces = logged(&f);
+        let gap = pieces
+            .iter()
+            .position(|p| !p.req && p.len == 15_319)
+            .expect("a server read of the 10,000 replies");
+        pieces[gap].data = &[];
+        let mut s = RedisSession::new();
+        let mut ops = Vec::new();
+        feed_more(&mut s, &mut ops, &pieces[..gap], 0);
+        let before = ops.len();
+        let answered = before - (2 + 10 + 100 + 1000);
+        feed_more(&mut s, &mut ops, &pieces[gap..], gap);
+        assert_eq!(ops.len(), before, "nothing matched after the loss");
+        let h = s.take_health();
+        assert_eq!(
+            (
+                h.parse_errors,
+                h.timed_out,
+                h.lost.capture_gap,
+                h.lost.total()
+            ),
+            (1, 0, (10_000 - answered) as u64, (10_000 - answered) as u64)
+        );
+        let g = fixture("large_replies_py");
+        let more = logged(&g);
+        feed_more(&mut s, &mut ops, &more, pieces.len());
+        assert_eq!(summary(&ops[before..]), large_replies_py_expected());
+        assert_eq!(s.take_health(), SessionHealth::default());
+        assert_eq!(s.pending(), 0);
+    }
+
+    #[test]
+    fn skip_hints() {
+        let mut s = RedisSession::new();
+        let mut set = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$100000\r\n".to_vec();
+        set.extend([b'v'; 10]);
+        s.on_request(&Chunk::whole(&set, 1, 1));
+        assert_eq!(s.skip_hint(true), 99_990, "the value, not its CRLF");
+        s.on_request(&Chunk {
+            data: &[],
+            len: 99_990,
+            start_ns: 1,
+            end_ns: 1,
+        });
+        assert_eq!(s.skip_hint(true), 0);
+        s.on_request(&Chunk::whole(b"\r\n", 1, 1));
+        assert_eq!(s.pending(), 1);
+        let mut ops = Vec::new();
+        s.on_response(&Chunk::whole(b"+OK\r\n", 2, 2), &mut ops);
+        // The first two arguments are kept up to 32 bytes: no hint before that.
+        s.on_request(&Chunk::whole(b"*2\r\n$3\r\nGET\r\n$100\r\nabc", 3, 3));
+        assert_eq!(s.skip_hint(true), 0);
+        s.on_request(&Chunk::whole(&[b'k'; 29], 3, 3));
+        assert_eq!(s.skip_hint(true), 100 - 32);
+        // A bulk reply: skipped; the first element of an array: kept up to 33 bytes.
+        s.on_request(&Chunk::whole(&[b'k'; 68], 3, 3));
+        s.on_request(&Chunk::whole(b"\r\n", 3, 3));
+        s.on_response(&Chunk::whole(b"$100000\r\nxyz", 4, 4), &mut ops);
+        assert_eq!(s.skip_hint(false), 99_997);
+        s.on_response(
+            &Chunk {
+                data: &[],
+                len: 99_997,
+                start_ns: 4,
+                end_ns: 4,
+            },
+            &mut ops,
+        );
+        s.on_response(&Chunk::whole(b"\r\n", 5, 5), &mut ops);
+        assert_eq!(summary(&ops), ["SET", "GET"]);
+        s.on_request(&Chunk::whole(&cmd(&[b"LRANGE", b"l", b"0", b"-1"]), 6, 6));
+        s.on_response(&Chunk::whole(b"*2\r\n$50\r\nabc", 7, 7), &mut ops);
+        assert_eq!(s.skip_hint(false), 0, "element 0 of an array is looked at");
+        s.on_response(&Chunk::whole(&[b'x'; 30], 7, 7), &mut ops);
+        assert_eq!(s.skip_hint(false), 50 - 33);
+        assert_eq!(s.take_health(), SessionHealth::default());
+    }
+
+    #[test]
+    fn endless_garbage_keeps_memory_bounded() {
+        let mut rng = Rng(99);
+        let mut s = RedisSession::new();
+        let mut ops = Vec::new();
+        let alphabet = b"*$:+-%>|_#,(!=~?0123456789\r\n\r\nabcOKGETSETPING \x00\xff";
+        for i in 0..20_000u64 {
+            let n = rng.below(300);
+            let data: Vec<u8> = (0..n)
+                .map(|_| alphabet[rng.below(alphabet.len())])
+                .collect();
+            let c = Chunk {
+                data: &data,
+                len: n + if rng.below(4) == 0 {
+                    rng.below(100_000)
+                } else {
+                    0
+                },
+                start_ns: i,
+                end_ns: i,
+            };
+            if rng.below(2) == 0 {
+                s.on_request(&c);
+            } else {
+                s.on_response(&c, &mut ops);
+            }
+            check_bounds(&s);
+            if i % 1000 == 0 {
+                s.expire(i, 500);
+            }
+        }
+        check_ops(&ops);
+        assert!(
+            s.open.capacity() <= 2 * MAX_PENDING,
+            "{}",
+            s.open.capacity()
         );
     }
 
@@ -3040,6 +3500,50 @@ mod tests {
         #[test]
         fn resp_noise_never_panics(calls in syscalls(resp_noise().boxed())) {
             feed(&calls);
+        }
+
+        /// Binary garbage (another protocol, bytes after lost framing; no line ends, so no
+        /// inline command can hide in it) in either direction, then a conversation of a
+        /// client that waits for each reply: from the third exchange on, every command is
+        /// matched exactly, and nothing stays open.
+        #[test]
+        fn binary_garbage_then_valid_traffic_recovers(
+            garbage in prop::collection::vec(
+                (any::<bool>(), prop::collection::vec(any::<u8>().prop_filter("no LF", |b| *b != b'\n'), 1..300)),
+                1..6,
+            ),
+            pairs in prop::collection::vec((request(), top_reply()), 3..12),
+        ) {
+            let mut s = RedisSession::new();
+            let mut ops = Vec::new();
+            let mut t = 0;
+            for (req, g) in &garbage {
+                t += 10;
+                let c = Chunk::whole(g, t, t + 1);
+                if *req {
+                    s.on_request(&c);
+                } else {
+                    s.on_response(&c, &mut ops);
+                }
+            }
+            let before = ops.len();
+            let mut want = Vec::new();
+            for ((r, name), (reply, err)) in &pairs {
+                t += 10;
+                s.on_request(&Chunk::whole(r, t, t + 1));
+                t += 10;
+                s.on_response(&Chunk::whole(reply, t, t + 1), &mut ops);
+                want.push(match err {
+                    None => name.to_string(),
+                    Some(e) => format!("{name}:{e}"),
+                });
+                check_bounds(&s);
+            }
+            let got = summary(&ops[before..]);
+            let tail = want.len() - 2;
+            prop_assert!(got.len() >= tail, "{:?} for {:?}", got, want);
+            prop_assert_eq!(&got[got.len() - tail..], &want[2..]);
+            prop_assert_eq!(s.pending(), 0);
         }
 
         #[test]
