@@ -310,6 +310,12 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolReasonLabels {
+    pub protocol: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabels {
     pub tier: &'static str,
 }
@@ -352,7 +358,8 @@ pub struct Metrics {
     pub series_dropped: Family<FamilyLabels, Counter>,
     pub protocol_connections: Family<ProtocolLabels, Counter>,
     pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
-    pub protocol_abandoned: Family<ProtocolLabels, Counter>,
+    pub protocol_stopped: Family<ProtocolReasonLabels, Counter>,
+    pub protocol_requests_lost: Family<ProtocolReasonLabels, Counter>,
     pub protocol_timed_out: Family<ProtocolLabels, Counter>,
     pub network_bytes: Family<NetworkLabels, Counter>,
     pub network_packets: Family<NetworkLabels, Counter>,
@@ -465,7 +472,8 @@ impl Metrics {
             series_dropped,
             protocol_connections: Family::default(),
             protocol_parse_errors: Family::default(),
-            protocol_abandoned: Family::default(),
+            protocol_stopped: Family::default(),
+            protocol_requests_lost: Family::default(),
             protocol_timed_out: Family::default(),
             network_bytes: Family::default(),
             network_packets: Family::default(),
@@ -640,9 +648,14 @@ impl Metrics {
             m.protocol_parse_errors.clone(),
         );
         r.register(
-            "nodetap_protocol_connections_abandoned",
-            "Connections whose parsing stopped for good (framing lost too often, or upgraded to TLS)",
-            m.protocol_abandoned.clone(),
+            "nodetap_protocol_connections_stopped",
+            "Connections whose parsing stopped for good, by reason: replication (Redis SYNC), upgrade (HTTP 101 or CONNECT), hpack_desync (HTTP/2 bytes lost)",
+            m.protocol_stopped.clone(),
+        );
+        r.register(
+            "nodetap_protocol_requests_lost",
+            "Requests that happened but no operation reports, by reason: capture_gap (bytes the parser needed were not copied), unparsable, queue_full, stopped",
+            m.protocol_requests_lost.clone(),
         );
         r.register(
             "nodetap_protocol_requests_timed_out",

@@ -16,7 +16,7 @@ use crate::{
     metadata::identity::Identity,
     metrics::{
         ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, PeerZone,
-        ProtocolLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels, WorkloadLabels,
+        ProtocolLabels, ProtocolReasonLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels, WorkloadLabels,
     },
     protocols::{
         http1::{HttpExchange, RoutePatterns},
@@ -838,8 +838,25 @@ fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOu
             .get_or_create(&labels)
             .inc_by(h.timed_out);
     }
-    if h.stopped.is_some() {
-        metrics.protocol_abandoned.get_or_create(&labels).inc();
+    if let Some(reason) = h.stopped {
+        metrics
+            .protocol_stopped
+            .get_or_create(&ProtocolReasonLabels {
+                protocol: protocol.label(),
+                reason: reason.label(),
+            })
+            .inc();
+    }
+    for (reason, n) in h.lost.iter() {
+        if n > 0 {
+            metrics
+                .protocol_requests_lost
+                .get_or_create(&ProtocolReasonLabels {
+                    protocol: protocol.label(),
+                    reason: reason.label(),
+                })
+                .inc_by(n);
+        }
     }
     if h.tls {
         // A PostgreSQL connection that negotiated TLS: counted as TLS too, not parsed.

@@ -200,7 +200,8 @@ impl SessionHealth {
     pub fn merge(&mut self, other: &SessionHealth) {
         self.parse_errors += other.parse_errors;
         self.timed_out += other.timed_out;
-        self.gave_up |= other.gave_up;
+        self.lost.merge(&other.lost);
+        self.stopped = self.stopped.or(other.stopped);
         self.tls |= other.tls;
     }
 }
@@ -348,12 +349,6 @@ impl Session {
             Session::Http1(s) => s.pending(),
             Session::Http2(s) => s.pending(),
         }
-    }
-
-    /// How many of the next bytes from the client (or server) the session will skip by
-    /// length without looking at them: the kernel need not copy them.
-    pub fn skip_hint(&self, _from_client: bool) -> u64 {
-        0
     }
 
     pub fn take_health(&mut self) -> SessionHealth {
