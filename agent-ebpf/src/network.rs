@@ -13,9 +13,10 @@
 //!
 //! Replies on a connection made to a Kubernetes Service address reach the socket after
 //! netfilter restored the Service address as their source; the egress program saw the
-//! real peer (after DNAT), so it remembers, per socket, the address the socket thinks
-//! it talks to and the one its packets really went to, and the ingress program puts the
-//! real one back.
+//! real peer (after DNAT), so when a packet leaves for another address than the socket's
+//! own peer it remembers both in the socket's storage (freed with the socket), and the
+//! ingress program puts the real one back. A socket whose packets go where it thinks
+//! they go stores nothing, and its replies cost one storage lookup that finds nothing.
 //!
 //! Counts are wire packets: TCP hands the device one GSO skb standing for many segments
 //! and GRO hands the socket one skb for many received segments; each segment carries
@@ -24,13 +25,17 @@
 
 use agent_common::{Direction, FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, NET_FLOW_ENTRIES};
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_socket_cookie, bpf_skb_cgroup_id, bpf_skb_load_bytes},
-    macros::{cgroup_skb, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    bindings::{__sk_buff, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
+    btf_maps::SkStorage,
+    helpers::{bpf_skb_cgroup_id, bpf_skb_load_bytes, generated::bpf_sk_storage_get},
+    macros::{btf_map, cgroup_skb, map},
+    maps::{Array, HashMap, PerCpuArray},
     programs::SkBuffContext,
 };
-use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering::Relaxed},
+};
 
 /// Which of the two flow tables the programs write (set by userspace).
 #[map(name = "NET_ACTIVE")]
@@ -47,24 +52,23 @@ static NET_FLOWS_1: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(N
 static NET_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(2, 0);
 
 /// Sockets whose packets go to another address than their own peer address (a Service
-/// address translated by DNAT), by socket cookie. LRU: entries of closed sockets age out.
-#[map(name = "NET_NAT")]
-static NET_NAT: LruHashMap<u64, NatPeer> = LruHashMap::with_max_entries(NAT_ENTRIES, 0);
-
-const NAT_ENTRIES: u32 = 65536;
+/// address translated by DNAT): in the socket's own storage, freed with it.
+#[btf_map]
+static NET_NAT: SkStorage<NatPeer> = SkStorage::new();
 
 /// What a socket calls its peer, and where its packets really went.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct NatPeer {
-    socket_peer: [u8; 16],
-    real_peer: [u8; 16],
+    socket_peer: [u32; 4],
+    real_peer: [u32; 4],
 }
 
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const AF_INET: u32 = 2;
 /// The verdict that lets the packet through: these programs only count.
 const PASS: i32 = 1;
 
@@ -80,22 +84,51 @@ pub fn nodetap_net_ingress(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
+/// A packet's addresses, as 32-bit words in network order (IPv4: the first word).
+struct Packet {
+    family: u8,
+    src: [u32; 4],
+    dst: [u32; 4],
+    /// IP header length (IPv6: the fixed header) and the transport protocol.
+    ip_len: u32,
+    l4: u8,
+}
+
 #[inline(always)]
 fn account(ctx: &SkBuffContext, direction: Direction) {
     let skb = ctx.skb.skb;
-    let Some((mut key, headers)) = parse(skb, direction) else {
+    let Some(pkt) = parse(skb) else {
         return;
     };
+    let (local, mut remote) = match direction {
+        Direction::Transmit => (pkt.src, pkt.dst),
+        Direction::Receive => (pkt.dst, pkt.src),
+    };
     match direction {
-        Direction::Transmit => remember_nat(ctx, &key),
-        Direction::Receive => undo_nat(ctx, &mut key),
+        Direction::Transmit => remember_nat(skb, pkt.family, &remote),
+        Direction::Receive => undo_nat(skb, &mut remote),
     }
-    key.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let (len, gso_segs) = unsafe { ((*skb).len as u64, (*skb).gso_segs as u64) };
-    let segs = if gso_segs == 0 { 1 } else { gso_segs };
-    let add = FlowCounters {
-        bytes: len + (segs - 1) * headers,
-        packets: segs,
+    let add = if gso_segs > 1 {
+        // Only a GSO/GRO packet needs its header length: each further segment repeats
+        // the headers.
+        FlowCounters {
+            bytes: len + (gso_segs - 1) * headers(skb, &pkt),
+            packets: gso_segs,
+        }
+    } else {
+        FlowCounters {
+            bytes: len,
+            packets: 1,
+        }
+    };
+    let key = FlowKey {
+        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
+        local: words_to_bytes(&local),
+        remote: words_to_bytes(&remote),
+        family: pkt.family,
+        direction: direction as u8,
+        _pad: [0; 6],
     };
     let active = NET_ACTIVE.get(0).copied().unwrap_or(0);
     let stored = if active == 0 {
@@ -113,14 +146,19 @@ fn account(ctx: &SkBuffContext, direction: Direction) {
     }
 }
 
-/// The socket's own idea of its peer (`sk->sk_daddr`, or the IPv6 one), in the layout of
-/// a flow key's address for the packet's family. IPv4 packets of an IPv6 socket carry
-/// the address mapped into its last four bytes.
 #[inline(always)]
-fn socket_peer(skb: *mut __sk_buff, family: u8) -> [u8; 16] {
+fn words_to_bytes(words: &[u32; 4]) -> [u8; 16] {
+    // Network-order words in memory order: the same bytes.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
+}
+
+/// The socket's own idea of its peer (`sk->sk_daddr`, or the IPv6 one), in the layout of
+/// a packet address of `family`. IPv4 packets of an IPv6 socket carry the address mapped
+/// into its last four bytes.
+#[inline(always)]
+fn socket_peer(skb: *mut __sk_buff, family: u8) -> [u32; 4] {
     // The verifier accepts context reads only at constant offsets from the context
     // pointer: one volatile read per field, no loop or index arithmetic.
-    let mut out = [0u8; 16];
     unsafe {
         let ctx = &*skb;
         let word3 = core::ptr::read_volatile(&ctx.remote_ip6[3]);
@@ -130,56 +168,75 @@ fn socket_peer(skb: *mut __sk_buff, family: u8) -> [u8; 16] {
             } else {
                 word3
             };
-            out[..4].copy_from_slice(&v4.to_ne_bytes());
+            [v4, 0, 0, 0]
         } else {
-            let words = [
+            [
                 core::ptr::read_volatile(&ctx.remote_ip6[0]),
                 core::ptr::read_volatile(&ctx.remote_ip6[1]),
                 core::ptr::read_volatile(&ctx.remote_ip6[2]),
                 word3,
-            ];
-            out[..4].copy_from_slice(&words[0].to_ne_bytes());
-            out[4..8].copy_from_slice(&words[1].to_ne_bytes());
-            out[8..12].copy_from_slice(&words[2].to_ne_bytes());
-            out[12..].copy_from_slice(&words[3].to_ne_bytes());
+            ]
         }
     }
-    out
 }
 
-const AF_INET: u32 = 2;
-
-/// Egress: when the packet goes elsewhere than the socket's peer, remember both.
+/// The packet's socket, as socket storage wants it; null for none.
 #[inline(always)]
-fn remember_nat(ctx: &SkBuffContext, key: &FlowKey) {
-    let skb = ctx.skb.skb;
-    let peer = socket_peer(skb, key.family);
+fn socket_of(skb: *mut __sk_buff) -> *mut c_void {
+    unsafe { (*skb).__bindgen_anon_2.sk.cast() }
+}
+
+#[inline(always)]
+fn nat_storage(sk: *mut c_void, create: bool) -> *mut NatPeer {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    let map = &NET_NAT as *const SkStorage<NatPeer> as *mut c_void;
+    unsafe { bpf_sk_storage_get(map, sk, core::ptr::null_mut(), flags) }.cast()
+}
+
+/// Egress: when the packet goes elsewhere than the socket's peer, remember both. The
+/// common case (no translation) compares two addresses and stores nothing.
+#[inline(always)]
+fn remember_nat(skb: *mut __sk_buff, family: u8, remote: &[u32; 4]) {
+    let peer = socket_peer(skb, family);
     // Unconnected sockets have no peer; translated or not, nothing to undo.
-    if peer == [0u8; 16] || peer == key.remote {
+    if peer == [0u32; 4] || peer == *remote {
         return;
     }
-    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-    if let Some(known) = unsafe { NET_NAT.get(&cookie) } {
-        if known.real_peer == key.remote && known.socket_peer == peer {
-            return;
+    let sk = socket_of(skb);
+    if sk.is_null() {
+        return;
+    }
+    let entry = nat_storage(sk, true);
+    if entry.is_null() {
+        return;
+    }
+    unsafe {
+        if (*entry).real_peer != *remote || (*entry).socket_peer != peer {
+            (*entry).socket_peer = peer;
+            (*entry).real_peer = *remote;
         }
     }
-    let entry = NatPeer {
-        socket_peer: peer,
-        real_peer: key.remote,
-    };
-    let _ = NET_NAT.insert(&cookie, &entry, BPF_ANY as u64);
 }
 
 /// Ingress: a reply from the address the socket thinks it talks to came from the real
-/// peer its packets went to.
+/// peer its packets went to. Sockets that never sent elsewhere have no storage here.
 #[inline(always)]
-fn undo_nat(ctx: &SkBuffContext, key: &mut FlowKey) {
-    let skb = ctx.skb.skb;
-    let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-    if let Some(known) = unsafe { NET_NAT.get(&cookie) } {
-        if known.socket_peer == key.remote {
-            key.remote = known.real_peer;
+fn undo_nat(skb: *mut __sk_buff, remote: &mut [u32; 4]) {
+    let sk = socket_of(skb);
+    if sk.is_null() {
+        return;
+    }
+    let entry = nat_storage(sk, false);
+    if entry.is_null() {
+        return;
+    }
+    unsafe {
+        if (*entry).socket_peer == *remote {
+            *remote = (*entry).real_peer;
         }
     }
 }
@@ -215,71 +272,93 @@ fn add_atomic(counters: *mut FlowCounters, add: &FlowCounters) {
     }
 }
 
-/// The flow key without its cgroup, and the bytes of headers each segment carries (IP
-/// plus TCP or UDP). `skb->data` is at the IP header in cgroup_skb programs, on both
-/// paths. `None` for what is not IP.
+/// The packet's family, addresses and transport protocol. `skb->data` is at the IP
+/// header in cgroup_skb programs, on both paths, and the IP header is in the linear
+/// part: read in place (direct packet access), with a copy as the fallback for a header
+/// that is not. `None` for what is not IP.
 #[inline(always)]
-fn parse(skb: *mut __sk_buff, direction: Direction) -> Option<(FlowKey, u64)> {
-    let mut key = FlowKey {
-        cgroup_id: 0,
-        local: [0; 16],
-        remote: [0; 16],
-        family: 0,
-        direction: direction as u8,
-        _pad: [0; 6],
-    };
+fn parse(skb: *mut __sk_buff) -> Option<Packet> {
     // __sk_buff.protocol is the ethertype in network order.
     let ethertype = u16::from_be(unsafe { (*skb).protocol } as u16) as u32;
-    let (src, dst, ip_len, l4) = if ethertype == ETH_P_IP {
-        let mut ip = [0u8; 20];
-        load(skb, 0, &mut ip)?;
-        key.family = FAMILY_IPV4;
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src[..4].copy_from_slice(&ip[12..16]);
-        dst[..4].copy_from_slice(&ip[16..20]);
-        (src, dst, ((ip[0] & 0x0f) as u32) * 4, ip[9])
+    let (data, data_end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if ethertype == ETH_P_IP {
+        let ip: [u32; 5] = if data + 20 <= data_end {
+            unsafe { read_words(data) }
+        } else {
+            load(skb)?
+        };
+        let b0 = ip[0].to_ne_bytes()[0];
+        Some(Packet {
+            family: FAMILY_IPV4,
+            src: [ip[3], 0, 0, 0],
+            dst: [ip[4], 0, 0, 0],
+            ip_len: ((b0 & 0x0f) as u32) * 4,
+            l4: ip[2].to_ne_bytes()[1],
+        })
     } else if ethertype == ETH_P_IPV6 {
-        let mut ip = [0u8; 40];
-        load(skb, 0, &mut ip)?;
-        key.family = FAMILY_IPV6;
-        let mut src = [0u8; 16];
-        let mut dst = [0u8; 16];
-        src.copy_from_slice(&ip[8..24]);
-        dst.copy_from_slice(&ip[24..40]);
+        let ip: [u32; 10] = if data + 40 <= data_end {
+            unsafe { read_words(data) }
+        } else {
+            load(skb)?
+        };
         // Extension headers are rare on TCP and UDP; with one, the transport header is
         // not counted per segment (GSO over extension headers is rarer still).
-        (src, dst, 40, ip[6])
+        Some(Packet {
+            family: FAMILY_IPV6,
+            src: [ip[2], ip[3], ip[4], ip[5]],
+            dst: [ip[6], ip[7], ip[8], ip[9]],
+            ip_len: 40,
+            l4: ip[1].to_ne_bytes()[2],
+        })
     } else {
-        return None;
-    };
-    let l4_len = match l4 {
+        None
+    }
+}
+
+/// The first `N` 32-bit words of the packet, in place.
+///
+/// # Safety
+///
+/// `data + 4 * N` must be within the packet's linear part (checked against `data_end`
+/// for the verifier). The IP header is 4-byte aligned on transmit and at least 2-byte
+/// aligned on receive; word loads are used anyway, as C programs do with `struct
+/// iphdr`: the verifier checks packet alignment only on architectures without efficient
+/// unaligned access (x86-64 and arm64 have it), and there it would reject the program at
+/// load, never misread.
+#[inline(always)]
+unsafe fn read_words<const N: usize>(data: usize) -> [u32; N] {
+    let p = data as *const [u32; N];
+    unsafe { core::ptr::read_volatile(p) }
+}
+
+/// The bytes of headers each segment carries: IP plus TCP (its data offset) or UDP.
+#[inline(always)]
+fn headers(skb: *mut __sk_buff, pkt: &Packet) -> u64 {
+    let l4_len = match pkt.l4 {
         IPPROTO_TCP => {
-            let mut off = [0u8; 1];
             // The data offset: the high nibble of byte 12, in 32-bit words.
-            match load(skb, (ip_len + 12) & 0xff, &mut off) {
-                Some(()) => ((off[0] >> 4) as u64) * 4,
+            match load_at::<1>(skb, (pkt.ip_len + 12) & 0xff) {
+                Some(word) => ((word[0].to_ne_bytes()[0] >> 4) as u64) * 4,
                 None => 0,
             }
         }
         IPPROTO_UDP => 8,
         _ => 0,
     };
-    match direction {
-        Direction::Transmit => {
-            key.local = src;
-            key.remote = dst;
-        }
-        Direction::Receive => {
-            key.local = dst;
-            key.remote = src;
-        }
-    }
-    Some((key, ip_len as u64 + l4_len))
+    pkt.ip_len as u64 + l4_len
+}
+
+/// The packet's first `N` words, copied (for a header outside the linear part).
+#[inline(always)]
+fn load<const N: usize>(skb: *mut __sk_buff) -> Option<[u32; N]> {
+    load_at(skb, 0)
 }
 
 #[inline(always)]
-fn load<const N: usize>(skb: *mut __sk_buff, offset: u32, buf: &mut [u8; N]) -> Option<()> {
-    let ret = unsafe { bpf_skb_load_bytes(skb.cast(), offset, buf.as_mut_ptr().cast(), N as u32) };
-    (ret == 0).then_some(())
+fn load_at<const N: usize>(skb: *mut __sk_buff, offset: u32) -> Option<[u32; N]> {
+    let mut buf = core::mem::MaybeUninit::<[u32; N]>::uninit();
+    let ret =
+        unsafe { bpf_skb_load_bytes(skb.cast(), offset, buf.as_mut_ptr().cast(), 4 * N as u32) };
+    // SAFETY: the helper filled all of it when it succeeded.
+    (ret == 0).then(|| unsafe { buf.assume_init() })
 }
