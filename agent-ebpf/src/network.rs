@@ -23,7 +23,10 @@
 //! its own IP and TCP/UDP headers on the wire, so a skb of `len` bytes and `segs`
 //! segments stands for `len + (segs - 1) * headers` bytes.
 
-use agent_common::{Direction, FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, NET_FLOW_ENTRIES};
+use agent_common::{
+    Direction, FlowCache, FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, NET_CACHE_SLOTS,
+    NET_FLOW_ENTRIES,
+};
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_NOEXIST, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
@@ -50,6 +53,18 @@ static NET_FLOWS_1: HashMap<FlowKey, FlowCounters> = HashMap::with_max_entries(N
 /// What did not fit in a full table, by direction: counted, never silently lost.
 #[map(name = "NET_OVERFLOW")]
 static NET_OVERFLOW: PerCpuArray<FlowCounters> = PerCpuArray::with_max_entries(2, 0);
+
+/// Each CPU's cache of hot flows, one per table: a packet of a cached flow adds to its
+/// CPU's own slot, no hash-table lookup, no atomic. Drained with its table.
+#[map(name = "NET_CACHE")]
+static NET_CACHE: PerCpuArray<FlowCache> = PerCpuArray::with_max_entries(2, 0);
+
+/// Per CPU: set while a program uses that CPU's cache. Programs on one CPU nest (a
+/// softirq's packet interrupts a process sending one, or a preempted program's CPU runs
+/// another task's): the inner one finds it set and adds to the table instead, so a slot
+/// is never changed under a program that is using it.
+#[map(name = "NET_BUSY")]
+static NET_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sockets whose packets go to another address than their own peer address (a Service
 /// address translated by DNAT): in the socket's own storage, freed with it.
@@ -122,34 +137,104 @@ fn account(ctx: &SkBuffContext, direction: Direction) {
             packets: 1,
         }
     };
-    let key = FlowKey {
-        cgroup_id: unsafe { bpf_skb_cgroup_id(skb) },
-        local: words_to_bytes(&local),
-        remote: words_to_bytes(&remote),
-        family: pkt.family,
-        direction: direction as u8,
-        _pad: [0; 6],
+    let key = flow_key(
+        unsafe { bpf_skb_cgroup_id(skb) },
+        &local,
+        &remote,
+        pkt.family,
+        direction,
+    );
+    let active = NET_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+    let Some(busy) = NET_BUSY.get_ptr_mut(0) else {
+        add_to_table(active, &key, &add);
+        return;
     };
-    let active = NET_ACTIVE.get(0).copied().unwrap_or(0);
+    // SAFETY: this CPU's own flag; a program that interrupts this one restores it
+    // before this one resumes.
+    unsafe {
+        if *busy != 0 {
+            add_to_table(active, &key, &add);
+            return;
+        }
+        *busy = 1;
+    }
+    match NET_CACHE.get_ptr_mut(active) {
+        Some(cache) => add_to_cache(cache, active, &key, &add),
+        None => add_to_table(active, &key, &add),
+    }
+    unsafe { *busy = 0 };
+}
+
+/// The key as words, for a cheap compare and hash (FlowKey is 8-aligned, 48 bytes).
+#[inline(always)]
+fn key_words(key: &FlowKey) -> &[u64; 6] {
+    unsafe { &*(key as *const FlowKey as *const [u64; 6]) }
+}
+
+/// Adds to the flow's slot in this CPU's cache; a slot held by another flow is first
+/// added to the table.
+#[inline(always)]
+fn add_to_cache(cache: *mut FlowCache, active: u32, key: &FlowKey, add: &FlowCounters) {
+    let w = key_words(key);
+    let mixed = w[0] ^ w[1].rotate_left(17) ^ w[2] ^ w[3].rotate_left(41) ^ w[4] ^ w[5];
+    let index = (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> SLOT_SHIFT) as usize;
+    // SAFETY: index < NET_CACHE_SLOTS (the top bits of a u64); this CPU's cache, and no
+    // other program uses it now (NET_BUSY).
+    let slot = unsafe { &mut (*cache).slots[index & (NET_CACHE_SLOTS - 1)] };
+    if key_words(&slot.key) == w {
+        slot.counters.bytes += add.bytes;
+        slot.counters.packets += add.packets;
+        return;
+    }
+    if slot.counters.packets != 0 {
+        let evicted = slot.key;
+        let counted = slot.counters;
+        add_to_table(active, &evicted, &counted);
+    }
+    slot.key = *key;
+    slot.counters = *add;
+}
+
+const SLOT_SHIFT: u32 = 64 - NET_CACHE_SLOTS.trailing_zeros();
+
+/// Adds to the flow in the active table (atomically: other CPUs add to the same flow),
+/// or to the overflow counters when the table is full.
+#[inline(always)]
+fn add_to_table(active: u32, key: &FlowKey, add: &FlowCounters) {
     let stored = if active == 0 {
-        add_to(&NET_FLOWS_0, &key, &add)
+        add_to(&NET_FLOWS_0, key, add)
     } else {
-        add_to(&NET_FLOWS_1, &key, &add)
+        add_to(&NET_FLOWS_1, key, add)
     };
     if !stored {
-        if let Some(slot) = NET_OVERFLOW.get_ptr_mut(direction as u32) {
-            unsafe {
-                (*slot).bytes += add.bytes;
-                (*slot).packets += add.packets;
-            }
+        if let Some(slot) = NET_OVERFLOW.get_ptr_mut(key.direction as u32 & 1) {
+            // Atomic: programs nest on a CPU.
+            add_atomic(slot, add);
         }
     }
 }
 
+/// The flow key, built as the six words it is (little-endian BPF: the first address
+/// word is the low half), so that no byte of it, padding included, is left unset.
 #[inline(always)]
-fn words_to_bytes(words: &[u32; 4]) -> [u8; 16] {
-    // Network-order words in memory order: the same bytes.
-    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
+fn flow_key(
+    cgroup_id: u64,
+    local: &[u32; 4],
+    remote: &[u32; 4],
+    family: u8,
+    direction: Direction,
+) -> FlowKey {
+    let pair = |lo: u32, hi: u32| lo as u64 | (hi as u64) << 32;
+    let words: [u64; 6] = [
+        cgroup_id,
+        pair(local[0], local[1]),
+        pair(local[2], local[3]),
+        pair(remote[0], remote[1]),
+        pair(remote[2], remote[3]),
+        family as u64 | (direction as u64) << 8,
+    ];
+    // SAFETY: FlowKey is repr(C), 48 bytes, 8-aligned, and any bytes are a valid key.
+    unsafe { core::mem::transmute::<[u64; 6], FlowKey>(words) }
 }
 
 /// The socket's own idea of its peer (`sk->sk_daddr`, or the IPv6 one), in the layout of
