@@ -71,6 +71,26 @@ static NET_BUSY: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[btf_map]
 static NET_NAT: SkStorage<NatPeer> = SkStorage::new();
 
+/// One flag per hash of an address some socket's packets were translated away from
+/// (a Service address): a reply from an address whose flag is clear needs no socket
+/// storage lookup. Flags are set, never cleared; a collision only costs a lookup.
+#[map(name = "NET_NAT_PEERS")]
+static NET_NAT_PEERS: Array<[u8; NAT_FLAG_BYTES]> = Array::with_max_entries(NAT_FLAG_WORDS, 0);
+
+const NAT_FLAG_BYTES: usize = 64;
+const NAT_FLAG_WORDS: u32 = 1024;
+
+/// Where an address's flag is: (element, byte). 65536 flags.
+#[inline(always)]
+fn nat_flag(addr: &[u32; 4]) -> (u32, usize) {
+    let folded = (addr[0] ^ addr[1].rotate_left(7) ^ addr[2].rotate_left(13) ^ addr[3]) as u64;
+    let h = (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32;
+    (
+        (h >> 6) & (NAT_FLAG_WORDS - 1),
+        h as usize & (NAT_FLAG_BYTES - 1),
+    )
+}
+
 /// What a socket calls its peer, and where its packets really went.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -181,7 +201,7 @@ fn add_to_cache(cache: *mut FlowCache, active: u32, key: &FlowKey, add: &FlowCou
     // SAFETY: index < NET_CACHE_SLOTS (the top bits of a u64); this CPU's cache, and no
     // other program uses it now (NET_BUSY).
     let slot = unsafe { &mut (*cache).slots[index & (NET_CACHE_SLOTS - 1)] };
-    if key_words(&slot.key) == w {
+    if same_key(&slot.key, key) {
         slot.counters.bytes += add.bytes;
         slot.counters.packets += add.packets;
         return;
@@ -193,6 +213,19 @@ fn add_to_cache(cache: *mut FlowCache, active: u32, key: &FlowKey, add: &FlowCou
     }
     slot.key = *key;
     slot.counters = *add;
+}
+
+/// Word by word: `==` on arrays becomes a call to a byte-by-byte `memcmp` in BPF.
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    let (a, b) = (key_words(a), key_words(b));
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]))
+        == 0
+}
+
+#[inline(always)]
+fn same_addr(a: &[u32; 4], b: &[u32; 4]) -> bool {
+    ((a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3])) == 0
 }
 
 const SLOT_SHIFT: u32 = 64 - NET_CACHE_SLOTS.trailing_zeros();
@@ -288,7 +321,7 @@ fn nat_storage(sk: *mut c_void, create: bool) -> *mut NatPeer {
 fn remember_nat(skb: *mut __sk_buff, family: u8, remote: &[u32; 4]) {
     let peer = socket_peer(skb, family);
     // Unconnected sockets have no peer; translated or not, nothing to undo.
-    if peer == [0u32; 4] || peer == *remote {
+    if same_addr(&peer, &[0; 4]) || same_addr(&peer, remote) {
         return;
     }
     let sk = socket_of(skb);
@@ -300,17 +333,32 @@ fn remember_nat(skb: *mut __sk_buff, family: u8, remote: &[u32; 4]) {
         return;
     }
     unsafe {
-        if (*entry).real_peer != *remote || (*entry).socket_peer != peer {
+        if !same_addr(&(*entry).real_peer, remote) || !same_addr(&(*entry).socket_peer, &peer) {
             (*entry).socket_peer = peer;
             (*entry).real_peer = *remote;
+        }
+    }
+    // After the storage: a reply comes after this packet left.
+    let (word, byte) = nat_flag(&peer);
+    if let Some(flags) = NET_NAT_PEERS.get_ptr_mut(word) {
+        unsafe {
+            if (*flags)[byte] == 0 {
+                (*flags)[byte] = 1;
+            }
         }
     }
 }
 
 /// Ingress: a reply from the address the socket thinks it talks to came from the real
-/// peer its packets went to. Sockets that never sent elsewhere have no storage here.
+/// peer its packets went to. Replies from an address no socket's packets were
+/// translated away from (its flag clear) are not looked up.
 #[inline(always)]
 fn undo_nat(skb: *mut __sk_buff, remote: &mut [u32; 4]) {
+    let (word, byte) = nat_flag(remote);
+    match NET_NAT_PEERS.get(word) {
+        Some(flags) if flags[byte] != 0 => {}
+        _ => return,
+    }
     let sk = socket_of(skb);
     if sk.is_null() {
         return;
@@ -320,7 +368,7 @@ fn undo_nat(skb: *mut __sk_buff, remote: &mut [u32; 4]) {
         return;
     }
     unsafe {
-        if (*entry).socket_peer == *remote {
+        if same_addr(&(*entry).socket_peer, remote) {
             *remote = (*entry).real_peer;
         }
     }
