@@ -503,9 +503,10 @@ const _: () = assert!(core::mem::size_of::<Config>() == 112);
 // ---------------------------------------------------------------------------------------
 // IP-layer byte accounting (cgroup_skb programs)
 
-/// Flow tables, double-buffered: the programs add to the one [`MAP_NET_ACTIVE`] names,
-/// userspace flips the index, waits out the programs still writing the other one (an RCU
-/// grace period), then reads and empties it. Nothing is lost between read and delete.
+/// Flow tables, double-buffered: the programs add to the one [`MAP_NET_ACTIVE`] names
+/// (and to its per-CPU caches, [`MAP_NET_CACHE`]), userspace flips the index, waits out
+/// the programs still writing the other one (an RCU grace period), then reads and empties
+/// it and its caches. Nothing is lost between read and delete.
 pub const MAP_NET_FLOWS: [&str; 2] = ["NET_FLOWS_0", "NET_FLOWS_1"];
 /// One u32: which of [`MAP_NET_FLOWS`] the programs write.
 pub const MAP_NET_ACTIVE: &str = "NET_ACTIVE";

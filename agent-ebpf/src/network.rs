@@ -18,6 +18,12 @@
 //! ingress program puts the real one back. A socket whose packets go where it thinks
 //! they go stores nothing, and its replies cost one storage lookup that finds nothing.
 //!
+//! Cost per packet (every packet of every local socket pays it): the IP header is read in
+//! place, the TCP header only for GSO/GRO packets; a hot flow adds to its CPU's own cache
+//! slot (no hash lookup, no atomic); the one helper call on the common path is
+//! `bpf_skb_cgroup_id`. Helper calls and hash lookups are what cost here (each call and
+//! return is expensive on kernels with return-stack mitigations).
+//!
 //! Counts are wire packets: TCP hands the device one GSO skb standing for many segments
 //! and GRO hands the socket one skb for many received segments; each segment carries
 //! its own IP and TCP/UDP headers on the wire, so a skb of `len` bytes and `segs`
