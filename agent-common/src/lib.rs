@@ -505,9 +505,10 @@ const _: () = assert!(core::mem::size_of::<Config>() == 112);
 // ---------------------------------------------------------------------------------------
 // IP-layer byte accounting (cgroup_skb programs)
 
-/// Flow tables, double-buffered: the programs add to the one [`MAP_NET_ACTIVE`] names,
-/// userspace flips the index, waits out the programs still writing the other one (an RCU
-/// grace period), then reads and empties it. Nothing is lost between read and delete.
+/// Flow tables, double-buffered: the programs add to the one [`MAP_NET_ACTIVE`] names
+/// (and to its per-CPU caches, [`MAP_NET_CACHE`]), userspace flips the index, waits out
+/// the programs still writing the other one (an RCU grace period), then reads and empties
+/// it and its caches. Nothing is lost between read and delete.
 pub const MAP_NET_FLOWS: [&str; 2] = ["NET_FLOWS_0", "NET_FLOWS_1"];
 /// One u32: which of [`MAP_NET_FLOWS`] the programs write.
 pub const MAP_NET_ACTIVE: &str = "NET_ACTIVE";
@@ -546,6 +547,39 @@ pub struct FlowCounters {
 
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowCounters>() == 16);
+
+/// Per-CPU write-combining caches in front of the flow tables, one element per table
+/// (same index as [`MAP_NET_FLOWS`]): a packet of a flow already in its CPU's slot adds
+/// to it there, with no hash-table lookup and no atomic; another flow in that slot is
+/// first added to the table. Drained with the table it belongs to, from every CPU.
+pub const MAP_NET_CACHE: &str = "NET_CACHE";
+/// Slots of each CPU's cache (direct-mapped by a hash of the key; a power of two).
+pub const NET_CACHE_SLOTS: usize = 64;
+
+/// One cached flow: its key and what it counted since it took the slot. An empty slot
+/// is all zeroes (no real key has family 0).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowSlot {
+    pub key: FlowKey,
+    pub counters: FlowCounters,
+}
+
+/// One CPU's cache for one table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FlowCache {
+    pub slots: [FlowSlot; NET_CACHE_SLOTS],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
+const _: () = assert!(NET_CACHE_SLOTS.is_power_of_two());
+
+// SAFETY: plain old data: repr(C), Copy, no implicit padding (checked above).
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowSlot {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowCache {}
 
 #[cfg(feature = "user")]
 mod pod {

@@ -5,10 +5,10 @@
 use std::{collections::HashMap, net::IpAddr, time::Duration};
 
 use agent_common::{
-    FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAP_NET_ACTIVE, MAP_NET_FLOWS,
-    MAP_NET_OVERFLOW,
+    FlowCache, FlowCounters, FlowKey, FAMILY_IPV4, FAMILY_IPV6, MAP_NET_ACTIVE, MAP_NET_CACHE,
+    MAP_NET_FLOWS, MAP_NET_OVERFLOW,
 };
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 
 use crate::{
     capture::direction_label,
@@ -32,11 +32,13 @@ pub enum NetworkError {
     },
 }
 
-/// The kernel's two flow tables, the index of the one being written, and the overflow
-/// counters.
+/// The kernel's two flow tables with their per-CPU caches, the index of the one being
+/// written, and the overflow counters.
 pub struct FlowTables {
     active: Array<MapData, u32>,
     tables: [BpfHashMap<MapData, FlowKey, FlowCounters>; 2],
+    /// Per CPU, one element per table: hot flows not yet added to the table.
+    cache: PerCpuArray<MapData, FlowCache>,
     overflow: PerCpuArray<MapData, FlowCounters>,
     /// Which table the programs write now.
     current: u32,
@@ -56,9 +58,11 @@ impl FlowTables {
         let t1 = BpfHashMap::try_from(take(MAP_NET_FLOWS[1])?).map_err(err(MAP_NET_FLOWS[1]))?;
         let overflow =
             PerCpuArray::try_from(take(MAP_NET_OVERFLOW)?).map_err(err(MAP_NET_OVERFLOW))?;
+        let cache = PerCpuArray::try_from(take(MAP_NET_CACHE)?).map_err(err(MAP_NET_CACHE))?;
         Ok(Self {
             active,
             tables: [t0, t1],
+            cache,
             overflow,
             current: 0,
             overflow_seen: [FlowCounters::default(); 2],
@@ -67,8 +71,9 @@ impl FlowTables {
     }
 
     /// Everything counted since the last drain: switches the programs to the other
-    /// table, waits until no program can still be writing the old one, then reads and
-    /// empties it. Flows are summed by key.
+    /// table, waits until no program can still be writing the old one or its caches,
+    /// then reads and empties both. Flows are summed by key (a flow can be in the table
+    /// and in several CPUs' caches).
     pub fn drain(&mut self) -> Result<Vec<(FlowKey, FlowCounters)>, NetworkError> {
         let old = self.current;
         let new = 1 - old;
@@ -80,16 +85,58 @@ impl FlowTables {
             })?;
         self.current = new;
         wait_for_running_programs();
+        let mut flows: HashMap<FlowKey, FlowCounters> = HashMap::new();
         let table = &mut self.tables[old as usize];
-        let flows: Vec<(FlowKey, FlowCounters)> = table.iter().filter_map(Result::ok).collect();
-        for (key, _) in &flows {
+        let keys: Vec<FlowKey> = table
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(key, counters)| {
+                add(flows.entry(key).or_default(), &counters);
+                key
+            })
+            .collect();
+        for key in &keys {
             // Nothing else writes this table now; a failed delete leaves the flow to be
             // counted again, so say so.
             if let Err(e) = table.remove(key) {
                 log::warn!("cannot empty the flow table: {e}");
             }
         }
-        Ok(flows)
+        let cached = self
+            .cache
+            .get(&old, 0)
+            .map_err(|source| NetworkError::Map {
+                name: MAP_NET_CACHE,
+                source,
+            })?;
+        let mut any = false;
+        for cpu in cached.iter() {
+            for slot in cpu.slots.iter().filter(|s| s.counters.packets != 0) {
+                add(flows.entry(slot.key).or_default(), &slot.counters);
+                any = true;
+            }
+        }
+        if any {
+            // Nothing else writes these caches now either; a failed reset would count
+            // them again, so say so.
+            if let Err(e) = self.empty_cache(old, cached.len()) {
+                log::warn!("cannot empty the flow caches: {e}");
+            }
+        }
+        Ok(flows.into_iter().collect())
+    }
+
+    /// Zeroes one element of the caches on every CPU (`cpus` values, as read).
+    fn empty_cache(&mut self, index: u32, cpus: usize) -> Result<(), MapError> {
+        // SAFETY: FlowCache is plain old data, and all zeroes is an empty cache.
+        let empty: FlowCache = unsafe { std::mem::zeroed() };
+        let values = PerCpuValues::try_from(vec![empty; cpus]).map_err(|io_error| {
+            MapError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_map_update_elem",
+                io_error,
+            })
+        })?;
+        self.cache.set(index, values, 0)
     }
 
     /// New overflow since the last call, by direction index.
@@ -117,6 +164,11 @@ impl FlowTables {
         }
         out
     }
+}
+
+fn add(sum: &mut FlowCounters, more: &FlowCounters) {
+    sum.bytes += more.bytes;
+    sum.packets += more.packets;
 }
 
 /// The programs read the table index and update the table within one RCU read-side
