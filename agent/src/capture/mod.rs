@@ -16,7 +16,8 @@ use crate::{
     metadata::identity::Identity,
     metrics::{
         ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, PeerZone,
-        ProtocolLabels, ProtocolReasonLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels, WorkloadLabels,
+        ProtocolLabels, ProtocolReasonLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels,
+        WorkloadLabels,
     },
     protocols::{
         http1::{HttpExchange, RoutePatterns},
