@@ -25,6 +25,9 @@ pub const MAX_CALL_CAPTURE: u32 = 64 * MAX_SEGMENT as u32;
 /// protocol costs meanwhile, and must be large enough that a parsed connection's first
 /// burst is never cut (a cut is a gap the parser must resynchronise after).
 pub const DEFAULT_UNDECIDED_BYTES: u32 = 16 << 20;
+/// A connection's first bytes in each direction are copied even while the ring buffer is
+/// busy: they say what the connection speaks.
+pub const DETECT_BYTES: u64 = 16384;
 /// A counts-only connection reports its counters at most this often (and at its close).
 pub const DEFAULT_REPORT_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -460,9 +463,9 @@ pub struct Config {
     pub call_capture: u32,
     /// Bytes per direction copied before the connection's first instruction.
     pub undecided_bytes: u32,
-    /// Before its first instruction a connection's payload is copied only while less
-    /// than this many bytes wait in the ring buffer: connections userspace has decided
-    /// on keep the room.
+    /// Before its first instruction a connection's payload (past its first
+    /// `DETECT_BYTES`) is copied only while less than this many bytes wait in the ring
+    /// buffer (half of it): connections userspace has decided on keep the room.
     pub undecided_ring_bytes: u32,
     pub report_interval_ns: u64,
     pub kernel: KernelOffsets,

@@ -9,8 +9,8 @@ use core::{
 };
 
 use agent_common::{
-    DropReason, Role, SockState, CALL_KINDS, FD_UNCHECKED, MODE_COUNTS_ONLY, PAYLOAD_BUFFER,
-    SYSCALL_SOCKETS,
+    DropReason, Role, SockState, CALL_KINDS, DETECT_BYTES, FD_UNCHECKED, MODE_COUNTS_ONLY,
+    PAYLOAD_BUFFER, SYSCALL_SOCKETS,
 };
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
@@ -211,8 +211,12 @@ pub fn on_call(state: &mut SockState, call: &Call) {
         // Undecided payload yields the ring buffer to connections userspace has decided
         // on: an unknown bulk protocol must not crowd out parsed ones before its
         // counts-only instruction arrives.
+        // Its first bytes are always copied: without them userspace cannot tell what the
+        // connection speaks.
         let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-        if waiting >= read_config_u32(&config().undecided_ring_bytes) as u64 {
+        if call_offset >= DETECT_BYTES
+            && waiting >= read_config_u32(&config().undecided_ring_bytes) as u64
+        {
             room = 0;
         }
         if room < limit {

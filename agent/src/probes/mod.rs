@@ -259,7 +259,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         wakeup_bytes: opts.wakeup_bytes,
         call_capture: opts.call_capture,
         undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
-        undecided_ring_bytes: opts.ringbuf_bytes / 4,
+        undecided_ring_bytes: opts.ringbuf_bytes / 2,
         report_interval_ns: agent_common::DEFAULT_REPORT_INTERVAL_NS,
         kernel,
     };
