@@ -64,8 +64,10 @@ fn on_state(ctx: &BtfTracePointContext) {
     }
 }
 
-/// Sends the final counters of a connection the agent saw move data, and forgets it (a
-/// socket that connects again starts a new connection at TCP_SYN_SENT).
+/// Sends the final counters of a connection the agent saw move data. The state keeps its
+/// id: a call that returns after the close (a reply sent as the peer's reset arrived)
+/// still belongs to it; a socket that connects again starts a new connection at
+/// TCP_SYN_SENT.
 #[inline(always)]
 fn close(state: &mut SockState) {
     if state.kind != STATE_TCP || state.conn_id == 0 {
@@ -74,6 +76,4 @@ fn close(state: &mut SockState) {
     if state.announced != 0 || state.totals.bytes[0] != 0 || state.totals.bytes[1] != 0 {
         record::close(state);
     }
-    state.conn_id = 0;
-    state.announced = 0;
 }

@@ -10,7 +10,7 @@ use core::ffi::c_void;
 
 use agent_common::{
     DropReason, EventHeader, EventKind, SockState, FLAG_LAST_SEGMENT, HEADER_LEN, MAX_SEGMENT,
-    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
+    PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
@@ -147,6 +147,23 @@ pub fn close(state: &SockState) {
 /// a call with nothing to copy still sends one record (its counters and its length).
 #[inline(always)]
 pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64) {
+    if call.payload.class == PAYLOAD_BUFFER && from < to && to - from <= MAX_SEGMENT as u64 {
+        // The common case, one buffer and one segment: the header is written straight
+        // into the reserved record (no template, no walk).
+        let (src, n) = (call.payload.ptr + from, to - from);
+        if n <= 64 {
+            direct::<64>(state, call, call_offset, from, src, n);
+        } else if n <= 256 {
+            direct::<256>(state, call, call_offset, from, src, n);
+        } else if n <= 1024 {
+            direct::<1024>(state, call, call_offset, from, src, n);
+        } else if n <= 4096 {
+            direct::<4096>(state, call, call_offset, from, src, n);
+        } else {
+            direct::<MAX_SEGMENT>(state, call, call_offset, from, src, n);
+        }
+        return;
+    }
     let Some(template) = TEMPLATE.get_ptr_mut(0) else {
         return;
     };
@@ -280,6 +297,58 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
     i64::from(last)
 }
 
+/// Reserves a record of class `N`, fills its header from the connection and the call,
+/// reads the call's `n` (at most `N`) bytes from `from` on, at `src` in user memory, into
+/// it, and submits it. It is the call's last record: what follows up to the call's end (a
+/// tail beyond the copy limit) is a gap for userspace.
+#[inline(always)]
+fn direct<const N: usize>(
+    state: &SockState,
+    call: &Call,
+    call_offset: u64,
+    from: u64,
+    src: u64,
+    n: u64,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
+        count_drop(DropReason::RingbufFull);
+        return;
+    };
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill(&mut record.header, EventKind::Data, state, call);
+    record.header.comm = [0; 16];
+    record.header.call_offset = call_offset;
+    record.header.payload_offset = call_offset + from;
+    record.header.captured = read_payload(&mut record.payload, src, n);
+    entry.submit(wakeup_flags(HEADER_LEN + N));
+}
+
+/// Reads `n` (at most `N`) bytes of user memory at `src` into `payload`; returns how many.
+#[inline(always)]
+fn read_payload<const N: usize>(payload: &mut [u8; N], src: u64, n: u64) -> u32 {
+    if N == 0 {
+        return 0;
+    }
+    // For the verifier: a length it can bound by the class's room.
+    let len = opaque(n);
+    if len == 0 || len > N as u64 {
+        return 0;
+    }
+    let ret = unsafe {
+        probe_read_user_raw(
+            payload.as_mut_ptr().cast(),
+            len as u32,
+            src as *const c_void,
+        )
+    };
+    if ret == 0 {
+        len as u32
+    } else {
+        count_drop(DropReason::PayloadUnreadable);
+        0
+    }
+}
+
 /// Reserves a record of class `N`, copies the header and `n` (at most `N`) payload bytes
 /// from user memory at `src` into it, and submits it.
 #[inline(always)]
@@ -291,26 +360,7 @@ fn emit<const N: usize>(template: &EventHeader, src: u64, n: u64, payload_offset
     let record = unsafe { &mut *entry.as_mut_ptr() };
     record.header = *template;
     record.header.payload_offset = payload_offset;
-    let mut captured = 0u32;
-    if N > 0 {
-        // For the verifier: a length it can bound by the class's room.
-        let len = opaque(n);
-        if len > 0 && len <= N as u64 {
-            let ret = unsafe {
-                probe_read_user_raw(
-                    record.payload.as_mut_ptr().cast(),
-                    len as u32,
-                    src as *const c_void,
-                )
-            };
-            if ret == 0 {
-                captured = len as u32;
-            } else {
-                count_drop(DropReason::PayloadUnreadable);
-            }
-        }
-    }
-    record.header.captured = captured;
+    record.header.captured = read_payload(&mut record.payload, src, n);
     entry.submit(wakeup_flags(HEADER_LEN + N));
     true
 }

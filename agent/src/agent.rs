@@ -343,7 +343,7 @@ fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, metrics: &Metrics) 
             }
         }
     }
-    tracker.publish_instructions();
+    tracker.after_drain(monotonic_ns());
 }
 
 /// Close records the kernel parked because the ring buffer was full.

@@ -114,6 +114,16 @@ impl Event<'_> {
         }
     }
 
+    /// Index of [`Event::kind_label`] in [`EVENT_KINDS`].
+    pub fn kind_index(&self) -> usize {
+        match self {
+            Event::Data { .. } => 0,
+            Event::Open { .. } => 1,
+            Event::Close { .. } => 2,
+            Event::Counts { .. } => 3,
+        }
+    }
+
     pub fn common(&self) -> &Common {
         match self {
             Event::Data { common, .. }
@@ -320,6 +330,22 @@ pub mod tests {
             common.endpoints.unwrap().local,
             "[::1]:40000".parse::<SocketAddr>().unwrap()
         );
+    }
+
+    #[test]
+    fn kind_index_points_at_the_kind_label() {
+        for kind in [
+            EventKind::Data,
+            EventKind::Open,
+            EventKind::Close,
+            EventKind::Counts,
+        ] {
+            let mut h = header(kind);
+            h.syscall = Syscall::Read as u8;
+            let rec = record(&h, b"");
+            let event = decode(&rec).unwrap();
+            assert_eq!(EVENT_KINDS[event.kind_index()], event.kind_label());
+        }
     }
 
     proptest::proptest! {

@@ -70,6 +70,8 @@ pub struct Connection {
     streams: [Stream; 2],
     /// The last instruction sent to the kernel for it.
     wanted: Wanted,
+    /// When the kernel reported its close (it ends a grace period later).
+    closing_at: Option<u64>,
     counters: ConnCounters,
 }
 
@@ -136,6 +138,7 @@ impl Connection {
             protocol: ConnectionProtocol::default(),
             streams: Default::default(),
             wanted: Wanted::default(),
+            closing_at: None,
             counters: ConnCounters::default(),
         }
     }
@@ -199,6 +202,10 @@ impl Connection {
     }
 }
 
+/// How long a closed connection waits for records of its last calls made on other CPUs
+/// (they are in the ring buffer already; a drain or two picks them up).
+const CLOSE_GRACE_NS: u64 = 100_000_000;
+
 /// The last few thousand closed connection ids.
 #[derive(Default)]
 struct RecentlyClosed {
@@ -248,11 +255,15 @@ pub struct Tracker {
     opts: TrackerOptions,
     /// Where instructions for the kernel go.
     instructions: Box<dyn InstructionSink>,
-    /// Connections closed lately: a record of theirs arriving after the close (from
-    /// another CPU) must not bring them back and count them twice.
+    /// Connections closed lately: a record of theirs arriving after the grace period must
+    /// not bring them back and count them twice.
     closed: RecentlyClosed,
+    /// Connections whose close was reported, waiting out the grace period.
+    closing: Vec<u64>,
     /// Reused buffers of what sessions completed.
     done: Completed,
+    /// `nodetap_events_total` by kind, resolved once (one per record is hot).
+    event_counters: [Counter; event::EVENT_KINDS.len()],
 }
 
 impl Tracker {
@@ -264,7 +275,6 @@ impl Tracker {
         instructions: Box<dyn InstructionSink>,
     ) -> Self {
         Self {
-            metrics,
             conns: HashMap::new(),
             fds: HashMap::new(),
             listeners: Listeners::new(procfs),
@@ -274,7 +284,11 @@ impl Tracker {
             opts,
             instructions,
             closed: RecentlyClosed::default(),
+            closing: Vec::new(),
             done: Completed::default(),
+            event_counters: event::EVENT_KINDS
+                .map(|kind| metrics.events.get_or_create_owned(&KindLabels { kind })),
+            metrics,
         }
     }
 
@@ -328,12 +342,7 @@ impl Tracker {
     }
 
     pub fn handle(&mut self, event: &Event<'_>) {
-        self.metrics
-            .events
-            .get_or_create(&KindLabels {
-                kind: event.kind_label(),
-            })
-            .inc();
+        self.event_counters[event.kind_index()].inc();
         let common = *event.common();
         if self.closed.contains(common.conn_id) {
             return;
@@ -507,6 +516,13 @@ impl Tracker {
         self.instructions.publish();
     }
 
+    /// After a drain of the ring buffer: publishes instructions and ends connections
+    /// closed longer than the grace period ago.
+    pub fn after_drain(&mut self, now_ns: u64) {
+        self.publish_instructions();
+        self.end_closed(now_ns);
+    }
+
     /// Ends a connection's protocol session: the bytes still held of calls whose last
     /// segment never came are fed, what the session still completes is recorded, what
     /// stays open never got a response.
@@ -575,6 +591,9 @@ impl Tracker {
         );
     }
 
+    /// A close record: the connection ends after a short grace period, because records
+    /// of its last calls made on other CPUs can arrive after the close (a server's reply
+    /// to a client that reset the connection on receiving it).
     fn on_close(&mut self, common: &Common) {
         if !self.conns.contains_key(&common.conn_id) {
             // Its other records were all lost: count its bytes under what the close says.
@@ -582,21 +601,50 @@ impl Tracker {
                 return;
             }
         }
-        let Some(mut conn) = self.conns.remove(&common.conn_id) else {
-            return;
-        };
-        conn.account(&self.metrics, &common.totals);
-        self.finish_session(&mut conn);
+        let metrics = self.metrics.clone();
+        if let Some(conn) = self.conns.get_mut(&common.conn_id) {
+            conn.account(&metrics, &common.totals);
+            if conn.closing_at.is_none() {
+                conn.closing_at = Some(common.exit_ns);
+                self.closing.push(common.conn_id);
+            }
+        }
+    }
+
+    /// Ends the connections whose close is older than the grace period (all of them with
+    /// `u64::MAX`): their sessions finish, their closes are counted.
+    pub fn end_closed(&mut self, now_ns: u64) {
+        let mut i = 0;
+        while i < self.closing.len() {
+            let id = self.closing[i];
+            let due = self
+                .conns
+                .get(&id)
+                .and_then(|c| c.closing_at)
+                .is_none_or(|at| now_ns.saturating_sub(at) >= CLOSE_GRACE_NS);
+            if !due {
+                i += 1;
+                continue;
+            }
+            self.closing.swap_remove(i);
+            let Some(mut conn) = self.conns.remove(&id) else {
+                continue;
+            };
+            self.finish_session(&mut conn);
+            self.metrics
+                .tcp_closed
+                .get_or_create(&ConnectionLabels {
+                    role: role_label(conn.role),
+                    workload: conn.workload.clone(),
+                })
+                .inc();
+            self.fds.retain(|_, c| *c != id);
+            self.instructions.forget(id);
+            self.closed.insert(id);
+        }
         self.metrics
-            .tcp_closed
-            .get_or_create(&ConnectionLabels {
-                role: role_label(conn.role),
-                workload: conn.workload.clone(),
-            })
-            .inc();
-        self.fds.retain(|_, id| *id != common.conn_id);
-        self.instructions.forget(common.conn_id);
-        self.closed.insert(common.conn_id);
+            .connections_tracked
+            .set(self.conns.len() as i64);
     }
 
     /// Removes connections idle for longer than the timeout (their close was lost, or
@@ -1009,6 +1057,7 @@ mod tests {
         text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"client\",service_name=\"redis\"} 7\n");
         text_has(&m, "nodetap_tcp_syscalls_total{direction=\"transmit\",role=\"client\",syscall=\"sendmsg\",service_name=\"redis\"} 1\n");
         feed(&mut t, &c.with_kind(EventKind::Close), b"");
+        t.end_closed(u64::MAX);
         assert!(t.is_empty() && t.by_fd(100, 7).is_none());
         text_has(
             &m,
@@ -1036,6 +1085,7 @@ mod tests {
         feed(&mut t, &kept.unwrap(), b"");
         text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"server\",service_name=\"redis\"} 3000\n");
         feed(&mut t, &c.with_kind(EventKind::Close), b"");
+        t.end_closed(u64::MAX);
         text_has(&m, "nodetap_tcp_bytes_total{direction=\"receive\",role=\"server\",service_name=\"redis\"} 10000\n");
         text_has(&m, "nodetap_tcp_syscalls_total{direction=\"receive\",role=\"server\",syscall=\"recvfrom\",service_name=\"redis\"} 10\n");
         // A record arriving after the close (another CPU) is not counted again.
@@ -1053,6 +1103,7 @@ mod tests {
         close.pid = 0;
         close.comm = [0; 16];
         feed(&mut t, &close, b"");
+        t.end_closed(u64::MAX);
         text_has(&m, "nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"unknown\"} 42\n");
         assert!(t.is_empty());
     }
