@@ -4,6 +4,8 @@
 //! two sides agree byte for byte; the size assertions at the bottom keep it so.
 #![no_std]
 
+pub mod fd_cache;
+
 /// Largest payload one ring buffer record carries. A call that moved more is sent as
 /// several records (segments), each reserved in place in the ring buffer at the smallest
 /// size class that holds it: one copy from user memory, little slack.
@@ -595,4 +597,6 @@ mod pod {
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowCounters {}
+    unsafe impl aya::Pod for fd_cache::FdEntry {}
+    unsafe impl aya::Pod for fd_cache::FdProc {}
 }

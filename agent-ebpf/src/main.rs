@@ -6,6 +6,7 @@
 //! - `socket_tier.rs`: `sock:sock_send_length`/`sock_recv_length` (Linux 6.3+), fired only
 //!   for sockets, so a process that does no networking runs none of this code;
 //! - `syscall_tier.rs`: syscall tracepoints on the data syscalls (older kernels);
+//! - `fd_cache.rs`: the syscall tier's (tgid, fd) cache and the hooks that keep it exact;
 //! - `lifecycle.rs`: `inet_sock_set_state` for role, and the close with final counters;
 //! - `connection.rs`: the per-connection state both tiers share, and one call's handling;
 //! - `record.rs`: ring buffer records (open, data segments, counts, close);
@@ -18,6 +19,7 @@
 #![no_main]
 
 mod connection;
+mod fd_cache;
 mod lifecycle;
 mod network;
 mod record;

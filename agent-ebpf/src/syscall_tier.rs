@@ -1,6 +1,6 @@
 //! The syscall tier (kernels before 6.3, e.g. EKS's 6.1 nodes): syscall tracepoints on
-//! the data syscalls. The entry finds the fd's socket (a walk of the task's fd table)
-//! and saves the arguments; the exit hands the call to the shared connection code, whose
+//! the data syscalls. The entry finds the fd's socket (in the fd cache, `fd_cache.rs`;
+//! on a miss by a walk of the task's fd table) and saves the arguments; the exit hands the call to the shared connection code, whose
 //! state is kept by socket address (classic tracepoints cannot reach socket storage).
 //!
 //! Arguments and return values are read as plain loads from the tracepoint record
@@ -23,7 +23,9 @@ use aya_ebpf::{
 use crate::{
     bump_stat,
     connection::{on_call, reset, Call, Payload, SYS_STATES},
-    count_drop, is_agent, socket,
+    count_drop,
+    fd_cache::{self, Lookup, Walk},
+    is_agent, socket,
 };
 
 /// Syscalls in flight on a socket, keyed by pid_tgid (one per thread at a time).
@@ -105,8 +107,26 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
         return;
     }
     let fd = arg(ctx, 0) as i32;
-    let Some(found) = socket::socket_of_fd(fd) else {
-        return;
+    // Most calls are answered by the fd cache: a pipe or file costs its lookups and
+    // nothing more; a miss walks the fd table and caches what it found.
+    let found = match fd_cache::lookup((pid_tgid >> 32) as u32, fd) {
+        Lookup::Socket(found) => found,
+        Lookup::NotSocket => return,
+        Lookup::Miss(before) => match fd_cache::walk(fd) {
+            Walk::Socket(found) => {
+                if let Some(before) = before {
+                    fd_cache::fill((pid_tgid >> 32) as u32, fd, &before, found.sk, found.ino);
+                }
+                found
+            }
+            Walk::NotSocket => {
+                if let Some(before) = before {
+                    fd_cache::fill((pid_tgid >> 32) as u32, fd, &before, 0, 0);
+                }
+                return;
+            }
+            Walk::Unknown => return,
+        },
     };
     // A socket already known not to be TCP costs this one lookup from now on.
     if let Some(state) = SYS_STATES.get_ptr(&found.sk) {

@@ -79,6 +79,37 @@ pub const HOOKS: &[Hook] = &[
         need: Need::Required,
         tier: Some(Tier::Socket),
     },
+    // The fd cache (agent-ebpf/src/fd_cache.rs): what replaces an fd without the data
+    // syscalls seeing it. Required: without one of them a cached "not a socket" could
+    // outlive its fd and hide a socket's traffic. Each exit before its entry, and all
+    // before the data hooks: an entry cached while a close went unseen would be stale.
+    syscall_hook("sys_exit_close", Need::Required),
+    syscall_hook("sys_enter_close", Need::Required),
+    syscall_hook("sys_exit_dup2", Need::Required),
+    syscall_hook("sys_enter_dup2", Need::Required),
+    syscall_hook("sys_exit_dup3", Need::Required),
+    syscall_hook("sys_enter_dup3", Need::Required),
+    syscall_hook("sys_exit_close_range", Need::Required),
+    syscall_hook("sys_enter_close_range", Need::Required),
+    syscall_hook("sys_exit_clone", Need::Required),
+    syscall_hook("sys_enter_clone", Need::Required),
+    syscall_hook("sys_exit_clone3", Need::Required),
+    syscall_hook("sys_enter_clone3", Need::Required),
+    syscall_hook("sys_enter_unshare", Need::Required),
+    syscall_hook("sys_enter_io_uring_setup", Need::Required),
+    syscall_hook("sys_enter_io_uring_enter", Need::Required),
+    Hook {
+        program: "sched_process_exec",
+        attach: Attach::Tracepoint("sched", "sched_process_exec"),
+        need: Need::Required,
+        tier: Some(Tier::Syscall),
+    },
+    Hook {
+        program: "sched_process_exit",
+        attach: Attach::Tracepoint("sched", "sched_process_exit"),
+        need: Need::Required,
+        tier: Some(Tier::Syscall),
+    },
     syscall_hook("sys_exit_read", Need::Required),
     syscall_hook("sys_enter_read", Need::Required),
     syscall_hook("sys_exit_write", Need::Required),
