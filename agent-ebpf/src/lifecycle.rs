@@ -42,10 +42,12 @@ fn on_state(ctx: &BtfTracePointContext) {
                 close(state);
             }
         } else {
+            // The state stays (the table is LRU): a call returning after the close
+            // still belongs to the connection, and a new socket at this address is told
+            // apart by its inode number.
             let key = sk as u64;
             if let Some(state) = SYS_STATES.get_ptr_mut(&key) {
                 close(unsafe { &mut *state });
-                let _ = SYS_STATES.remove(&key);
             }
         }
         return;
