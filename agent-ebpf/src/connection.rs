@@ -37,6 +37,22 @@ pub static SOCK_STATES: SkStorage<SockState> = SkStorage::new();
 pub static SYS_STATES: LruHashMap<u64, SockState> =
     LruHashMap::with_max_entries(SYSCALL_SOCKETS, 0);
 
+/// Per-CPU room to build a new syscall-tier state in before it is inserted: a 248-byte
+/// struct on the BPF stack would leave too little for the calls below it (Linux 6.1
+/// counts the stack of bpf_loop's callback into the 512-byte limit).
+#[map(name = "NEW_STATE")]
+static NEW_STATE: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+
+/// A zeroed per-CPU state to build a new connection in (then copied by a map insert).
+#[inline(always)]
+pub fn scratch_state() -> Option<&'static mut SockState> {
+    let state = NEW_STATE.get_ptr_mut(0)?;
+    unsafe {
+        core::ptr::write_bytes(state, 0, 1);
+        Some(&mut *state)
+    }
+}
+
 /// Per-CPU counters behind connection ids.
 #[map(name = "CONN_IDS")]
 static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -13,7 +13,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     config,
-    connection::{reset, socket_state, SYS_STATES},
+    connection::{reset, scratch_state, socket_state, SYS_STATES},
     read_config_u32, record, socket,
 };
 
@@ -60,9 +60,10 @@ fn on_state(ctx: &BtfTracePointContext) {
             reset(state, role as u8);
         }
     } else {
-        let mut fresh: SockState = unsafe { core::mem::zeroed() };
-        reset(&mut fresh, role as u8);
-        let _ = SYS_STATES.insert(&(sk as u64), &fresh, 0);
+        if let Some(fresh) = scratch_state() {
+            reset(fresh, role as u8);
+            let _ = SYS_STATES.insert(&(sk as u64), fresh, 0);
+        }
     }
 }
 

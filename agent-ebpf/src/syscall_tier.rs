@@ -22,7 +22,7 @@ use aya_ebpf::{
 
 use crate::{
     bump_stat,
-    connection::{on_call, reset, Call, Payload, SYS_STATES},
+    connection::{on_call, reset, scratch_state, Call, Payload, SYS_STATES},
     count_drop,
     fd_cache::{self, Lookup, Walk},
     is_agent, socket,
@@ -216,9 +216,9 @@ fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
             return Some(state);
         }
     }
-    let mut fresh: SockState = unsafe { core::mem::zeroed() };
+    let fresh = scratch_state()?;
     match socket::is_tcp(key) {
-        Ok(true) => reset(&mut fresh, agent_common::Role::Unknown as u8),
+        Ok(true) => reset(fresh, agent_common::Role::Unknown as u8),
         Ok(false) => {
             fresh.kind = STATE_IGNORED;
             bump_stat(STAT_STATES_IGNORED);
@@ -230,7 +230,7 @@ fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
     }
     fresh.ino = pending.ino;
     fresh.fd = FD_UNCHECKED;
-    if SYS_STATES.insert(&key, &fresh, 0).is_err() {
+    if SYS_STATES.insert(&key, fresh, 0).is_err() {
         count_drop(DropReason::StateFull);
         return None;
     }
