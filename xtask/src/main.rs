@@ -284,11 +284,15 @@ fn test() -> Result<()> {
             .env("NODETAP_BIN", &bin)
             .env("NODETAP_CAPTURE_MODE", "syscall"),
     )?;
-    // ...and a real 6.1 kernel under qemu, where auto mode must choose the syscall tier.
-    test_kernels::run(&test_kernels::Options {
-        package: test_kernels::DEFAULT_PACKAGE.to_owned(),
-        timeout: std::time::Duration::from_secs(1800),
-        smp: 2,
-        capture_mode: None,
-    })
+    // ...and real kernels under qemu: 6.1 (EKS's floor), where auto mode must choose the
+    // syscall tier, and 6.12 (bookworm-backports), where it must choose the socket tier.
+    for package in [test_kernels::DEFAULT_PACKAGE, "linux-image-6.12-cloud-amd64"] {
+        test_kernels::run(&test_kernels::Options {
+            package: package.to_owned(),
+            timeout: std::time::Duration::from_secs(1800),
+            smp: 2,
+            capture_mode: None,
+        })?;
+    }
+    Ok(())
 }
