@@ -286,7 +286,10 @@ fn test() -> Result<()> {
     )?;
     // ...and real kernels under qemu: 6.1 (EKS's floor), where auto mode must choose the
     // syscall tier, and 6.12 (bookworm-backports), where it must choose the socket tier.
-    for package in [test_kernels::DEFAULT_PACKAGE, "linux-image-6.12-cloud-amd64"] {
+    for package in [
+        test_kernels::DEFAULT_PACKAGE,
+        "linux-image-6.12-cloud-amd64",
+    ] {
         test_kernels::run(&test_kernels::Options {
             package: package.to_owned(),
             timeout: std::time::Duration::from_secs(1800),
