@@ -549,21 +549,7 @@ impl Tracker {
                 });
             }
             let protocol = conn.protocol.session_mut().map(|s| s.protocol());
-            record_completed(
-                &self.metrics,
-                conn,
-                protocol,
-                &self.done,
-                &self.opts.http_routes,
-            );
-            record_health(
-                &self.metrics,
-                protocol,
-                &FeedOutcome {
-                    detected: None,
-                    health,
-                },
-            );
+            self.record_results(conn, protocol, health);
         }
         let Some(session) = conn.protocol.session_mut() else {
             return;
@@ -574,6 +560,16 @@ impl Tracker {
         let mut health = session.take_health();
         health.timed_out += session.pending() as u64;
         conn.protocol = ConnectionProtocol::Ignored;
+        self.record_results(conn, protocol, health);
+    }
+
+    /// Records what a connection's session completed (in `self.done`) and its health.
+    fn record_results(
+        &self,
+        conn: &Connection,
+        protocol: Option<Protocol>,
+        health: crate::protocols::SessionHealth,
+    ) {
         record_completed(
             &self.metrics,
             conn,
