@@ -262,6 +262,16 @@ impl Drop for Agent {
 /// format: the agent's output must always parse.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
+    sample_value(&families, name, labels)
+}
+
+/// The value of the series `name{labels}` among parsed families; labels must match
+/// exactly (all of them, in any order).
+pub fn sample_value(
+    families: &[exposition::Family],
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     families
         .iter()
         .flat_map(|f| f.samples.iter())
@@ -273,6 +283,20 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
                     .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
         })
         .map(|s| s.value)
+}
+
+/// `nodetap_tcp_bytes_total` of the process (service) `name` in one direction and role,
+/// summed over any other labels.
+pub fn tcp_bytes(text: &str, name: &str, direction: &str, role: &str) -> f64 {
+    metric_sum(
+        text,
+        "nodetap_tcp_bytes_total",
+        &[
+            ("direction", direction),
+            ("role", role),
+            ("service_name", name),
+        ],
+    )
 }
 
 /// The tier named by the `nodetap_capture_info{tier}` sample that is 1, or a note that

@@ -14,7 +14,7 @@ use std::{
 
 use nodetap_tests::{
     capture_tier, exposition, helper_bin, lines_with, metric_sum, serial, servers::RedisServer,
-    unique_name, Agent,
+    tcp_bytes, unique_name, Agent,
 };
 use serde_json::Value;
 
@@ -39,18 +39,8 @@ fn num(report: &Value, side: &str, field: &str) -> f64 {
 }
 
 /// `nodetap_tcp_bytes_total` of process `name` by (direction, role).
-fn tcp_bytes(text: &str, name: &str) -> [(&'static str, f64); 4] {
-    let b = |direction, role| {
-        metric_sum(
-            text,
-            "nodetap_tcp_bytes_total",
-            &[
-                ("direction", direction),
-                ("role", role),
-                ("service_name", name),
-            ],
-        )
-    };
+fn tcp_bytes_by_side(text: &str, name: &str) -> [(&'static str, f64); 4] {
+    let b = |direction, role| tcp_bytes(text, name, direction, role);
     [
         ("client transmit", b("transmit", "client")),
         ("client receive", b("receive", "client")),
@@ -59,7 +49,7 @@ fn tcp_bytes(text: &str, name: &str) -> [(&'static str, f64); 4] {
     ]
 }
 
-/// What edgegen moved, in the order of [`tcp_bytes`].
+/// What edgegen moved, in the order of [`tcp_bytes_by_side`].
 fn moved(report: &Value) -> [f64; 4] {
     [
         num(report, "client", "sent"),
@@ -79,12 +69,12 @@ fn bytes_differences(
 ) -> (String, Vec<String>) {
     let want = moved(report);
     let text = agent.scrape_until(wait, |text| {
-        tcp_bytes(text, name)
+        tcp_bytes_by_side(text, name)
             .iter()
             .zip(want)
             .all(|((_, got), want)| *got == want)
     });
-    let wrong = tcp_bytes(&text, name)
+    let wrong = tcp_bytes_by_side(&text, name)
         .iter()
         .zip(want)
         .filter(|((_, got), want)| got != want)

@@ -9,20 +9,8 @@
 
 use std::{process::Command, time::Duration};
 
-use nodetap_tests::{capture_tier, helper_bin, lines_with, metric_sum, serial, unique_name, Agent};
+use nodetap_tests::{capture_tier, helper_bin, lines_with, serial, tcp_bytes, unique_name, Agent};
 use serde_json::Value;
-
-fn tcp_bytes(text: &str, name: &str, direction: &str, role: &str) -> f64 {
-    metric_sum(
-        text,
-        "nodetap_tcp_bytes_total",
-        &[
-            ("direction", direction),
-            ("role", role),
-            ("service_name", name),
-        ],
-    )
-}
 
 #[test]
 fn fd_reused_as_socket_after_close_dup_close_range_and_exec_counts_exact_bytes() {

@@ -148,30 +148,17 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Sum of the samples named `name` whose labels include `labels` (others may differ).
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    nodetap_tests::exposition::parse(text)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .filter(|s| s.name == name)
-        .filter(|s| {
-            labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
+pub use nodetap_tests::metric_sum;
 
-/// Kernel events the agent lost, every reason but `payload_unreadable` (events sent
-/// without payload, not lost), so reasons added later are counted too.
+/// Kernel records the agent lost, every reason but `payload_unreadable` and
+/// `call_capped` (records sent without all of their payload, not lost), so reasons added
+/// later are counted too.
 pub fn events_lost(text: &str) -> f64 {
-    metric_sum(text, "nodetap_events_lost_total", &[])
-        - metric_sum(
-            text,
-            "nodetap_events_lost_total",
-            &[("reason", "payload_unreadable")],
-        )
+    let sent_anyway = ["payload_unreadable", "call_capped"]
+        .iter()
+        .map(|reason| metric_sum(text, "nodetap_events_lost_total", &[("reason", reason)]))
+        .sum::<f64>();
+    metric_sum(text, "nodetap_events_lost_total", &[]) - sent_anyway
 }
 
 /// Events the agent received from the kernel, every kind.

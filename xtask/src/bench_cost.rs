@@ -703,7 +703,7 @@ fn section(runs: &[Run], notes: &[String]) -> String {
          per event = agent utime + stime (/proc/<pid>/stat) / `nodetap_events_total`, \
          over the kept parsed repetition, including 0.5 s of draining after it. Events \
          lost: the `nodetap_events_lost_total` delta (every reason but \
-         `payload_unreadable`) over every repetition of every workload. The floor: bpftrace (`tracepoint:<category>:<name> {{}}`) on \
+         `payload_unreadable` and `call_capped`, records sent without all their payload) over every repetition of every workload. The floor: bpftrace (`tracepoint:<category>:<name> {{}}`) on \
          the tracepoints under the agent's capture programs (a raw or BTF tracepoint as \
          the classic tracepoint of the same name), the same workloads, the same \
          statistics; bpftrace cannot attach cgroup_skb programs, so the byte accounting \

@@ -6,12 +6,12 @@
 //! machine-readable line per check and powers the VM off:
 //!
 //! ```text
-//! NODETAP-TEST <name> PASS|FAIL|SKIP <one-line detail>
+//! NODETAP-TEST <name> PASS|FAIL <one-line detail>
 //! NODETAP-TESTS-DONE <number of checks>
 //! ```
 //!
-//! Everything else it prints is for people. A check never skips silently: a SKIP line
-//! says why, and the xtask shows it.
+//! Everything else it prints is for people. A check never skips: what it cannot do (a
+//! missing flag, a program that was not packed) is a FAIL that says why.
 
 use std::{
     ffi::CString,
@@ -26,7 +26,7 @@ use std::{
 use nodetap_tests::{
     exposition, free_port,
     resp::{Reply, RespClient},
-    try_http_get, ChildGuard,
+    sample_value, try_http_get, ChildGuard,
 };
 
 const NODETAP: &str = "/bin/nodetap";
@@ -147,7 +147,6 @@ fn run(ran: &mut usize) {
 
 fn result(name: &str, outcome: Outcome) {
     let (verdict, detail) = match outcome {
-        Ok(d) if d.starts_with("SKIP") => ("SKIP", d.trim_start_matches("SKIP").trim().into()),
         Ok(d) => ("PASS", d),
         Err(d) => ("FAIL", d),
     };
@@ -326,21 +325,6 @@ impl Agent {
     }
 }
 
-/// The value of `name{labels}` (labels match exactly, all of them).
-fn value(families: &[exposition::Family], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    families
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .find(|s| {
-            s.name == name
-                && s.labels.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
-        .map(|s| s.value)
-}
-
 /// The capture tier the run asks for, and whether this agent can be asked.
 struct CaptureMode {
     /// The agent has `--capture-mode auto|socket|syscall`.
@@ -391,7 +375,7 @@ fn asked_capture_mode() -> Option<String> {
 /// so.
 fn capture_tier(agent: &Agent, mode: &CaptureMode) -> Outcome {
     if !mode.supported {
-        return Ok("SKIP this nodetap has no --capture-mode (one capture path only)".into());
+        return Err("this nodetap has no --capture-mode: it cannot say which tier it runs".into());
     }
     let want = mode.expected_tier();
     let families = agent.scrape()?;
@@ -484,7 +468,7 @@ fn tcp_exact(
     let truth = |side: &str, field: &str| report[side][field].as_f64().unwrap_or(-1.0);
     let svc = process.as_str();
     let bytes = |f: &[exposition::Family], direction: &str, role: &str| {
-        value(
+        sample_value(
             f,
             "nodetap_tcp_bytes_total",
             &[
@@ -495,7 +479,7 @@ fn tcp_exact(
         )
     };
     let syscalls = |f: &[exposition::Family], direction: &str, role: &str, syscall: &str| {
-        value(
+        sample_value(
             f,
             "nodetap_tcp_syscalls_total",
             &[
@@ -507,7 +491,7 @@ fn tcp_exact(
         )
     };
     let conns = |f: &[exposition::Family], which: &str, role: &str| {
-        value(
+        sample_value(
             f,
             &format!("nodetap_tcp_connections_{which}_total"),
             &[("role", role), ("service_name", svc)],
@@ -597,7 +581,7 @@ fn events_lost(f: &[exposition::Family]) -> Vec<String> {
 /// counts on the client and the server side must be exact.
 fn redis_exact(agent: &Agent) -> Outcome {
     if !Path::new(REDIS_SERVER).exists() {
-        return Ok("SKIP redis-server was not packed into the initramfs".into());
+        return Err(format!("{REDIS_SERVER} was not packed into the initramfs"));
     }
     let port = free_port();
     let mut cmd = Command::new(REDIS_SERVER);
@@ -645,7 +629,7 @@ fn redis_exact(agent: &Agent) -> Outcome {
         .to_owned();
     let port_s = port.to_string();
     let count = |f: &[exposition::Family], side: &str, service: &str, op: &str, error: &str| {
-        value(
+        sample_value(
             f,
             &format!("db_{side}_operation_duration_seconds_count"),
             &[
