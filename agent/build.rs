@@ -13,6 +13,7 @@ fn main() {
     for path in [
         "agent-ebpf/src",
         "agent-ebpf/Cargo.toml",
+        "agent-ebpf/.cargo/config.toml",
         "agent-common/src",
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());

@@ -280,8 +280,8 @@ pub const STAT_STATES_IGNORED: u32 = 2;
 pub const STATS_SLOTS: u32 = 3;
 
 /// A TCP connection's addresses. IPv4 addresses use the first 4 bytes of the arrays;
-/// ports are in host byte order.
-#[repr(C)]
+/// ports are in host byte order. Aligned to 8 so the kernel side copies it in words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockTuple {
     /// AF_INET (2) or AF_INET6 (10).
@@ -296,9 +296,11 @@ pub struct SockTuple {
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
-/// A connection's exact counters, kept by the kernel per socket and sent in full with
-/// every record, so a lost record never loses a byte or a call: the next one (or the
-/// close) carries the totals.
+/// A connection's exact counters, kept by the kernel per socket. Open, counts and close
+/// records carry them in full; a data record carries the part its call moved (the
+/// direction's stream end and the call kind's count after the call), so a lost record
+/// loses no byte (the next data record in that direction covers it) and no call (the
+/// kernel sends a counts record after any loss, and the close carries everything).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -313,9 +315,11 @@ pub struct Totals {
 pub const FLAG_LAST_SEGMENT: u32 = 1;
 
 /// Header of every record in the ring buffer. A data record is followed by its payload
-/// segment (`captured` bytes; the record may be padded beyond them to its size class).
+/// segment (`captured` bytes; the record may be padded beyond them to its size class);
+/// open, counts and close records by a [`Summary`]. Small on purpose: it is written for
+/// every data record.
 #[repr(C)]
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
     /// [`EventKind`].
     pub kind: u8,
@@ -350,14 +354,33 @@ pub struct EventHeader {
     pub captured: u32,
     /// `FLAG_*`.
     pub flags: u32,
+    /// Data records: the connection's count of calls of this kind in this direction,
+    /// this call included (u32, wrapping).
+    pub kind_calls: u32,
+    pub _pad: u32,
+    pub tuple: SockTuple,
+}
+
+/// What follows the header of open, counts and close records.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Summary {
     pub totals: Totals,
     /// Name of the caller's process (the thread group leader's comm), in open records
     /// only.
     pub comm: [u8; 16],
-    pub tuple: SockTuple,
+}
+
+/// An open, counts or close record (also the value of the `CLOSED` table).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SummaryRecord {
+    pub header: EventHeader,
+    pub summary: Summary,
 }
 
 pub const HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+pub const SUMMARY_RECORD_LEN: usize = core::mem::size_of::<SummaryRecord>();
 
 /// Connection state kinds kept by the kernel.
 pub const STATE_TCP: u8 = 0;
@@ -389,6 +412,9 @@ pub struct SockState {
     pub instruction_gen: u64,
     /// The socket inode number (syscall tier: tells a reused socket address apart).
     pub ino: u64,
+    /// cgroup v2 id of the process that first used the connection (read once, sent in
+    /// every record).
+    pub cgroup_id: u64,
     /// The (process, fd) last proven to be this socket: the payload of a call is read
     /// from its syscall's arguments only when they name this socket. `FD_UNCHECKED`
     /// until proven; `FD_NONE` for a socket no process's fd names (a kernel socket).
@@ -407,7 +433,9 @@ pub struct SockState {
     pub mode: [u8; 2],
     /// Whether `fd`/`fd_tgid` name this socket (1) or were found not to (0).
     pub fd_ok: u8,
-    pub _pad: u8,
+    /// A record of this connection was lost: the next call sends a counts record first,
+    /// so userspace's counters are whole again before the close.
+    pub resend_totals: u8,
 }
 
 /// Userspace's word on one connection, by connection id. A missing or stale one fails
@@ -458,8 +486,9 @@ pub struct Config {
     pub tier: u32,
     /// The agent's own tgid: its sockets (the /metrics endpoint) are not traced.
     pub agent_pid: u32,
-    /// Wake the reader only once this many bytes wait in the ring buffer; below it the
-    /// agent drains on a short timer. Batching wake-ups keeps the overhead per event low.
+    /// Wake the reader each time the bytes waiting in the ring buffer cross a multiple of
+    /// this (a power of two); between wake-ups the agent drains on a short timer.
+    /// Batching wake-ups keeps the overhead per event low.
     pub wakeup_bytes: u32,
     /// Most payload bytes copied per call.
     pub call_capture: u32,
@@ -500,8 +529,9 @@ pub const TCP_LISTEN: i32 = 10;
 
 const _: () = assert!(core::mem::size_of::<SockTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<Totals>() == 144);
-const _: () = assert!(HEADER_LEN == 280);
-const _: () = assert!(core::mem::size_of::<SockState>() == 248);
+const _: () = assert!(HEADER_LEN == 128);
+const _: () = assert!(SUMMARY_RECORD_LEN == 288);
+const _: () = assert!(core::mem::size_of::<SockState>() == 256);
 const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
@@ -595,6 +625,7 @@ mod pod {
     unsafe impl aya::Pod for Instruction {}
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for EventHeader {}
+    unsafe impl aya::Pod for SummaryRecord {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowCounters {}
     unsafe impl aya::Pod for fd_cache::FdEntry {}

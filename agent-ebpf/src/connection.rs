@@ -15,14 +15,17 @@ use agent_common::{
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
     btf_maps::SkStorage,
-    helpers::{bpf_get_smp_processor_id, bpf_probe_read_user, generated::bpf_sk_storage_get},
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_user,
+        generated::bpf_sk_storage_get,
+    },
     macros::{btf_map, map},
     maps::{LruHashMap, PerCpuArray},
 };
 
 use crate::{
-    config, count_drop, read_config_u32, read_config_u64, record, EVENTS, INSTRUCTIONS,
-    INSTRUCTION_GEN,
+    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words, EVENTS,
+    INSTRUCTIONS, INSTRUCTION_GEN,
 };
 
 /// Socket tier: the state lives in the socket itself and is freed with it, so a socket
@@ -93,20 +96,11 @@ pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut SockSt
 /// Starts a connection in `state` (fresh or reused): a new id, zero counters.
 #[inline(always)]
 pub fn reset(state: &mut SockState, role: u8) {
+    zero_words(state);
     state.conn_id = new_conn_id();
-    state.totals = Default::default();
-    state.skip_until = [0; 2];
-    state.last_report_ns = 0;
-    state.instruction_gen = 0;
-    state.ino = 0;
     state.fd = FD_UNCHECKED;
-    state.fd_tgid = 0;
-    state.tuple = Default::default();
     state.kind = agent_common::STATE_TCP;
     state.role = role;
-    state.announced = 0;
-    state.instructed = 0;
-    state.mode = [0; 2];
     crate::bump_stat(agent_common::STAT_STATES_CREATED);
 }
 
@@ -139,6 +133,10 @@ pub struct Call {
     pub enter_ns: u64,
     pub exit_ns: u64,
     pub payload: Payload,
+    /// Set by [`on_call`]: the stream offset of the call's first byte, and the
+    /// connection's count of calls of this kind in this direction, this one included.
+    pub call_offset: u64,
+    pub kind_calls: u32,
 }
 
 /// Picks up userspace's instruction for this connection when any changed since the last
@@ -154,7 +152,7 @@ fn refresh_instruction(state: &mut SockState) {
     }
     state.instruction_gen = gen;
     if let Some(instruction) = unsafe { INSTRUCTIONS.get(&state.conn_id) } {
-        state.skip_until = instruction.skip_until;
+        copy_words(&mut state.skip_until, &instruction.skip_until);
         state.mode = instruction.mode;
         state.instructed = 1;
     }
@@ -179,18 +177,31 @@ fn starts_tls(state: &SockState, call: &Call) -> bool {
 
 /// Counts the call and sends what userspace needs of it.
 #[inline(always)]
-pub fn on_call(state: &mut SockState, call: &Call) {
+pub fn on_call(state: &mut SockState, call: &mut Call) {
     let d = call.direction & 1;
-    let call_offset = state.totals.bytes[d];
     let kind = call.syscall as usize & (CALL_KINDS - 1);
     // Atomic: two threads may write one socket at once; the counters must stay exact.
+    // The values before the add say where the call's bytes sit: exact unless another
+    // thread moved bytes on this socket in between (then two records claim one offset;
+    // userspace takes the largest total it sees, and the close carries the exact ones).
+    // (A fetching atomic would make it exact, but needs the v3 instruction set.)
+    call.call_offset = state.totals.bytes[d];
+    call.kind_calls = state.totals.calls[d][kind].wrapping_add(1);
     unsafe {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut state.totals.bytes[d], call.bytes);
         atomic_xadd::<u32, u32, { Relaxed }>(&raw mut state.totals.calls[d][kind], 1);
     }
+    let call = &*call;
+    let call_offset = call.call_offset;
     refresh_instruction(state);
-    if state.announced == 0 && record::open(state, call) {
-        state.announced = 1;
+    if state.announced == 0 {
+        state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+        if record::open(state, call) {
+            state.announced = 1;
+        }
+    }
+    if state.resend_totals != 0 && record::counts(state, call) {
+        state.resend_totals = 0;
     }
     if state.instructed == 0 && call_offset == 0 && starts_tls(state, call) {
         // Cheap filtering, before userspace's word: a client's first bytes that are a TLS
@@ -201,7 +212,9 @@ pub fn on_call(state: &mut SockState, call: &Call) {
         let interval = read_config_u64(&config().report_interval_ns);
         if call.exit_ns.saturating_sub(state.last_report_ns) >= interval {
             state.last_report_ns = call.exit_ns;
-            record::counts(state, call);
+            if !record::counts(state, call) {
+                state.resend_totals = 1;
+            }
         }
         return;
     }
@@ -249,5 +262,7 @@ pub fn on_call(state: &mut SockState, call: &Call) {
     } else {
         bytes
     };
-    record::data(state, call, call_offset, from, to);
+    if !record::data(state, call, from, to) {
+        state.resend_totals = 1;
+    }
 }

@@ -28,7 +28,7 @@ mod socket_tier;
 mod syscall_tier;
 
 use agent_common::{
-    Config, DropReason, EventHeader, Instruction, CLOSED_ENTRIES, DROP_REASONS,
+    Config, DropReason, Instruction, SummaryRecord, CLOSED_ENTRIES, DROP_REASONS,
     INSTRUCTION_ENTRIES, STATS_SLOTS, SYSCALL_TABLE_ENTRIES,
 };
 use aya_ebpf::{
@@ -61,7 +61,7 @@ static INSTRUCTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Close records that found the ring buffer full, by connection id; userspace drains it.
 #[map(name = "CLOSED")]
-static CLOSED: LruHashMap<u64, EventHeader> = LruHashMap::with_max_entries(CLOSED_ENTRIES, 0);
+static CLOSED: LruHashMap<u64, SummaryRecord> = LruHashMap::with_max_entries(CLOSED_ENTRIES, 0);
 
 /// What each syscall number is: `Syscall` in bits 0..8, `PAYLOAD_*` in bits 8..10 (0 for
 /// syscalls that do not move socket data). Filled by the loader.
@@ -110,6 +110,31 @@ fn is_agent(pid_tgid: u64) -> bool {
 #[inline(always)]
 fn opaque(v: u64) -> u64 {
     unsafe { core::ptr::read_volatile(&v) }
+}
+
+/// Copies a value word by word. LLVM lowers a plain struct copy on BPF to a call of a
+/// byte-at-a-time `memmove` (hundreds of instructions for a 40-byte tuple); volatile
+/// word accesses stay as they are written.
+#[inline(always)]
+fn copy_words<T: Copy>(dst: &mut T, src: &T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let (d, s) = (
+        (dst as *mut T).cast::<u64>(),
+        (src as *const T).cast::<u64>(),
+    );
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+    }
+}
+
+/// Zeroes a value word by word (see [`copy_words`]).
+#[inline(always)]
+fn zero_words<T: Copy>(dst: &mut T) {
+    const { assert!(core::mem::size_of::<T>() % 8 == 0 && core::mem::align_of::<T>() >= 8) };
+    let d = (dst as *mut T).cast::<u64>();
+    for i in 0..core::mem::size_of::<T>() / 8 {
+        unsafe { core::ptr::write_volatile(d.add(i), 0) };
+    }
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,7 @@
-//! Ring buffer records. Every record carries the connection's full counters, so a lost
-//! record loses no byte and no call: the next one, or the close, carries them.
+//! Ring buffer records. A data record carries what its call moved (the direction's
+//! stream end, the call kind's count); open, counts and close records carry the full
+//! counters. After a lost record the next call sends a counts record, so a lost record
+//! loses no byte and no call.
 //!
 //! A data record is reserved in place at the smallest size class that holds its segment
 //! (the verifier needs constant reservation sizes) and the payload is read from user
@@ -9,13 +11,14 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    DropReason, EventHeader, EventKind, SockState, FLAG_LAST_SEGMENT, HEADER_LEN, MAX_SEGMENT,
-    PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
+    DropReason, EventHeader, EventKind, SockState, SummaryRecord, FLAG_LAST_SEGMENT, HEADER_LEN,
+    MAX_SEGMENT, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
+    SUMMARY_RECORD_LEN,
 };
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_cgroup_id, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
     },
     macros::map,
@@ -25,7 +28,7 @@ use aya_ebpf::{
 use crate::{
     config,
     connection::{Call, Payload},
-    count_drop, opaque, read_config_u32, socket, CLOSED, EVENTS, STATS,
+    copy_words, count_drop, opaque, read_config_u32, socket, CLOSED, EVENTS, STATS,
 };
 
 /// At most this many iovecs are walked per call (gRPC's C core writes a slice per header
@@ -53,57 +56,69 @@ fn fill(h: &mut EventHeader, kind: EventKind, state: &SockState, call: &Call) {
     h.pid = (call.pid_tgid >> 32) as u32;
     h.tid = call.pid_tgid as u32;
     h.conn_id = state.conn_id;
-    h.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    h.cgroup_id = state.cgroup_id;
     h.enter_ns = call.enter_ns;
     h.exit_ns = call.exit_ns;
     h.bytes = call.bytes;
-    h.call_offset = 0;
+    h.call_offset = call.call_offset;
     h.payload_offset = 0;
     h.captured = 0;
     h.flags = FLAG_LAST_SEGMENT;
-    h.totals = state.totals;
-    h.tuple = state.tuple;
+    h.kind_calls = call.kind_calls;
+    h._pad = 0;
+    copy_words(&mut h.tuple, &state.tuple);
 }
 
-/// Wake the reader only when enough has piled up; it also drains on a short timer.
+/// Wake the reader when the waiting bytes cross a multiple of the wake-up threshold (this
+/// record included: the reservation already counts). Once per crossing, not once per
+/// record past it: a wake-up is an interrupt (a VM exit under a hypervisor), and a reader
+/// already woken needs no second one. It also drains on a short timer.
 #[inline(always)]
 fn wakeup_flags(len: usize) -> u64 {
     let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     if let Some(slot) = STATS.get_ptr_mut(STAT_RINGBUF_AVAIL) {
         unsafe { *slot = waiting };
     }
-    if waiting + len as u64 >= read_config_u32(&config().wakeup_bytes) as u64 {
+    // A power of two (the loader makes it one).
+    let mask = !(read_config_u32(&config().wakeup_bytes) as u64).wrapping_sub(1);
+    let before = waiting.saturating_sub(len as u64);
+    if before & mask != waiting & mask {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
 }
 
-/// The connection's first record: addresses, role, owner and its name.
+/// Reserves and sends a record with the connection's full counters; false if the ring
+/// buffer is full.
 #[inline(always)]
-pub fn open(state: &SockState, call: &Call) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+fn summary(kind: EventKind, state: &SockState, call: &Call, comm: bool) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<SummaryRecord>(0) else {
         count_drop(DropReason::RingbufFull);
         return false;
     };
-    let h = unsafe { &mut *entry.as_mut_ptr() };
-    fill(h, EventKind::Open, state, call);
-    h.comm = socket::process_comm();
-    entry.submit(wakeup_flags(HEADER_LEN));
+    let record = unsafe { &mut *entry.as_mut_ptr() };
+    fill(&mut record.header, kind, state, call);
+    copy_words(&mut record.summary.totals, &state.totals);
+    record.summary.comm = if comm {
+        socket::process_comm()
+    } else {
+        [0; 16]
+    };
+    entry.submit(wakeup_flags(SUMMARY_RECORD_LEN));
     true
 }
 
-/// A counts-only connection's counters.
+/// The connection's first record: addresses, role, owner and its name.
 #[inline(always)]
-pub fn counts(state: &SockState, call: &Call) {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        count_drop(DropReason::RingbufFull);
-        return;
-    };
-    let h = unsafe { &mut *entry.as_mut_ptr() };
-    fill(h, EventKind::Counts, state, call);
-    h.comm = [0; 16];
-    entry.submit(wakeup_flags(HEADER_LEN));
+pub fn open(state: &SockState, call: &Call) -> bool {
+    summary(EventKind::Open, state, call, true)
+}
+
+/// The connection's counters (counts-only connections, and after a lost record).
+#[inline(always)]
+pub fn counts(state: &SockState, call: &Call) -> bool {
+    summary(EventKind::Counts, state, call, false)
 }
 
 /// The connection reached TCP_CLOSE: its final counters. If the ring buffer is full they
@@ -120,57 +135,58 @@ pub fn close(state: &SockState) {
         enter_ns: now,
         exit_ns: now,
         payload: Payload::NONE,
+        call_offset: 0,
+        kind_calls: 0,
     };
-    if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
-        let h = unsafe { &mut *entry.as_mut_ptr() };
-        fill(h, EventKind::Close, state, &call);
-        h.comm = [0; 16];
-        entry.submit(wakeup_flags(HEADER_LEN));
+    if summary(EventKind::Close, state, &call, false) {
         return;
     }
-    count_drop(DropReason::RingbufFull);
-    let Some(h) = TEMPLATE.get_ptr_mut(0) else {
+    let Some(record) = CLOSED_SCRATCH.get_ptr_mut(0) else {
         return;
     };
-    let h = unsafe { &mut *h };
-    fill(h, EventKind::Close, state, &call);
-    h.comm = [0; 16];
+    let record = unsafe { &mut *record };
+    fill(&mut record.header, EventKind::Close, state, &call);
+    copy_words(&mut record.summary.totals, &state.totals);
+    record.summary.comm = [0; 16];
     if CLOSED
-        .insert(&state.conn_id, h, BPF_NOEXIST as u64)
+        .insert(&state.conn_id, record, BPF_NOEXIST as u64)
         .is_err()
     {
         count_drop(DropReason::CloseLost);
     }
 }
 
+/// Per-CPU room for a close record bound for the `CLOSED` table.
+#[map(name = "CLOSED_SCRATCH")]
+static CLOSED_SCRATCH: PerCpuArray<SummaryRecord> = PerCpuArray::with_max_entries(1, 0);
+
 /// Sends the call's bytes `from..to` (offsets within the call) as one or more records;
 /// a call with nothing to copy still sends one record (its counters and its length).
+/// False if a record was lost.
 #[inline(always)]
-pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64) {
+pub fn data(state: &SockState, call: &Call, from: u64, to: u64) -> bool {
+    let call_offset = call.call_offset;
     if call.payload.class == PAYLOAD_BUFFER && from < to && to - from <= MAX_SEGMENT as u64 {
         // The common case, one buffer and one segment: the header is written straight
         // into the reserved record (no template, no walk).
         let (src, n) = (call.payload.ptr + from, to - from);
-        if n <= 64 {
-            direct::<64>(state, call, call_offset, from, src, n);
+        return if n <= 64 {
+            direct::<64>(state, call, from, src, n)
         } else if n <= 256 {
-            direct::<256>(state, call, call_offset, from, src, n);
+            direct::<256>(state, call, from, src, n)
         } else if n <= 1024 {
-            direct::<1024>(state, call, call_offset, from, src, n);
+            direct::<1024>(state, call, from, src, n)
         } else if n <= 4096 {
-            direct::<4096>(state, call, call_offset, from, src, n);
+            direct::<4096>(state, call, from, src, n)
         } else {
-            direct::<MAX_SEGMENT>(state, call, call_offset, from, src, n);
-        }
-        return;
+            direct::<MAX_SEGMENT>(state, call, from, src, n)
+        };
     }
     let Some(template) = TEMPLATE.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     let template = unsafe { &mut *template };
     fill(template, EventKind::Data, state, call);
-    template.comm = [0; 16];
-    template.call_offset = call_offset;
     let mut payload = call.payload;
     if payload.class == PAYLOAD_MSGHDR {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
@@ -184,7 +200,7 @@ pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64
         };
     }
     let Some(walk) = WALK.get_ptr_mut(0) else {
-        return;
+        return false;
     };
     // The walk lives in a map, not on the stack: the verifier then checks the callback
     // once for any walk instead of once per combination of known values.
@@ -198,6 +214,7 @@ pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64
     walk.index = 0;
     walk.iov_start = 0;
     walk.sent = 0;
+    walk.lost = 0;
     if payload.class != PAYLOAD_NONE && from < to {
         unsafe {
             aya_ebpf::helpers::generated::bpf_loop(
@@ -208,11 +225,12 @@ pub fn data(state: &SockState, call: &Call, call_offset: u64, from: u64, to: u64
             )
         };
     }
-    if walk.sent == 0 {
+    if walk.sent == 0 && walk.lost == 0 {
         // Nothing copied (or nothing could be): still report the call, its bytes a gap.
         template.flags = FLAG_LAST_SEGMENT;
-        emit::<0>(template, 0, 0, call_offset + call.bytes);
+        return emit::<0>(template, 0, 0, call_offset + call.bytes);
     }
+    walk.lost == 0
 }
 
 /// A call's walk over its payload, shared with the bpf_loop callback.
@@ -230,8 +248,9 @@ struct Walk {
     /// Iovec walk: the current entry and the call offset where it starts.
     index: u64,
     iov_start: u64,
-    /// Records sent.
+    /// Records sent, and lost to a full ring buffer.
     sent: u64,
+    lost: u64,
 }
 
 #[map(name = "WALK")]
@@ -293,6 +312,7 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
         emit::<MAX_SEGMENT>(template, src, n, offset)
     };
     walk.sent += sent as u64;
+    walk.lost += !sent as u64;
     walk.from += n;
     i64::from(last)
 }
@@ -302,25 +322,17 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
 /// it, and submits it. It is the call's last record: what follows up to the call's end (a
 /// tail beyond the copy limit) is a gap for userspace.
 #[inline(always)]
-fn direct<const N: usize>(
-    state: &SockState,
-    call: &Call,
-    call_offset: u64,
-    from: u64,
-    src: u64,
-    n: u64,
-) {
+fn direct<const N: usize>(state: &SockState, call: &Call, from: u64, src: u64, n: u64) -> bool {
     let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
         count_drop(DropReason::RingbufFull);
-        return;
+        return false;
     };
     let record = unsafe { &mut *entry.as_mut_ptr() };
     fill(&mut record.header, EventKind::Data, state, call);
-    record.header.comm = [0; 16];
-    record.header.call_offset = call_offset;
-    record.header.payload_offset = call_offset + from;
+    record.header.payload_offset = call.call_offset + from;
     record.header.captured = read_payload(&mut record.payload, src, n);
     entry.submit(wakeup_flags(HEADER_LEN + N));
+    true
 }
 
 /// Reads `n` (at most `N`) bytes of user memory at `src` into `payload`; returns how many.

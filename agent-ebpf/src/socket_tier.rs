@@ -12,13 +12,13 @@
 use core::ffi::c_void;
 
 use agent_common::{
-    Direction, DropReason, Role, Syscall, PAYLOAD_NONE, STATE_IGNORED, STAT_STATES_IGNORED,
-    SYSCALL_TABLE_ENTRIES,
+    Direction, DropReason, Role, Syscall, MODE_COUNTS_ONLY, PAYLOAD_NONE, STATE_IGNORED,
+    STAT_STATES_IGNORED, SYSCALL_TABLE_ENTRIES,
 };
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, generated::bpf_task_pt_regs,
+        generated::bpf_task_pt_regs,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
@@ -90,8 +90,15 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
             }
         }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
     let (mut syscall, mut payload, fd) = syscall_in_progress();
+    let d = direction as usize & 1;
+    let counts_only = state.mode[d] == MODE_COUNTS_ONLY && state.announced != 0;
+    // A counts-only direction needs no payload: skip the fd proof. (The coarse clock
+    // would do for it too, but tracing programs may not read it.)
+    if counts_only {
+        payload = Payload::NONE;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
     if payload.class != PAYLOAD_NONE {
         // The payload is in this syscall's arguments only if its fd is this socket.
         let tgid = (pid_tgid >> 32) as u32;
@@ -105,7 +112,7 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
             syscall = Syscall::Other as u8;
         }
     }
-    let call = Call {
+    let mut call = Call {
         direction: direction as usize,
         syscall,
         bytes: ret as u64,
@@ -114,8 +121,10 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
         enter_ns: now,
         exit_ns: now,
         payload,
+        call_offset: 0,
+        kind_calls: 0,
     };
-    on_call(state, &call);
+    on_call(state, &mut call);
 }
 
 /// The syscall in progress (`Syscall as u8`), where its bytes are, and its fd: from the
@@ -125,11 +134,13 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
 #[inline(always)]
 fn syscall_in_progress() -> (u8, Payload, i32) {
     let other = (Syscall::Other as u8, Payload::NONE, -1);
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
-    let Ok([dx, si, di, nr]) = (unsafe { bpf_probe_read_kernel((regs + 96) as *const [u64; 4]) })
-    else {
+    // A BTF pointer (struct pt_regs): its fields are read by plain loads, which the JIT
+    // guards, instead of a helper call and a copy.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if regs.is_null() {
         return other;
-    };
+    }
+    let (dx, si, di, nr) = unsafe { (*regs.add(12), *regs.add(13), *regs.add(14), *regs.add(15)) };
     // An io_uring worker's registers are zeroed: no user buffer.
     if si == 0 || nr >= SYSCALL_TABLE_ENTRIES as u64 {
         return other;

@@ -184,7 +184,7 @@ fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
         ret as u64
     };
     let (payload, direction) = shape(syscall);
-    let call = Call {
+    let mut call = Call {
         direction: direction as usize,
         syscall: syscall as u8,
         bytes,
@@ -197,8 +197,10 @@ fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
             ptr: pending.arg_ptr,
             count: pending.arg_count,
         },
+        call_offset: 0,
+        kind_calls: 0,
     };
-    on_call(state, &call);
+    on_call(state, &mut call);
 }
 
 /// The connection state of the call's socket, created on first sight; a state left by an

@@ -350,15 +350,15 @@ fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, metrics: &Metrics) 
 fn drain_closed(closed: &mut ClosedMap, tracker: &mut Tracker, metrics: &Metrics) {
     let ids: Vec<u64> = closed.keys().filter_map(Result::ok).collect();
     for id in ids {
-        let Ok(header) = closed.get(&id, 0) else {
+        let Ok(record) = closed.get(&id, 0) else {
             continue;
         };
         let _ = closed.remove(&id);
-        // SAFETY: EventHeader is plain data; its bytes are what decode() reads.
+        // SAFETY: SummaryRecord is plain data; its bytes are what decode() reads.
         let bytes = unsafe {
             std::slice::from_raw_parts(
-                (&header as *const agent_common::EventHeader).cast::<u8>(),
-                agent_common::HEADER_LEN,
+                (&record as *const agent_common::SummaryRecord).cast::<u8>(),
+                agent_common::SUMMARY_RECORD_LEN,
             )
         };
         match decode(bytes) {

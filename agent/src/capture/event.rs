@@ -3,14 +3,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use agent_common::{
-    Direction, EventHeader, EventKind, Role, SockTuple, Syscall, Totals, AF_INET, AF_INET6,
-    FLAG_LAST_SEGMENT, HEADER_LEN,
+    Direction, EventHeader, EventKind, Role, SockTuple, Summary, Syscall, Totals, AF_INET,
+    AF_INET6, FLAG_LAST_SEGMENT, HEADER_LEN, SUMMARY_RECORD_LEN,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than an event header")]
     Short { len: usize },
+    #[error("{kind} record of {len} bytes is shorter than its counters")]
+    ShortSummary { kind: &'static str, len: usize },
     #[error("unknown event kind {kind}")]
     Kind { kind: u8 },
     #[error("data event with unknown syscall {syscall}")]
@@ -62,13 +64,36 @@ pub struct Common {
     pub enter_ns: u64,
     pub exit_ns: u64,
     pub comm: [u8; 16],
-    pub endpoints: Option<Endpoints>,
+    /// The addresses as the kernel sent them ([`Common::endpoints`] decodes them: only
+    /// a new connection needs that).
+    pub tuple: SockTuple,
     pub role: Role,
-    /// The connection's exact counters after this record's call.
-    pub totals: Totals,
+    /// What the record says of the connection's exact counters.
+    pub counted: Counted,
+}
+
+/// What a record says of its connection's exact counters (the kernel's, which never
+/// miss a call). Each value is a total as of some call, so taking the largest seen is
+/// exact whatever order records arrive in and whichever were lost.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// All of them (open, counts and close records).
+    All(Totals),
+    /// A data record's call: its direction's bytes and its kind's calls up to and
+    /// including it.
+    Call {
+        direction: Direction,
+        syscall: Syscall,
+        stream_end: u64,
+        kind_calls: u32,
+    },
 }
 
 impl Common {
+    pub fn endpoints(&self) -> Option<Endpoints> {
+        Endpoints::from_tuple(&self.tuple)
+    }
+
     /// The process name, as the kernel's NUL-padded comm.
     pub fn comm(&self) -> &str {
         let end = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
@@ -136,7 +161,7 @@ impl Event<'_> {
 
 pub const EVENT_KINDS: [&str; 4] = ["data", "open", "close", "counts"];
 
-/// Decodes one ring buffer record (or a `CLOSED` table entry, which is a bare header).
+/// Decodes one ring buffer record (or a `CLOSED` table entry, a close record).
 pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     if record.len() < HEADER_LEN {
         return Err(DecodeError::Short { len: record.len() });
@@ -144,6 +169,29 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
     // SAFETY: EventHeader is repr(C) plain data of HEADER_LEN bytes; read_unaligned
     // copes with any alignment of the record.
     let h: EventHeader = unsafe { std::ptr::read_unaligned(record.as_ptr().cast()) };
+    let kind = EventKind::from_u8(h.kind).ok_or(DecodeError::Kind { kind: h.kind })?;
+    let summary = match kind {
+        EventKind::Data => None,
+        _ => {
+            if record.len() < SUMMARY_RECORD_LEN {
+                return Err(DecodeError::ShortSummary {
+                    kind: kind_label(kind),
+                    len: record.len(),
+                });
+            }
+            // SAFETY: as above; the summary follows the header.
+            Some(unsafe {
+                std::ptr::read_unaligned::<Summary>(record[HEADER_LEN..].as_ptr().cast())
+            })
+        }
+    };
+    let syscall = match kind {
+        EventKind::Data => {
+            Syscall::from_u8(h.syscall).ok_or(DecodeError::Syscall { syscall: h.syscall })?
+        }
+        _ => Syscall::Other,
+    };
+    let direction = Direction::from_u8(h.direction);
     let common = Common {
         pid: h.pid,
         tid: h.tid,
@@ -152,19 +200,25 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
         cgroup_id: h.cgroup_id,
         enter_ns: h.enter_ns,
         exit_ns: h.exit_ns,
-        comm: h.comm,
-        endpoints: Endpoints::from_tuple(&h.tuple),
+        comm: summary.map_or([0; 16], |s| s.comm),
+        tuple: h.tuple,
         role: match h.role {
             1 => Role::Client,
             2 => Role::Server,
             _ => Role::Unknown,
         },
-        totals: h.totals,
+        counted: match summary {
+            Some(s) => Counted::All(s.totals),
+            None => Counted::Call {
+                direction,
+                syscall,
+                stream_end: h.call_offset.saturating_add(h.bytes),
+                kind_calls: h.kind_calls,
+            },
+        },
     };
-    match EventKind::from_u8(h.kind) {
-        Some(EventKind::Data) => {
-            let syscall =
-                Syscall::from_u8(h.syscall).ok_or(DecodeError::Syscall { syscall: h.syscall })?;
+    match kind {
+        EventKind::Data => {
             let captured = h.captured as usize;
             let payload =
                 record
@@ -186,7 +240,7 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
             Ok(Event::Data {
                 common,
                 syscall,
-                direction: Direction::from_u8(h.direction),
+                direction,
                 bytes: h.bytes,
                 call_offset: h.call_offset,
                 payload_offset: h.payload_offset,
@@ -194,10 +248,18 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
                 payload,
             })
         }
-        Some(EventKind::Open) => Ok(Event::Open { common }),
-        Some(EventKind::Close) => Ok(Event::Close { common }),
-        Some(EventKind::Counts) => Ok(Event::Counts { common }),
-        None => Err(DecodeError::Kind { kind: h.kind }),
+        EventKind::Open => Ok(Event::Open { common }),
+        EventKind::Close => Ok(Event::Close { common }),
+        EventKind::Counts => Ok(Event::Counts { common }),
+    }
+}
+
+fn kind_label(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Data => "data",
+        EventKind::Open => "open",
+        EventKind::Close => "close",
+        EventKind::Counts => "counts",
     }
 }
 
@@ -205,15 +267,46 @@ pub fn decode(record: &[u8]) -> Result<Event<'_>, DecodeError> {
 pub mod tests {
     use super::*;
 
-    /// Encodes a header (and payload) as the kernel lays it out.
-    pub fn record(h: &EventHeader, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![0u8; HEADER_LEN];
-        unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), *h) };
-        v.extend_from_slice(payload);
-        v
+    /// A record as the kernel writes it: the header, and for open, counts and close
+    /// records the summary (ignored for data records).
+    #[derive(Clone, Copy, Debug)]
+    pub struct TestRecord {
+        pub header: EventHeader,
+        pub summary: Summary,
     }
 
-    pub fn header(kind: EventKind) -> EventHeader {
+    impl std::ops::Deref for TestRecord {
+        type Target = EventHeader;
+        fn deref(&self) -> &EventHeader {
+            &self.header
+        }
+    }
+
+    impl std::ops::DerefMut for TestRecord {
+        fn deref_mut(&mut self) -> &mut EventHeader {
+            &mut self.header
+        }
+    }
+
+    /// Encodes a record (and a data record's payload) as the kernel lays it out.
+    pub fn record(r: &TestRecord, payload: &[u8]) -> Vec<u8> {
+        if r.header.kind == EventKind::Data as u8 {
+            let mut v = vec![0u8; HEADER_LEN];
+            unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), r.header) };
+            v.extend_from_slice(payload);
+            v
+        } else {
+            let mut v = vec![0u8; SUMMARY_RECORD_LEN];
+            let full = agent_common::SummaryRecord {
+                header: r.header,
+                summary: r.summary,
+            };
+            unsafe { std::ptr::write_unaligned(v.as_mut_ptr().cast(), full) };
+            v
+        }
+    }
+
+    pub fn header(kind: EventKind) -> TestRecord {
         let mut tuple = SockTuple {
             family: AF_INET,
             local_port: 40000,
@@ -224,26 +317,24 @@ pub mod tests {
         tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 2]);
         let mut comm = [0u8; 16];
         comm[..5].copy_from_slice(b"redis");
-        EventHeader {
-            kind: kind as u8,
-            direction: 0,
-            syscall: 0,
-            role: 0,
-            fd: 7,
-            pid: 100,
-            tid: 101,
-            conn_id: 0x1001,
-            cgroup_id: 1,
-            enter_ns: 10,
-            exit_ns: 20,
-            bytes: 0,
-            call_offset: 0,
-            payload_offset: 0,
-            captured: 0,
-            flags: FLAG_LAST_SEGMENT,
-            totals: Totals::default(),
-            comm,
-            tuple,
+        TestRecord {
+            header: EventHeader {
+                kind: kind as u8,
+                fd: 7,
+                pid: 100,
+                tid: 101,
+                conn_id: 0x1001,
+                cgroup_id: 1,
+                enter_ns: 10,
+                exit_ns: 20,
+                flags: FLAG_LAST_SEGMENT,
+                tuple,
+                ..Default::default()
+            },
+            summary: Summary {
+                totals: Totals::default(),
+                comm,
+            },
         }
     }
 
@@ -255,7 +346,7 @@ pub mod tests {
         h.call_offset = 500;
         h.payload_offset = 500;
         h.captured = 3;
-        h.totals.bytes[0] = 1500;
+        h.kind_calls = 7;
         let rec = record(&h, b"SET");
         let Event::Data {
             common,
@@ -281,10 +372,19 @@ pub mod tests {
                 true
             )
         );
-        assert_eq!(common.comm(), "redis");
-        assert_eq!(common.totals.bytes, [1500, 0]);
+        // Data records carry no process name; open records do.
+        assert_eq!(common.comm(), "");
         assert_eq!(
-            common.endpoints.unwrap().remote,
+            common.counted,
+            Counted::Call {
+                direction: Direction::Transmit,
+                syscall: Syscall::Write,
+                stream_end: 1500,
+                kind_calls: 7
+            }
+        );
+        assert_eq!(
+            common.endpoints().unwrap().remote,
             "127.0.0.2:6379".parse::<SocketAddr>().unwrap()
         );
     }
@@ -307,6 +407,15 @@ pub mod tests {
             decode(&record(&h, b"abc")),
             Err(DecodeError::Segment { offset: 99, len: 3 })
         );
+        // An open record cut before its counters.
+        let open = record(&header(EventKind::Open), b"");
+        assert_eq!(
+            decode(&open[..HEADER_LEN + 8]),
+            Err(DecodeError::ShortSummary {
+                kind: "open",
+                len: HEADER_LEN + 8
+            })
+        );
         let mut bad = header(EventKind::Data);
         bad.kind = 99;
         assert_eq!(
@@ -325,9 +434,10 @@ pub mod tests {
         let Event::Open { common } = decode(&record(&h, b"")).unwrap() else {
             panic!("not an open event");
         };
+        assert_eq!(common.comm(), "redis");
         assert_eq!(common.role, Role::Server);
         assert_eq!(
-            common.endpoints.unwrap().local,
+            common.endpoints().unwrap().local,
             "[::1]:40000".parse::<SocketAddr>().unwrap()
         );
     }

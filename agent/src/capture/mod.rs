@@ -3,6 +3,7 @@
 //! what to copy of each connection.
 
 pub mod event;
+mod id_hash;
 pub mod instructions;
 pub mod listeners;
 pub mod stream;
@@ -10,6 +11,7 @@ pub mod stream;
 use std::{collections::HashMap, sync::Arc};
 
 use agent_common::{Direction, Role, Syscall, Totals, CALL_KINDS};
+use event::Counted;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
@@ -26,6 +28,7 @@ use crate::{
     },
 };
 use event::{Common, Endpoints, Event};
+use id_hash::IdMap;
 use instructions::{InstructionSink, Wanted};
 use listeners::Listeners;
 use stream::Stream;
@@ -124,7 +127,7 @@ impl ConnCounters {
 impl Connection {
     fn new(common: &Common, role: Role, workload: WorkloadLabels, peer_zone: PeerZone) -> Self {
         Connection {
-            endpoints: common.endpoints,
+            endpoints: common.endpoints(),
             role,
             pid: common.pid,
             workload,
@@ -143,32 +146,61 @@ impl Connection {
         }
     }
 
-    /// Brings the TCP counters up to the kernel's totals. Every record carries them, so
-    /// records lost on the way lose no byte and no call.
-    fn account(&mut self, metrics: &Metrics, totals: &Totals) {
-        for direction in [Direction::Transmit, Direction::Receive] {
-            let d = direction as usize;
-            let bytes = totals.bytes[d];
-            if bytes > self.bytes[d] {
-                self.counters
-                    .bytes(metrics, self.role, &self.workload, direction)
-                    .inc_by(bytes - self.bytes[d]);
-                self.bytes[d] = bytes;
-            }
-            for syscall in Syscall::ALL {
-                let k = syscall as usize % CALL_KINDS;
-                let diff = totals.calls[d][k].wrapping_sub(self.kinds[d][k]);
-                // Records can arrive out of order across CPUs: never count backwards.
-                if diff == 0 || diff >= 1 << 31 {
-                    continue;
+    /// Brings the TCP counters up to what a record says of the kernel's. Every value is
+    /// a total, so records lost on the way lose no byte and no call, and records arriving
+    /// out of order across CPUs never count backwards.
+    fn account(&mut self, metrics: &Metrics, counted: &Counted) {
+        match *counted {
+            Counted::All(totals) => {
+                for direction in [Direction::Transmit, Direction::Receive] {
+                    let d = direction as usize;
+                    self.account_bytes(metrics, direction, totals.bytes[d]);
+                    for syscall in Syscall::ALL {
+                        let k = syscall as usize % CALL_KINDS;
+                        self.account_calls(metrics, direction, syscall, totals.calls[d][k]);
+                    }
                 }
-                self.kinds[d][k] = totals.calls[d][k];
-                self.calls[d] += u64::from(diff);
-                self.counters
-                    .calls(metrics, self.role, &self.workload, direction, syscall)
-                    .inc_by(u64::from(diff));
+            }
+            Counted::Call {
+                direction,
+                syscall,
+                stream_end,
+                kind_calls,
+            } => {
+                self.account_bytes(metrics, direction, stream_end);
+                self.account_calls(metrics, direction, syscall, kind_calls);
             }
         }
+    }
+
+    fn account_bytes(&mut self, metrics: &Metrics, direction: Direction, total: u64) {
+        let d = direction as usize;
+        if total > self.bytes[d] {
+            self.counters
+                .bytes(metrics, self.role, &self.workload, direction)
+                .inc_by(total - self.bytes[d]);
+            self.bytes[d] = total;
+        }
+    }
+
+    fn account_calls(
+        &mut self,
+        metrics: &Metrics,
+        direction: Direction,
+        syscall: Syscall,
+        total: u32,
+    ) {
+        let (d, k) = (direction as usize, syscall as usize % CALL_KINDS);
+        let diff = total.wrapping_sub(self.kinds[d][k]);
+        // A total older than one already counted: never count backwards.
+        if diff == 0 || diff >= 1 << 31 {
+            return;
+        }
+        self.kinds[d][k] = total;
+        self.calls[d] += u64::from(diff);
+        self.counters
+            .calls(metrics, self.role, &self.workload, direction, syscall)
+            .inc_by(u64::from(diff));
     }
 
     /// Which side of the conversation bytes in `direction` come from, if known.
@@ -209,7 +241,7 @@ const CLOSE_GRACE_NS: u64 = 100_000_000;
 /// The last few thousand closed connection ids.
 #[derive(Default)]
 struct RecentlyClosed {
-    ids: std::collections::HashSet<u64>,
+    ids: std::collections::HashSet<u64, id_hash::IdBuildHasher>,
     order: std::collections::VecDeque<u64>,
 }
 
@@ -244,8 +276,8 @@ pub struct TrackerOptions {
 /// The connection table: connection id to connection, and (pid, fd) to connection.
 pub struct Tracker {
     metrics: Arc<Metrics>,
-    conns: HashMap<u64, Connection>,
-    fds: HashMap<(u32, i32), u64>,
+    conns: IdMap<u64, Connection>,
+    fds: IdMap<(u32, i32), u64>,
     listeners: Listeners,
     /// Workload labels and zones.
     identity: Identity,
@@ -275,8 +307,8 @@ impl Tracker {
         instructions: Box<dyn InstructionSink>,
     ) -> Self {
         Self {
-            conns: HashMap::new(),
-            fds: HashMap::new(),
+            conns: IdMap::default(),
+            fds: IdMap::default(),
             listeners: Listeners::new(procfs),
             identity,
             process_names: HashMap::new(),
@@ -331,7 +363,7 @@ impl Tracker {
             .identity
             .workload_of_process(common.cgroup_id, common.pid, comm);
         let peer_zone = common
-            .endpoints
+            .endpoints()
             .and_then(|ep| self.identity.peer_zone(ep.remote.ip()));
         (workload, PeerZone(peer_zone))
     }
@@ -343,16 +375,17 @@ impl Tracker {
 
     pub fn handle(&mut self, event: &Event<'_>) {
         self.event_counters[event.kind_index()].inc();
-        let common = *event.common();
-        if self.closed.contains(common.conn_id) {
+        let common = event.common();
+        let known = self.conns.contains_key(&common.conn_id);
+        // Ids are never reused: only a connection not in the table can be a closed one.
+        if !known && self.closed.contains(common.conn_id) {
             return;
         }
         if let Event::Close { .. } = event {
-            self.on_close(&common);
-        } else if self.ensure(&common) {
-            let metrics = self.metrics.clone();
+            self.on_close(common);
+        } else if known || self.ensure(common) {
             let conn = self.conns.get_mut(&common.conn_id).expect("ensured");
-            conn.account(&metrics, &common.totals);
+            conn.account(&self.metrics, &common.counted);
             conn.last_ns = conn.last_ns.max(common.exit_ns);
             if let Event::Data {
                 direction,
@@ -371,9 +404,21 @@ impl Tracker {
                     payload,
                     last,
                 };
-                self.parse(&common, direction, &segment);
+                parse(
+                    conn,
+                    &mut self.done,
+                    &self.metrics,
+                    &self.opts.http_routes,
+                    common,
+                    direction,
+                    &segment,
+                );
             }
-            self.instruct(common.conn_id);
+            let wanted = conn.wanted();
+            if conn.wanted.worth_sending(&wanted) {
+                conn.wanted = wanted;
+                self.instructions.set(common.conn_id, wanted.instruction());
+            }
         }
         self.metrics
             .connections_tracked
@@ -395,7 +440,7 @@ impl Tracker {
         };
         let (workload, peer_zone) = self.identify(common, &comm.0);
         // A connection that predates the agent: a server if its local port is listening.
-        let role = match (common.role, common.endpoints) {
+        let role = match (common.role, common.endpoints()) {
             (Role::Unknown, Some(ep))
                 if common.pid != 0
                     && self
@@ -423,7 +468,7 @@ impl Tracker {
         if self.conns.len() >= self.opts.max_connections {
             self.metrics.connections_untracked.inc();
             let mut conn = conn;
-            conn.account(&self.metrics, &common.totals);
+            conn.account(&self.metrics, &common.counted);
             return false;
         }
         self.conns.insert(common.conn_id, conn);
@@ -431,83 +476,6 @@ impl Tracker {
             self.fds.insert((common.pid, common.fd), common.conn_id);
         }
         true
-    }
-
-    /// Feeds one segment of a call's bytes to the connection's protocol session and
-    /// records the operations it completes.
-    fn parse(&mut self, common: &Common, direction: Direction, segment: &stream::Segment<'_>) {
-        let Some(conn) = self.conns.get_mut(&common.conn_id) else {
-            return;
-        };
-        let Some(from_client) = conn.sent_by_client(direction) else {
-            return;
-        };
-        if matches!(conn.protocol, ConnectionProtocol::Ignored) {
-            conn.streams[direction as usize].skip_to(segment);
-            return;
-        }
-        // Timing (DESIGN.md): a write's first byte leaves when the call starts; a read's
-        // bytes are in hand when it returns. Either ends at the return.
-        let start_ns = match direction {
-            Direction::Transmit => common.enter_ns,
-            Direction::Receive => common.exit_ns,
-        };
-        let before = conn.protocol.session_mut().map(|s| s.protocol());
-        self.done.clear();
-        let mut outcome = FeedOutcome::default();
-        let routes = &self.opts.http_routes;
-        let done = &mut self.done;
-        let protocol = &mut conn.protocol;
-        conn.streams[direction as usize].feed(segment, |data, len| {
-            let chunk = Chunk {
-                data,
-                len,
-                start_ns,
-                end_ns: common.exit_ns,
-            };
-            let o = protocol.feed(from_client, &chunk, routes, done);
-            outcome.detected = outcome.detected.or(o.detected);
-            outcome.health.merge(&o.health);
-        });
-        let protocol = outcome.detected.or(before);
-        let conn = &self.conns[&common.conn_id];
-        if outcome.health.parse_errors > 0 {
-            // Never the payload: it can hold credentials (AUTH, password messages).
-            log::debug!(
-                "{} framing lost on {:?} ({}, pid {}, {} bytes {} at stream offset {})",
-                protocol.map_or("?", Protocol::label),
-                conn.endpoints,
-                conn.workload.service_name(),
-                common.pid,
-                segment.call_bytes,
-                if from_client {
-                    "from client"
-                } else {
-                    "from server"
-                },
-                segment.call_offset,
-            );
-        }
-        record_completed(
-            &self.metrics,
-            conn,
-            protocol,
-            &self.done,
-            &self.opts.http_routes,
-        );
-        record_health(&self.metrics, protocol, &outcome);
-    }
-
-    /// Tells the kernel what to copy of the connection, if that changed.
-    fn instruct(&mut self, conn_id: u64) {
-        let Some(conn) = self.conns.get_mut(&conn_id) else {
-            return;
-        };
-        let wanted = conn.wanted();
-        if conn.wanted.worth_sending(&wanted) {
-            conn.wanted = wanted;
-            self.instructions.set(conn_id, wanted.instruction());
-        }
     }
 
     /// Publishes the instructions written since the last call (one generation bump for
@@ -593,13 +561,13 @@ impl Tracker {
     fn on_close(&mut self, common: &Common) {
         if !self.conns.contains_key(&common.conn_id) {
             // Its other records were all lost: count its bytes under what the close says.
-            if common.totals == Totals::default() || !self.ensure(common) {
+            if common.counted == Counted::All(Totals::default()) || !self.ensure(common) {
                 return;
             }
         }
         let metrics = self.metrics.clone();
         if let Some(conn) = self.conns.get_mut(&common.conn_id) {
-            conn.account(&metrics, &common.totals);
+            conn.account(&metrics, &common.counted);
             if conn.closing_at.is_none() {
                 conn.closing_at = Some(common.exit_ns);
                 self.closing.push(common.conn_id);
@@ -685,6 +653,67 @@ impl Tracker {
             .set(self.conns.len() as i64);
         expired
     }
+}
+
+/// Feeds one segment of a call's bytes to the connection's protocol session and
+/// records the operations it completes.
+fn parse(
+    conn: &mut Connection,
+    done: &mut Completed,
+    metrics: &Metrics,
+    routes: &Arc<RoutePatterns>,
+    common: &Common,
+    direction: Direction,
+    segment: &stream::Segment<'_>,
+) {
+    let Some(from_client) = conn.sent_by_client(direction) else {
+        return;
+    };
+    if matches!(conn.protocol, ConnectionProtocol::Ignored) {
+        conn.streams[direction as usize].skip_to(segment);
+        return;
+    }
+    // Timing (DESIGN.md): a write's first byte leaves when the call starts; a read's
+    // bytes are in hand when it returns. Either ends at the return.
+    let start_ns = match direction {
+        Direction::Transmit => common.enter_ns,
+        Direction::Receive => common.exit_ns,
+    };
+    let before = conn.protocol.session_mut().map(|s| s.protocol());
+    done.clear();
+    let mut outcome = FeedOutcome::default();
+    let protocol = &mut conn.protocol;
+    conn.streams[direction as usize].feed(segment, |data, len| {
+        let chunk = Chunk {
+            data,
+            len,
+            start_ns,
+            end_ns: common.exit_ns,
+        };
+        let o = protocol.feed(from_client, &chunk, routes, done);
+        outcome.detected = outcome.detected.or(o.detected);
+        outcome.health.merge(&o.health);
+    });
+    let protocol = outcome.detected.or(before);
+    if outcome.health.parse_errors > 0 {
+        // Never the payload: it can hold credentials (AUTH, password messages).
+        log::debug!(
+            "{} framing lost on {:?} ({}, pid {}, {} bytes {} at stream offset {})",
+            protocol.map_or("?", Protocol::label),
+            conn.endpoints,
+            conn.workload.service_name(),
+            common.pid,
+            segment.call_bytes,
+            if from_client {
+                "from client"
+            } else {
+                "from server"
+            },
+            segment.call_offset,
+        );
+    }
+    record_completed(metrics, conn, protocol, done, routes);
+    record_health(metrics, protocol, &outcome);
 }
 
 /// Records what a connection's session completed.
@@ -928,7 +957,7 @@ pub fn monotonic_ns() -> u64 {
 mod tests {
     use super::*;
     use crate::capture::event::{decode, tests as ev};
-    use agent_common::{EventHeader, EventKind, Instruction, Syscall, MODE_COUNTS_ONLY};
+    use agent_common::{EventKind, Instruction, Syscall, MODE_COUNTS_ONLY};
     use std::sync::Mutex;
 
     /// Instructions the tracker sent, shared with the test.
@@ -968,14 +997,14 @@ mod tests {
         (t, metrics, recorder)
     }
 
-    fn feed(t: &mut Tracker, h: &EventHeader, payload: &[u8]) {
+    fn feed(t: &mut Tracker, h: &ev::TestRecord, payload: &[u8]) {
         let rec = ev::record(h, payload);
         t.handle(&decode(&rec).unwrap());
     }
 
     /// A connection as the kernel reports it: its counters move with every call.
     struct Conn {
-        header: EventHeader,
+        header: ev::TestRecord,
     }
 
     impl Conn {
@@ -987,7 +1016,12 @@ mod tests {
         }
 
         /// A call that moved `payload` (all copied), as one record.
-        fn call(&mut self, syscall: Syscall, direction: Direction, payload: &[u8]) -> EventHeader {
+        fn call(
+            &mut self,
+            syscall: Syscall,
+            direction: Direction,
+            payload: &[u8],
+        ) -> ev::TestRecord {
             self.moved(
                 syscall,
                 direction,
@@ -1003,22 +1037,24 @@ mod tests {
             direction: Direction,
             bytes: u64,
             captured: u32,
-        ) -> EventHeader {
+        ) -> ev::TestRecord {
             let d = direction as usize;
             let h = &mut self.header;
-            h.kind = EventKind::Data as u8;
-            h.syscall = syscall as u8;
-            h.direction = direction as u8;
-            h.call_offset = h.totals.bytes[d];
-            h.payload_offset = h.call_offset;
-            h.bytes = bytes;
-            h.captured = captured;
-            h.totals.bytes[d] += bytes;
-            h.totals.calls[d][syscall as usize] += 1;
+            let totals = &mut h.summary.totals;
+            h.header.kind = EventKind::Data as u8;
+            h.header.syscall = syscall as u8;
+            h.header.direction = direction as u8;
+            h.header.call_offset = totals.bytes[d];
+            h.header.payload_offset = h.header.call_offset;
+            h.header.bytes = bytes;
+            h.header.captured = captured;
+            totals.bytes[d] += bytes;
+            totals.calls[d][syscall as usize] += 1;
+            h.header.kind_calls = totals.calls[d][syscall as usize];
             *h
         }
 
-        fn with_kind(&self, kind: EventKind) -> EventHeader {
+        fn with_kind(&self, kind: EventKind) -> ev::TestRecord {
             let mut h = self.header;
             h.kind = kind as u8;
             h.captured = 0;
@@ -1097,7 +1133,7 @@ mod tests {
         c.moved(Syscall::Write, Direction::Transmit, 42, 0);
         let mut close = c.with_kind(EventKind::Close);
         close.pid = 0;
-        close.comm = [0; 16];
+        close.summary.comm = [0; 16];
         feed(&mut t, &close, b"");
         t.end_closed(u64::MAX);
         text_has(&m, "nodetap_tcp_bytes_total{direction=\"transmit\",role=\"client\",service_name=\"unknown\"} 42\n");

@@ -4,7 +4,7 @@
 pub mod btf;
 
 use agent_common::{
-    Config, DropReason, EventHeader, Instruction, Syscall, Tier, DROP_REASONS, GLOBAL_CONFIG,
+    Config, DropReason, Instruction, SummaryRecord, Syscall, Tier, DROP_REASONS, GLOBAL_CONFIG,
     MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS, MAP_INSTRUCTION_GEN, MAP_STATS,
     MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE,
     STAT_RINGBUF_AVAIL, STAT_STATES_CREATED, STAT_STATES_IGNORED,
@@ -247,7 +247,7 @@ pub struct InstructionMaps {
 }
 
 /// Close records that found the ring buffer full.
-pub type ClosedMap = HashMap<MapData, u64, EventHeader>;
+pub type ClosedMap = HashMap<MapData, u64, SummaryRecord>;
 
 /// The maps the capture path reads and writes.
 pub struct CaptureMaps {
@@ -287,7 +287,8 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
     let mut config = Config {
         tier: Tier::Syscall as u32,
         agent_pid: std::process::id(),
-        wakeup_bytes: opts.wakeup_bytes,
+        // A power of two: the kernel finds a crossing with a mask, not two divisions.
+        wakeup_bytes: prev_power_of_two(opts.wakeup_bytes),
         call_capture: opts.call_capture,
         undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
         undecided_ring_bytes: opts.ringbuf_bytes / 2,
@@ -568,5 +569,27 @@ impl Probes {
             },
             closed: HashMap::try_from(closed).map_err(map_err(MAP_CLOSED))?,
         })
+    }
+}
+
+/// The largest power of two not above `n` (1 for 0).
+fn prev_power_of_two(n: u32) -> u32 {
+    1 << (31 - n.max(1).leading_zeros())
+}
+
+#[cfg(test)]
+mod power_tests {
+    #[test]
+    fn prev_power_of_two() {
+        for (n, p) in [
+            (0, 1),
+            (1, 1),
+            (3, 2),
+            (4096, 4096),
+            (262_143, 131_072),
+            (262_144, 262_144),
+        ] {
+            assert_eq!(super::prev_power_of_two(n), p, "{n}");
+        }
     }
 }
