@@ -373,6 +373,50 @@ pub struct Metrics {
     pub zone_info: Family<ZoneInfoLabels, Gauge>,
 }
 
+/// The HTTP histograms of one side of the conversation.
+pub struct HttpFamilies<'a> {
+    pub duration: &'a LimitedHistograms<HttpLabels>,
+    pub request_size: &'a LimitedHistograms<HttpLabels>,
+    pub response_size: &'a LimitedHistograms<HttpLabels>,
+}
+
+/// The client family of a pair for a client's observation, the server one otherwise.
+fn by_role<'a, T>(role: agent_common::Role, client: &'a T, server: &'a T) -> &'a T {
+    match role {
+        agent_common::Role::Client => client,
+        agent_common::Role::Server | agent_common::Role::Unknown => server,
+    }
+}
+
+impl Metrics {
+    /// `db_{client,server}_operation_duration_seconds` by the observing side's role.
+    pub fn db_duration(&self, role: agent_common::Role) -> &LimitedHistograms<DbLabels> {
+        by_role(role, &self.db_client_duration, &self.db_server_duration)
+    }
+
+    /// `rpc_{client,server}_call_duration_seconds` by the observing side's role.
+    pub fn rpc_duration(&self, role: agent_common::Role) -> &LimitedHistograms<RpcLabels> {
+        by_role(role, &self.rpc_client_duration, &self.rpc_server_duration)
+    }
+
+    /// The `http_{client,server}_*` histograms by the observing side's role.
+    pub fn http(&self, role: agent_common::Role) -> HttpFamilies<'_> {
+        HttpFamilies {
+            duration: by_role(role, &self.http_client_duration, &self.http_server_duration),
+            request_size: by_role(
+                role,
+                &self.http_client_request_size,
+                &self.http_server_request_size,
+            ),
+            response_size: by_role(
+                role,
+                &self.http_client_response_size,
+                &self.http_server_response_size,
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ZoneInfoLabels {
     pub zone: String,

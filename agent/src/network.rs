@@ -11,7 +11,6 @@ use agent_common::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues};
 
 use crate::{
-    capture::direction_label,
     metadata::identity::Identity,
     metrics::{DirectionLabels, Metrics, NetworkLabels},
 };
@@ -223,7 +222,7 @@ pub fn record(
             agent_common::Direction::Receive => (remote_zone, local_zone),
         };
         let labels = NetworkLabels {
-            direction: direction_label(direction),
+            direction: direction.label(),
             src_zone,
             dst_zone,
             workload: identity.workload(key.cgroup_id, None),
@@ -247,7 +246,7 @@ pub fn record(
             continue;
         };
         let labels = DirectionLabels {
-            direction: direction_label(direction),
+            direction: direction.label(),
         };
         if delta.packets > 0 {
             log::warn!(

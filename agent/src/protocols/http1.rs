@@ -96,7 +96,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{Chunk, LostReason, SessionHealth, StopReason};
+use super::request::feed_into;
+use super::{Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason};
 
 /// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
 /// `queue_full`).
@@ -1540,6 +1541,8 @@ pub struct Http1Session {
     /// Why the response direction last lost its framing (what requests dropped while it
     /// resynchronises count as).
     resp_lost: LostReason,
+    /// Exchanges completed by the chunk being fed, before they become [`Request`]s.
+    done: Vec<HttpExchange>,
 }
 
 impl Default for Http1Session {
@@ -1567,6 +1570,7 @@ impl Http1Session {
             stopped: false,
             req_lost: LostReason::Unparsable,
             resp_lost: LostReason::Unparsable,
+            done: Vec::new(),
         }
     }
 
@@ -1575,47 +1579,6 @@ impl Http1Session {
         Self {
             routes: Some(routes),
             ..Self::new()
-        }
-    }
-
-    /// Requests waiting for their final response.
-    pub fn pending(&self) -> usize {
-        self.open.len() - self.gaps + usize::from(self.tail.is_some())
-    }
-
-    /// Returns what happened since the last call and resets it (`stopped` is reported once).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
-    }
-
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of a body of known length, or of the data of a chunk (not the CRLF
-    /// after it, which is checked). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        let d = if from_client { &self.req } else { &self.resp };
-        match d.state {
-            State::Body | State::ChunkData if !self.stopped => d.left,
-            _ => 0,
-        }
-    }
-
-    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
-    /// `timed_out`).
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        while let Some(o) = self.open.front() {
-            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
-                break;
-            }
-            self.pop_front(None);
-        }
-        if let Some(t) = &self.tail {
-            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
-                self.tail = None;
-                self.health.timed_out += 1;
-                if self.resp.state == State::LostTail {
-                    self.resp.state = State::ExpectStart;
-                }
-            }
         }
     }
 
@@ -2161,6 +2124,89 @@ impl Http1Session {
         self.health.stopped = Some(StopReason::Upgrade);
         self.req = Dir::new(true);
         self.resp = Dir::new(false);
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A HTTP/1.x session for [`super::PROTOCOLS`].
+pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
+    Box::new(Http1Session::with_routes(options.http_routes.clone()))
+}
+
+impl Session for Http1Session {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |s| &mut s.done,
+            out,
+            |_, done| done.into(),
+            |s, done| {
+                s.on_request(chunk);
+                s.take_completed(done);
+            },
+        );
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |s| &mut s.done,
+            out,
+            |_, done| done.into(),
+            |s, done| s.on_response(chunk, done),
+        );
+    }
+
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |s| &mut s.done,
+            out,
+            |_, done| done.into(),
+            Http1Session::finish,
+        );
+    }
+
+    /// Requests waiting for their final response.
+    fn pending(&self) -> usize {
+        self.open.len() - self.gaps + usize::from(self.tail.is_some())
+    }
+
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of a body of known length, or of the data of a chunk (not the CRLF
+    /// after it, which is checked). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        let d = if from_client { &self.req } else { &self.resp };
+        match d.state {
+            State::Body | State::ChunkData if !self.stopped => d.left,
+            _ => 0,
+        }
+    }
+
+    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
+    /// `timed_out`).
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        while let Some(o) = self.open.front() {
+            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
+                break;
+            }
+            self.pop_front(None);
+        }
+        if let Some(t) = &self.tail {
+            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
+                self.tail = None;
+                self.health.timed_out += 1;
+                if self.resp.state == State::LostTail {
+                    self.resp.state = State::ExpectStart;
+                }
+            }
+        }
     }
 }
 

@@ -64,8 +64,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::hpack;
-use super::{Chunk, LostReason, SessionHealth, StopReason};
+use std::sync::Arc;
+
+use super::http1::{method_label, RoutePatterns};
+use super::request::{feed_into, Attributes, HttpRequest, RpcRequest};
+use super::{
+    hpack, Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason,
+};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -835,6 +840,111 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
         start_ns: st.start_ns,
         end_ns: end_ns.max(st.start_ns),
     }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// gRPC status UNKNOWN (2): a stream reset without grpc-status failed for a reason the
+/// wire does not say.
+const GRPC_UNKNOWN: u32 = 2;
+
+impl H2Exchange {
+    /// This stream as a request record: a gRPC call, or an HTTP request whose route comes
+    /// from the user's patterns first.
+    fn into_request(self, routes: &RoutePatterns) -> Request {
+        let attributes = match self.grpc {
+            Some(grpc) => Attributes::Rpc(RpcRequest {
+                system: "grpc",
+                service: grpc.service,
+                method: grpc.method,
+                status: grpc.status.unwrap_or(GRPC_UNKNOWN),
+            }),
+            None => Attributes::Http(HttpRequest {
+                method: method_label(self.method.as_bytes()),
+                status: self.status,
+                route: routes.route(&self.path),
+                request_body_bytes: self.request_body_bytes,
+                response_body_bytes: self.response_body_bytes,
+                traceparent: None,
+            }),
+        };
+        Request {
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            attributes,
+        }
+    }
+}
+
+/// An HTTP/2 session as the registry holds it: the session itself stays small, and what
+/// turning its streams into requests needs sits beside it.
+struct Registered {
+    session: H2Session,
+    /// The user's route patterns, for the `http.route` of requests that are not gRPC.
+    routes: Arc<RoutePatterns>,
+    /// Streams completed by the chunk being fed, before they become [`Request`]s.
+    done: Vec<H2Exchange>,
+}
+
+/// An HTTP/2 (and gRPC) session for [`super::PROTOCOLS`].
+pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
+    Box::new(Registered {
+        session: H2Session::new(),
+        routes: options.http_routes.clone(),
+        done: Vec::new(),
+    })
+}
+
+impl Session for Registered {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |r| &mut r.done,
+            out,
+            into_request,
+            |r, done| r.session.on_client(chunk, done),
+        );
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |r| &mut r.done,
+            out,
+            into_request,
+            |r, done| r.session.on_server(chunk, done),
+        );
+    }
+
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |r| &mut r.done,
+            out,
+            into_request,
+            |r, done| r.session.finish(done),
+        );
+    }
+
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        self.session.expire(now_ns, timeout_ns);
+    }
+
+    fn take_health(&mut self) -> SessionHealth {
+        self.session.take_health()
+    }
+
+    fn pending(&self) -> usize {
+        self.session.pending()
+    }
+
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        self.session.skip_hint(from_client)
+    }
+}
+
+fn into_request(registered: &Registered, exchange: H2Exchange) -> Request {
+    exchange.into_request(&registered.routes)
 }
 
 #[cfg(test)]

@@ -110,7 +110,8 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::{Chunk, LostReason, Operation, SessionHealth};
+use super::request::feed_into;
+use super::{Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions};
 
 /// `SSLRequest` code (1234 << 16 | 5679).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -1193,6 +1194,9 @@ pub struct PgSession {
     gap_failed: bool,
     /// Operations completed by frontend traffic (see [`PgSession::take_completed`]).
     inferred: Vec<Operation>,
+    /// Operations completed by the backend chunk being fed, before they become
+    /// [`Request`]s.
+    done: Vec<Operation>,
 }
 
 impl Default for PgSession {
@@ -1238,6 +1242,7 @@ impl PgSession {
             gap_answers: 0,
             gap_failed: false,
             inferred: Vec::new(),
+            done: Vec::new(),
         }
     }
 
@@ -1248,21 +1253,9 @@ impl PgSession {
         (user, self.database.as_deref().or(user))
     }
 
-    /// Open operations (simple queries, function calls and Executes waiting for their
-    /// reply, expired ones excluded).
-    pub fn pending(&self) -> usize {
-        self.live_ops
-    }
-
     /// Whether the session stopped parsing for good (TLS, cancel request).
     pub fn stopped(&self) -> bool {
         self.state == State::Stopped
-    }
-
-    /// Returns what happened since the last call and resets it: counters restart at 0, and
-    /// the `tls` flag is reported once (the session stays stopped).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
     }
 
     /// Operations that frontend traffic completed: after backend framing was lost, the
@@ -1273,46 +1266,10 @@ impl PgSession {
         out.append(&mut self.inferred);
     }
 
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of the message body being read, once the bounded start of it the
-    /// session keeps is in hand (all of a DataRow or CopyData). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        let f = if from_client { &self.fe } else { &self.be };
-        if self.state != State::Active || f.lost || !f.in_body {
-            return 0;
-        }
-        if f.truncated || f.body.len() >= f.keep {
-            f.remaining as u64
-        } else {
-            0
-        }
-    }
-
     /// Executes the server skipped (after an error earlier in the same Sync group) since
     /// the last call: they never ran and are not reported as operations.
     pub fn take_skipped_executes(&mut self) -> u64 {
         std::mem::take(&mut self.skipped_executes)
-    }
-
-    /// Expires open requests that started at least `timeout_ns` before `now_ns`: they are
-    /// counted in `timed_out` and will not be reported. They keep their place in the FIFO
-    /// (without their text) so that a late reply still lines up with the right request.
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        let deadline = now_ns.saturating_sub(timeout_ns);
-        while let Some(p) = self.queue.get_mut(self.expired_prefix) {
-            if p.start_ns().is_some_and(|s| s > deadline) {
-                break;
-            }
-            if p.is_live_op() {
-                self.live_ops -= 1;
-                self.health.timed_out += 1;
-            }
-            if let Some(info) = p.info() {
-                self.queued_text = self.queued_text.saturating_sub(info.text_bytes());
-            }
-            p.expire();
-            self.expired_prefix += 1;
-        }
     }
 
     /// Client-to-server bytes.
@@ -2134,6 +2091,83 @@ fn make_op(
         end_ns: end_ns.max(start_ns),
         statement: info.map_or_else(String::new, |i| i.statement.to_string()),
         collection: info.and_then(|i| i.collection.as_deref().map(str::to_string)),
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A PostgreSQL session for [`super::PROTOCOLS`].
+pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
+    Box::new(PgSession::new())
+}
+
+impl Session for PgSession {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_frontend(chunk);
+        out.extend(self.inferred.drain(..).map(Request::from));
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |s| &mut s.done,
+            out,
+            |_, done| done.into(),
+            |s, done| s.on_backend(chunk, done),
+        );
+    }
+
+    /// What the frontend's last bytes completed (see [`PgSession::take_completed`]).
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        out.extend(self.inferred.drain(..).map(Request::from));
+    }
+
+    /// Open operations (simple queries, function calls and Executes waiting for their
+    /// reply, expired ones excluded).
+    fn pending(&self) -> usize {
+        self.live_ops
+    }
+
+    /// Returns what happened since the last call and resets it: counters restart at 0, and
+    /// the `tls` flag is reported once (the session stays stopped).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the message body being read, once the bounded start of it the
+    /// session keeps is in hand (all of a DataRow or CopyData). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        let f = if from_client { &self.fe } else { &self.be };
+        if self.state != State::Active || f.lost || !f.in_body {
+            return 0;
+        }
+        if f.truncated || f.body.len() >= f.keep {
+            f.remaining as u64
+        } else {
+            0
+        }
+    }
+
+    /// Expires open requests that started at least `timeout_ns` before `now_ns`: they are
+    /// counted in `timed_out` and will not be reported. They keep their place in the FIFO
+    /// (without their text) so that a late reply still lines up with the right request.
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        let deadline = now_ns.saturating_sub(timeout_ns);
+        while let Some(p) = self.queue.get_mut(self.expired_prefix) {
+            if p.start_ns().is_some_and(|s| s > deadline) {
+                break;
+            }
+            if p.is_live_op() {
+                self.live_ops -= 1;
+                self.health.timed_out += 1;
+            }
+            if let Some(info) = p.info() {
+                self.queued_text = self.queued_text.saturating_sub(info.text_bytes());
+            }
+            p.expire();
+            self.expired_prefix += 1;
+        }
     }
 }
 

@@ -87,7 +87,10 @@
 
 use std::collections::VecDeque;
 
-use super::{Chunk, LostReason, Operation, SessionHealth, StopReason};
+use super::request::feed_into;
+use super::{
+    Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions, StopReason,
+};
 
 /// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
 /// `queue_full`).
@@ -1447,6 +1450,8 @@ pub struct RedisSession {
     /// The client spoke since the reply direction lost its framing: the server's next chunk
     /// may start a reply.
     resp_armed: bool,
+    /// Operations completed by the chunk being fed, before they become [`Request`]s.
+    done: Vec<Operation>,
 }
 
 impl Default for RedisSession {
@@ -1474,70 +1479,7 @@ impl RedisSession {
             stopped: false,
             resp_lost: LostReason::Unparsable,
             resp_armed: false,
-        }
-    }
-
-    /// Requests waiting for their reply.
-    pub fn pending(&self) -> usize {
-        self.open.len() - self.gaps + usize::from(self.tail.is_some())
-    }
-
-    /// Returns what happened since the last call and resets it (`stopped` is reported once).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
-    }
-
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of the bulk string being read (its CRLF excluded, which is checked),
-    /// when none of it is kept (only the first bytes of the command name, its first two
-    /// arguments and the first element of a reply are). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        if self.stopped {
-            return 0;
-        }
-        if from_client {
-            let r = &self.req;
-            let kept = match r.arg {
-                0 => r.a0.full(),
-                1 => r.a1.full(),
-                2 => r.a2.full(),
-                _ => true,
-            };
-            if r.state == ReqState::BulkBody && kept {
-                return r.remaining.saturating_sub(2);
-            }
-        } else {
-            let r = &self.resp;
-            let kept = r.target != Target::Word || r.reply.word.full();
-            if r.state == RespState::Body && kept {
-                return r.remaining.saturating_sub(2);
-            }
-        }
-        0
-    }
-
-    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
-    /// `timed_out`).
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        while let Some(o) = self.open.front() {
-            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
-                break;
-            }
-            if o.is_gap() {
-                self.gaps -= 1;
-            } else {
-                self.health.timed_out += 1;
-            }
-            self.open.pop_front();
-        }
-        if let Some(t) = &self.tail {
-            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
-                self.tail = None;
-                self.health.timed_out += 1;
-                if self.resp.state == RespState::LostTail {
-                    self.resp.state = RespState::ExpectStart;
-                }
-            }
+            done: Vec::new(),
         }
     }
 
@@ -1994,6 +1936,96 @@ impl RedisSession {
         self.health.stopped = Some(StopReason::Replication);
         self.req = ReqParser::NEW;
         self.resp = RespParser::NEW;
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A Redis session for [`super::PROTOCOLS`].
+pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
+    Box::new(RedisSession::new())
+}
+
+impl Session for RedisSession {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, _: &mut Vec<Request>) {
+        self.on_request(chunk);
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        feed_into(
+            self,
+            |s| &mut s.done,
+            out,
+            |_, done| done.into(),
+            |s, done| s.on_response(chunk, done),
+        );
+    }
+
+    /// A Redis reply is complete when its last byte arrives: the close completes nothing.
+    fn finish(&mut self, _: &mut Vec<Request>) {}
+
+    /// Requests waiting for their reply.
+    fn pending(&self) -> usize {
+        self.open.len() - self.gaps + usize::from(self.tail.is_some())
+    }
+
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the bulk string being read (its CRLF excluded, which is checked),
+    /// when none of it is kept (only the first bytes of the command name, its first two
+    /// arguments and the first element of a reply are). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        if self.stopped {
+            return 0;
+        }
+        if from_client {
+            let r = &self.req;
+            let kept = match r.arg {
+                0 => r.a0.full(),
+                1 => r.a1.full(),
+                2 => r.a2.full(),
+                _ => true,
+            };
+            if r.state == ReqState::BulkBody && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        } else {
+            let r = &self.resp;
+            let kept = r.target != Target::Word || r.reply.word.full();
+            if r.state == RespState::Body && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        }
+        0
+    }
+
+    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
+    /// `timed_out`).
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        while let Some(o) = self.open.front() {
+            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
+                break;
+            }
+            if o.is_gap() {
+                self.gaps -= 1;
+            } else {
+                self.health.timed_out += 1;
+            }
+            self.open.pop_front();
+        }
+        if let Some(t) = &self.tail {
+            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
+                self.tail = None;
+                self.health.timed_out += 1;
+                if self.resp.state == RespState::LostTail {
+                    self.resp.state = RespState::ExpectStart;
+                }
+            }
+        }
     }
 }
 
