@@ -130,7 +130,7 @@ fn exec(bin: &Path, args: &[String]) -> std::io::Error {
 
 /// Debian packages the build and tests need, with a file that shows each is installed.
 const PACKAGES: &[(&str, &str)] = &[
-    // Debian's rustc with a prebuilt `core` for bpfel-unknown-none (PLATFORM.md).
+    // Debian's rustc with a prebuilt `core` for bpfel-unknown-none (docs/design.md).
     ("rustc-web", "/usr/bin/rustc"),
     (
         "libstd-rust-web-dev-bpf",
