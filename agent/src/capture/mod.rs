@@ -14,9 +14,10 @@ use prometheus_client::metrics::counter::Counter;
 
 use crate::{
     metadata::identity::Identity,
+    metadata::workload::{Name, PeerZone, WorkloadLabels},
     metrics::{
-        ConnectionLabels, KindLabels, Metrics, Name, PeerZone, ProtocolLabels,
-        ProtocolReasonLabels, TcpBytesLabels, TcpSyscallLabels, WorkloadLabels,
+        ConnectionLabels, KindLabels, Metrics, ProtocolLabels, ProtocolReasonLabels,
+        TcpBytesLabels, TcpSyscallLabels,
     },
     protocols::{
         http1::RoutePatterns, Chunk, ConnectionProtocol, FeedOutcome, Protocol, Request,

@@ -613,15 +613,15 @@ impl super::identity::PodDirectory for KubePods {
         &self,
         pod_uid: &str,
         container_id: Option<&str>,
-    ) -> Option<crate::metrics::PodLabels> {
-        use crate::metrics::Name;
+    ) -> Option<crate::metadata::workload::PodLabels> {
+        use crate::metadata::workload::Name;
         let index = self.0.read().unwrap_or_else(|e| e.into_inner());
         let pod = index.pod(&canonical_pod_uid(pod_uid))?;
         let container = container_id
             .and_then(|id| pod.containers.get(id))
             .map(String::as_str)
             .unwrap_or("");
-        Some(crate::metrics::PodLabels {
+        Some(crate::metadata::workload::PodLabels {
             namespace: Name::new(&pod.namespace),
             pod: Name::new(&pod.name),
             container: Name::new(container),

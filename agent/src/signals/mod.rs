@@ -10,7 +10,8 @@ use std::{net::SocketAddr, sync::Arc};
 use agent_common::Role;
 
 use crate::{
-    metrics::{Metrics, PeerZone, WorkloadLabels},
+    metadata::workload::{PeerZone, WorkloadLabels},
+    metrics::Metrics,
     protocols::{Protocol, Request},
 };
 

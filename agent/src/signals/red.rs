@@ -7,7 +7,8 @@ use agent_common::Role;
 
 use super::{RequestRecord, Signal};
 use crate::{
-    metrics::{DbLabels, HttpLabels, Metrics, Name, RpcLabels},
+    metadata::workload::Name,
+    metrics::{DbLabels, HttpLabels, Metrics, RpcLabels},
     protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
 };
 
