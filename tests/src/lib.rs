@@ -272,16 +272,8 @@ pub fn sample_value(
     name: &str,
     labels: &[(&str, &str)],
 ) -> Option<f64> {
-    families
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .find(|s| {
-            s.name == name
-                && s.labels.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+    exposition::select(families, name, labels)
+        .find(|s| s.labels.len() == labels.len())
         .map(|s| s.value)
 }
 
@@ -314,15 +306,7 @@ pub fn capture_tier(text: &str) -> String {
 /// The sum of the samples named `name` whose labels include all of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
-    families
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+    exposition::select(&families, name, labels)
         .map(|s| s.value)
         .sum()
 }

@@ -98,18 +98,12 @@ fn series_by(
 ) -> BTreeMap<Vec<String>, f64> {
     let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
     let mut out = BTreeMap::new();
-    for s in families.iter().flat_map(|f| f.samples.iter()) {
-        if s.name == name
-            && filter
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        {
-            let key = keys
-                .iter()
-                .map(|k| s.labels.get(*k).cloned().unwrap_or_default())
-                .collect();
-            *out.entry(key).or_default() += s.value;
-        }
+    for s in exposition::select(&families, name, filter) {
+        let key = keys
+            .iter()
+            .map(|k| s.labels.get(*k).cloned().unwrap_or_default())
+            .collect();
+        *out.entry(key).or_default() += s.value;
     }
     out
 }
