@@ -8,7 +8,8 @@ use std::{
 
 use super::{
     identity::SharedZones,
-    zones::{imds_availability_zone, local_zone, ZoneConfig, ZoneSource},
+    imds::imds_availability_zone,
+    zones::{local_zone, ZoneConfig, ZoneSource},
 };
 
 /// What deciding this node's zone needs to know (from the configuration).
