@@ -1,10 +1,12 @@
 //! Capture: kernel records into a connection table, exact per-workload TCP metrics, the
 //! byte streams the protocol sessions parse, and the instructions that tell the kernel
-//! what to copy of each connection.
+//! what to copy of each connection. What the sessions produce leaves through
+//! `record.rs`: requests to the signals, health to the protocol counters.
 
 pub mod event;
 pub mod instructions;
 pub mod listeners;
+mod record;
 pub mod stream;
 
 use std::{collections::HashMap, sync::Arc};
@@ -13,21 +15,21 @@ use agent_common::{Direction, Role, Syscall, Totals, CALL_KINDS};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    metadata::identity::Identity,
-    metadata::workload::{Name, PeerZone, WorkloadLabels},
-    metrics::{
-        ConnectionLabels, KindLabels, Metrics, ProtocolLabels, ProtocolReasonLabels,
-        TcpBytesLabels, TcpSyscallLabels,
+    metadata::{
+        identity::Identity,
+        workload::{Name, PeerZone, WorkloadLabels},
     },
+    metrics::{ConnectionLabels, KindLabels, Metrics, TcpBytesLabels, TcpSyscallLabels},
     protocols::{
         http1::RoutePatterns, Chunk, ConnectionProtocol, FeedOutcome, Protocol, Request,
         SessionHealth, SessionOptions,
     },
-    signals::{RequestRecord, Signal},
+    signals::Signal,
 };
 use event::{Common, Endpoints, Event};
 use instructions::{InstructionSink, Wanted};
 use listeners::Listeners;
+use record::{record_health, record_requests};
 use stream::Stream;
 
 /// A TCP connection as the agent knows it.
@@ -659,105 +661,6 @@ impl Tracker {
             .connections_tracked
             .set(self.conns.len() as i64);
         expired
-    }
-}
-
-/// Hands each request a connection's session completed to every signal, with what the
-/// connection knows of itself.
-fn record_requests(
-    signals: &[Box<dyn Signal>],
-    conn: &Connection,
-    protocol: Option<Protocol>,
-    done: &[Request],
-) {
-    if done.is_empty() {
-        return;
-    }
-    let (Some(protocol), Some(server)) = (protocol, server_end(conn)) else {
-        return;
-    };
-    for request in done {
-        let record = RequestRecord {
-            protocol,
-            role: conn.role,
-            request,
-            server,
-            peer_zone: &conn.peer_zone,
-            workload: &conn.workload,
-        };
-        for signal in signals {
-            signal.record(&record);
-        }
-    }
-}
-
-/// The server end of a connection: the remote end for a client, the local end for a
-/// server.
-fn server_end(conn: &Connection) -> Option<std::net::SocketAddr> {
-    let endpoints = conn.endpoints?;
-    match conn.role {
-        Role::Client => Some(endpoints.remote),
-        Role::Server => Some(endpoints.local),
-        Role::Unknown => None,
-    }
-}
-
-fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOutcome) {
-    if let Some(detected) = outcome.detected {
-        metrics
-            .protocol_connections
-            .get_or_create(&ProtocolLabels {
-                protocol: detected.label(),
-            })
-            .inc();
-    }
-    let Some(protocol) = protocol else {
-        return;
-    };
-    let labels = ProtocolLabels {
-        protocol: protocol.label(),
-    };
-    let h = &outcome.health;
-    if h.parse_errors > 0 {
-        metrics
-            .protocol_parse_errors
-            .get_or_create(&labels)
-            .inc_by(h.parse_errors);
-    }
-    if h.timed_out > 0 {
-        metrics
-            .protocol_timed_out
-            .get_or_create(&labels)
-            .inc_by(h.timed_out);
-    }
-    if let Some(reason) = h.stopped {
-        metrics
-            .protocol_stopped
-            .get_or_create(&ProtocolReasonLabels {
-                protocol: protocol.label(),
-                reason: reason.label(),
-            })
-            .inc();
-    }
-    for (reason, n) in h.lost.iter() {
-        if n > 0 {
-            metrics
-                .protocol_requests_lost
-                .get_or_create(&ProtocolReasonLabels {
-                    protocol: protocol.label(),
-                    reason: reason.label(),
-                })
-                .inc_by(n);
-        }
-    }
-    if h.tls {
-        // A PostgreSQL connection that negotiated TLS: counted as TLS too, not parsed.
-        metrics
-            .protocol_connections
-            .get_or_create(&ProtocolLabels {
-                protocol: Protocol::TLS.label(),
-            })
-            .inc();
     }
 }
 
