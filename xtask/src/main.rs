@@ -1,13 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | test-kernels | bench <what>`.
 
 mod bench;
-mod bench_bystander;
-mod bench_capture;
-mod bench_cost;
-mod bench_db;
-mod bench_http;
-mod bench_network;
-mod bench_node;
 mod test_kernels;
 
 use std::{
