@@ -256,7 +256,7 @@ const fn command_hash() -> [u16; HASH_SLOTS] {
 
 /// What a command needs beyond plain matching, per entry of [`COMMANDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+enum CommandKind {
     Plain,
     /// Has subcommands (see [`CONTAINERS`]).
     Container,
@@ -269,47 +269,47 @@ enum Role {
     PubSub(PubSub),
 }
 
-static ROLES: [Role; COMMANDS.len()] = roles();
+static COMMAND_KINDS: [CommandKind; COMMANDS.len()] = kinds();
 
-const fn roles() -> [Role; COMMANDS.len()] {
-    let mut roles = [Role::Plain; COMMANDS.len()];
+const fn kinds() -> [CommandKind; COMMANDS.len()] {
+    let mut kinds = [CommandKind::Plain; COMMANDS.len()];
     let mut i = 0;
     while i < COMMANDS.len() {
         let name = COMMANDS[i];
-        roles[i] = if str_eq(name, "CLIENT") {
-            Role::Client
+        kinds[i] = if str_eq(name, "CLIENT") {
+            CommandKind::Client
         } else if str_eq(name, "MONITOR") {
-            Role::Monitor
+            CommandKind::Monitor
         } else if str_eq(name, "RESET") {
-            Role::Reset
+            CommandKind::Reset
         } else if str_eq(name, "SYNC") || str_eq(name, "PSYNC") {
-            Role::Sync
+            CommandKind::Sync
         } else if str_eq(name, "SUBSCRIBE") {
-            Role::PubSub(PubSub::Subscribe)
+            CommandKind::PubSub(PubSub::Subscribe)
         } else if str_eq(name, "PSUBSCRIBE") {
-            Role::PubSub(PubSub::PSubscribe)
+            CommandKind::PubSub(PubSub::PSubscribe)
         } else if str_eq(name, "SSUBSCRIBE") {
-            Role::PubSub(PubSub::SSubscribe)
+            CommandKind::PubSub(PubSub::SSubscribe)
         } else if str_eq(name, "UNSUBSCRIBE") {
-            Role::PubSub(PubSub::Unsubscribe)
+            CommandKind::PubSub(PubSub::Unsubscribe)
         } else if str_eq(name, "PUNSUBSCRIBE") {
-            Role::PubSub(PubSub::PUnsubscribe)
+            CommandKind::PubSub(PubSub::PUnsubscribe)
         } else if str_eq(name, "SUNSUBSCRIBE") {
-            Role::PubSub(PubSub::SUnsubscribe)
+            CommandKind::PubSub(PubSub::SUnsubscribe)
         } else {
             let mut c = 0;
-            let mut role = Role::Plain;
+            let mut command_kind = CommandKind::Plain;
             while c < CONTAINERS.len() {
                 if str_eq(name, CONTAINERS[c]) {
-                    role = Role::Container;
+                    command_kind = CommandKind::Container;
                 }
                 c += 1;
             }
-            role
+            command_kind
         };
         i += 1;
     }
-    roles
+    kinds
 }
 
 /// Index of "CLIENT REPLY" in [`SUBCOMMANDS`].
@@ -1668,9 +1668,9 @@ impl RedisSession {
         } else {
             None
         };
-        let role = name.map_or(Role::Plain, |i| ROLES[usize::from(i)]);
-        let sub = match role {
-            Role::Container | Role::Client if r.argc >= 2 && r.a1.complete() => {
+        let command_kind = name.map_or(CommandKind::Plain, |i| COMMAND_KINDS[usize::from(i)]);
+        let sub = match command_kind {
+            CommandKind::Container | CommandKind::Client if r.argc >= 2 && r.a1.complete() => {
                 subcommand_index(COMMANDS[usize::from(name.unwrap_or(0))], r.a1.bytes())
             }
             _ => None,
@@ -1680,25 +1680,25 @@ impl RedisSession {
             argc: r.argc.min(u64::from(u32::MAX)) as u32,
             name: name.unwrap_or(NO_INDEX),
             sub: sub.unwrap_or(NO_INDEX),
-            special: match role {
-                Role::Monitor => Special::Monitor,
-                Role::Reset => Special::Reset,
-                Role::PubSub(k) => Special::PubSub(k),
+            special: match command_kind {
+                CommandKind::Monitor => Special::Monitor,
+                CommandKind::Reset => Special::Reset,
+                CommandKind::PubSub(k) => Special::PubSub(k),
                 _ => Special::None,
             },
         };
-        match role {
+        match command_kind {
             // The connection becomes a replication stream: not request/response any more.
-            Role::Sync => {
+            CommandKind::Sync => {
                 self.stop_replication();
                 return;
             }
             // RESET also turns CLIENT REPLY back ON, and is answered.
-            Role::Reset => {
+            CommandKind::Reset => {
                 self.reply_off = false;
                 self.skip_next = false;
             }
-            Role::Client if sub == Some(CLIENT_REPLY) && r.argc == 3 && r.a2.complete() => {
+            CommandKind::Client if sub == Some(CLIENT_REPLY) && r.argc == 3 && r.a2.complete() => {
                 let mode = r.a2.bytes();
                 if mode.eq_ignore_ascii_case(b"OFF") {
                     self.reply_off = true;
@@ -2530,13 +2530,13 @@ mod tests {
         assert_eq!(operation_name(&[b'A'; 40]), OTHER);
         assert_eq!(COMMANDS.len(), 250);
         assert_eq!(SUBCOMMANDS[usize::from(CLIENT_REPLY)], "CLIENT REPLY");
-        for (c, role) in COMMANDS.iter().zip(ROLES.iter()) {
-            let container = matches!(role, Role::Container | Role::Client);
-            assert_eq!(container, CONTAINERS.contains(c), "{c}: {role:?}");
+        for (c, command_kind) in COMMANDS.iter().zip(COMMAND_KINDS.iter()) {
+            let container = matches!(command_kind, CommandKind::Container | CommandKind::Client);
+            assert_eq!(container, CONTAINERS.contains(c), "{c}: {command_kind:?}");
         }
         assert_eq!(
-            ROLES[usize::from(command_index(b"psync").unwrap())],
-            Role::Sync
+            COMMAND_KINDS[usize::from(command_index(b"psync").unwrap())],
+            CommandKind::Sync
         );
         let used = COMMAND_HASH.iter().filter(|&&i| i != NO_INDEX).count();
         assert_eq!(used, COMMANDS.len(), "every command is in the hash table");
