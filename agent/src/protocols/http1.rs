@@ -96,7 +96,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::request::feed_into;
+use super::request::{requests, Sink};
 use super::{Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason};
 
 /// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
@@ -1541,8 +1541,6 @@ pub struct Http1Session {
     /// Why the response direction last lost its framing (what requests dropped while it
     /// resynchronises count as).
     resp_lost: LostReason,
-    /// Exchanges completed by the chunk being fed, before they become [`Request`]s.
-    done: Vec<HttpExchange>,
 }
 
 impl Default for Http1Session {
@@ -1570,7 +1568,6 @@ impl Http1Session {
             stopped: false,
             req_lost: LostReason::Unparsable,
             resp_lost: LostReason::Unparsable,
-            done: Vec::new(),
         }
     }
 
@@ -1661,7 +1658,7 @@ impl Http1Session {
     }
 
     /// Server-to-client bytes; completed exchanges are appended to `out`.
-    pub fn on_response(&mut self, chunk: &Chunk, out: &mut Vec<HttpExchange>) {
+    pub fn on_response(&mut self, chunk: &Chunk, out: &mut impl Sink<HttpExchange>) {
         if self.stopped || chunk.len == 0 {
             return;
         }
@@ -1742,7 +1739,7 @@ impl Http1Session {
 
     /// Hands out a response that ended when the client spoke again (see the type's
     /// documentation).
-    pub fn take_completed(&mut self, out: &mut Vec<HttpExchange>) {
+    pub fn take_completed(&mut self, out: &mut impl Sink<HttpExchange>) {
         if self.tail.as_ref().is_some_and(|t| t.closed) {
             self.emit_tail(out);
         }
@@ -1751,7 +1748,7 @@ impl Http1Session {
     /// The connection closed: completes a response delimited by the close (and one whose
     /// framing was lost), and drops the requests still open (counted in `timed_out`). Call
     /// [`take_health`](Self::take_health) after it.
-    pub fn finish(&mut self, out: &mut Vec<HttpExchange>) {
+    pub fn finish(&mut self, out: &mut impl Sink<HttpExchange>) {
         if self.stopped {
             return;
         }
@@ -1891,7 +1888,7 @@ impl Http1Session {
     }
 
     /// A response head is complete.
-    fn response_head(&mut self, end_ns: u64, out: &mut Vec<HttpExchange>) {
+    fn response_head(&mut self, end_ns: u64, out: &mut impl Sink<HttpExchange>) {
         self.resp.head_end_ns = end_ns;
         let h = &self.resp.head;
         let status = h.status;
@@ -1944,7 +1941,7 @@ impl Http1Session {
         }
     }
 
-    fn response_done(&mut self, end_ns: u64, out: &mut Vec<HttpExchange>) {
+    fn response_done(&mut self, end_ns: u64, out: &mut impl Sink<HttpExchange>) {
         let h = &self.resp.head;
         let closing = h.close || (h.http10 && !h.keep_alive);
         let (status, body) = (h.status, self.resp.body);
@@ -2008,7 +2005,7 @@ impl Http1Session {
         self.resp.state = State::LostTail;
     }
 
-    fn emit_tail(&mut self, out: &mut Vec<HttpExchange>) {
+    fn emit_tail(&mut self, out: &mut impl Sink<HttpExchange>) {
         if let Some(t) = self.tail.take() {
             if self.resp.state == State::LostTail {
                 self.resp.state = State::ExpectStart;
@@ -2035,7 +2032,7 @@ impl Http1Session {
         status: u16,
         response_body_bytes: u64,
         end_ns: u64,
-        out: &mut Vec<HttpExchange>,
+        out: &mut impl Sink<HttpExchange>,
     ) {
         out.push(HttpExchange {
             method: method_name(open.method),
@@ -2136,36 +2133,16 @@ pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
 
 impl Session for Http1Session {
     fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |s| &mut s.done,
-            out,
-            |_, done| done.into(),
-            |s, done| {
-                s.on_request(chunk);
-                s.take_completed(done);
-            },
-        );
+        self.on_request(chunk);
+        self.take_completed(&mut requests(out));
     }
 
     fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |s| &mut s.done,
-            out,
-            |_, done| done.into(),
-            |s, done| s.on_response(chunk, done),
-        );
+        self.on_response(chunk, &mut requests(out));
     }
 
     fn finish(&mut self, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |s| &mut s.done,
-            out,
-            |_, done| done.into(),
-            Http1Session::finish,
-        );
+        Http1Session::finish(self, &mut requests(out));
     }
 
     /// Requests waiting for their final response.

@@ -67,7 +67,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::http1::{method_label, RoutePatterns};
-use super::request::{feed_into, Attributes, HttpRequest, RpcRequest};
+use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink};
 use super::{
     hpack, Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason,
 };
@@ -353,7 +353,7 @@ impl H2Session {
 
     /// The connection closed: every open stream ends with it (RFC 9113 §5.1: closing the
     /// connection closes its streams), as if reset at the last time seen on the connection.
-    pub fn finish(&mut self, out: &mut Vec<H2Exchange>) {
+    pub fn finish(&mut self, out: &mut impl Sink<H2Exchange>) {
         if let Some(s) = &mut self.state {
             let end = s.last_end_ns;
             for (_, st) in std::mem::take(&mut s.streams) {
@@ -363,16 +363,16 @@ impl H2Session {
     }
 
     /// Client-to-server bytes.
-    pub fn on_client(&mut self, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    pub fn on_client(&mut self, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         self.feed(true, chunk, out);
     }
 
     /// Server-to-client bytes.
-    pub fn on_server(&mut self, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    pub fn on_server(&mut self, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         self.feed(false, chunk, out);
     }
 
-    fn feed(&mut self, from_client: bool, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    fn feed(&mut self, from_client: bool, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         let Some(state) = &mut self.state else {
             return;
         };
@@ -408,7 +408,7 @@ impl State {
         &mut self,
         from_client: bool,
         chunk: &Chunk,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) -> Step {
         self.last_end_ns = self.last_end_ns.max(chunk.end_ns);
@@ -470,7 +470,7 @@ impl State {
         &mut self,
         from_client: bool,
         end_ns: u64,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) -> Step {
         let (side, peer) = self.sides(from_client);
@@ -557,7 +557,7 @@ impl State {
         block: OpenBlock,
         fields: Fields,
         end_ns: u64,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) {
         if block.push {
@@ -876,14 +876,12 @@ impl H2Exchange {
     }
 }
 
-/// An HTTP/2 session as the registry holds it: the session itself stays small, and what
-/// turning its streams into requests needs sits beside it.
+/// An HTTP/2 session as the registry holds it: the session itself stays small, and the
+/// route patterns that turn its streams into requests sit beside it.
 struct Registered {
     session: H2Session,
     /// The user's route patterns, for the `http.route` of requests that are not gRPC.
     routes: Arc<RoutePatterns>,
-    /// Streams completed by the chunk being fed, before they become [`Request`]s.
-    done: Vec<H2Exchange>,
 }
 
 /// An HTTP/2 (and gRPC) session for [`super::PROTOCOLS`].
@@ -891,39 +889,26 @@ pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
     Box::new(Registered {
         session: H2Session::new(),
         routes: options.http_routes.clone(),
-        done: Vec::new(),
     })
 }
 
 impl Session for Registered {
     fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |r| &mut r.done,
-            out,
-            into_request,
-            |r, done| r.session.on_client(chunk, done),
-        );
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.on_client(chunk, &mut out);
     }
 
     fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |r| &mut r.done,
-            out,
-            into_request,
-            |r, done| r.session.on_server(chunk, done),
-        );
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.on_server(chunk, &mut out);
     }
 
     fn finish(&mut self, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |r| &mut r.done,
-            out,
-            into_request,
-            |r, done| r.session.finish(done),
-        );
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.finish(&mut out);
     }
 
     fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
@@ -941,10 +926,6 @@ impl Session for Registered {
     fn skip_hint(&self, from_client: bool) -> u64 {
         self.session.skip_hint(from_client)
     }
-}
-
-fn into_request(registered: &Registered, exchange: H2Exchange) -> Request {
-    exchange.into_request(&registered.routes)
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::request::feed_into;
+use super::request::{requests, Sink};
 use super::{Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions};
 
 /// `SSLRequest` code (1234 << 16 | 5679).
@@ -1194,9 +1194,6 @@ pub struct PgSession {
     gap_failed: bool,
     /// Operations completed by frontend traffic (see [`PgSession::take_completed`]).
     inferred: Vec<Operation>,
-    /// Operations completed by the backend chunk being fed, before they become
-    /// [`Request`]s.
-    done: Vec<Operation>,
 }
 
 impl Default for PgSession {
@@ -1242,7 +1239,6 @@ impl PgSession {
             gap_answers: 0,
             gap_failed: false,
             inferred: Vec::new(),
-            done: Vec::new(),
         }
     }
 
@@ -1262,8 +1258,8 @@ impl PgSession {
     /// client's next request (or Terminate) proves that the answer it waited for is over
     /// (see the module documentation). [`PgSession::on_backend`] hands them out too; call
     /// this after `on_frontend` when no backend chunk follows (the connection closed).
-    pub fn take_completed(&mut self, out: &mut Vec<Operation>) {
-        out.append(&mut self.inferred);
+    pub fn take_completed(&mut self, out: &mut impl Sink<Operation>) {
+        self.inferred.drain(..).for_each(|op| out.push(op));
     }
 
     /// Executes the server skipped (after an error earlier in the same Sync group) since
@@ -1322,11 +1318,11 @@ impl PgSession {
     }
 
     /// Server-to-client bytes; completed operations are appended to `out`.
-    pub fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Operation>) {
+    pub fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut impl Sink<Operation>) {
         if self.state != State::Active || chunk.len.max(chunk.data.len()) == 0 {
             return;
         }
-        out.append(&mut self.inferred);
+        self.inferred.drain(..).for_each(|op| out.push(op));
         let total = chunk.len.max(chunk.data.len());
         let mut cur = Cursor::new(chunk);
         if self.be.lost {
@@ -1813,7 +1809,13 @@ impl PgSession {
 
     // ------------------------------------------------------------------ backend
 
-    fn on_backend_message(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut Vec<Operation>) {
+    fn on_backend_message(
+        &mut self,
+        typ: u8,
+        body: &[u8],
+        end_ns: u64,
+        out: &mut impl Sink<Operation>,
+    ) {
         if self.in_startup {
             if typ == b'Z' {
                 self.in_startup = false;
@@ -1930,7 +1932,7 @@ impl PgSession {
     /// alone, named by the CommandComplete tag (`_OTHER` without one), with the statement
     /// text of the gap's likely statement when the tag agrees with it, starting where the
     /// framing was lost.
-    fn gap_answer(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut Vec<Operation>) {
+    fn gap_answer(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut impl Sink<Operation>) {
         let Some(Pending::Gap { info, start_ns }) = self.queue.front() else {
             return;
         };
@@ -1955,7 +1957,7 @@ impl PgSession {
         tag: Option<&'static str>,
         error: Option<ErrClass>,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         if let Some(Pending::Execute {
             info,
@@ -1969,7 +1971,7 @@ impl PgSession {
         }
     }
 
-    fn ready_for_query(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
+    fn ready_for_query(&mut self, end_ns: u64, out: &mut impl Sink<Operation>) {
         self.copy_in = false;
         if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
             self.end_gap();
@@ -2104,22 +2106,16 @@ pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
 impl Session for PgSession {
     fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
         self.on_frontend(chunk);
-        out.extend(self.inferred.drain(..).map(Request::from));
+        self.take_completed(&mut requests(out));
     }
 
     fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |s| &mut s.done,
-            out,
-            |_, done| done.into(),
-            |s, done| s.on_backend(chunk, done),
-        );
+        self.on_backend(chunk, &mut requests(out));
     }
 
     /// What the frontend's last bytes completed (see [`PgSession::take_completed`]).
     fn finish(&mut self, out: &mut Vec<Request>) {
-        out.extend(self.inferred.drain(..).map(Request::from));
+        self.take_completed(&mut requests(out));
     }
 
     /// Open operations (simple queries, function calls and Executes waiting for their

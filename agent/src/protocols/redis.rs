@@ -87,7 +87,7 @@
 
 use std::collections::VecDeque;
 
-use super::request::feed_into;
+use super::request::{requests, Sink};
 use super::{
     Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions, StopReason,
 };
@@ -1450,8 +1450,6 @@ pub struct RedisSession {
     /// The client spoke since the reply direction lost its framing: the server's next chunk
     /// may start a reply.
     resp_armed: bool,
-    /// Operations completed by the chunk being fed, before they become [`Request`]s.
-    done: Vec<Operation>,
 }
 
 impl Default for RedisSession {
@@ -1479,7 +1477,6 @@ impl RedisSession {
             stopped: false,
             resp_lost: LostReason::Unparsable,
             resp_armed: false,
-            done: Vec::new(),
         }
     }
 
@@ -1561,7 +1558,7 @@ impl RedisSession {
     }
 
     /// Server-to-client bytes; completed operations are appended to `out`.
-    pub fn on_response(&mut self, chunk: &Chunk, out: &mut Vec<Operation>) {
+    pub fn on_response(&mut self, chunk: &Chunk, out: &mut impl Sink<Operation>) {
         if self.stopped {
             return;
         }
@@ -1770,7 +1767,7 @@ impl RedisSession {
     }
 
     /// A top-level reply is complete.
-    fn reply_done(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
+    fn reply_done(&mut self, end_ns: u64, out: &mut impl Sink<Operation>) {
         let r = self.resp.reply;
         self.resp.reply = Reply::EMPTY;
         match r.top {
@@ -1832,7 +1829,7 @@ impl RedisSession {
         count: Option<i64>,
         push: bool,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         let count = count.map(|c| c.clamp(0, i64::from(u32::MAX)) as u32);
         if let (Some(c), false) = (count, push) {
@@ -1880,7 +1877,7 @@ impl RedisSession {
         open: Open,
         error_type: Option<String>,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         out.push(Operation {
             name: open.name(),
@@ -1952,13 +1949,7 @@ impl Session for RedisSession {
     }
 
     fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
-        feed_into(
-            self,
-            |s| &mut s.done,
-            out,
-            |_, done| done.into(),
-            |s, done| s.on_response(chunk, done),
-        );
+        self.on_response(chunk, &mut requests(out));
     }
 
     /// A Redis reply is complete when its last byte arrives: the close completes nothing.

@@ -109,19 +109,29 @@ impl From<HttpExchange> for Request {
     }
 }
 
-/// Feeds a session through `feed`, which appends the protocol's own results to the
-/// session's reusable buffer (`buffer`), and moves them into `out` as request records
-/// (`into` may read the session: its settings, such as route patterns).
-pub fn feed_into<S, T>(
-    session: &mut S,
-    buffer: fn(&mut S) -> &mut Vec<T>,
-    out: &mut Vec<Request>,
-    into: fn(&S, T) -> Request,
-    feed: impl FnOnce(&mut S, &mut Vec<T>),
-) {
-    let mut done = std::mem::take(buffer(session));
-    feed(session, &mut done);
-    out.extend(done.drain(..).map(|t| into(session, t)));
-    // Back into the session, capacity kept: no allocation per chunk.
-    *buffer(session) = done;
+/// Where a parser hands what it completed: a `Vec` of its own results (what its unit
+/// tests read), or [`Requests`] (what the registry's sessions hand out).
+pub trait Sink<T> {
+    fn push(&mut self, item: T);
+}
+
+impl<T> Sink<T> for Vec<T> {
+    fn push(&mut self, item: T) {
+        Vec::push(self, item);
+    }
+}
+
+/// A sink that turns each result into a [`Request`] as it is pushed: no buffer between
+/// a parser and the request records.
+pub struct Requests<'a, F>(pub &'a mut Vec<Request>, pub F);
+
+impl<T, F: FnMut(T) -> Request> Sink<T> for Requests<'_, F> {
+    fn push(&mut self, item: T) {
+        self.0.push((self.1)(item));
+    }
+}
+
+/// A sink for results that convert by themselves (`Into<Request>`).
+pub fn requests<T: Into<Request>>(out: &mut Vec<Request>) -> Requests<'_, fn(T) -> Request> {
+    Requests(out, Into::into)
 }
