@@ -257,6 +257,25 @@ impl Drop for Agent {
     }
 }
 
+/// A finished command, checked: every helper and tool a test runs must succeed.
+pub trait Checked {
+    /// The output of a command that ran and exited 0; otherwise panics naming `what`,
+    /// with the command's stderr.
+    fn checked(self, what: &str) -> std::process::Output;
+}
+
+impl Checked for std::io::Result<std::process::Output> {
+    fn checked(self, what: &str) -> std::process::Output {
+        let out = self.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
 /// The value of the series `name{labels}` in Prometheus text; labels must match
 /// exactly (all of them, in any order). Panics if the text is not valid exposition
 /// format: the agent's output must always parse.

@@ -14,7 +14,7 @@ use std::{
 
 use nodetap_tests::{
     capture_tier, exposition, helper_bin, lines_with, metric_sum, serial, servers::RedisServer,
-    tcp_bytes, unique_name, Agent,
+    tcp_bytes, unique_name, Agent, Checked,
 };
 use serde_json::Value;
 
@@ -23,12 +23,7 @@ fn edgegen(name: &str, args: &[&str]) -> Value {
         .arg(name)
         .args(args)
         .output()
-        .expect("run edgegen");
-    assert!(
-        out.status.success(),
-        "edgegen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked(&format!("edgegen {args:?}"));
     serde_json::from_slice(&out.stdout).expect("edgegen prints JSON")
 }
 
