@@ -554,14 +554,7 @@ impl Tracker {
     /// Records what a connection's session completed (in `self.done`) and its health.
     fn record_results(&self, conn: &Connection, protocol: Option<Protocol>, health: SessionHealth) {
         record_requests(&self.signals, conn, protocol, &self.done);
-        record_health(
-            &self.metrics,
-            protocol,
-            &FeedOutcome {
-                detected: None,
-                health,
-            },
-        );
+        record_health(&self.metrics, protocol, &FeedOutcome::health(health));
     }
 
     /// A close record: the connection ends after a short grace period, because records
@@ -630,14 +623,7 @@ impl Tracker {
                 let protocol = Some(protocol);
                 session.expire(now_ns, request_timeout);
                 let health = session.take_health();
-                record_health(
-                    &self.metrics,
-                    protocol,
-                    &FeedOutcome {
-                        detected: None,
-                        health,
-                    },
-                );
+                record_health(&self.metrics, protocol, &FeedOutcome::health(health));
             }
         }
         let idle: Vec<u64> = self

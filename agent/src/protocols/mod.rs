@@ -365,6 +365,16 @@ pub struct FeedOutcome {
     pub health: SessionHealth,
 }
 
+impl FeedOutcome {
+    /// Health alone, from a session fed outside detection (expiry, close).
+    pub fn health(health: SessionHealth) -> Self {
+        FeedOutcome {
+            detected: None,
+            health,
+        }
+    }
+}
+
 impl ConnectionProtocol {
     /// Feeds one syscall's bytes. `from_client` says which way they went; what the
     /// session completes is appended to `out`. `options` are given to a new session.
