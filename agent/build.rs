@@ -2,7 +2,7 @@
 //! embeds it: the `nodetap` binary alone is what gets deployed.
 //!
 //! The eBPF crate is built with Debian's rustc (it ships a prebuilt `core` for
-//! bpfel-unknown-none, see PLATFORM.md) in its own target directory, with a clean
+//! bpfel-unknown-none, see docs/design.md, "Platform facts") in its own target directory, with a clean
 //! environment so the host build's flags do not leak into it.
 use std::{env, path::PathBuf, process::Command};
 

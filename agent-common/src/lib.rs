@@ -137,6 +137,14 @@ impl Direction {
             Self::Transmit
         }
     }
+
+    /// The stable `direction` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::Transmit => "transmit",
+            Direction::Receive => "receive",
+        }
+    }
 }
 
 /// Which end of the connection the socket is.
@@ -147,6 +155,17 @@ pub enum Role {
     Unknown = 0,
     Client = 1,
     Server = 2,
+}
+
+impl Role {
+    /// The stable `role` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+            Role::Unknown => "unknown",
+        }
+    }
 }
 
 /// The call that moved a connection's bytes. The socket tier sees every path into a

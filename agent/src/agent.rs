@@ -16,8 +16,10 @@ use crate::{
         cgroup::CgroupResolver,
         identity::{Identity, PodDirectory, SharedZones},
         kubernetes::{self, KubeIndex, KubePods, KubeStats},
+        local_zone::{LocalZoneSettings, ZoneReport},
+        zones::ZoneSource,
     },
-    metrics::{Metrics, ProbeLabels, ReasonLabels, TierLabels},
+    metrics::{Metrics, ProbeLabels, ReasonLabels, TierLabels, ZoneInfoLabels},
     network::FlowTables,
     preflight,
     probes::{self, ClosedMap, HookStatus, InstructionMaps, KernelCounters, LoadOptions, Need},
@@ -131,18 +133,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
         tokio::spawn(kubernetes::follow(
-            config.clone(),
+            config.kubernetes.node_name.clone(),
+            local_zone_settings(&config),
             index.clone(),
-            stats,
             zones.clone(),
-            metrics.clone(),
+            zone_report(metrics.clone()),
         ));
+        tokio::spawn(export_kube_stats(stats, metrics.clone()));
         Some(Arc::new(KubePods(index)))
     } else {
         tokio::spawn(crate::metadata::local_zone::resolve(
-            config.clone(),
+            local_zone_settings(&config),
             zones.clone(),
-            metrics.clone(),
+            zone_report(metrics.clone()),
         ));
         None
     };
@@ -409,5 +412,46 @@ impl InstructionSink for KernelInstructions {
             log::debug!("cannot publish instructions: {e}");
         }
         self.dirty = false;
+    }
+}
+
+/// What deciding this node's zone needs of the configuration.
+fn local_zone_settings(config: &Config) -> LocalZoneSettings {
+    LocalZoneSettings {
+        zones: config.zones.clone(),
+        imds_endpoint_set: config.imds_endpoint_set,
+        sysfs: config.node.sysfs.clone(),
+    }
+}
+
+/// This node's zone and its source, as `nodetap_zone_info` (one series at a time).
+fn zone_report(metrics: Arc<Metrics>) -> ZoneReport {
+    Arc::new(move |zone: &str, source: ZoneSource| {
+        metrics.zone_info.clear();
+        metrics
+            .zone_info
+            .get_or_create(&ZoneInfoLabels {
+                zone: zone.to_owned(),
+                source: source.as_str(),
+            })
+            .set(1);
+    })
+}
+
+/// The Kubernetes watches' counters as `nodetap_kubernetes_*`, once a second.
+async fn export_kube_stats(stats: Arc<KubeStats>, metrics: Arc<Metrics>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        metrics.kubernetes_pods.set(stats.pods.load(Relaxed) as i64);
+        metrics
+            .kubernetes_nodes
+            .set(stats.nodes.load(Relaxed) as i64);
+        let errors = stats.watch_errors.load(Relaxed);
+        let exported = metrics.kubernetes_watch_errors.get();
+        metrics
+            .kubernetes_watch_errors
+            .inc_by(errors.saturating_sub(exported));
     }
 }

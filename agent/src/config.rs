@@ -32,6 +32,20 @@ pub struct Cli {
     /// TOML configuration file (keys as the long flags, with underscores).
     #[arg(long, env = "NODETAP_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+    /// Run the start-up checks, load and attach every hook, print the report, and exit.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Every option, declared once: clap derives its flag (and `NODETAP_*` variable) and
+/// serde its file key from the same field. Most are both; `#[serde(skip)]` marks the
+/// flags that fill a file table's key (`--path.procfs` is `[node] procfs`), and
+/// `#[arg(skip)]` the file's tables. Unknown file keys are errors.
+#[derive(Debug, Default, Deserialize, PartialEq, clap::Args)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
     /// Address of the Prometheus endpoint [default: 0.0.0.0:9464].
     #[arg(long, env = "NODETAP_LISTEN", value_name = "ADDR:PORT")]
     pub listen: Option<SocketAddr>,
@@ -74,15 +88,19 @@ pub struct Cli {
     )]
     pub http_routes: Vec<String>,
     /// Where the host's procfs is (as node_exporter's flag) [default: /proc].
+    #[serde(skip)]
     #[arg(long = "path.procfs", env = "NODETAP_PATH_PROCFS", value_name = "PATH")]
     pub path_procfs: Option<PathBuf>,
     /// Where the host's sysfs is [default: /sys].
+    #[serde(skip)]
     #[arg(long = "path.sysfs", env = "NODETAP_PATH_SYSFS", value_name = "PATH")]
     pub path_sysfs: Option<PathBuf>,
     /// Where the host's root filesystem is [default: /].
+    #[serde(skip)]
     #[arg(long = "path.rootfs", env = "NODETAP_PATH_ROOTFS", value_name = "PATH")]
     pub path_rootfs: Option<PathBuf>,
     /// Node collectors to switch on, comma-separated (see README).
+    #[serde(skip)]
     #[arg(
         long = "collector.enable",
         env = "NODETAP_COLLECTOR_ENABLE",
@@ -91,6 +109,7 @@ pub struct Cli {
     )]
     pub collector_enable: Vec<String>,
     /// Node collectors to switch off, comma-separated (see README).
+    #[serde(skip)]
     #[arg(
         long = "collector.disable",
         env = "NODETAP_COLLECTOR_DISABLE",
@@ -99,46 +118,68 @@ pub struct Cli {
     )]
     pub collector_disable: Vec<String>,
     /// This node's availability zone; wins over the node label and IMDS [default: none].
+    #[serde(skip)]
     #[arg(long, env = "NODETAP_ZONE", value_name = "ZONE")]
     pub zone: Option<String>,
     /// Base URL of the EC2 instance metadata service; empty switches it off [default:
     /// http://169.254.169.254, asked only on EC2 instances].
+    #[serde(skip)]
     #[arg(long, env = "NODETAP_IMDS_ENDPOINT", value_name = "URL")]
     pub imds_endpoint: Option<String>,
     /// Kubernetes API server URL, used without authentication (e.g. a `kubectl proxy`)
     /// [default: in-cluster configuration when KUBERNETES_SERVICE_HOST is set].
+    #[serde(skip)]
     #[arg(long, env = "NODETAP_KUBERNETES_API_URL", value_name = "URL")]
     pub kubernetes_api_url: Option<String>,
     /// Entries of each kernel flow table (distinct flows per 2 s) [default: 32768].
     #[arg(long, env = "NODETAP_NETWORK_FLOW_ENTRIES", value_name = "N")]
     pub network_flow_entries: Option<u32>,
-    /// Run the start-up checks, load and attach every hook, print the report, and exit.
-    #[arg(long)]
-    pub check: bool,
-}
-
-/// The configuration file. Unknown keys are errors.
-#[derive(Debug, Default, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct FileConfig {
-    pub listen: Option<SocketAddr>,
-    pub capture_bytes: Option<u32>,
-    pub capture_mode: Option<CaptureMode>,
-    pub ringbuf_bytes: Option<u32>,
-    pub connection_idle_timeout: Option<u64>,
-    pub max_connections: Option<usize>,
-    pub request_timeout: Option<u64>,
-    pub max_series: Option<usize>,
-    pub log_level: Option<String>,
-    /// HTTP route patterns.
-    pub http_routes: Vec<String>,
     /// Host metrics (`[node]` table).
+    #[arg(skip)]
     pub node: NodeConfig,
-    pub network_flow_entries: Option<u32>,
     /// Zones (`[zones]` table).
+    #[arg(skip)]
     pub zones: ZoneConfig,
     /// Pod and node metadata (`[kubernetes]` table).
+    #[arg(skip)]
     pub kubernetes: KubernetesConfig,
+}
+
+impl Settings {
+    /// These settings over `under`, field by field: a value set here wins, lists add up
+    /// (`under`'s first), tables come from `under` (only the file has them).
+    fn over(self, under: Settings) -> Settings {
+        fn list(mut under: Vec<String>, over: Vec<String>) -> Vec<String> {
+            under.extend(over);
+            under
+        }
+        Settings {
+            listen: self.listen.or(under.listen),
+            capture_bytes: self.capture_bytes.or(under.capture_bytes),
+            capture_mode: self.capture_mode.or(under.capture_mode),
+            ringbuf_bytes: self.ringbuf_bytes.or(under.ringbuf_bytes),
+            connection_idle_timeout: self
+                .connection_idle_timeout
+                .or(under.connection_idle_timeout),
+            max_connections: self.max_connections.or(under.max_connections),
+            max_series: self.max_series.or(under.max_series),
+            request_timeout: self.request_timeout.or(under.request_timeout),
+            log_level: self.log_level.or(under.log_level),
+            http_routes: list(under.http_routes, self.http_routes),
+            path_procfs: self.path_procfs.or(under.path_procfs),
+            path_sysfs: self.path_sysfs.or(under.path_sysfs),
+            path_rootfs: self.path_rootfs.or(under.path_rootfs),
+            collector_enable: list(under.collector_enable, self.collector_enable),
+            collector_disable: list(under.collector_disable, self.collector_disable),
+            zone: self.zone.or(under.zone),
+            imds_endpoint: self.imds_endpoint.or(under.imds_endpoint),
+            kubernetes_api_url: self.kubernetes_api_url.or(under.kubernetes_api_url),
+            network_flow_entries: self.network_flow_entries.or(under.network_flow_entries),
+            node: under.node,
+            zones: under.zones,
+            kubernetes: under.kubernetes,
+        }
+    }
 }
 
 /// The configuration in force.
@@ -208,12 +249,12 @@ impl Config {
     pub fn resolve(cli: Cli) -> Result<Self, ConfigError> {
         let file = match &cli.config {
             Some(path) => Self::read_file(path)?,
-            None => FileConfig::default(),
+            None => Settings::default(),
         };
         Self::merge(cli, file)
     }
 
-    pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    pub fn read_file(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -224,15 +265,13 @@ impl Config {
         })
     }
 
-    pub fn merge(cli: Cli, file: FileConfig) -> Result<Self, ConfigError> {
-        let listen = cli
+    /// The flags (`cli`) over the file over defaults, each key validated once.
+    pub fn merge(cli: Cli, file: Settings) -> Result<Self, ConfigError> {
+        let s = cli.settings.over(file);
+        let listen = s
             .listen
-            .or(file.listen)
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
-        let capture_bytes = cli
-            .capture_bytes
-            .or(file.capture_bytes)
-            .unwrap_or(DEFAULT_CALL_CAPTURE);
+        let capture_bytes = s.capture_bytes.unwrap_or(DEFAULT_CALL_CAPTURE);
         if !(MIN_CALL_CAPTURE..=MAX_CALL_CAPTURE).contains(&capture_bytes) {
             return Err(ConfigError::Invalid {
                 key: "capture_bytes",
@@ -241,23 +280,16 @@ impl Config {
                 ),
             });
         }
-        let capture_mode = cli
-            .capture_mode
-            .or(file.capture_mode)
-            .unwrap_or(CaptureMode::Auto);
-        let ringbuf_bytes = cli
-            .ringbuf_bytes
-            .or(file.ringbuf_bytes)
-            .unwrap_or(DEFAULT_RINGBUF_BYTES);
+        let capture_mode = s.capture_mode.unwrap_or(CaptureMode::Auto);
+        let ringbuf_bytes = s.ringbuf_bytes.unwrap_or(DEFAULT_RINGBUF_BYTES);
         if !ringbuf_bytes.is_power_of_two() || !(64 * 1024..=1 << 30).contains(&ringbuf_bytes) {
             return Err(ConfigError::Invalid {
                 key: "ringbuf_bytes",
                 problem: format!("{ringbuf_bytes} must be a power of two from 65536 to 1073741824"),
             });
         }
-        let idle = cli
+        let idle = s
             .connection_idle_timeout
-            .or(file.connection_idle_timeout)
             .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS);
         if idle == 0 {
             return Err(ConfigError::Invalid {
@@ -265,79 +297,62 @@ impl Config {
                 problem: "must be at least 1 second".into(),
             });
         }
-        let max_connections = cli
-            .max_connections
-            .or(file.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
         if max_connections == 0 {
             return Err(ConfigError::Invalid {
                 key: "max_connections",
                 problem: "must be at least 1".into(),
             });
         }
-        let request_timeout = cli
-            .request_timeout
-            .or(file.request_timeout)
-            .unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS);
+        let request_timeout = s.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS);
         if request_timeout == 0 {
             return Err(ConfigError::Invalid {
                 key: "request_timeout",
                 problem: "must be at least 1 second".into(),
             });
         }
-        let level = cli
-            .log_level
-            .or(file.log_level)
-            .unwrap_or_else(|| "info".into());
+        let level = s.log_level.unwrap_or_else(|| "info".into());
         let log_level = level.parse().map_err(|_| ConfigError::Invalid {
             key: "log_level",
             problem: format!("{level:?} is not one of off, error, warn, info, debug, trace"),
         })?;
-        let max_series = cli
-            .max_series
-            .or(file.max_series)
-            .unwrap_or(crate::metrics::DEFAULT_SERIES_LIMIT);
+        let max_series = s.max_series.unwrap_or(crate::metrics::DEFAULT_SERIES_LIMIT);
         if max_series == 0 {
             return Err(ConfigError::Invalid {
                 key: "max_series",
                 problem: "must be at least 1".into(),
             });
         }
-        let mut patterns = file.http_routes;
-        patterns.extend(cli.http_routes);
-        let http_routes =
-            crate::protocols::http1::RoutePatterns::new(patterns.iter()).map_err(|e| {
-                ConfigError::Invalid {
-                    key: "http_routes",
-                    problem: e.to_string(),
-                }
+        let http_routes = crate::protocols::http1::RoutePatterns::new(s.http_routes.iter())
+            .map_err(|e| ConfigError::Invalid {
+                key: "http_routes",
+                problem: e.to_string(),
             })?;
-        let mut node = file.node;
-        if let Some(p) = cli.path_procfs {
+        let mut node = s.node;
+        if let Some(p) = s.path_procfs {
             node.procfs = p;
         }
-        if let Some(p) = cli.path_sysfs {
+        if let Some(p) = s.path_sysfs {
             node.sysfs = p;
         }
-        if let Some(p) = cli.path_rootfs {
+        if let Some(p) = s.path_rootfs {
             node.rootfs = p;
         }
-        node.enable.extend(cli.collector_enable);
-        node.disable.extend(cli.collector_disable);
+        node.enable.extend(s.collector_enable);
+        node.disable.extend(s.collector_disable);
         node.validate().map_err(ConfigError::Node)?;
-        let mut zones = file.zones;
-        if let Some(zone) = cli.zone {
+        let mut zones = s.zones;
+        if let Some(zone) = s.zone {
             zones.zone = Some(zone);
         }
-        let imds_endpoint_set = cli.imds_endpoint.is_some()
+        let imds_endpoint_set = s.imds_endpoint.is_some()
             || zones.imds_endpoint != crate::metadata::zones::DEFAULT_IMDS_ENDPOINT;
-        if let Some(endpoint) = cli.imds_endpoint {
+        if let Some(endpoint) = s.imds_endpoint {
             zones.imds_endpoint = endpoint;
         }
         zones.validate().map_err(ConfigError::Zones)?;
-        let network_flow_entries = cli
+        let network_flow_entries = s
             .network_flow_entries
-            .or(file.network_flow_entries)
             .unwrap_or(agent_common::NET_FLOW_ENTRIES);
         if !(64..=4 << 20).contains(&network_flow_entries) {
             return Err(ConfigError::Invalid {
@@ -345,8 +360,8 @@ impl Config {
                 problem: format!("{network_flow_entries} is outside 64..=4194304"),
             });
         }
-        let mut kubernetes = file.kubernetes;
-        if let Some(url) = cli.kubernetes_api_url {
+        let mut kubernetes = s.kubernetes;
+        if let Some(url) = s.kubernetes_api_url {
             kubernetes.api_url = url;
         }
         if kubernetes.is_enabled() {
@@ -383,7 +398,7 @@ mod tests {
     use super::*;
 
     fn from_toml(text: &str) -> Result<Config, String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let file: Settings = toml::from_str(text).map_err(|e| e.to_string())?;
         Config::merge(Cli::default(), file).map_err(|e| e.to_string())
     }
 
@@ -399,13 +414,16 @@ mod tests {
 
     #[test]
     fn file_values_and_flags_over_file() {
-        let file: FileConfig = toml::from_str(
+        let file: Settings = toml::from_str(
             "listen = \"127.0.0.1:1\"\ncapture_bytes = 100000\ncapture_mode = \"socket\"\n",
         )
         .unwrap();
         let cli = Cli {
-            capture_bytes: Some(131072),
-            capture_mode: Some(CaptureMode::Syscall),
+            settings: Settings {
+                capture_bytes: Some(131072),
+                capture_mode: Some(CaptureMode::Syscall),
+                ..Settings::default()
+            },
             ..Cli::default()
         };
         let c = Config::merge(cli, file).unwrap();
@@ -436,7 +454,7 @@ mod tests {
 
     #[test]
     fn node_paths_and_collectors() {
-        let file: FileConfig =
+        let file: Settings =
             toml::from_str("[node]\nprocfs = \"/host/proc\"\ndisable = [\"pressure\"]\n").unwrap();
         let cli = Cli::try_parse_from([
             "nodetap",
@@ -451,7 +469,7 @@ mod tests {
         assert_eq!(c.node.sysfs, PathBuf::from("/host/sys"));
         assert_eq!(c.node.disable, vec!["pressure", "vmstat", "time"]);
         let cli = Cli::try_parse_from(["nodetap", "--collector.enable", "nosuch"]).unwrap();
-        let err = Config::merge(cli, FileConfig::default()).unwrap_err();
+        let err = Config::merge(cli, Settings::default()).unwrap_err();
         assert!(
             crate::error_chain(&err).contains("unknown node collector \"nosuch\""),
             "{}",
@@ -477,7 +495,7 @@ mod tests {
             from_toml("[[zones.subnets]]\ncidr = \"10.0.0.0/33\"\nzone = \"a\"\n").unwrap_err();
         assert_eq!(err, "bad zone configuration");
         let cli = Cli::try_parse_from(["nodetap", "--zone", "use1-az3"]).unwrap();
-        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        let c = Config::merge(cli, Settings::default()).unwrap();
         assert_eq!(c.zones.zone.as_deref(), Some("use1-az3"));
     }
 
@@ -493,7 +511,7 @@ mod tests {
             "socket",
         ])
         .unwrap();
-        let c = Config::merge(cli, FileConfig::default()).unwrap();
+        let c = Config::merge(cli, Settings::default()).unwrap();
         assert_eq!(
             (c.listen.port(), c.capture_bytes, c.capture_mode),
             (9999, 70000, CaptureMode::Socket)

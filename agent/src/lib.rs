@@ -1,7 +1,8 @@
 //! nodetap: an eBPF node telemetry agent.
 //!
-//! kernel events -> [`capture`] (connections, TCP bytes, [`protocols`]) -> [`metrics`] ->
-//! [`server`], which also serves the node_exporter-compatible [`collectors`].
+//! kernel events -> [`capture`] (connections, TCP bytes, [`protocols`]) -> request records
+//! -> [`signals`] (RED [`metrics`]) -> [`server`], which also serves the
+//! node_exporter-compatible [`collectors`].
 //! See ARCHITECTURE.md for the whole picture.
 
 pub mod agent;
@@ -15,6 +16,7 @@ pub mod preflight;
 pub mod probes;
 pub mod protocols;
 pub mod server;
+pub mod signals;
 
 /// An error and its causes, as one line: "what failed: because: because".
 pub fn error_chain(e: &dyn std::error::Error) -> String {

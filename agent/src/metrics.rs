@@ -4,10 +4,12 @@
 //! endpoint serves the Prometheus text format 0.0.4 instead (what node_exporter serves and
 //! every scraper reads), so [`to_prometheus_text`] converts the few lines that differ.
 
-use std::{fmt, sync::Arc};
+use std::fmt;
+
+use crate::metadata::workload::{Name, PeerZone, WorkloadLabels};
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
     registry::{Registry, Unit},
 };
@@ -142,34 +144,6 @@ pub struct ProtocolLabels {
     pub protocol: &'static str,
 }
 
-/// A label value shared between many series without copying (service names, mostly).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(pub Arc<str>);
-
-impl Default for Name {
-    fn default() -> Self {
-        Name::new("")
-    }
-}
-
-impl Name {
-    pub fn new(s: &str) -> Self {
-        Name(Arc::from(s))
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl EncodeLabelValue for Name {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), fmt::Error> {
-        fmt::Write::write_str(encoder, &self.0)
-    }
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TcpBytesLabels {
     pub direction: &'static str,
@@ -207,96 +181,6 @@ pub struct NetworkLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DirectionLabels {
     pub direction: &'static str,
-}
-
-/// Who a series is about: `k8s_namespace_name`, `k8s_pod_name`, `k8s_container_name`
-/// and `k8s_owner_name` for a pod the Kubernetes API told the agent about, and always
-/// `service_name` (a pod's owner, a systemd unit, else the process name). Labels
-/// without a value are left out rather than written empty.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WorkloadLabels(Arc<WorkloadFields>);
-
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WorkloadFields {
-    pub k8s: Option<PodLabels>,
-    pub service_name: Name,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PodLabels {
-    pub namespace: Name,
-    pub pod: Name,
-    /// Empty when the cgroup is the pod's own (no container) or the container is not
-    /// in the pod's status yet.
-    pub container: Name,
-    pub owner: Name,
-}
-
-impl WorkloadLabels {
-    /// A workload known only by its service name.
-    pub fn service(name: Name) -> Self {
-        Self(Arc::new(WorkloadFields {
-            k8s: None,
-            service_name: name,
-        }))
-    }
-
-    pub fn new(fields: WorkloadFields) -> Self {
-        Self(Arc::new(fields))
-    }
-
-    pub fn fields(&self) -> &WorkloadFields {
-        &self.0
-    }
-
-    pub fn service_name(&self) -> &Name {
-        &self.0.service_name
-    }
-}
-
-fn encode_label(
-    encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
-    name: &str,
-    value: &str,
-) -> Result<(), fmt::Error> {
-    prometheus_client::encoding::EncodeLabel::encode(&(name, value), encoder.encode_label())
-}
-
-impl EncodeLabelSet for WorkloadLabels {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
-    ) -> Result<(), fmt::Error> {
-        if let Some(k8s) = &self.0.k8s {
-            for (name, value) in [
-                ("k8s_namespace_name", &k8s.namespace),
-                ("k8s_pod_name", &k8s.pod),
-                ("k8s_container_name", &k8s.container),
-                ("k8s_owner_name", &k8s.owner),
-            ] {
-                if !value.0.is_empty() {
-                    encode_label(encoder, name, &value.0)?;
-                }
-            }
-        }
-        encode_label(encoder, "service_name", &self.0.service_name.0)
-    }
-}
-
-/// `peer_zone` on request metrics: the zone of the other end, left out when unknown.
-#[derive(Clone, Debug, Default, Hash, PartialEq, Eq)]
-pub struct PeerZone(pub Option<Name>);
-
-impl EncodeLabelSet for PeerZone {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelSetEncoder<'_>,
-    ) -> Result<(), fmt::Error> {
-        match &self.0 {
-            Some(zone) => encode_label(encoder, "peer_zone", &zone.0),
-            None => Ok(()),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -373,6 +257,97 @@ pub struct Metrics {
     pub zone_info: Family<ZoneInfoLabels, Gauge>,
 }
 
+/// Registers each family as it is made, so a family's name, help and handle are written
+/// once, side by side.
+struct Registrar<'a> {
+    registry: &'a mut Registry,
+    series_limit: usize,
+    series_dropped: Family<FamilyLabels, Counter>,
+}
+
+impl Registrar<'_> {
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+
+    /// A histogram family under the series limit. `name` is the exposed name, unit suffix
+    /// included (prometheus-client appends it to what it is given).
+    fn histograms<L>(
+        &mut self,
+        name: &'static str,
+        unit: Unit,
+        help: &str,
+        buckets: fn() -> Histogram,
+    ) -> LimitedHistograms<L>
+    where
+        L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+    {
+        let suffix = format!("_{}", unit.as_str());
+        let base = name
+            .strip_suffix(suffix.as_str())
+            .expect("a histogram's name ends in its unit");
+        let h = LimitedHistograms::new(
+            name,
+            self.series_limit,
+            self.series_dropped.clone(),
+            buckets,
+        );
+        self.registry
+            .register_with_unit(base, help, unit, h.family.clone());
+        h
+    }
+}
+
+/// The HTTP histograms of one side of the conversation.
+pub struct HttpFamilies<'a> {
+    pub duration: &'a LimitedHistograms<HttpLabels>,
+    pub request_size: &'a LimitedHistograms<HttpLabels>,
+    pub response_size: &'a LimitedHistograms<HttpLabels>,
+}
+
+/// The client family of a pair for a client's observation, the server one otherwise.
+fn by_role<'a, T>(role: agent_common::Role, client: &'a T, server: &'a T) -> &'a T {
+    match role {
+        agent_common::Role::Client => client,
+        agent_common::Role::Server | agent_common::Role::Unknown => server,
+    }
+}
+
+impl Metrics {
+    /// `db_{client,server}_operation_duration_seconds` by the observing side's role.
+    pub fn db_duration(&self, role: agent_common::Role) -> &LimitedHistograms<DbLabels> {
+        by_role(role, &self.db_client_duration, &self.db_server_duration)
+    }
+
+    /// `rpc_{client,server}_call_duration_seconds` by the observing side's role.
+    pub fn rpc_duration(&self, role: agent_common::Role) -> &LimitedHistograms<RpcLabels> {
+        by_role(role, &self.rpc_client_duration, &self.rpc_server_duration)
+    }
+
+    /// The `http_{client,server}_*` histograms by the observing side's role.
+    pub fn http(&self, role: agent_common::Role) -> HttpFamilies<'_> {
+        HttpFamilies {
+            duration: by_role(role, &self.http_client_duration, &self.http_server_duration),
+            request_size: by_role(
+                role,
+                &self.http_client_request_size,
+                &self.http_server_request_size,
+            ),
+            response_size: by_role(
+                role,
+                &self.http_client_response_size,
+                &self.http_server_response_size,
+            ),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ZoneInfoLabels {
     pub zone: String,
@@ -392,327 +367,236 @@ impl Metrics {
             "nodetap build information",
             Info::new(vec![("version", version.to_owned())]),
         );
-        let m = Metrics {
-            tcp_bytes: Family::default(),
-            tcp_syscalls: Family::default(),
-            tcp_opened: Family::default(),
-            tcp_closed: Family::default(),
-            events: Family::default(),
-            events_lost: Family::default(),
-            events_undecodable: Counter::default(),
-            connections_tracked: Gauge::default(),
-            connections_expired: Counter::default(),
-            connections_untracked: Counter::default(),
-            ringbuf_waiting: Gauge::default(),
-            ringbuf_size: Gauge::default(),
-            probe_attached: Family::default(),
-            capture_info: Family::default(),
-            capture_states: Counter::default(),
-            capture_non_tcp: Counter::default(),
-            db_client_duration: LimitedHistograms::new(
-                "db_client_operation_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            db_server_duration: LimitedHistograms::new(
-                "db_server_operation_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            http_client_duration: LimitedHistograms::new(
-                "http_client_request_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            http_server_duration: LimitedHistograms::new(
-                "http_server_request_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            http_client_request_size: LimitedHistograms::new(
-                "http_client_request_body_size_bytes",
-                series_limit,
-                series_dropped.clone(),
-                size_histogram,
-            ),
-            http_client_response_size: LimitedHistograms::new(
-                "http_client_response_body_size_bytes",
-                series_limit,
-                series_dropped.clone(),
-                size_histogram,
-            ),
-            http_server_request_size: LimitedHistograms::new(
-                "http_server_request_body_size_bytes",
-                series_limit,
-                series_dropped.clone(),
-                size_histogram,
-            ),
-            http_server_response_size: LimitedHistograms::new(
-                "http_server_response_body_size_bytes",
-                series_limit,
-                series_dropped.clone(),
-                size_histogram,
-            ),
-            rpc_client_duration: LimitedHistograms::new(
-                "rpc_client_call_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            rpc_server_duration: LimitedHistograms::new(
-                "rpc_server_call_duration_seconds",
-                series_limit,
-                series_dropped.clone(),
-                latency_histogram,
-            ),
-            series_dropped,
-            protocol_connections: Family::default(),
-            protocol_parse_errors: Family::default(),
-            protocol_stopped: Family::default(),
-            protocol_requests_lost: Family::default(),
-            protocol_timed_out: Family::default(),
-            network_bytes: Family::default(),
-            network_packets: Family::default(),
-            network_overflow_bytes: Family::default(),
-            network_overflow_packets: Family::default(),
-            network_flows: Gauge::default(),
-            network_flow_capacity: Gauge::default(),
-            kubernetes_pods: Gauge::default(),
-            kubernetes_nodes: Gauge::default(),
-            kubernetes_watch_errors: Counter::default(),
-            zone_info: Family::default(),
-            registry,
+        // Each family is registered where it is made, in exposition order.
+        let mut reg = Registrar {
+            registry: &mut registry,
+            series_limit,
+            series_dropped: series_dropped.clone(),
         };
-        let mut r = m.registry;
-        r.register(
-            "nodetap_tcp_bytes",
-            "Bytes moved by TCP socket syscalls (their return values), by the process that made them",
-            m.tcp_bytes.clone(),
-        );
-        r.register(
-            "nodetap_tcp_syscalls",
-            "TCP socket data syscalls that moved at least one byte",
-            m.tcp_syscalls.clone(),
-        );
-        r.register(
-            "nodetap_tcp_connections_opened",
-            "TCP connections opened by connect (client) or accept (server)",
-            m.tcp_opened.clone(),
-        );
-        r.register(
-            "nodetap_tcp_connections_closed",
-            "Tracked TCP connections that reached TCP_CLOSE",
-            m.tcp_closed.clone(),
-        );
-        r.register(
-            "nodetap_events",
-            "Events received from the kernel, by kind",
-            m.events.clone(),
-        );
-        r.register(
-            "nodetap_events_lost",
-            "Kernel events lost (ringbuf_full, pending_map_full, socket_unreadable) or sent without payload (payload_unreadable), by reason",
-            m.events_lost.clone(),
-        );
-        r.register(
-            "nodetap_events_undecodable",
-            "Ring buffer records that did not decode as events",
-            m.events_undecodable.clone(),
-        );
-        r.register(
-            "nodetap_connections_tracked",
-            "TCP connections in the agent's connection table",
-            m.connections_tracked.clone(),
-        );
-        r.register(
-            "nodetap_connections_expired",
-            "Connections removed from the table after being idle (their close was not seen)",
-            m.connections_expired.clone(),
-        );
-        r.register(
-            "nodetap_connections_untracked",
-            "Connections not added to the table because it was full (their bytes are still counted)",
-            m.connections_untracked.clone(),
-        );
-        r.register(
-            "nodetap_ringbuf_waiting_bytes",
-            "Bytes waiting in the event ring buffer when the last event was written",
-            m.ringbuf_waiting.clone(),
-        );
-        r.register(
-            "nodetap_ringbuf_size_bytes",
-            "Size of the event ring buffer",
-            m.ringbuf_size.clone(),
-        );
-        r.register(
-            "nodetap_probe_attached",
-            "1 if the kernel hook attached at start-up, 0 if not",
-            m.probe_attached.clone(),
-        );
-        r.register_with_unit(
-            "db_client_operation_duration",
-            "Duration of database operations seen from the client: first request byte written to last response byte read",
-            Unit::Seconds,
-            m.db_client_duration.family.clone(),
-        );
-        r.register_with_unit(
-            "db_server_operation_duration",
-            "Duration of database operations seen from the server: first request byte read to last response byte written",
-            Unit::Seconds,
-            m.db_server_duration.family.clone(),
-        );
-        let durations: [(&str, &str, &Histograms<HttpLabels>); 2] = [
-            (
-                "http_client_request_duration",
+        let m = Metrics {
+            tcp_bytes: reg.add(
+                "nodetap_tcp_bytes",
+                "Bytes moved by TCP socket syscalls (their return values), by the process that made them",
+                Family::default(),
+            ),
+            tcp_syscalls: reg.add(
+                "nodetap_tcp_syscalls",
+                "TCP socket data syscalls that moved at least one byte",
+                Family::default(),
+            ),
+            tcp_opened: reg.add(
+                "nodetap_tcp_connections_opened",
+                "TCP connections opened by connect (client) or accept (server)",
+                Family::default(),
+            ),
+            tcp_closed: reg.add(
+                "nodetap_tcp_connections_closed",
+                "Tracked TCP connections that reached TCP_CLOSE",
+                Family::default(),
+            ),
+            events: reg.add(
+                "nodetap_events",
+                "Events received from the kernel, by kind",
+                Family::default(),
+            ),
+            events_lost: reg.add(
+                "nodetap_events_lost",
+                "Kernel events lost (ringbuf_full, pending_map_full, socket_unreadable) or sent without payload (payload_unreadable), by reason",
+                Family::default(),
+            ),
+            events_undecodable: reg.add(
+                "nodetap_events_undecodable",
+                "Ring buffer records that did not decode as events",
+                Counter::default(),
+            ),
+            connections_tracked: reg.add(
+                "nodetap_connections_tracked",
+                "TCP connections in the agent's connection table",
+                Gauge::default(),
+            ),
+            connections_expired: reg.add(
+                "nodetap_connections_expired",
+                "Connections removed from the table after being idle (their close was not seen)",
+                Counter::default(),
+            ),
+            connections_untracked: reg.add(
+                "nodetap_connections_untracked",
+                "Connections not added to the table because it was full (their bytes are still counted)",
+                Counter::default(),
+            ),
+            ringbuf_waiting: reg.add(
+                "nodetap_ringbuf_waiting_bytes",
+                "Bytes waiting in the event ring buffer when the last event was written",
+                Gauge::default(),
+            ),
+            ringbuf_size: reg.add(
+                "nodetap_ringbuf_size_bytes",
+                "Size of the event ring buffer",
+                Gauge::default(),
+            ),
+            probe_attached: reg.add(
+                "nodetap_probe_attached",
+                "1 if the kernel hook attached at start-up, 0 if not",
+                Family::default(),
+            ),
+            db_client_duration: reg.histograms(
+                "db_client_operation_duration_seconds",
+                Unit::Seconds,
+                "Duration of database operations seen from the client: first request byte written to last response byte read",
+                latency_histogram,
+            ),
+            db_server_duration: reg.histograms(
+                "db_server_operation_duration_seconds",
+                Unit::Seconds,
+                "Duration of database operations seen from the server: first request byte read to last response byte written",
+                latency_histogram,
+            ),
+            http_client_duration: reg.histograms(
+                "http_client_request_duration_seconds",
+                Unit::Seconds,
                 "Duration of HTTP requests seen from the client: first request byte written to last response byte read",
-                &m.http_client_duration.family,
+                latency_histogram,
             ),
-            (
-                "http_server_request_duration",
+            http_server_duration: reg.histograms(
+                "http_server_request_duration_seconds",
+                Unit::Seconds,
                 "Duration of HTTP requests seen from the server: first request byte read to last response byte written",
-                &m.http_server_duration.family,
+                latency_histogram,
             ),
-        ];
-        for (name, help, family) in durations {
-            r.register_with_unit(name, help, Unit::Seconds, family.clone());
-        }
-        let sizes: [(&str, &str, &Histograms<HttpLabels>); 4] = [
-            (
-                "http_client_request_body_size",
+            http_client_request_size: reg.histograms(
+                "http_client_request_body_size_bytes",
+                Unit::Bytes,
                 "Size of HTTP request bodies sent by clients",
-                &m.http_client_request_size.family,
+                size_histogram,
             ),
-            (
-                "http_client_response_body_size",
+            http_client_response_size: reg.histograms(
+                "http_client_response_body_size_bytes",
+                Unit::Bytes,
                 "Size of HTTP response bodies received by clients",
-                &m.http_client_response_size.family,
+                size_histogram,
             ),
-            (
-                "http_server_request_body_size",
+            http_server_request_size: reg.histograms(
+                "http_server_request_body_size_bytes",
+                Unit::Bytes,
                 "Size of HTTP request bodies received by servers",
-                &m.http_server_request_size.family,
+                size_histogram,
             ),
-            (
-                "http_server_response_body_size",
+            http_server_response_size: reg.histograms(
+                "http_server_response_body_size_bytes",
+                Unit::Bytes,
                 "Size of HTTP response bodies sent by servers",
-                &m.http_server_response_size.family,
+                size_histogram,
             ),
-        ];
-        for (name, help, family) in sizes {
-            r.register_with_unit(name, help, Unit::Bytes, family.clone());
-        }
-        r.register_with_unit(
-            "rpc_client_call_duration",
-            "Duration of gRPC calls seen from the client: stream open to stream end",
-            Unit::Seconds,
-            m.rpc_client_duration.family.clone(),
-        );
-        r.register_with_unit(
-            "rpc_server_call_duration",
-            "Duration of gRPC calls seen from the server: stream open to stream end",
-            Unit::Seconds,
-            m.rpc_server_duration.family.clone(),
-        );
-        r.register(
-            "nodetap_capture_info",
-            "The capture tier in force: socket (sock_send/recv_length tracepoints) or syscall (syscall tracepoints); always 1",
-            m.capture_info.clone(),
-        );
-        r.register(
-            "nodetap_capture_connection_states",
-            "TCP connections the kernel side started keeping exact counters for",
-            m.capture_states.clone(),
-        );
-        r.register(
-            "nodetap_capture_non_tcp_sockets",
-            "Non-TCP sockets (Unix, UDP) the kernel side marked once so that their calls cost one lookup",
-            m.capture_non_tcp.clone(),
-        );
-        r.register(
-            "nodetap_series_dropped",
-            "Observations dropped because their series would pass the family's series limit",
-            m.series_dropped.clone(),
-        );
-        r.register(
-            "nodetap_protocol_connections",
-            "Connections recognised per protocol from their first client bytes (tls and unknown are not parsed)",
-            m.protocol_connections.clone(),
-        );
-        r.register(
-            "nodetap_protocol_parse_errors",
-            "Times a protocol parser lost the message framing of a connection",
-            m.protocol_parse_errors.clone(),
-        );
-        r.register(
-            "nodetap_protocol_connections_stopped",
-            "Connections whose parsing stopped for good, by reason: replication (Redis SYNC), upgrade (HTTP 101 or CONNECT), hpack_desync (HTTP/2 bytes lost)",
-            m.protocol_stopped.clone(),
-        );
-        r.register(
-            "nodetap_protocol_requests_lost",
-            "Requests that happened but no operation reports, by reason: capture_gap (bytes the parser needed were not copied), unparsable, queue_full, stopped",
-            m.protocol_requests_lost.clone(),
-        );
-        r.register(
-            "nodetap_protocol_requests_timed_out",
-            "Requests that never got a response (expired, dropped on lost framing, or open at close)",
-            m.protocol_timed_out.clone(),
-        );
-        r.register(
-            "nodetap_network_bytes",
-            "IP bytes on the wire (headers included, each segment of a GSO/GRO packet counted) sent or received by a workload's sockets, by zone pair",
-            m.network_bytes.clone(),
-        );
-        r.register(
-            "nodetap_network_packets",
-            "IP packets on the wire sent or received by a workload's sockets, by zone pair",
-            m.network_packets.clone(),
-        );
-        r.register(
-            "nodetap_network_overflow_bytes",
-            "IP bytes counted while the kernel flow table was full, so without workload or zone",
-            m.network_overflow_bytes.clone(),
-        );
-        r.register(
-            "nodetap_network_overflow_packets",
-            "IP packets counted while the kernel flow table was full, so without workload or zone",
-            m.network_overflow_packets.clone(),
-        );
-        r.register(
-            "nodetap_network_flows",
-            "Distinct flows (cgroup, local and remote address, direction) in the last drain of the kernel flow table",
-            m.network_flows.clone(),
-        );
-        r.register(
-            "nodetap_network_flow_capacity",
-            "Entries each kernel flow table holds",
-            m.network_flow_capacity.clone(),
-        );
-        r.register(
-            "nodetap_kubernetes_pods",
-            "Pods of this node known from the Kubernetes API",
-            m.kubernetes_pods.clone(),
-        );
-        r.register(
-            "nodetap_kubernetes_nodes",
-            "Nodes known from the Kubernetes API",
-            m.kubernetes_nodes.clone(),
-        );
-        r.register(
-            "nodetap_kubernetes_watch_errors",
-            "Errors of the Kubernetes pod and node watches (each followed by a retry)",
-            m.kubernetes_watch_errors.clone(),
-        );
-        r.register(
-            "nodetap_zone_info",
-            "This node's availability zone and where it came from (config, node_label, imds, unknown)",
-            m.zone_info.clone(),
-        );
-        Metrics { registry: r, ..m }
+            rpc_client_duration: reg.histograms(
+                "rpc_client_call_duration_seconds",
+                Unit::Seconds,
+                "Duration of gRPC calls seen from the client: stream open to stream end",
+                latency_histogram,
+            ),
+            rpc_server_duration: reg.histograms(
+                "rpc_server_call_duration_seconds",
+                Unit::Seconds,
+                "Duration of gRPC calls seen from the server: stream open to stream end",
+                latency_histogram,
+            ),
+            capture_info: reg.add(
+                "nodetap_capture_info",
+                "The capture tier in force: socket (sock_send/recv_length tracepoints) or syscall (syscall tracepoints); always 1",
+                Family::default(),
+            ),
+            capture_states: reg.add(
+                "nodetap_capture_connection_states",
+                "TCP connections the kernel side started keeping exact counters for",
+                Counter::default(),
+            ),
+            capture_non_tcp: reg.add(
+                "nodetap_capture_non_tcp_sockets",
+                "Non-TCP sockets (Unix, UDP) the kernel side marked once so that their calls cost one lookup",
+                Counter::default(),
+            ),
+            series_dropped: reg.add(
+                "nodetap_series_dropped",
+                "Observations dropped because their series would pass the family's series limit",
+                series_dropped.clone(),
+            ),
+            protocol_connections: reg.add(
+                "nodetap_protocol_connections",
+                "Connections recognised per protocol from their first client bytes (tls and unknown are not parsed)",
+                Family::default(),
+            ),
+            protocol_parse_errors: reg.add(
+                "nodetap_protocol_parse_errors",
+                "Times a protocol parser lost the message framing of a connection",
+                Family::default(),
+            ),
+            protocol_stopped: reg.add(
+                "nodetap_protocol_connections_stopped",
+                "Connections whose parsing stopped for good, by reason: replication (Redis SYNC), upgrade (HTTP 101 or CONNECT), hpack_desync (HTTP/2 bytes lost)",
+                Family::default(),
+            ),
+            protocol_requests_lost: reg.add(
+                "nodetap_protocol_requests_lost",
+                "Requests that happened but no operation reports, by reason: capture_gap (bytes the parser needed were not copied), unparsable, queue_full, stopped",
+                Family::default(),
+            ),
+            protocol_timed_out: reg.add(
+                "nodetap_protocol_requests_timed_out",
+                "Requests that never got a response (expired, dropped on lost framing, or open at close)",
+                Family::default(),
+            ),
+            network_bytes: reg.add(
+                "nodetap_network_bytes",
+                "IP bytes on the wire (headers included, each segment of a GSO/GRO packet counted) sent or received by a workload's sockets, by zone pair",
+                Family::default(),
+            ),
+            network_packets: reg.add(
+                "nodetap_network_packets",
+                "IP packets on the wire sent or received by a workload's sockets, by zone pair",
+                Family::default(),
+            ),
+            network_overflow_bytes: reg.add(
+                "nodetap_network_overflow_bytes",
+                "IP bytes counted while the kernel flow table was full, so without workload or zone",
+                Family::default(),
+            ),
+            network_overflow_packets: reg.add(
+                "nodetap_network_overflow_packets",
+                "IP packets counted while the kernel flow table was full, so without workload or zone",
+                Family::default(),
+            ),
+            network_flows: reg.add(
+                "nodetap_network_flows",
+                "Distinct flows (cgroup, local and remote address, direction) in the last drain of the kernel flow table",
+                Gauge::default(),
+            ),
+            network_flow_capacity: reg.add(
+                "nodetap_network_flow_capacity",
+                "Entries each kernel flow table holds",
+                Gauge::default(),
+            ),
+            kubernetes_pods: reg.add(
+                "nodetap_kubernetes_pods",
+                "Pods of this node known from the Kubernetes API",
+                Gauge::default(),
+            ),
+            kubernetes_nodes: reg.add(
+                "nodetap_kubernetes_nodes",
+                "Nodes known from the Kubernetes API",
+                Gauge::default(),
+            ),
+            kubernetes_watch_errors: reg.add(
+                "nodetap_kubernetes_watch_errors",
+                "Errors of the Kubernetes pod and node watches (each followed by a retry)",
+                Counter::default(),
+            ),
+            zone_info: reg.add(
+                "nodetap_zone_info",
+                "This node's availability zone and where it came from (config, node_label, imds, unknown)",
+                Family::default(),
+            ),
+            registry: Registry::default(),
+        };
+        Metrics { registry, ..m }
     }
 
     /// The whole exposition in Prometheus text format 0.0.4.

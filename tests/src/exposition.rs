@@ -68,6 +68,28 @@ pub struct Sample {
     pub timestamp_ms: Option<i64>,
 }
 
+impl Sample {
+    /// Whether the sample's labels include all of `labels` (it may have others too): the
+    /// one label match every series query in the tests and benches uses.
+    pub fn has_labels(&self, labels: &[(&str, &str)]) -> bool {
+        labels
+            .iter()
+            .all(|(k, v)| self.labels.get(*k).is_some_and(|x| x == v))
+    }
+}
+
+/// The samples named `name`, in any family, whose labels include all of `labels`.
+pub fn select<'a>(
+    families: &'a [Family],
+    name: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> impl Iterator<Item = &'a Sample> + 'a {
+    families
+        .iter()
+        .flat_map(|f| f.samples.iter())
+        .filter(move |s| s.name == name && s.has_labels(labels))
+}
+
 /// A metric family: its `# HELP` (unescaped), `# TYPE` and samples in file order.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Family {
@@ -91,12 +113,9 @@ impl Family {
         &'a self,
         labels: &'a [(&'a str, &'a str)],
     ) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.samples.iter().filter(move |s| {
-            s.name == self.name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+        self.samples
+            .iter()
+            .filter(move |s| s.name == self.name && s.has_labels(labels))
     }
 
     /// The value of the one sample named like the family whose labels include all of

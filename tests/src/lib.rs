@@ -257,6 +257,25 @@ impl Drop for Agent {
     }
 }
 
+/// A finished command, checked: every helper and tool a test runs must succeed.
+pub trait Checked {
+    /// The output of a command that ran and exited 0; otherwise panics naming `what`,
+    /// with the command's stderr.
+    fn checked(self, what: &str) -> std::process::Output;
+}
+
+impl Checked for std::io::Result<std::process::Output> {
+    fn checked(self, what: &str) -> std::process::Output {
+        let out = self.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+}
+
 /// The value of the series `name{labels}` in Prometheus text; labels must match
 /// exactly (all of them, in any order). Panics if the text is not valid exposition
 /// format: the agent's output must always parse.
@@ -272,16 +291,8 @@ pub fn sample_value(
     name: &str,
     labels: &[(&str, &str)],
 ) -> Option<f64> {
-    families
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .find(|s| {
-            s.name == name
-                && s.labels.len() == labels.len()
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+    exposition::select(families, name, labels)
+        .find(|s| s.labels.len() == labels.len())
         .map(|s| s.value)
 }
 
@@ -314,15 +325,7 @@ pub fn capture_tier(text: &str) -> String {
 /// The sum of the samples named `name` whose labels include all of `labels`.
 pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
-    families
-        .iter()
-        .flat_map(|f| f.samples.iter())
-        .filter(|s| {
-            s.name == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        })
+    exposition::select(&families, name, labels)
         .map(|s| s.value)
         .sum()
 }

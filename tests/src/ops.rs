@@ -18,14 +18,7 @@ impl OpCounts {
             crate::exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
         let name = format!("{family}_count");
         let mut counts = OpCounts::default();
-        for s in families.iter().flat_map(|f| f.samples.iter()) {
-            if s.name != name
-                || !labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-            {
-                continue;
-            }
+        for s in crate::exposition::select(&families, &name, labels) {
             let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
             counts.add(&label("db_operation_name"), &label("error_type"), s.value);
         }

@@ -1,6 +1,7 @@
 //! Real servers from Debian packages, started on free loopback ports with private data
 //! directories, stopped and removed on drop.
 
+use crate::Checked;
 use std::{
     net::TcpStream,
     os::unix::process::CommandExt,
@@ -123,19 +124,14 @@ impl PostgresServer {
         };
         chown(&dir.0);
         let data = dir.0.join("data");
-        let out = Command::new(postgres_bin("initdb"))
+        Command::new(postgres_bin("initdb"))
             .arg("-D")
             .arg(&data)
             .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"])
             .uid(uid)
             .gid(gid)
             .output()
-            .expect("run initdb");
-        assert!(
-            out.status.success(),
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .checked("run initdb");
         let port = free_port();
         let mut cmd = Command::new(postgres_bin("postgres"));
         cmd.arg("-D")

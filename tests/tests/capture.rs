@@ -3,7 +3,7 @@
 
 use std::{process::Command, time::Duration};
 
-use nodetap_tests::{helper_bin, metric_value, unique_name, Agent};
+use nodetap_tests::{helper_bin, metric_value, unique_name, Agent, Checked};
 use serde_json::Value;
 
 /// What tcpgen reported doing.
@@ -39,12 +39,7 @@ fn run_tcpgen(
             &reply.to_string(),
         ])
         .output()
-        .expect("run tcpgen");
-    assert!(
-        out.status.success(),
-        "tcpgen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked("run tcpgen");
     let report: Value = serde_json::from_slice(&out.stdout).expect("tcpgen prints JSON");
     Transfer { name, report }
 }

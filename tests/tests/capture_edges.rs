@@ -14,7 +14,7 @@ use std::{
 
 use nodetap_tests::{
     capture_tier, exposition, helper_bin, lines_with, metric_sum, serial, servers::RedisServer,
-    tcp_bytes, unique_name, Agent,
+    tcp_bytes, unique_name, Agent, Checked,
 };
 use serde_json::Value;
 
@@ -23,12 +23,7 @@ fn edgegen(name: &str, args: &[&str]) -> Value {
         .arg(name)
         .args(args)
         .output()
-        .expect("run edgegen");
-    assert!(
-        out.status.success(),
-        "edgegen {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked(&format!("edgegen {args:?}"));
     serde_json::from_slice(&out.stdout).expect("edgegen prints JSON")
 }
 
@@ -98,18 +93,12 @@ fn series_by(
 ) -> BTreeMap<Vec<String>, f64> {
     let families = exposition::parse(text).unwrap_or_else(|e| panic!("invalid exposition: {e:?}"));
     let mut out = BTreeMap::new();
-    for s in families.iter().flat_map(|f| f.samples.iter()) {
-        if s.name == name
-            && filter
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-        {
-            let key = keys
-                .iter()
-                .map(|k| s.labels.get(*k).cloned().unwrap_or_default())
-                .collect();
-            *out.entry(key).or_default() += s.value;
-        }
+    for s in exposition::select(&families, name, filter) {
+        let key = keys
+            .iter()
+            .map(|k| s.labels.get(*k).cloned().unwrap_or_default())
+            .collect();
+        *out.entry(key).or_default() += s.value;
     }
     out
 }

@@ -9,7 +9,9 @@
 
 use std::{process::Command, time::Duration};
 
-use nodetap_tests::{capture_tier, helper_bin, lines_with, serial, tcp_bytes, unique_name, Agent};
+use nodetap_tests::{
+    capture_tier, helper_bin, lines_with, serial, tcp_bytes, unique_name, Agent, Checked,
+};
 use serde_json::Value;
 
 #[test]
@@ -21,12 +23,7 @@ fn fd_reused_as_socket_after_close_dup_close_range_and_exec_counts_exact_bytes()
     let out = Command::new(helper_bin("fdgen"))
         .args([&name, &rounds.to_string()])
         .output()
-        .expect("run fdgen");
-    assert!(
-        out.status.success(),
-        "fdgen failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked("run fdgen");
     let report: Value = serde_json::from_slice(&out.stdout).expect("fdgen prints JSON");
     let reused = report["reused"].as_array().expect("reused list");
     assert_eq!(reused.len(), 5, "five ways of reusing an fd: {report}");

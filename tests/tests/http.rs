@@ -8,7 +8,7 @@ use nodetap_tests::{
     http1::{HttpClient, Response},
     metric_value, own_process_name,
     servers::{grpc_peer, GrpcServer, Nginx},
-    Agent,
+    Agent, Checked,
 };
 
 fn http_series(text: &str, family: &str, labels: [(&str, &str); 5]) -> f64 {
@@ -212,7 +212,7 @@ fn http1_and_h2c_requests_exact_on_both_sides() {
 fn grpc_calls_exact_on_both_sides() {
     let server = GrpcServer::start();
     let agent = Agent::start(&[]);
-    let out = Command::new("python3")
+    Command::new("python3")
         .arg(grpc_peer())
         .args([
             "client",
@@ -223,12 +223,7 @@ fn grpc_calls_exact_on_both_sides() {
             "stream:4",
         ])
         .output()
-        .expect("grpc client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked("grpc client");
 
     let port = server.port.to_string();
     let expected = [

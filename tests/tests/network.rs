@@ -106,10 +106,7 @@ fn totals(text: &str, labels: &[(&str, &str)]) -> [(u64, u64); 2] {
     let mut out = [(0u64, 0u64); 2];
     for f in &families {
         for s in &f.samples {
-            let matches = labels
-                .iter()
-                .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v));
-            if !matches {
+            if !s.has_labels(labels) {
                 continue;
             }
             let dir = match s.labels.get("direction").map(String::as_str) {

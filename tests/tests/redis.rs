@@ -8,7 +8,7 @@ use nodetap_tests::{
     metric_value, own_process_name,
     resp::{Reply, RespClient},
     servers::RedisServer,
-    Agent,
+    Agent, Checked,
 };
 
 struct Ops<'a> {
@@ -86,7 +86,7 @@ fn redis_operations_exact_on_both_sides() {
     drop(client);
 
     // redis-benchmark pipelining 16 deep: 1600 SETs on one connection.
-    let out = Command::new("redis-benchmark")
+    Command::new("redis-benchmark")
         .args([
             "-p",
             &redis.port.to_string(),
@@ -101,12 +101,7 @@ fn redis_operations_exact_on_both_sides() {
             "-q",
         ])
         .output()
-        .expect("redis-benchmark");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .checked("redis-benchmark");
 
     let port = redis.port.to_string();
     let expected_client = [

@@ -1,13 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | test-kernels | bench <what>`.
 
 mod bench;
-mod bench_bystander;
-mod bench_capture;
-mod bench_cost;
-mod bench_db;
-mod bench_http;
-mod bench_network;
-mod bench_node;
 mod test_kernels;
 
 use std::{
@@ -130,7 +123,7 @@ fn exec(bin: &Path, args: &[String]) -> std::io::Error {
 
 /// Debian packages the build and tests need, with a file that shows each is installed.
 const PACKAGES: &[(&str, &str)] = &[
-    // Debian's rustc with a prebuilt `core` for bpfel-unknown-none (PLATFORM.md).
+    // Debian's rustc with a prebuilt `core` for bpfel-unknown-none (docs/design.md).
     ("rustc-web", "/usr/bin/rustc"),
     (
         "libstd-rust-web-dev-bpf",

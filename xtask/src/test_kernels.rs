@@ -3,7 +3,7 @@
 //! EKS nodes run kernel 6.1 (Amazon Linux 2023), below the socket capture tier's 6.3
 //! floor; the build machines run a newer kernel. This task boots Debian's 6.1 cloud
 //! kernel (BTF and kprobes on) under plain emulation (TCG: the KVM guest hangs at boot
-//! on the build machines, see PLATFORM.md) with an initramfs holding the release agent,
+//! on the build machines, see docs/design.md) with an initramfs holding the release agent,
 //! the test programs and `guest_init` (tests/src/bin/guest_init.rs), which runs the
 //! checks and prints one `NODETAP-TEST <name> PASS|FAIL <detail>` line each.
 //! Nothing is installed on the host: the kernel package is downloaded and unpacked
@@ -350,7 +350,7 @@ fn boot(kernel: &Path, initramfs: &Path, console: &Path, opts: &Options) -> Resu
         cmdline.push_str(&format!(" nodetap.capture_mode={mode}"));
     }
     let mut cmd = Command::new("qemu-system-x86_64");
-    // TCG, not KVM: a KVM guest hangs at boot on the build machines (PLATFORM.md).
+    // TCG, not KVM: a KVM guest hangs at boot on the build machines (docs/design.md).
     cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1G"])
         .args(["-smp", &opts.smp.to_string()])
         .args(["-nodefaults", "-display", "none", "-serial", "stdio"])

@@ -1,11 +1,13 @@
 //! Capture: kernel records into a connection table, exact per-workload TCP metrics, the
 //! byte streams the protocol sessions parse, and the instructions that tell the kernel
-//! what to copy of each connection.
+//! what to copy of each connection. What the sessions produce leaves through
+//! `record.rs`: requests to the signals, health to the protocol counters.
 
 pub mod event;
 mod id_hash;
 pub mod instructions;
 pub mod listeners;
+mod record;
 pub mod stream;
 
 use std::{collections::HashMap, sync::Arc};
@@ -15,38 +17,23 @@ use event::Counted;
 use prometheus_client::metrics::counter::Counter;
 
 use crate::{
-    metadata::identity::Identity,
-    metrics::{
-        ConnectionLabels, DbLabels, HttpLabels, KindLabels, Metrics, Name, PeerZone,
-        ProtocolLabels, ProtocolReasonLabels, RpcLabels, TcpBytesLabels, TcpSyscallLabels,
-        WorkloadLabels,
+    metadata::{
+        identity::Identity,
+        workload::{Name, PeerZone, WorkloadLabels},
     },
+    metrics::{ConnectionLabels, KindLabels, Metrics, TcpBytesLabels, TcpSyscallLabels},
     protocols::{
-        http1::{HttpExchange, RoutePatterns},
-        http2::H2Exchange,
-        Chunk, Completed, ConnectionProtocol, FeedOutcome, Operation, Protocol,
+        http1::RoutePatterns, Chunk, ConnectionProtocol, FeedOutcome, Protocol, Request,
+        SessionHealth, SessionOptions,
     },
+    signals::Signal,
 };
 use event::{Common, Endpoints, Event};
 use id_hash::IdMap;
 use instructions::{InstructionSink, Wanted};
 use listeners::Listeners;
+use record::{record_health, record_requests};
 use stream::Stream;
-
-pub fn role_label(role: Role) -> &'static str {
-    match role {
-        Role::Client => "client",
-        Role::Server => "server",
-        Role::Unknown => "unknown",
-    }
-}
-
-pub fn direction_label(direction: Direction) -> &'static str {
-    match direction {
-        Direction::Transmit => "transmit",
-        Direction::Receive => "receive",
-    }
-}
 
 /// A TCP connection as the agent knows it.
 pub struct Connection {
@@ -98,8 +85,8 @@ impl ConnCounters {
     ) -> &Counter {
         self.bytes[direction as usize].get_or_insert_with(|| {
             metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
-                direction: direction_label(direction),
-                role: role_label(role),
+                direction: direction.label(),
+                role: role.label(),
                 workload: workload.clone(),
             })
         })
@@ -115,8 +102,8 @@ impl ConnCounters {
     ) -> &Counter {
         self.calls[direction as usize][syscall as usize % CALL_KINDS].get_or_insert_with(|| {
             metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
-                direction: direction_label(direction),
-                role: role_label(role),
+                direction: direction.label(),
+                role: role.label(),
                 syscall: syscall.name(),
                 workload: workload.clone(),
             })
@@ -218,13 +205,13 @@ impl Connection {
             // Nothing to parse: counters only.
             ConnectionProtocol::Ignored => Wanted::counts_only(),
             _ if self.role == Role::Unknown => Wanted::counts_only(),
-            ConnectionProtocol::Parsing(session) => {
+            ConnectionProtocol::Parsing(..) => {
                 let mut wanted = Wanted::parse();
                 for direction in [Direction::Transmit, Direction::Receive] {
                     let d = direction as usize;
                     let from_client = self.sent_by_client(direction).unwrap_or(true);
                     wanted.fed[d] = self.streams[d].fed();
-                    wanted.skip_until[d] = wanted.fed[d] + session.skip_hint(from_client);
+                    wanted.skip_until[d] = wanted.fed[d] + self.protocol.skip_hint(from_client);
                 }
                 wanted
             }
@@ -292,8 +279,12 @@ pub struct Tracker {
     closed: RecentlyClosed,
     /// Connections whose close was reported, waiting out the grace period.
     closing: Vec<u64>,
-    /// Reused buffers of what sessions completed.
-    done: Completed,
+    /// What new protocol sessions are given.
+    sessions: SessionOptions,
+    /// Where completed requests go (see [`crate::signals::registered`]).
+    signals: Vec<Box<dyn Signal>>,
+    /// Reused buffer of what sessions completed.
+    done: Vec<Request>,
     /// `nodetap_events_total` by kind, resolved once (one per record is hot).
     event_counters: [Counter; event::EVENT_KINDS.len()],
 }
@@ -313,11 +304,15 @@ impl Tracker {
             identity,
             process_names: HashMap::new(),
             procfs: procfs.to_path_buf(),
-            opts,
             instructions,
             closed: RecentlyClosed::default(),
             closing: Vec::new(),
-            done: Completed::default(),
+            sessions: SessionOptions {
+                http_routes: opts.http_routes.clone(),
+            },
+            opts,
+            signals: crate::signals::registered(&metrics),
+            done: Vec::new(),
             event_counters: event::EVENT_KINDS
                 .map(|kind| metrics.events.get_or_create_owned(&KindLabels { kind })),
             metrics,
@@ -407,8 +402,9 @@ impl Tracker {
                 parse(
                     conn,
                     &mut self.done,
+                    &self.sessions,
+                    &self.signals,
                     &self.metrics,
-                    &self.opts.http_routes,
                     common,
                     direction,
                     &segment,
@@ -457,7 +453,7 @@ impl Tracker {
             self.metrics
                 .tcp_opened
                 .get_or_create(&ConnectionLabels {
-                    role: role_label(role),
+                    role: role.label(),
                     workload: conn.workload.clone(),
                 })
                 .inc();
@@ -495,9 +491,9 @@ impl Tracker {
     /// segment never came are fed, what the session still completes is recorded, what
     /// stays open never got a response.
     fn finish_session(&mut self, conn: &mut Connection) {
-        if matches!(conn.protocol, ConnectionProtocol::Parsing(_)) {
+        if matches!(conn.protocol, ConnectionProtocol::Parsing(..)) {
             self.done.clear();
-            let mut health = crate::protocols::SessionHealth::default();
+            let mut health = SessionHealth::default();
             for direction in [Direction::Transmit, Direction::Receive] {
                 let Some(from_client) = conn.sent_by_client(direction) else {
                     continue;
@@ -511,18 +507,17 @@ impl Tracker {
                         start_ns: at,
                         end_ns: at,
                     };
-                    let o =
-                        protocol.feed(from_client, &chunk, &self.opts.http_routes, &mut self.done);
+                    let o = protocol.feed(from_client, &chunk, &self.sessions, &mut self.done);
                     health.merge(&o.health);
                 });
             }
-            let protocol = conn.protocol.session_mut().map(|s| s.protocol());
+            let protocol = conn.protocol.session_mut().map(|(p, _)| p);
             self.record_results(conn, protocol, health);
         }
-        let Some(session) = conn.protocol.session_mut() else {
+        let Some((protocol, session)) = conn.protocol.session_mut() else {
             return;
         };
-        let protocol = Some(session.protocol());
+        let protocol = Some(protocol);
         self.done.clear();
         session.finish(&mut self.done);
         let mut health = session.take_health();
@@ -532,27 +527,9 @@ impl Tracker {
     }
 
     /// Records what a connection's session completed (in `self.done`) and its health.
-    fn record_results(
-        &self,
-        conn: &Connection,
-        protocol: Option<Protocol>,
-        health: crate::protocols::SessionHealth,
-    ) {
-        record_completed(
-            &self.metrics,
-            conn,
-            protocol,
-            &self.done,
-            &self.opts.http_routes,
-        );
-        record_health(
-            &self.metrics,
-            protocol,
-            &FeedOutcome {
-                detected: None,
-                health,
-            },
-        );
+    fn record_results(&self, conn: &Connection, protocol: Option<Protocol>, health: SessionHealth) {
+        record_requests(&self.signals, conn, protocol, &self.done);
+        record_health(&self.metrics, protocol, &FeedOutcome::health(health));
     }
 
     /// A close record: the connection ends after a short grace period, because records
@@ -598,7 +575,7 @@ impl Tracker {
             self.metrics
                 .tcp_closed
                 .get_or_create(&ConnectionLabels {
-                    role: role_label(conn.role),
+                    role: conn.role.label(),
                     workload: conn.workload.clone(),
                 })
                 .inc();
@@ -617,18 +594,11 @@ impl Tracker {
         let timeout = self.opts.idle_timeout_ns;
         let request_timeout = self.opts.request_timeout_ns;
         for conn in self.conns.values_mut() {
-            if let Some(session) = conn.protocol.session_mut() {
-                let protocol = Some(session.protocol());
+            if let Some((protocol, session)) = conn.protocol.session_mut() {
+                let protocol = Some(protocol);
                 session.expire(now_ns, request_timeout);
                 let health = session.take_health();
-                record_health(
-                    &self.metrics,
-                    protocol,
-                    &FeedOutcome {
-                        detected: None,
-                        health,
-                    },
-                );
+                record_health(&self.metrics, protocol, &FeedOutcome::health(health));
             }
         }
         let idle: Vec<u64> = self
@@ -655,13 +625,16 @@ impl Tracker {
     }
 }
 
-/// Feeds one segment of a call's bytes to the connection's protocol session and
-/// records the operations it completes.
+/// Feeds one segment of a call's bytes to the connection's protocol session and hands
+/// out the requests it completes. A free function over the tracker's parts, so the one
+/// table lookup per record serves the whole record.
+#[allow(clippy::too_many_arguments)]
 fn parse(
     conn: &mut Connection,
-    done: &mut Completed,
+    done: &mut Vec<Request>,
+    sessions: &SessionOptions,
+    signals: &[Box<dyn Signal>],
     metrics: &Metrics,
-    routes: &Arc<RoutePatterns>,
     common: &Common,
     direction: Direction,
     segment: &stream::Segment<'_>,
@@ -673,13 +646,13 @@ fn parse(
         conn.streams[direction as usize].skip_to(segment);
         return;
     }
-    // Timing (DESIGN.md): a write's first byte leaves when the call starts; a read's
+    // Timing (docs/design.md): a write's first byte leaves when the call starts; a read's
     // bytes are in hand when it returns. Either ends at the return.
     let start_ns = match direction {
         Direction::Transmit => common.enter_ns,
         Direction::Receive => common.exit_ns,
     };
-    let before = conn.protocol.session_mut().map(|s| s.protocol());
+    let before = conn.protocol.session_mut().map(|(p, _)| p);
     done.clear();
     let mut outcome = FeedOutcome::default();
     let protocol = &mut conn.protocol;
@@ -690,7 +663,7 @@ fn parse(
             start_ns,
             end_ns: common.exit_ns,
         };
-        let o = protocol.feed(from_client, &chunk, routes, done);
+        let o = protocol.feed(from_client, &chunk, sessions, done);
         outcome.detected = outcome.detected.or(o.detected);
         outcome.health.merge(&o.health);
     });
@@ -712,235 +685,8 @@ fn parse(
             segment.call_offset,
         );
     }
-    record_completed(metrics, conn, protocol, done, routes);
+    record_requests(signals, conn, protocol, done);
     record_health(metrics, protocol, &outcome);
-}
-
-/// Records what a connection's session completed.
-fn record_completed(
-    metrics: &Metrics,
-    conn: &Connection,
-    protocol: Option<Protocol>,
-    done: &Completed,
-    routes: &RoutePatterns,
-) {
-    if done.is_empty() {
-        return;
-    }
-    record_operations(metrics, conn, protocol, &done.ops);
-    record_http1(metrics, conn, &done.http);
-    record_h2(metrics, conn, &done.h2, routes);
-}
-
-/// The server end of a connection, and whether the connection's owner is the client.
-fn server_end(conn: &Connection) -> Option<(std::net::SocketAddr, bool)> {
-    let endpoints = conn.endpoints?;
-    match conn.role {
-        Role::Client => Some((endpoints.remote, true)),
-        Role::Server => Some((endpoints.local, false)),
-        Role::Unknown => None,
-    }
-}
-
-/// HTTP/1 exchanges; the session already applied the user's patterns to the route.
-fn record_http1(metrics: &Metrics, conn: &Connection, exchanges: &[HttpExchange]) {
-    let Some((server, client_side)) = server_end(conn) else {
-        return;
-    };
-    for ex in exchanges {
-        let labels = HttpLabels {
-            http_request_method: ex.method,
-            http_response_status_code: ex.status,
-            http_route: ex.route.clone(),
-            server_port: server.port(),
-            peer: conn.peer_zone.clone(),
-            workload: conn.workload.clone(),
-        };
-        let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
-        record_http(
-            metrics,
-            client_side,
-            &labels,
-            seconds,
-            ex.request_body_bytes,
-            ex.response_body_bytes,
-        );
-    }
-}
-
-/// gRPC status UNKNOWN (2): a stream reset without grpc-status failed for a reason the
-/// wire does not say.
-const GRPC_UNKNOWN: u32 = 2;
-
-/// HTTP/2 streams: gRPC calls in the rpc families, the rest as HTTP requests.
-fn record_h2(
-    metrics: &Metrics,
-    conn: &Connection,
-    exchanges: &[H2Exchange],
-    routes: &RoutePatterns,
-) {
-    let Some((server, client_side)) = server_end(conn) else {
-        return;
-    };
-    for ex in exchanges {
-        let seconds = ex.end_ns.saturating_sub(ex.start_ns) as f64 / 1e9;
-        if let Some(grpc) = &ex.grpc {
-            let labels = RpcLabels {
-                rpc_system: "grpc",
-                rpc_service: grpc.service.clone(),
-                rpc_method: grpc.method.clone(),
-                rpc_grpc_status_code: grpc.status.unwrap_or(GRPC_UNKNOWN),
-                server_port: server.port(),
-                peer: conn.peer_zone.clone(),
-                workload: conn.workload.clone(),
-            };
-            let family = if client_side {
-                &metrics.rpc_client_duration
-            } else {
-                &metrics.rpc_server_duration
-            };
-            family.observe(&labels, seconds);
-            continue;
-        }
-        let labels = HttpLabels {
-            http_request_method: crate::protocols::http1::method_label(ex.method.as_bytes()),
-            http_response_status_code: ex.status,
-            http_route: routes
-                .matches(&ex.path)
-                .map(str::to_owned)
-                .unwrap_or_else(|| crate::protocols::http1::normalize_route(&ex.path)),
-            server_port: server.port(),
-            peer: conn.peer_zone.clone(),
-            workload: conn.workload.clone(),
-        };
-        record_http(
-            metrics,
-            client_side,
-            &labels,
-            seconds,
-            ex.request_body_bytes,
-            ex.response_body_bytes,
-        );
-    }
-}
-
-fn record_http(
-    metrics: &Metrics,
-    client_side: bool,
-    labels: &HttpLabels,
-    seconds: f64,
-    request_body: u64,
-    response_body: u64,
-) {
-    let (duration, request_size, response_size) = if client_side {
-        (
-            &metrics.http_client_duration,
-            &metrics.http_client_request_size,
-            &metrics.http_client_response_size,
-        )
-    } else {
-        (
-            &metrics.http_server_duration,
-            &metrics.http_server_request_size,
-            &metrics.http_server_response_size,
-        )
-    };
-    duration.observe(labels, seconds);
-    request_size.observe(labels, request_body as f64);
-    response_size.observe(labels, response_body as f64);
-}
-
-/// Observes each operation in the client or server duration histogram.
-fn record_operations(
-    metrics: &Metrics,
-    conn: &Connection,
-    protocol: Option<Protocol>,
-    ops: &[Operation],
-) {
-    if ops.is_empty() {
-        return;
-    }
-    let (Some(protocol), Some(endpoints)) = (protocol, conn.endpoints) else {
-        return;
-    };
-    let (family, server) = match conn.role {
-        Role::Client => (&metrics.db_client_duration, endpoints.remote),
-        Role::Server => (&metrics.db_server_duration, endpoints.local),
-        Role::Unknown => return,
-    };
-    let server_address = Name::new(&server.ip().to_string());
-    for op in ops {
-        let labels = DbLabels {
-            db_system_name: protocol.label(),
-            db_operation_name: op.name,
-            error_type: op.error_type.clone(),
-            server_address: server_address.clone(),
-            server_port: server.port(),
-            peer: conn.peer_zone.clone(),
-            workload: conn.workload.clone(),
-        };
-        let seconds = op.end_ns.saturating_sub(op.start_ns) as f64 / 1e9;
-        family.observe(&labels, seconds);
-    }
-}
-
-fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOutcome) {
-    if let Some(detected) = outcome.detected {
-        metrics
-            .protocol_connections
-            .get_or_create(&ProtocolLabels {
-                protocol: detected.label(),
-            })
-            .inc();
-    }
-    let Some(protocol) = protocol else {
-        return;
-    };
-    let labels = ProtocolLabels {
-        protocol: protocol.label(),
-    };
-    let h = &outcome.health;
-    if h.parse_errors > 0 {
-        metrics
-            .protocol_parse_errors
-            .get_or_create(&labels)
-            .inc_by(h.parse_errors);
-    }
-    if h.timed_out > 0 {
-        metrics
-            .protocol_timed_out
-            .get_or_create(&labels)
-            .inc_by(h.timed_out);
-    }
-    if let Some(reason) = h.stopped {
-        metrics
-            .protocol_stopped
-            .get_or_create(&ProtocolReasonLabels {
-                protocol: protocol.label(),
-                reason: reason.label(),
-            })
-            .inc();
-    }
-    for (reason, n) in h.lost.iter() {
-        if n > 0 {
-            metrics
-                .protocol_requests_lost
-                .get_or_create(&ProtocolReasonLabels {
-                    protocol: protocol.label(),
-                    reason: reason.label(),
-                })
-                .inc_by(n);
-        }
-    }
-    if h.tls {
-        // A PostgreSQL connection that negotiated TLS: counted as TLS too, not parsed.
-        metrics
-            .protocol_connections
-            .get_or_create(&ProtocolLabels {
-                protocol: Protocol::Tls.label(),
-            })
-            .inc();
-    }
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, so kernel and agent times compare.

@@ -12,7 +12,7 @@ use super::{
     cgroup::{parse_cgroup_path, CgroupResolver, Workload},
     zones::{ZoneMap, UNKNOWN},
 };
-use crate::metrics::{Name, PodLabels, WorkloadFields, WorkloadLabels};
+use crate::metadata::workload::{Name, PodLabels, WorkloadFields, WorkloadLabels};
 
 /// Pod metadata by pod UID and container id, from wherever it comes (the Kubernetes
 /// watch). Returns `None` for a pod it does not know.

@@ -613,15 +613,15 @@ impl super::identity::PodDirectory for KubePods {
         &self,
         pod_uid: &str,
         container_id: Option<&str>,
-    ) -> Option<crate::metrics::PodLabels> {
-        use crate::metrics::Name;
+    ) -> Option<crate::metadata::workload::PodLabels> {
+        use crate::metadata::workload::Name;
         let index = self.0.read().unwrap_or_else(|e| e.into_inner());
         let pod = index.pod(&canonical_pod_uid(pod_uid))?;
         let container = container_id
             .and_then(|id| pod.containers.get(id))
             .map(String::as_str)
             .unwrap_or("");
-        Some(crate::metrics::PodLabels {
+        Some(crate::metadata::workload::PodLabels {
             namespace: Name::new(&pod.namespace),
             pod: Name::new(&pod.name),
             container: Name::new(container),
@@ -641,34 +641,21 @@ impl super::identity::PodDirectory for KubePods {
 /// the next zone source.
 const NODE_LABEL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Keeps the zone map's Kubernetes nodes, this node's zone and the watch metrics in step
-/// with the index, checking once a second.
+/// Keeps the zone map's Kubernetes nodes and this node's zone (`node_name`'s label) in
+/// step with the index, checking once a second.
 pub async fn follow(
-    config: crate::config::Config,
+    node_name: String,
+    local_zone: super::local_zone::LocalZoneSettings,
     index: SharedIndex,
-    stats: Arc<KubeStats>,
     zones: super::identity::SharedZones,
-    metrics: Arc<crate::metrics::Metrics>,
+    report: super::local_zone::ZoneReport,
 ) {
-    let node_name = config.kubernetes.node_name.clone();
     let started = std::time::Instant::now();
     let mut seen_generation = None;
     let mut local_label: Option<Option<String>> = None;
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         tick.tick().await;
-        metrics
-            .kubernetes_pods
-            .set(stats.pods.load(Ordering::Relaxed) as i64);
-        metrics
-            .kubernetes_nodes
-            .set(stats.nodes.load(Ordering::Relaxed) as i64);
-        let errors = stats.watch_errors.load(Ordering::Relaxed);
-        let exported = metrics.kubernetes_watch_errors.get();
-        metrics
-            .kubernetes_watch_errors
-            .inc_by(errors.saturating_sub(exported));
-
         let (generation, nodes, label) = {
             let index = index.read().unwrap_or_else(|e| e.into_inner());
             let generation = index.nodes_generation();
@@ -704,7 +691,7 @@ pub async fn follow(
                 );
             }
             local_label = Some(label_now.clone());
-            super::local_zone::resolve_with_label(&config, label_now, &zones, &metrics).await;
+            super::local_zone::resolve_with_label(&local_zone, label_now, &zones, &report).await;
         }
     }
 }

@@ -1,16 +1,30 @@
 //! Deciding this node's zone at start-up: configuration, else the Kubernetes node's
 //! zone label, else EC2 instance metadata (only on EC2), else `unknown`.
 
-use std::{path::Path, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use super::{
     identity::SharedZones,
-    zones::{imds_availability_zone, local_zone, ZoneSource},
+    imds::imds_availability_zone,
+    zones::{local_zone, ZoneConfig, ZoneSource},
 };
-use crate::{
-    config::Config,
-    metrics::{Metrics, ZoneInfoLabels},
-};
+
+/// What deciding this node's zone needs to know (from the configuration).
+#[derive(Clone, Debug)]
+pub struct LocalZoneSettings {
+    /// The `[zones]` table: a configured zone, the IMDS endpoint and timeout.
+    pub zones: ZoneConfig,
+    /// Whether the user set the IMDS endpoint (else it is asked only on EC2).
+    pub imds_endpoint_set: bool,
+    /// Where the host's sysfs is (DMI says whether this is EC2).
+    pub sysfs: PathBuf,
+}
+
+/// Where the decided zone and its source are reported (the agent's `nodetap_zone_info`).
+pub type ZoneReport = Arc<dyn Fn(&str, ZoneSource) + Send + Sync>;
 
 /// Whether DMI (or the Xen hypervisor id on older instance types) says this machine is
 /// an EC2 instance. The default IMDS address is link-local: asking it anywhere else
@@ -29,13 +43,13 @@ pub fn on_ec2(sysfs: &Path) -> bool {
             .starts_with("ec2")
 }
 
-/// Decides the zone, puts it in the zone map and in `nodetap_zone_info`. `node_label`
-/// is the Kubernetes node's zone label when the agent runs on Kubernetes.
+/// Decides the zone, puts it in the zone map and reports it. `node_label` is the
+/// Kubernetes node's zone label when the agent runs on Kubernetes.
 pub async fn resolve_with_label(
-    config: &Config,
+    config: &LocalZoneSettings,
     node_label: Option<String>,
     zones: &SharedZones,
-    metrics: &Metrics,
+    report: &ZoneReport,
 ) {
     let configured = config
         .zones
@@ -45,7 +59,7 @@ pub async fn resolve_with_label(
     let label = node_label.filter(|z| !z.trim().is_empty());
     let mut imds = None;
     if configured.is_none() && label.is_none() && config.zones.imds_enabled() {
-        if config.imds_endpoint_set || on_ec2(&config.node.sysfs) {
+        if config.imds_endpoint_set || on_ec2(&config.sysfs) {
             match imds_availability_zone(&config.zones.imds_endpoint, config.zones.imds_timeout())
                 .await
             {
@@ -66,14 +80,7 @@ pub async fn resolve_with_label(
     }
     let (zone, source) = local_zone(configured, label.as_deref(), imds.as_deref());
     zones.update(|s| s.map.set_local_zone(zone.clone()));
-    metrics.zone_info.clear();
-    metrics
-        .zone_info
-        .get_or_create(&ZoneInfoLabels {
-            zone: zone.clone(),
-            source: source.as_str(),
-        })
-        .set(1);
+    report(&zone, source);
     if source == ZoneSource::Unknown {
         log::info!("availability zone unknown: peers are labelled by the subnet table only");
     } else {
@@ -82,6 +89,6 @@ pub async fn resolve_with_label(
 }
 
 /// [`resolve_with_label`] without Kubernetes.
-pub async fn resolve(config: Config, zones: SharedZones, metrics: Arc<Metrics>) {
-    resolve_with_label(&config, None, &zones, &metrics).await;
+pub async fn resolve(config: LocalZoneSettings, zones: SharedZones, report: ZoneReport) {
+    resolve_with_label(&config, None, &zones, &report).await;
 }

@@ -96,7 +96,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{Chunk, LostReason, SessionHealth, StopReason};
+use super::request::{requests, Sink};
+use super::{Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason};
 
 /// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
 /// `queue_full`).
@@ -1578,47 +1579,6 @@ impl Http1Session {
         }
     }
 
-    /// Requests waiting for their final response.
-    pub fn pending(&self) -> usize {
-        self.open.len() - self.gaps + usize::from(self.tail.is_some())
-    }
-
-    /// Returns what happened since the last call and resets it (`stopped` is reported once).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
-    }
-
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of a body of known length, or of the data of a chunk (not the CRLF
-    /// after it, which is checked). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        let d = if from_client { &self.req } else { &self.resp };
-        match d.state {
-            State::Body | State::ChunkData if !self.stopped => d.left,
-            _ => 0,
-        }
-    }
-
-    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
-    /// `timed_out`).
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        while let Some(o) = self.open.front() {
-            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
-                break;
-            }
-            self.pop_front(None);
-        }
-        if let Some(t) = &self.tail {
-            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
-                self.tail = None;
-                self.health.timed_out += 1;
-                if self.resp.state == State::LostTail {
-                    self.resp.state = State::ExpectStart;
-                }
-            }
-        }
-    }
-
     /// Client-to-server bytes.
     pub fn on_request(&mut self, chunk: &Chunk) {
         if self.stopped || chunk.len == 0 {
@@ -1698,7 +1658,7 @@ impl Http1Session {
     }
 
     /// Server-to-client bytes; completed exchanges are appended to `out`.
-    pub fn on_response(&mut self, chunk: &Chunk, out: &mut Vec<HttpExchange>) {
+    pub fn on_response(&mut self, chunk: &Chunk, out: &mut impl Sink<HttpExchange>) {
         if self.stopped || chunk.len == 0 {
             return;
         }
@@ -1779,7 +1739,7 @@ impl Http1Session {
 
     /// Hands out a response that ended when the client spoke again (see the type's
     /// documentation).
-    pub fn take_completed(&mut self, out: &mut Vec<HttpExchange>) {
+    pub fn take_completed(&mut self, out: &mut impl Sink<HttpExchange>) {
         if self.tail.as_ref().is_some_and(|t| t.closed) {
             self.emit_tail(out);
         }
@@ -1788,7 +1748,7 @@ impl Http1Session {
     /// The connection closed: completes a response delimited by the close (and one whose
     /// framing was lost), and drops the requests still open (counted in `timed_out`). Call
     /// [`take_health`](Self::take_health) after it.
-    pub fn finish(&mut self, out: &mut Vec<HttpExchange>) {
+    pub fn finish(&mut self, out: &mut impl Sink<HttpExchange>) {
         if self.stopped {
             return;
         }
@@ -1928,7 +1888,7 @@ impl Http1Session {
     }
 
     /// A response head is complete.
-    fn response_head(&mut self, end_ns: u64, out: &mut Vec<HttpExchange>) {
+    fn response_head(&mut self, end_ns: u64, out: &mut impl Sink<HttpExchange>) {
         self.resp.head_end_ns = end_ns;
         let h = &self.resp.head;
         let status = h.status;
@@ -1981,7 +1941,7 @@ impl Http1Session {
         }
     }
 
-    fn response_done(&mut self, end_ns: u64, out: &mut Vec<HttpExchange>) {
+    fn response_done(&mut self, end_ns: u64, out: &mut impl Sink<HttpExchange>) {
         let h = &self.resp.head;
         let closing = h.close || (h.http10 && !h.keep_alive);
         let (status, body) = (h.status, self.resp.body);
@@ -2045,7 +2005,7 @@ impl Http1Session {
         self.resp.state = State::LostTail;
     }
 
-    fn emit_tail(&mut self, out: &mut Vec<HttpExchange>) {
+    fn emit_tail(&mut self, out: &mut impl Sink<HttpExchange>) {
         if let Some(t) = self.tail.take() {
             if self.resp.state == State::LostTail {
                 self.resp.state = State::ExpectStart;
@@ -2072,7 +2032,7 @@ impl Http1Session {
         status: u16,
         response_body_bytes: u64,
         end_ns: u64,
-        out: &mut Vec<HttpExchange>,
+        out: &mut impl Sink<HttpExchange>,
     ) {
         out.push(HttpExchange {
             method: method_name(open.method),
@@ -2161,6 +2121,69 @@ impl Http1Session {
         self.health.stopped = Some(StopReason::Upgrade);
         self.req = Dir::new(true);
         self.resp = Dir::new(false);
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A HTTP/1.x session for [`super::PROTOCOLS`].
+pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
+    Box::new(Http1Session::with_routes(options.http_routes.clone()))
+}
+
+impl Session for Http1Session {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_request(chunk);
+        self.take_completed(&mut requests(out));
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_response(chunk, &mut requests(out));
+    }
+
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        Http1Session::finish(self, &mut requests(out));
+    }
+
+    /// Requests waiting for their final response.
+    fn pending(&self) -> usize {
+        self.open.len() - self.gaps + usize::from(self.tail.is_some())
+    }
+
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of a body of known length, or of the data of a chunk (not the CRLF
+    /// after it, which is checked). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        let d = if from_client { &self.req } else { &self.resp };
+        match d.state {
+            State::Body | State::ChunkData if !self.stopped => d.left,
+            _ => 0,
+        }
+    }
+
+    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
+    /// `timed_out`).
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        while let Some(o) = self.open.front() {
+            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
+                break;
+            }
+            self.pop_front(None);
+        }
+        if let Some(t) = &self.tail {
+            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
+                self.tail = None;
+                self.health.timed_out += 1;
+                if self.resp.state == State::LostTail {
+                    self.resp.state = State::ExpectStart;
+                }
+            }
+        }
     }
 }
 

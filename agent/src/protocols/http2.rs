@@ -64,8 +64,13 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::hpack;
-use super::{Chunk, LostReason, SessionHealth, StopReason};
+use std::sync::Arc;
+
+use super::http1::{method_label, RoutePatterns};
+use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink};
+use super::{
+    hpack, Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason,
+};
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -348,7 +353,7 @@ impl H2Session {
 
     /// The connection closed: every open stream ends with it (RFC 9113 §5.1: closing the
     /// connection closes its streams), as if reset at the last time seen on the connection.
-    pub fn finish(&mut self, out: &mut Vec<H2Exchange>) {
+    pub fn finish(&mut self, out: &mut impl Sink<H2Exchange>) {
         if let Some(s) = &mut self.state {
             let end = s.last_end_ns;
             for (_, st) in std::mem::take(&mut s.streams) {
@@ -358,16 +363,16 @@ impl H2Session {
     }
 
     /// Client-to-server bytes.
-    pub fn on_client(&mut self, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    pub fn on_client(&mut self, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         self.feed(true, chunk, out);
     }
 
     /// Server-to-client bytes.
-    pub fn on_server(&mut self, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    pub fn on_server(&mut self, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         self.feed(false, chunk, out);
     }
 
-    fn feed(&mut self, from_client: bool, chunk: &Chunk, out: &mut Vec<H2Exchange>) {
+    fn feed(&mut self, from_client: bool, chunk: &Chunk, out: &mut impl Sink<H2Exchange>) {
         let Some(state) = &mut self.state else {
             return;
         };
@@ -403,7 +408,7 @@ impl State {
         &mut self,
         from_client: bool,
         chunk: &Chunk,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) -> Step {
         self.last_end_ns = self.last_end_ns.max(chunk.end_ns);
@@ -465,7 +470,7 @@ impl State {
         &mut self,
         from_client: bool,
         end_ns: u64,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) -> Step {
         let (side, peer) = self.sides(from_client);
@@ -552,7 +557,7 @@ impl State {
         block: OpenBlock,
         fields: Fields,
         end_ns: u64,
-        out: &mut Vec<H2Exchange>,
+        out: &mut impl Sink<H2Exchange>,
         health: &mut SessionHealth,
     ) {
         if block.push {
@@ -834,6 +839,92 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
         response_body_bytes: st.response_body_bytes,
         start_ns: st.start_ns,
         end_ns: end_ns.max(st.start_ns),
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// gRPC status UNKNOWN (2): a stream reset without grpc-status failed for a reason the
+/// wire does not say.
+const GRPC_UNKNOWN: u32 = 2;
+
+impl H2Exchange {
+    /// This stream as a request record: a gRPC call, or an HTTP request whose route comes
+    /// from the user's patterns first.
+    fn into_request(self, routes: &RoutePatterns) -> Request {
+        let attributes = match self.grpc {
+            Some(grpc) => Attributes::Rpc(RpcRequest {
+                system: "grpc",
+                service: grpc.service,
+                method: grpc.method,
+                status: grpc.status.unwrap_or(GRPC_UNKNOWN),
+            }),
+            None => Attributes::Http(HttpRequest {
+                method: method_label(self.method.as_bytes()),
+                status: self.status,
+                route: routes.route(&self.path),
+                request_body_bytes: self.request_body_bytes,
+                response_body_bytes: self.response_body_bytes,
+                traceparent: None,
+            }),
+        };
+        Request {
+            start_ns: self.start_ns,
+            end_ns: self.end_ns,
+            attributes,
+        }
+    }
+}
+
+/// An HTTP/2 session as the registry holds it: the session itself stays small, and the
+/// route patterns that turn its streams into requests sit beside it.
+struct Registered {
+    session: H2Session,
+    /// The user's route patterns, for the `http.route` of requests that are not gRPC.
+    routes: Arc<RoutePatterns>,
+}
+
+/// An HTTP/2 (and gRPC) session for [`super::PROTOCOLS`].
+pub fn new_session(options: &SessionOptions) -> Box<dyn Session> {
+    Box::new(Registered {
+        session: H2Session::new(),
+        routes: options.http_routes.clone(),
+    })
+}
+
+impl Session for Registered {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.on_client(chunk, &mut out);
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.on_server(chunk, &mut out);
+    }
+
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        let routes = &self.routes;
+        let mut out = Requests(out, |ex: H2Exchange| ex.into_request(routes));
+        self.session.finish(&mut out);
+    }
+
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        self.session.expire(now_ns, timeout_ns);
+    }
+
+    fn take_health(&mut self) -> SessionHealth {
+        self.session.take_health()
+    }
+
+    fn pending(&self) -> usize {
+        self.session.pending()
+    }
+
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        self.session.skip_hint(from_client)
     }
 }
 

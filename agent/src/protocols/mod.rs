@@ -1,16 +1,20 @@
 //! Application protocols: detection, pure parsers and per-connection sessions.
 //!
-//! Each protocol module is pure: bytes in, operations out, no I/O and no clock. The
-//! capture layer hands every data syscall on a connection to the connection's session
-//! as a [`Chunk`]; the session returns completed [`Operation`]s.
+//! Each protocol module is pure: bytes in, requests out, no I/O and no clock. The
+//! capture layer hands every data syscall on a connection to the connection's
+//! [`Session`] as a [`Chunk`]; the session returns completed [`Request`]s. A protocol is
+//! one file implementing [`Session`] and one row in [`PROTOCOLS`].
 
 pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod postgres;
 pub mod redis;
+pub mod request;
 #[cfg(test)]
 mod test_fixtures;
+
+pub use request::Request;
 
 /// Consecutive bytes of one direction of a connection, as the capture layer saw them.
 ///
@@ -206,172 +210,119 @@ impl SessionHealth {
     }
 }
 
-/// Protocols the agent recognises from a connection's first client bytes.
+/// A protocol the agent recognises, named by its stable `protocol` label value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Redis,
-    Postgres,
-    /// HTTP/1.x.
-    Http1,
-    /// HTTP/2 with prior knowledge (h2c), gRPC included.
-    Http2,
-    /// Recognised and counted, never parsed.
-    Tls,
-    /// Anything else: costs nothing further.
-    Unknown,
-}
+pub struct Protocol(&'static str);
 
 impl Protocol {
+    /// TLS: recognised and counted, never parsed.
+    pub const TLS: Protocol = Protocol("tls");
+    /// Anything else: costs nothing further.
+    pub const UNKNOWN: Protocol = Protocol("unknown");
+
     pub fn label(self) -> &'static str {
-        match self {
-            Protocol::Redis => "redis",
-            Protocol::Postgres => "postgresql",
-            Protocol::Http1 => "http",
-            Protocol::Http2 => "http2",
-            Protocol::Tls => "tls",
-            Protocol::Unknown => "unknown",
-        }
+        self.0
     }
 }
+
+/// What a new session may need to know: the user's settings that shape its results.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// The user's HTTP route patterns (they win over the default normalisation).
+    pub http_routes: std::sync::Arc<http1::RoutePatterns>,
+}
+
+/// Makes a session for a new connection.
+pub type NewSession = fn(&SessionOptions) -> Box<dyn Session>;
+
+/// One protocol's row in [`PROTOCOLS`].
+pub struct ProtocolSpec {
+    /// The `protocol` label value (and `db.system.name` of a database protocol).
+    pub label: &'static str,
+    /// Whether a connection's first client bytes are this protocol's.
+    pub detect: fn(&[u8]) -> bool,
+    /// A session for a new connection; `None` for a protocol recognised but not parsed.
+    pub new_session: Option<NewSession>,
+}
+
+impl ProtocolSpec {
+    pub fn protocol(&self) -> Protocol {
+        Protocol(self.label)
+    }
+}
+
+/// Every protocol: the one place they are registered, in detection order (the first whose
+/// `detect` accepts a connection's first client bytes speaks it). Each `detect` is strict
+/// enough that no two accept the same prefix (HTTP/1 refuses Redis inline commands and
+/// the HTTP/2 preface, Redis refuses HTTP request lines); the order puts the binary,
+/// cheapest checks first.
+pub const PROTOCOLS: &[ProtocolSpec] = &[
+    ProtocolSpec {
+        label: "tls",
+        detect: looks_like_tls,
+        new_session: None,
+    },
+    ProtocolSpec {
+        label: "postgresql",
+        detect: postgres::looks_like_startup,
+        new_session: Some(postgres::new_session),
+    },
+    ProtocolSpec {
+        label: "http2",
+        detect: http2::looks_like_preface,
+        new_session: Some(http2::new_session),
+    },
+    ProtocolSpec {
+        label: "http",
+        detect: http1::looks_like_request,
+        new_session: Some(http1::new_session),
+    },
+    ProtocolSpec {
+        label: "redis",
+        detect: redis::looks_like_request,
+        new_session: Some(redis::new_session),
+    },
+];
 
 /// A TLS record header carrying a handshake (ClientHello): content type 22, version 3.x.
 pub fn looks_like_tls(prefix: &[u8]) -> bool {
     matches!(prefix, [0x16, 0x03, minor, ..] if *minor <= 0x04)
 }
 
-/// What a connection speaks, from the first bytes its client sent.
-pub fn detect(client_prefix: &[u8]) -> Protocol {
-    if looks_like_tls(client_prefix) {
-        Protocol::Tls
-    } else if postgres::looks_like_startup(client_prefix) {
-        Protocol::Postgres
-    } else if http2::looks_like_preface(client_prefix) {
-        Protocol::Http2
-    } else if http1::looks_like_request(client_prefix) {
-        Protocol::Http1
-    } else if redis::looks_like_request(client_prefix) {
-        Protocol::Redis
-    } else {
-        Protocol::Unknown
-    }
+/// What a connection speaks, from the first bytes its client sent; `None` for anything
+/// no protocol recognises.
+pub fn detect(client_prefix: &[u8]) -> Option<&'static ProtocolSpec> {
+    PROTOCOLS.iter().find(|spec| (spec.detect)(client_prefix))
 }
 
-/// What sessions completed, by kind; the caller drains it after each feed.
-#[derive(Default)]
-pub struct Completed {
-    /// Database operations (Redis, PostgreSQL).
-    pub ops: Vec<Operation>,
-    /// HTTP/1.x exchanges.
-    pub http: Vec<http1::HttpExchange>,
-    /// HTTP/2 streams, gRPC calls among them.
-    pub h2: Vec<http2::H2Exchange>,
-}
+/// A parsing session for one connection: what every protocol implements, in one
+/// vocabulary. Pure: bytes and times in, [`Request`]s and health out.
+pub trait Session: Send {
+    /// Client-to-server bytes; what they complete is appended to `out`.
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>);
 
-impl Completed {
-    pub fn clear(&mut self) {
-        self.ops.clear();
-        self.http.clear();
-        self.h2.clear();
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.http.is_empty() && self.h2.is_empty()
-    }
-}
-
-/// A parsing session for one connection.
-pub enum Session {
-    Redis(Box<redis::RedisSession>),
-    Postgres(Box<postgres::PgSession>),
-    Http1(Box<http1::Http1Session>),
-    Http2(Box<http2::H2Session>),
-}
-
-impl Session {
-    pub fn protocol(&self) -> Protocol {
-        match self {
-            Session::Redis(_) => Protocol::Redis,
-            Session::Postgres(_) => Protocol::Postgres,
-            Session::Http1(_) => Protocol::Http1,
-            Session::Http2(_) => Protocol::Http2,
-        }
-    }
-
-    /// Client-to-server bytes.
-    pub fn on_request(&mut self, chunk: &Chunk<'_>, out: &mut Completed) {
-        match self {
-            Session::Redis(s) => s.on_request(chunk),
-            Session::Postgres(s) => {
-                s.on_frontend(chunk);
-                s.take_completed(&mut out.ops);
-            }
-            Session::Http1(s) => {
-                s.on_request(chunk);
-                s.take_completed(&mut out.http);
-            }
-            Session::Http2(s) => s.on_client(chunk, &mut out.h2),
-        }
-    }
-
-    /// Server-to-client bytes.
-    pub fn on_response(&mut self, chunk: &Chunk<'_>, out: &mut Completed) {
-        match self {
-            Session::Redis(s) => s.on_response(chunk, &mut out.ops),
-            Session::Postgres(s) => s.on_backend(chunk, &mut out.ops),
-            Session::Http1(s) => s.on_response(chunk, &mut out.http),
-            Session::Http2(s) => s.on_server(chunk, &mut out.h2),
-        }
-    }
+    /// Server-to-client bytes; what they complete is appended to `out`.
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>);
 
     /// The connection closed: hand out what only its end completes.
-    pub fn finish(&mut self, out: &mut Completed) {
-        match self {
-            Session::Redis(_) => {}
-            Session::Postgres(s) => s.take_completed(&mut out.ops),
-            Session::Http1(s) => s.finish(&mut out.http),
-            Session::Http2(s) => s.finish(&mut out.h2),
-        }
-    }
+    fn finish(&mut self, out: &mut Vec<Request>);
 
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        match self {
-            Session::Redis(s) => s.expire(now_ns, timeout_ns),
-            Session::Postgres(s) => s.expire(now_ns, timeout_ns),
-            Session::Http1(s) => s.expire(now_ns, timeout_ns),
-            Session::Http2(s) => s.expire(now_ns, timeout_ns),
-        }
-    }
+    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
+    /// `timed_out`).
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64);
 
-    pub fn pending(&self) -> usize {
-        match self {
-            Session::Redis(s) => s.pending(),
-            Session::Postgres(s) => s.pending(),
-            Session::Http1(s) => s.pending(),
-            Session::Http2(s) => s.pending(),
-        }
-    }
+    /// Returns what happened since the last call and resets it (`stopped` and `tls` are
+    /// reported once).
+    fn take_health(&mut self) -> SessionHealth;
 
-    pub fn take_health(&mut self) -> SessionHealth {
-        match self {
-            Session::Redis(s) => s.take_health(),
-            Session::Postgres(s) => s.take_health(),
-            Session::Http1(s) => s.take_health(),
-            Session::Http2(s) => s.take_health(),
-        }
-    }
+    /// Requests waiting for their response.
+    fn pending(&self) -> usize;
 
     /// How many of the next bytes in that direction the session will skip by length
     /// without looking at them, after the chunks fed so far: the capture layer need not
     /// copy them, and hands them over as a gap chunk (`data` empty, `len` the count). 0
     /// when unsure; never a byte the session needs.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        match self {
-            Session::Redis(s) => s.skip_hint(from_client),
-            Session::Postgres(s) => s.skip_hint(from_client),
-            Session::Http1(s) => s.skip_hint(from_client),
-            Session::Http2(s) => s.skip_hint(from_client),
-        }
-    }
+    fn skip_hint(&self, from_client: bool) -> u64;
 }
 
 /// An HTTP/2 server's connection preface is a SETTINGS frame on stream 0 (RFC 9113
@@ -401,7 +352,7 @@ pub enum ConnectionProtocol {
     Undetected,
     /// The server spoke first with what may be HTTP/2 SETTINGS; waiting for the client.
     HeldServerFirst(HeldChunk),
-    Parsing(Session),
+    Parsing(Protocol, Box<dyn Session>),
     /// Recognised as something not parsed (TLS, unknown, or a session that stopped).
     Ignored,
 }
@@ -414,16 +365,25 @@ pub struct FeedOutcome {
     pub health: SessionHealth,
 }
 
+impl FeedOutcome {
+    /// Health alone, from a session fed outside detection (expiry, close).
+    pub fn health(health: SessionHealth) -> Self {
+        FeedOutcome {
+            detected: None,
+            health,
+        }
+    }
+}
+
 impl ConnectionProtocol {
     /// Feeds one syscall's bytes. `from_client` says which way they went; what the
-    /// session completes is appended to `out`. `routes` are the user's HTTP route
-    /// patterns, given to new HTTP/1 sessions.
+    /// session completes is appended to `out`. `options` are given to a new session.
     pub fn feed(
         &mut self,
         from_client: bool,
         chunk: &Chunk<'_>,
-        routes: &std::sync::Arc<http1::RoutePatterns>,
-        out: &mut Completed,
+        options: &SessionOptions,
+        out: &mut Vec<Request>,
     ) -> FeedOutcome {
         let mut outcome = FeedOutcome::default();
         let undetected = matches!(
@@ -450,31 +410,30 @@ impl ConnectionProtocol {
                     return outcome;
                 }
                 // A server that speaks first otherwise (banner protocols): not parsed.
-                outcome.detected = Some(Protocol::Unknown);
+                outcome.detected = Some(Protocol::UNKNOWN);
                 *self = ConnectionProtocol::Ignored;
                 return outcome;
             }
             if let ConnectionProtocol::HeldServerFirst(h) = std::mem::take(self) {
                 held = Some(h);
             }
-            let protocol = detect(chunk.data);
-            outcome.detected = Some(protocol);
-            let session = match protocol {
-                Protocol::Redis => Some(Session::Redis(Box::default())),
-                Protocol::Postgres => Some(Session::Postgres(Box::default())),
-                Protocol::Http1 => Some(Session::Http1(Box::new(
-                    http1::Http1Session::with_routes(routes.clone()),
-                ))),
-                Protocol::Http2 => Some(Session::Http2(Box::default())),
-                Protocol::Tls | Protocol::Unknown => None,
+            let spec = detect(chunk.data);
+            outcome.detected = Some(spec.map_or(Protocol::UNKNOWN, ProtocolSpec::protocol));
+            *self = match spec {
+                Some(
+                    spec @ ProtocolSpec {
+                        new_session: Some(new_session),
+                        ..
+                    },
+                ) => ConnectionProtocol::Parsing(spec.protocol(), new_session(options)),
+                _ => ConnectionProtocol::Ignored,
             };
-            *self = session.map_or(ConnectionProtocol::Ignored, ConnectionProtocol::Parsing);
         }
-        if let ConnectionProtocol::Parsing(session) = self {
+        if let ConnectionProtocol::Parsing(_, session) = self {
             if from_client {
-                session.on_request(chunk, out);
+                session.client_bytes(chunk, out);
             } else {
-                session.on_response(chunk, out);
+                session.server_bytes(chunk, out);
             }
             // The server's early SETTINGS, after the client's preface it crossed on the wire.
             if let Some(h) = held {
@@ -484,7 +443,7 @@ impl ConnectionProtocol {
                     start_ns: h.start_ns,
                     end_ns: h.end_ns,
                 };
-                session.on_response(&early, out);
+                session.server_bytes(&early, out);
             }
             outcome.health = session.take_health();
             if outcome.health.stopped.is_some() || outcome.health.tls {
@@ -497,14 +456,15 @@ impl ConnectionProtocol {
     /// [`Session::skip_hint`] of a connection being parsed; 0 otherwise.
     pub fn skip_hint(&self, from_client: bool) -> u64 {
         match self {
-            ConnectionProtocol::Parsing(s) => s.skip_hint(from_client),
+            ConnectionProtocol::Parsing(_, s) => s.skip_hint(from_client),
             _ => 0,
         }
     }
 
-    pub fn session_mut(&mut self) -> Option<&mut Session> {
+    /// The protocol being parsed and its session.
+    pub fn session_mut(&mut self) -> Option<(Protocol, &mut dyn Session)> {
         match self {
-            ConnectionProtocol::Parsing(s) => Some(s),
+            ConnectionProtocol::Parsing(protocol, s) => Some((*protocol, s.as_mut())),
             _ => None,
         }
     }
@@ -514,51 +474,72 @@ impl ConnectionProtocol {
 mod dispatch_tests {
     use super::*;
 
-    fn no_routes() -> std::sync::Arc<http1::RoutePatterns> {
-        std::sync::Arc::new(http1::RoutePatterns::default())
+    fn no_routes() -> SessionOptions {
+        SessionOptions::default()
+    }
+
+    /// The label of what `prefix` is detected as.
+    fn detected(prefix: &[u8]) -> &'static str {
+        detect(prefix).map_or(Protocol::UNKNOWN.label(), |spec| spec.label)
     }
 
     #[test]
     fn detects_each_protocol_from_client_bytes() {
-        assert_eq!(detect(b"*1\r\n$4\r\nPING\r\n"), Protocol::Redis);
-        assert_eq!(
-            detect(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]),
-            Protocol::Postgres
-        );
-        assert_eq!(detect(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Protocol::Tls);
-        assert_eq!(detect(http2::PREFACE), Protocol::Http2);
-        assert_eq!(detect(b"GET / HTTP/1.1\r\n"), Protocol::Http1);
-        assert_eq!(detect(b"GET "), Protocol::Http1);
-        assert_eq!(detect(b"\x00\x01garbage"), Protocol::Unknown);
-        assert_eq!(detect(b""), Protocol::Unknown);
+        assert_eq!(detected(b"*1\r\n$4\r\nPING\r\n"), "redis");
+        assert_eq!(detected(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]), "postgresql");
+        assert_eq!(detected(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), "tls");
+        assert_eq!(detected(http2::PREFACE), "http2");
+        assert_eq!(detected(b"GET / HTTP/1.1\r\n"), "http");
+        assert_eq!(detected(b"GET "), "http");
+        assert_eq!(detected(b"\x00\x01garbage"), "unknown");
+        assert_eq!(detected(b""), "unknown");
+    }
+
+    #[test]
+    fn registered_labels_are_unique_and_tls_is_not_parsed() {
+        let labels: Vec<_> = PROTOCOLS.iter().map(|p| p.label).collect();
+        assert_eq!(labels, ["tls", "postgresql", "http2", "http", "redis"]);
+        let parsed: Vec<_> = PROTOCOLS
+            .iter()
+            .filter(|p| p.new_session.is_some())
+            .map(|p| p.label)
+            .collect();
+        assert_eq!(parsed, ["postgresql", "http2", "http", "redis"]);
+    }
+
+    /// The (operation, start, end) of each database request.
+    fn db(out: &[Request]) -> Vec<(&'static str, u64, u64)> {
+        out.iter()
+            .map(|r| match &r.attributes {
+                request::Attributes::Db(db) => (db.operation, r.start_ns, r.end_ns),
+                other => panic!("not a database request: {other:?}"),
+            })
+            .collect()
     }
 
     #[test]
     fn a_redis_connection_yields_one_operation_per_command() {
         let mut conn = ConnectionProtocol::default();
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let req = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
         let outcome = conn.feed(true, &Chunk::whole(req, 10, 20), &no_routes(), &mut out);
-        assert_eq!(outcome.detected, Some(Protocol::Redis));
+        assert_eq!(outcome.detected.map(Protocol::label), Some("redis"));
         conn.feed(
             false,
             &Chunk::whole(b"+OK\r\n$1\r\nv\r\n", 50, 60),
             &no_routes(),
             &mut out,
         );
-        let names: Vec<_> = out
-            .ops
-            .iter()
-            .map(|o| (o.name, o.start_ns, o.end_ns))
-            .collect();
-        assert_eq!(names, vec![("SET", 10, 60), ("GET", 10, 60)]);
+        assert_eq!(db(&out), vec![("SET", 10, 60), ("GET", 10, 60)]);
     }
 
     #[test]
     fn an_http1_connection_applies_user_routes() {
-        let routes = std::sync::Arc::new(http1::RoutePatterns::new(["/shop/{item}"]).unwrap());
+        let routes = SessionOptions {
+            http_routes: std::sync::Arc::new(http1::RoutePatterns::new(["/shop/{item}"]).unwrap()),
+        };
         let mut conn = ConnectionProtocol::default();
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         conn.feed(
             true,
             &Chunk::whole(b"GET /shop/apples HTTP/1.1\r\nHost: x\r\n\r\n", 1, 2),
@@ -571,13 +552,12 @@ mod dispatch_tests {
             &routes,
             &mut out,
         );
-        assert_eq!(out.http.len(), 1);
+        assert_eq!(out.len(), 1);
+        let request::Attributes::Http(http) = &out[0].attributes else {
+            panic!("not an HTTP request: {:?}", out[0]);
+        };
         assert_eq!(
-            (
-                out.http[0].method,
-                out.http[0].status,
-                out.http[0].route.as_str()
-            ),
+            (http.method, http.status, http.route.as_str()),
             ("GET", 200, "/shop/{item}")
         );
     }
@@ -585,7 +565,7 @@ mod dispatch_tests {
     #[test]
     fn an_h2_server_speaking_first_is_held_until_the_client_preface() {
         let mut conn = ConnectionProtocol::default();
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let settings = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 100];
         let outcome = conn.feed(
             false,
@@ -598,10 +578,10 @@ mod dispatch_tests {
         let mut client = http2::PREFACE.to_vec();
         client.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
         let outcome = conn.feed(true, &Chunk::whole(&client, 2, 2), &no_routes(), &mut out);
-        assert_eq!(outcome.detected, Some(Protocol::Http2));
+        assert_eq!(outcome.detected.map(Protocol::label), Some("http2"));
         assert!(matches!(
             conn,
-            ConnectionProtocol::Parsing(Session::Http2(_))
+            ConnectionProtocol::Parsing(Protocol("http2"), _)
         ));
         assert_eq!(outcome.health, SessionHealth::default());
     }
@@ -609,10 +589,10 @@ mod dispatch_tests {
     #[test]
     fn a_replication_stream_stops_the_connection_with_its_reason() {
         let mut conn = ConnectionProtocol::default();
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let psync = b"*3\r\n$5\r\nPSYNC\r\n$1\r\n?\r\n$2\r\n-1\r\n";
         let outcome = conn.feed(true, &Chunk::whole(psync, 1, 1), &no_routes(), &mut out);
-        assert_eq!(outcome.detected, Some(Protocol::Redis));
+        assert_eq!(outcome.detected.map(Protocol::label), Some("redis"));
         assert_eq!(outcome.health.stopped, Some(StopReason::Replication));
         assert!(matches!(conn, ConnectionProtocol::Ignored));
         assert_eq!(conn.skip_hint(false), 0);
@@ -622,7 +602,7 @@ mod dispatch_tests {
     #[test]
     fn skip_hints_through_the_connection() {
         let mut conn = ConnectionProtocol::default();
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let head = b"POST /x HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
         conn.feed(true, &Chunk::whole(head, 1, 1), &no_routes(), &mut out);
         assert_eq!(conn.skip_hint(true), 5000);
@@ -661,7 +641,7 @@ mod dispatch_tests {
 
     #[test]
     fn server_first_and_tls_connections_are_ignored() {
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let mut banner = ConnectionProtocol::default();
         let outcome = banner.feed(
             false,
@@ -669,12 +649,12 @@ mod dispatch_tests {
             &no_routes(),
             &mut out,
         );
-        assert_eq!(outcome.detected, Some(Protocol::Unknown));
+        assert_eq!(outcome.detected, Some(Protocol::UNKNOWN));
         assert!(matches!(banner, ConnectionProtocol::Ignored));
         let mut tls = ConnectionProtocol::default();
         let hello = [0x16, 3, 1, 0, 5, 1, 0, 0, 1, 3];
         let outcome = tls.feed(true, &Chunk::whole(&hello, 1, 1), &no_routes(), &mut out);
-        assert_eq!(outcome.detected, Some(Protocol::Tls));
+        assert_eq!(outcome.detected, Some(Protocol::TLS));
         assert!(matches!(tls, ConnectionProtocol::Ignored) && out.is_empty());
     }
 }
@@ -746,14 +726,15 @@ mod skip_hint_tests {
             .collect()
     }
 
-    fn session(protocol: &str) -> Session {
-        match protocol {
-            "redis" => Session::Redis(Box::default()),
-            "postgres" => Session::Postgres(Box::default()),
-            "http1" => Session::Http1(Box::default()),
-            "http2" => Session::Http2(Box::default()),
-            _ => unreachable!(),
-        }
+    /// A new session of the protocol whose recordings are in the `fixtures` folder.
+    fn session(fixtures: &str) -> Box<dyn Session> {
+        let label = match fixtures {
+            "postgres" => "postgresql",
+            "http1" => "http",
+            other => other,
+        };
+        let spec = PROTOCOLS.iter().find(|p| p.label == label).unwrap();
+        (spec.new_session.unwrap())(&SessionOptions::default())
     }
 
     /// What a feed produced: everything completed, the health after each syscall, what
@@ -770,26 +751,27 @@ mod skip_hint_tests {
     /// the bytes skipped.
     fn feed(protocol: &str, calls: &Syscalls, hints: Option<&mut Rng>) -> (Result, u64) {
         let mut s = session(protocol);
-        let mut out = Completed::default();
+        let mut out = Vec::new();
         let mut all = String::new();
         let mut health = Vec::new();
         let mut skipped = 0;
         let mut rng = hints;
         for (i, (from_client, data)) in calls.iter().enumerate() {
             let t = 1000 * (i as u64 + 1);
-            let give = |s: &mut Session, data: &[u8], len: usize, out: &mut Completed| {
-                let c = Chunk {
-                    data,
-                    len,
-                    start_ns: t,
-                    end_ns: t + 500,
+            let give =
+                |s: &mut Box<dyn Session>, data: &[u8], len: usize, out: &mut Vec<Request>| {
+                    let c = Chunk {
+                        data,
+                        len,
+                        start_ns: t,
+                        end_ns: t + 500,
+                    };
+                    if *from_client {
+                        s.client_bytes(&c, out);
+                    } else {
+                        s.server_bytes(&c, out);
+                    }
                 };
-                if *from_client {
-                    s.on_request(&c, out);
-                } else {
-                    s.on_response(&c, out);
-                }
-            };
             match rng.as_deref_mut() {
                 None => give(&mut s, data, data.len(), &mut out),
                 Some(rng) => {
@@ -807,13 +789,13 @@ mod skip_hint_tests {
                     }
                 }
             }
-            all += &format!("{:?}{:?}{:?}", out.ops, out.http, out.h2);
+            all += &format!("{out:?}");
             out.clear();
             health.push(s.take_health());
         }
         let pending = s.pending();
         s.finish(&mut out);
-        all += &format!("{:?}{:?}{:?}", out.ops, out.http, out.h2);
+        all += &format!("{out:?}");
         health.push(s.take_health());
         (
             Result {

@@ -110,7 +110,8 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::{Chunk, LostReason, Operation, SessionHealth};
+use super::request::{requests, Sink};
+use super::{Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions};
 
 /// `SSLRequest` code (1234 << 16 | 5679).
 const SSL_REQUEST_CODE: u32 = 80_877_103;
@@ -1248,71 +1249,23 @@ impl PgSession {
         (user, self.database.as_deref().or(user))
     }
 
-    /// Open operations (simple queries, function calls and Executes waiting for their
-    /// reply, expired ones excluded).
-    pub fn pending(&self) -> usize {
-        self.live_ops
-    }
-
     /// Whether the session stopped parsing for good (TLS, cancel request).
     pub fn stopped(&self) -> bool {
         self.state == State::Stopped
-    }
-
-    /// Returns what happened since the last call and resets it: counters restart at 0, and
-    /// the `tls` flag is reported once (the session stays stopped).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
     }
 
     /// Operations that frontend traffic completed: after backend framing was lost, the
     /// client's next request (or Terminate) proves that the answer it waited for is over
     /// (see the module documentation). [`PgSession::on_backend`] hands them out too; call
     /// this after `on_frontend` when no backend chunk follows (the connection closed).
-    pub fn take_completed(&mut self, out: &mut Vec<Operation>) {
-        out.append(&mut self.inferred);
-    }
-
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of the message body being read, once the bounded start of it the
-    /// session keeps is in hand (all of a DataRow or CopyData). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        let f = if from_client { &self.fe } else { &self.be };
-        if self.state != State::Active || f.lost || !f.in_body {
-            return 0;
-        }
-        if f.truncated || f.body.len() >= f.keep {
-            f.remaining as u64
-        } else {
-            0
-        }
+    pub fn take_completed(&mut self, out: &mut impl Sink<Operation>) {
+        self.inferred.drain(..).for_each(|op| out.push(op));
     }
 
     /// Executes the server skipped (after an error earlier in the same Sync group) since
     /// the last call: they never ran and are not reported as operations.
     pub fn take_skipped_executes(&mut self) -> u64 {
         std::mem::take(&mut self.skipped_executes)
-    }
-
-    /// Expires open requests that started at least `timeout_ns` before `now_ns`: they are
-    /// counted in `timed_out` and will not be reported. They keep their place in the FIFO
-    /// (without their text) so that a late reply still lines up with the right request.
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        let deadline = now_ns.saturating_sub(timeout_ns);
-        while let Some(p) = self.queue.get_mut(self.expired_prefix) {
-            if p.start_ns().is_some_and(|s| s > deadline) {
-                break;
-            }
-            if p.is_live_op() {
-                self.live_ops -= 1;
-                self.health.timed_out += 1;
-            }
-            if let Some(info) = p.info() {
-                self.queued_text = self.queued_text.saturating_sub(info.text_bytes());
-            }
-            p.expire();
-            self.expired_prefix += 1;
-        }
     }
 
     /// Client-to-server bytes.
@@ -1365,11 +1318,11 @@ impl PgSession {
     }
 
     /// Server-to-client bytes; completed operations are appended to `out`.
-    pub fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Operation>) {
+    pub fn on_backend(&mut self, chunk: &Chunk<'_>, out: &mut impl Sink<Operation>) {
         if self.state != State::Active || chunk.len.max(chunk.data.len()) == 0 {
             return;
         }
-        out.append(&mut self.inferred);
+        self.inferred.drain(..).for_each(|op| out.push(op));
         let total = chunk.len.max(chunk.data.len());
         let mut cur = Cursor::new(chunk);
         if self.be.lost {
@@ -1856,7 +1809,13 @@ impl PgSession {
 
     // ------------------------------------------------------------------ backend
 
-    fn on_backend_message(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut Vec<Operation>) {
+    fn on_backend_message(
+        &mut self,
+        typ: u8,
+        body: &[u8],
+        end_ns: u64,
+        out: &mut impl Sink<Operation>,
+    ) {
         if self.in_startup {
             if typ == b'Z' {
                 self.in_startup = false;
@@ -1973,7 +1932,7 @@ impl PgSession {
     /// alone, named by the CommandComplete tag (`_OTHER` without one), with the statement
     /// text of the gap's likely statement when the tag agrees with it, starting where the
     /// framing was lost.
-    fn gap_answer(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut Vec<Operation>) {
+    fn gap_answer(&mut self, typ: u8, body: &[u8], end_ns: u64, out: &mut impl Sink<Operation>) {
         let Some(Pending::Gap { info, start_ns }) = self.queue.front() else {
             return;
         };
@@ -1998,7 +1957,7 @@ impl PgSession {
         tag: Option<&'static str>,
         error: Option<ErrClass>,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         if let Some(Pending::Execute {
             info,
@@ -2012,7 +1971,7 @@ impl PgSession {
         }
     }
 
-    fn ready_for_query(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
+    fn ready_for_query(&mut self, end_ns: u64, out: &mut impl Sink<Operation>) {
         self.copy_in = false;
         if matches!(self.queue.front(), Some(Pending::Gap { .. })) {
             self.end_gap();
@@ -2134,6 +2093,77 @@ fn make_op(
         end_ns: end_ns.max(start_ns),
         statement: info.map_or_else(String::new, |i| i.statement.to_string()),
         collection: info.and_then(|i| i.collection.as_deref().map(str::to_string)),
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A PostgreSQL session for [`super::PROTOCOLS`].
+pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
+    Box::new(PgSession::new())
+}
+
+impl Session for PgSession {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_frontend(chunk);
+        self.take_completed(&mut requests(out));
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_backend(chunk, &mut requests(out));
+    }
+
+    /// What the frontend's last bytes completed (see [`PgSession::take_completed`]).
+    fn finish(&mut self, out: &mut Vec<Request>) {
+        self.take_completed(&mut requests(out));
+    }
+
+    /// Open operations (simple queries, function calls and Executes waiting for their
+    /// reply, expired ones excluded).
+    fn pending(&self) -> usize {
+        self.live_ops
+    }
+
+    /// Returns what happened since the last call and resets it: counters restart at 0, and
+    /// the `tls` flag is reported once (the session stays stopped).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the message body being read, once the bounded start of it the
+    /// session keeps is in hand (all of a DataRow or CopyData). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        let f = if from_client { &self.fe } else { &self.be };
+        if self.state != State::Active || f.lost || !f.in_body {
+            return 0;
+        }
+        if f.truncated || f.body.len() >= f.keep {
+            f.remaining as u64
+        } else {
+            0
+        }
+    }
+
+    /// Expires open requests that started at least `timeout_ns` before `now_ns`: they are
+    /// counted in `timed_out` and will not be reported. They keep their place in the FIFO
+    /// (without their text) so that a late reply still lines up with the right request.
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        let deadline = now_ns.saturating_sub(timeout_ns);
+        while let Some(p) = self.queue.get_mut(self.expired_prefix) {
+            if p.start_ns().is_some_and(|s| s > deadline) {
+                break;
+            }
+            if p.is_live_op() {
+                self.live_ops -= 1;
+                self.health.timed_out += 1;
+            }
+            if let Some(info) = p.info() {
+                self.queued_text = self.queued_text.saturating_sub(info.text_bytes());
+            }
+            p.expire();
+            self.expired_prefix += 1;
+        }
     }
 }
 

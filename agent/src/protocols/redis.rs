@@ -87,7 +87,10 @@
 
 use std::collections::VecDeque;
 
-use super::{Chunk, LostReason, Operation, SessionHealth, StopReason};
+use super::request::{requests, Sink};
+use super::{
+    Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions, StopReason,
+};
 
 /// Open requests kept per connection; when full, the oldest is dropped (counted as lost,
 /// `queue_full`).
@@ -253,7 +256,7 @@ const fn command_hash() -> [u16; HASH_SLOTS] {
 
 /// What a command needs beyond plain matching, per entry of [`COMMANDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
+enum CommandKind {
     Plain,
     /// Has subcommands (see [`CONTAINERS`]).
     Container,
@@ -266,47 +269,47 @@ enum Role {
     PubSub(PubSub),
 }
 
-static ROLES: [Role; COMMANDS.len()] = roles();
+static COMMAND_KINDS: [CommandKind; COMMANDS.len()] = kinds();
 
-const fn roles() -> [Role; COMMANDS.len()] {
-    let mut roles = [Role::Plain; COMMANDS.len()];
+const fn kinds() -> [CommandKind; COMMANDS.len()] {
+    let mut kinds = [CommandKind::Plain; COMMANDS.len()];
     let mut i = 0;
     while i < COMMANDS.len() {
         let name = COMMANDS[i];
-        roles[i] = if str_eq(name, "CLIENT") {
-            Role::Client
+        kinds[i] = if str_eq(name, "CLIENT") {
+            CommandKind::Client
         } else if str_eq(name, "MONITOR") {
-            Role::Monitor
+            CommandKind::Monitor
         } else if str_eq(name, "RESET") {
-            Role::Reset
+            CommandKind::Reset
         } else if str_eq(name, "SYNC") || str_eq(name, "PSYNC") {
-            Role::Sync
+            CommandKind::Sync
         } else if str_eq(name, "SUBSCRIBE") {
-            Role::PubSub(PubSub::Subscribe)
+            CommandKind::PubSub(PubSub::Subscribe)
         } else if str_eq(name, "PSUBSCRIBE") {
-            Role::PubSub(PubSub::PSubscribe)
+            CommandKind::PubSub(PubSub::PSubscribe)
         } else if str_eq(name, "SSUBSCRIBE") {
-            Role::PubSub(PubSub::SSubscribe)
+            CommandKind::PubSub(PubSub::SSubscribe)
         } else if str_eq(name, "UNSUBSCRIBE") {
-            Role::PubSub(PubSub::Unsubscribe)
+            CommandKind::PubSub(PubSub::Unsubscribe)
         } else if str_eq(name, "PUNSUBSCRIBE") {
-            Role::PubSub(PubSub::PUnsubscribe)
+            CommandKind::PubSub(PubSub::PUnsubscribe)
         } else if str_eq(name, "SUNSUBSCRIBE") {
-            Role::PubSub(PubSub::SUnsubscribe)
+            CommandKind::PubSub(PubSub::SUnsubscribe)
         } else {
             let mut c = 0;
-            let mut role = Role::Plain;
+            let mut command_kind = CommandKind::Plain;
             while c < CONTAINERS.len() {
                 if str_eq(name, CONTAINERS[c]) {
-                    role = Role::Container;
+                    command_kind = CommandKind::Container;
                 }
                 c += 1;
             }
-            role
+            command_kind
         };
         i += 1;
     }
-    roles
+    kinds
 }
 
 /// Index of "CLIENT REPLY" in [`SUBCOMMANDS`].
@@ -1477,70 +1480,6 @@ impl RedisSession {
         }
     }
 
-    /// Requests waiting for their reply.
-    pub fn pending(&self) -> usize {
-        self.open.len() - self.gaps + usize::from(self.tail.is_some())
-    }
-
-    /// Returns what happened since the last call and resets it (`stopped` is reported once).
-    pub fn take_health(&mut self) -> SessionHealth {
-        std::mem::take(&mut self.health)
-    }
-
-    /// How many of the next bytes in that direction the session will skip without looking
-    /// at them: the rest of the bulk string being read (its CRLF excluded, which is checked),
-    /// when none of it is kept (only the first bytes of the command name, its first two
-    /// arguments and the first element of a reply are). 0 when unsure.
-    pub fn skip_hint(&self, from_client: bool) -> u64 {
-        if self.stopped {
-            return 0;
-        }
-        if from_client {
-            let r = &self.req;
-            let kept = match r.arg {
-                0 => r.a0.full(),
-                1 => r.a1.full(),
-                2 => r.a2.full(),
-                _ => true,
-            };
-            if r.state == ReqState::BulkBody && kept {
-                return r.remaining.saturating_sub(2);
-            }
-        } else {
-            let r = &self.resp;
-            let kept = r.target != Target::Word || r.reply.word.full();
-            if r.state == RespState::Body && kept {
-                return r.remaining.saturating_sub(2);
-            }
-        }
-        0
-    }
-
-    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
-    /// `timed_out`).
-    pub fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
-        while let Some(o) = self.open.front() {
-            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
-                break;
-            }
-            if o.is_gap() {
-                self.gaps -= 1;
-            } else {
-                self.health.timed_out += 1;
-            }
-            self.open.pop_front();
-        }
-        if let Some(t) = &self.tail {
-            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
-                self.tail = None;
-                self.health.timed_out += 1;
-                if self.resp.state == RespState::LostTail {
-                    self.resp.state = RespState::ExpectStart;
-                }
-            }
-        }
-    }
-
     /// Client-to-server bytes.
     pub fn on_request(&mut self, chunk: &Chunk) {
         if self.stopped {
@@ -1619,7 +1558,7 @@ impl RedisSession {
     }
 
     /// Server-to-client bytes; completed operations are appended to `out`.
-    pub fn on_response(&mut self, chunk: &Chunk, out: &mut Vec<Operation>) {
+    pub fn on_response(&mut self, chunk: &Chunk, out: &mut impl Sink<Operation>) {
         if self.stopped {
             return;
         }
@@ -1726,9 +1665,9 @@ impl RedisSession {
         } else {
             None
         };
-        let role = name.map_or(Role::Plain, |i| ROLES[usize::from(i)]);
-        let sub = match role {
-            Role::Container | Role::Client if r.argc >= 2 && r.a1.complete() => {
+        let command_kind = name.map_or(CommandKind::Plain, |i| COMMAND_KINDS[usize::from(i)]);
+        let sub = match command_kind {
+            CommandKind::Container | CommandKind::Client if r.argc >= 2 && r.a1.complete() => {
                 subcommand_index(COMMANDS[usize::from(name.unwrap_or(0))], r.a1.bytes())
             }
             _ => None,
@@ -1738,25 +1677,25 @@ impl RedisSession {
             argc: r.argc.min(u64::from(u32::MAX)) as u32,
             name: name.unwrap_or(NO_INDEX),
             sub: sub.unwrap_or(NO_INDEX),
-            special: match role {
-                Role::Monitor => Special::Monitor,
-                Role::Reset => Special::Reset,
-                Role::PubSub(k) => Special::PubSub(k),
+            special: match command_kind {
+                CommandKind::Monitor => Special::Monitor,
+                CommandKind::Reset => Special::Reset,
+                CommandKind::PubSub(k) => Special::PubSub(k),
                 _ => Special::None,
             },
         };
-        match role {
+        match command_kind {
             // The connection becomes a replication stream: not request/response any more.
-            Role::Sync => {
+            CommandKind::Sync => {
                 self.stop_replication();
                 return;
             }
             // RESET also turns CLIENT REPLY back ON, and is answered.
-            Role::Reset => {
+            CommandKind::Reset => {
                 self.reply_off = false;
                 self.skip_next = false;
             }
-            Role::Client if sub == Some(CLIENT_REPLY) && r.argc == 3 && r.a2.complete() => {
+            CommandKind::Client if sub == Some(CLIENT_REPLY) && r.argc == 3 && r.a2.complete() => {
                 let mode = r.a2.bytes();
                 if mode.eq_ignore_ascii_case(b"OFF") {
                     self.reply_off = true;
@@ -1828,7 +1767,7 @@ impl RedisSession {
     }
 
     /// A top-level reply is complete.
-    fn reply_done(&mut self, end_ns: u64, out: &mut Vec<Operation>) {
+    fn reply_done(&mut self, end_ns: u64, out: &mut impl Sink<Operation>) {
         let r = self.resp.reply;
         self.resp.reply = Reply::EMPTY;
         match r.top {
@@ -1890,7 +1829,7 @@ impl RedisSession {
         count: Option<i64>,
         push: bool,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         let count = count.map(|c| c.clamp(0, i64::from(u32::MAX)) as u32);
         if let (Some(c), false) = (count, push) {
@@ -1938,7 +1877,7 @@ impl RedisSession {
         open: Open,
         error_type: Option<String>,
         end_ns: u64,
-        out: &mut Vec<Operation>,
+        out: &mut impl Sink<Operation>,
     ) {
         out.push(Operation {
             name: open.name(),
@@ -1994,6 +1933,90 @@ impl RedisSession {
         self.health.stopped = Some(StopReason::Replication);
         self.req = ReqParser::NEW;
         self.resp = RespParser::NEW;
+    }
+}
+
+// ---- the protocol registry's session ------------------------------------------------------
+
+/// A Redis session for [`super::PROTOCOLS`].
+pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
+    Box::new(RedisSession::new())
+}
+
+impl Session for RedisSession {
+    fn client_bytes(&mut self, chunk: &Chunk<'_>, _: &mut Vec<Request>) {
+        self.on_request(chunk);
+    }
+
+    fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        self.on_response(chunk, &mut requests(out));
+    }
+
+    /// A Redis reply is complete when its last byte arrives: the close completes nothing.
+    fn finish(&mut self, _: &mut Vec<Request>) {}
+
+    /// Requests waiting for their reply.
+    fn pending(&self) -> usize {
+        self.open.len() - self.gaps + usize::from(self.tail.is_some())
+    }
+
+    /// Returns what happened since the last call and resets it (`stopped` is reported once).
+    fn take_health(&mut self) -> SessionHealth {
+        std::mem::take(&mut self.health)
+    }
+
+    /// How many of the next bytes in that direction the session will skip without looking
+    /// at them: the rest of the bulk string being read (its CRLF excluded, which is checked),
+    /// when none of it is kept (only the first bytes of the command name, its first two
+    /// arguments and the first element of a reply are). 0 when unsure.
+    fn skip_hint(&self, from_client: bool) -> u64 {
+        if self.stopped {
+            return 0;
+        }
+        if from_client {
+            let r = &self.req;
+            let kept = match r.arg {
+                0 => r.a0.full(),
+                1 => r.a1.full(),
+                2 => r.a2.full(),
+                _ => true,
+            };
+            if r.state == ReqState::BulkBody && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        } else {
+            let r = &self.resp;
+            let kept = r.target != Target::Word || r.reply.word.full();
+            if r.state == RespState::Body && kept {
+                return r.remaining.saturating_sub(2);
+            }
+        }
+        0
+    }
+
+    /// Drops the requests that started more than `timeout_ns` before `now_ns` (counted in
+    /// `timed_out`).
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        while let Some(o) = self.open.front() {
+            if o.start_ns.saturating_add(timeout_ns) >= now_ns {
+                break;
+            }
+            if o.is_gap() {
+                self.gaps -= 1;
+            } else {
+                self.health.timed_out += 1;
+            }
+            self.open.pop_front();
+        }
+        if let Some(t) = &self.tail {
+            if !t.closed && t.open.start_ns.saturating_add(timeout_ns) < now_ns {
+                self.tail = None;
+                self.health.timed_out += 1;
+                if self.resp.state == RespState::LostTail {
+                    self.resp.state = RespState::ExpectStart;
+                }
+            }
+        }
     }
 }
 
@@ -2498,13 +2521,13 @@ mod tests {
         assert_eq!(operation_name(&[b'A'; 40]), OTHER);
         assert_eq!(COMMANDS.len(), 250);
         assert_eq!(SUBCOMMANDS[usize::from(CLIENT_REPLY)], "CLIENT REPLY");
-        for (c, role) in COMMANDS.iter().zip(ROLES.iter()) {
-            let container = matches!(role, Role::Container | Role::Client);
-            assert_eq!(container, CONTAINERS.contains(c), "{c}: {role:?}");
+        for (c, command_kind) in COMMANDS.iter().zip(COMMAND_KINDS.iter()) {
+            let container = matches!(command_kind, CommandKind::Container | CommandKind::Client);
+            assert_eq!(container, CONTAINERS.contains(c), "{c}: {command_kind:?}");
         }
         assert_eq!(
-            ROLES[usize::from(command_index(b"psync").unwrap())],
-            Role::Sync
+            COMMAND_KINDS[usize::from(command_index(b"psync").unwrap())],
+            CommandKind::Sync
         );
         let used = COMMAND_HASH.iter().filter(|&&i| i != NO_INDEX).count();
         assert_eq!(used, COMMANDS.len(), "every command is in the hash table");

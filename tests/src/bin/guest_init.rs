@@ -156,7 +156,7 @@ fn result(name: &str, outcome: Outcome) {
     let _ = std::io::stdout().flush();
 }
 
-/// Mounts what a booted host has and the agent expects (PLATFORM.md: tracefs and bpffs
+/// Mounts what a booted host has and the agent expects (docs/design.md: tracefs and bpffs
 /// are not mounted at boot on the build machines either), and brings up loopback.
 fn setup_system() {
     let mounts: [(&str, &str, &str); 7] = [

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use nodetap_tests::{free_port, Agent, ChildGuard};
 
+use super::stats::percentile;
+
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const WARMUP: usize = 10;
 const SCRAPES: usize = 200;
@@ -17,12 +19,6 @@ fn scrape(port: u16) -> Result<usize> {
     nodetap_tests::try_http_get(&format!("http://127.0.0.1:{port}/metrics"))
         .map(|body| body.len())
         .map_err(|e| anyhow::anyhow!("scrape of port {port}: {e}"))
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    // Nearest rank.
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -154,17 +150,4 @@ pub fn run() -> Result<String> {
          netdev, pressure, stat, time, uname, vmstat). This compares the endpoints as deployed.\n",
     );
     Ok(md)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        let v: Vec<f64> = (1..=200).map(f64::from).collect();
-        assert_eq!(percentile(&v, 50.0), 100.0);
-        assert_eq!(percentile(&v, 99.0), 198.0);
-        assert_eq!(percentile(&[3.0], 99.0), 3.0);
-    }
 }

@@ -20,11 +20,7 @@ fn histogram(text: &str, family: &str, labels: &[(&str, &str)]) -> (f64, Vec<(f6
     let Some(f) = families.iter().find(|f: &&Family| f.name == family) else {
         return (0.0, Vec::new());
     };
-    let matches = |s: &&exposition::Sample| {
-        labels
-            .iter()
-            .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
-    };
+    let matches = |s: &&exposition::Sample| s.has_labels(labels);
     let count = f
         .samples
         .iter()

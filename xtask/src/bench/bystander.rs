@@ -10,8 +10,8 @@ use std::{
 use anyhow::{ensure, Context, Result};
 
 use crate::{
+    bench::cost::{pipe_pump, reported_tier, start_agent, BLOCK},
     bench::{events_lost, machine, median},
-    bench_cost::{pipe_pump, reported_tier, start_agent, BLOCK},
 };
 
 const ROUNDS: usize = 5;

@@ -5,7 +5,17 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+mod bystander;
+mod capture;
+mod cost;
+mod db;
+mod http;
 pub mod kernel;
+mod network;
+mod node;
+mod stats;
+
+pub use stats::median;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum What {
@@ -33,14 +43,14 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
     // The harness starts the agent from NODETAP_BIN.
     std::env::set_var("NODETAP_BIN", nodetap);
     let (key, section) = match what {
-        What::Capture => ("capture", crate::bench_capture::run()?),
-        What::Node => ("node", crate::bench_node::run()?),
-        What::Redis => ("redis", crate::bench_db::redis()?),
-        What::Postgres => ("postgres", crate::bench_db::postgres()?),
-        What::Http => ("http", crate::bench_http::run()?),
-        What::Network => ("network", crate::bench_network::run()?),
-        What::Cost => ("cost", crate::bench_cost::run()?),
-        What::Bystander => ("bystander", crate::bench_bystander::run()?),
+        What::Capture => ("capture", capture::run()?),
+        What::Node => ("node", node::run()?),
+        What::Redis => ("redis", db::redis()?),
+        What::Postgres => ("postgres", db::postgres()?),
+        What::Http => ("http", http::run()?),
+        What::Network => ("network", network::run()?),
+        What::Cost => ("cost", cost::run()?),
+        What::Bystander => ("bystander", bystander::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)
@@ -132,19 +142,6 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
         .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
         .sum();
     ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-pub fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        return 0.0;
-    }
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// Sum of the samples named `name` whose labels include `labels` (others may differ).

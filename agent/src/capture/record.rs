@@ -1,0 +1,110 @@
+//! What a connection's session produced, out of the connection table: each completed
+//! request to every signal, and the session's health to the protocol counters.
+
+use agent_common::Role;
+
+use super::Connection;
+use crate::{
+    metrics::{Metrics, ProtocolLabels, ProtocolReasonLabels},
+    protocols::{FeedOutcome, Protocol, Request},
+    signals::{RequestRecord, Signal},
+};
+
+/// Hands each request a connection's session completed to every signal, with what the
+/// connection knows of itself.
+pub(super) fn record_requests(
+    signals: &[Box<dyn Signal>],
+    conn: &Connection,
+    protocol: Option<Protocol>,
+    done: &[Request],
+) {
+    if done.is_empty() {
+        return;
+    }
+    let (Some(protocol), Some(server)) = (protocol, server_end(conn)) else {
+        return;
+    };
+    for request in done {
+        let record = RequestRecord {
+            protocol,
+            role: conn.role,
+            request,
+            server,
+            peer_zone: &conn.peer_zone,
+            workload: &conn.workload,
+        };
+        for signal in signals {
+            signal.record(&record);
+        }
+    }
+}
+
+/// The server end of a connection: the remote end for a client, the local end for a
+/// server.
+fn server_end(conn: &Connection) -> Option<std::net::SocketAddr> {
+    let endpoints = conn.endpoints?;
+    match conn.role {
+        Role::Client => Some(endpoints.remote),
+        Role::Server => Some(endpoints.local),
+        Role::Unknown => None,
+    }
+}
+
+pub(super) fn record_health(metrics: &Metrics, protocol: Option<Protocol>, outcome: &FeedOutcome) {
+    if let Some(detected) = outcome.detected {
+        metrics
+            .protocol_connections
+            .get_or_create(&ProtocolLabels {
+                protocol: detected.label(),
+            })
+            .inc();
+    }
+    let Some(protocol) = protocol else {
+        return;
+    };
+    let labels = ProtocolLabels {
+        protocol: protocol.label(),
+    };
+    let h = &outcome.health;
+    if h.parse_errors > 0 {
+        metrics
+            .protocol_parse_errors
+            .get_or_create(&labels)
+            .inc_by(h.parse_errors);
+    }
+    if h.timed_out > 0 {
+        metrics
+            .protocol_timed_out
+            .get_or_create(&labels)
+            .inc_by(h.timed_out);
+    }
+    if let Some(reason) = h.stopped {
+        metrics
+            .protocol_stopped
+            .get_or_create(&ProtocolReasonLabels {
+                protocol: protocol.label(),
+                reason: reason.label(),
+            })
+            .inc();
+    }
+    for (reason, n) in h.lost.iter() {
+        if n > 0 {
+            metrics
+                .protocol_requests_lost
+                .get_or_create(&ProtocolReasonLabels {
+                    protocol: protocol.label(),
+                    reason: reason.label(),
+                })
+                .inc_by(n);
+        }
+    }
+    if h.tls {
+        // A PostgreSQL connection that negotiated TLS: counted as TLS too, not parsed.
+        metrics
+            .protocol_connections
+            .get_or_create(&ProtocolLabels {
+                protocol: Protocol::TLS.label(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,137 @@
+//! The one request record every protocol produces: timing, outcome and attributes of one
+//! request matched to its response. The capture layer adds the protocol, the role and the
+//! connection's workload (see `signals::RequestRecord`), and every signal consumes that.
+//!
+//! A protocol's parser keeps its own richer result type (its unit tests read those); its
+//! [`Session`](super::Session) implementation converts them into these, once.
+
+use super::http1::HttpExchange;
+use super::Operation;
+
+/// One completed request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// Start (ns, monotonic): the start of the chunk holding the request's first byte
+    /// (see docs/design.md, "Timing").
+    pub start_ns: u64,
+    /// End (ns, monotonic): the end of the chunk holding the response's last byte.
+    pub end_ns: u64,
+    /// What was asked and how it went, in the protocol family's terms.
+    pub attributes: Attributes,
+}
+
+impl Request {
+    /// The request's duration in seconds, as the duration histograms observe it.
+    pub fn seconds(&self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+}
+
+/// A request's attributes by protocol family; each carries its own outcome (a database
+/// error type, an HTTP status, a gRPC status), as its semantic conventions define it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attributes {
+    Db(DbRequest),
+    Http(HttpRequest),
+    Rpc(RpcRequest),
+}
+
+/// A database operation (Redis, PostgreSQL).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DbRequest {
+    /// `db.operation.name`: from a closed set per protocol, `_OTHER` otherwise.
+    pub operation: &'static str,
+    /// `error.type`: `None` on success; a bounded, low-cardinality value otherwise.
+    pub error_type: Option<String>,
+    /// Statement text with literals replaced by `?` (for spans only, never a label).
+    pub statement: String,
+    /// Collection (table or key-space) name where it is cheap to know.
+    pub collection: Option<String>,
+}
+
+/// An HTTP request (HTTP/1.x, or HTTP/2 that is not gRPC).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// `http.request.method`: a known method or `_OTHER`.
+    pub method: &'static str,
+    /// `http.response.status_code`; 0 when no response came (an HTTP/2 reset stream).
+    pub status: u16,
+    /// `http.route`: low-cardinality, the user's patterns first.
+    pub route: String,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// The request's W3C `traceparent`, when it had exactly one and it was valid.
+    pub traceparent: Option<String>,
+}
+
+/// A remote procedure call (gRPC over HTTP/2).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RpcRequest {
+    /// `rpc.system`.
+    pub system: &'static str,
+    /// `rpc.service`: `package.Service`, or `_OTHER`.
+    pub service: String,
+    /// `rpc.method`, or `_OTHER`.
+    pub method: String,
+    /// `rpc.grpc.status_code`.
+    pub status: u32,
+}
+
+impl From<Operation> for Request {
+    fn from(op: Operation) -> Self {
+        Request {
+            start_ns: op.start_ns,
+            end_ns: op.end_ns,
+            attributes: Attributes::Db(DbRequest {
+                operation: op.name,
+                error_type: op.error_type,
+                statement: op.statement,
+                collection: op.collection,
+            }),
+        }
+    }
+}
+
+impl From<HttpExchange> for Request {
+    fn from(ex: HttpExchange) -> Self {
+        Request {
+            start_ns: ex.start_ns,
+            end_ns: ex.end_ns,
+            attributes: Attributes::Http(HttpRequest {
+                method: ex.method,
+                status: ex.status,
+                route: ex.route,
+                request_body_bytes: ex.request_body_bytes,
+                response_body_bytes: ex.response_body_bytes,
+                traceparent: ex.traceparent,
+            }),
+        }
+    }
+}
+
+/// Where a parser hands what it completed: a `Vec` of its own results (what its unit
+/// tests read), or [`Requests`] (what the registry's sessions hand out).
+pub trait Sink<T> {
+    fn push(&mut self, item: T);
+}
+
+impl<T> Sink<T> for Vec<T> {
+    fn push(&mut self, item: T) {
+        Vec::push(self, item);
+    }
+}
+
+/// A sink that turns each result into a [`Request`] as it is pushed: no buffer between
+/// a parser and the request records.
+pub struct Requests<'a, F>(pub &'a mut Vec<Request>, pub F);
+
+impl<T, F: FnMut(T) -> Request> Sink<T> for Requests<'_, F> {
+    fn push(&mut self, item: T) {
+        self.0.push((self.1)(item));
+    }
+}
+
+/// A sink for results that convert by themselves (`Into<Request>`).
+pub fn requests<T: Into<Request>>(out: &mut Vec<Request>) -> Requests<'_, fn(T) -> Request> {
+    Requests(out, Into::into)
+}

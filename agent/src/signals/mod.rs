@@ -1,0 +1,44 @@
+//! Signals: what the agent makes of each completed request. Every protocol's session
+//! produces [`Request`]s; the capture layer adds what it knows of the connection and
+//! hands each as a [`RequestRecord`] to every registered [`Signal`]. A new signal (spans,
+//! say) is one file implementing [`Signal`] and one line in [`registered`].
+
+mod red;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use agent_common::Role;
+
+use crate::{
+    metadata::workload::{PeerZone, WorkloadLabels},
+    metrics::Metrics,
+    protocols::{Protocol, Request},
+};
+
+/// One completed request with its connection and workload: what every signal consumes.
+pub struct RequestRecord<'a> {
+    /// The protocol the connection speaks (its label is `db.system.name` for databases).
+    pub protocol: Protocol,
+    /// Which end of the connection this node observed: [`Role::Client`] or
+    /// [`Role::Server`] (a connection of unknown role is never parsed).
+    pub role: Role,
+    /// Timing, outcome and attributes.
+    pub request: &'a Request,
+    /// The server end of the connection (the remote end for a client, the local end for
+    /// a server).
+    pub server: SocketAddr,
+    /// The other end's zone, when the agent knows it.
+    pub peer_zone: &'a PeerZone,
+    /// The workload on this node that owns the connection.
+    pub workload: &'a WorkloadLabels,
+}
+
+/// A consumer of request records.
+pub trait Signal: Send {
+    fn record(&self, record: &RequestRecord<'_>);
+}
+
+/// Every signal: the one place they are registered.
+pub fn registered(metrics: &Arc<Metrics>) -> Vec<Box<dyn Signal>> {
+    vec![Box::new(red::RedMetrics::new(metrics.clone()))]
+}

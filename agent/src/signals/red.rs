@@ -1,0 +1,83 @@
+//! RED metrics: each request record observed in its family's duration histogram (and,
+//! for HTTP, the body size histograms), client or server by the record's role.
+
+use std::sync::Arc;
+
+use agent_common::Role;
+
+use super::{RequestRecord, Signal};
+use crate::{
+    metadata::workload::Name,
+    metrics::{DbLabels, HttpLabels, Metrics, RpcLabels},
+    protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
+};
+
+pub struct RedMetrics {
+    metrics: Arc<Metrics>,
+}
+
+impl RedMetrics {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+
+    fn db(&self, r: &RequestRecord<'_>, db: &DbRequest) {
+        let labels = DbLabels {
+            db_system_name: r.protocol.label(),
+            db_operation_name: db.operation,
+            error_type: db.error_type.clone(),
+            server_address: Name::new(&r.server.ip().to_string()),
+            server_port: r.server.port(),
+            peer: r.peer_zone.clone(),
+            workload: r.workload.clone(),
+        };
+        let family = self.metrics.db_duration(r.role);
+        family.observe(&labels, r.request.seconds());
+    }
+
+    fn http(&self, r: &RequestRecord<'_>, http: &HttpRequest) {
+        let labels = HttpLabels {
+            http_request_method: http.method,
+            http_response_status_code: http.status,
+            http_route: http.route.clone(),
+            server_port: r.server.port(),
+            peer: r.peer_zone.clone(),
+            workload: r.workload.clone(),
+        };
+        let families = self.metrics.http(r.role);
+        families.duration.observe(&labels, r.request.seconds());
+        families
+            .request_size
+            .observe(&labels, http.request_body_bytes as f64);
+        families
+            .response_size
+            .observe(&labels, http.response_body_bytes as f64);
+    }
+
+    fn rpc(&self, r: &RequestRecord<'_>, rpc: &RpcRequest) {
+        let labels = RpcLabels {
+            rpc_system: rpc.system,
+            rpc_service: rpc.service.clone(),
+            rpc_method: rpc.method.clone(),
+            rpc_grpc_status_code: rpc.status,
+            server_port: r.server.port(),
+            peer: r.peer_zone.clone(),
+            workload: r.workload.clone(),
+        };
+        let family = self.metrics.rpc_duration(r.role);
+        family.observe(&labels, r.request.seconds());
+    }
+}
+
+impl Signal for RedMetrics {
+    fn record(&self, r: &RequestRecord<'_>) {
+        if r.role == Role::Unknown {
+            return;
+        }
+        match &r.request.attributes {
+            Attributes::Db(db) => self.db(r, db),
+            Attributes::Http(http) => self.http(r, http),
+            Attributes::Rpc(rpc) => self.rpc(r, rpc),
+        }
+    }
+}
