@@ -112,6 +112,14 @@ pub struct Cli {
     /// Entries of each kernel flow table (distinct flows per 2 s) [default: 32768].
     #[arg(long, env = "NODETAP_NETWORK_FLOW_ENTRIES", value_name = "N")]
     pub network_flow_entries: Option<u32>,
+    /// TLS and basic authentication for the endpoint, in node_exporter's web config
+    /// format (tls_server_config, basic_auth_users) [default: plain HTTP, no auth].
+    #[arg(
+        long = "web.config.file",
+        env = "NODETAP_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// Run the start-up checks, load and attach every hook, print the report, and exit.
     #[arg(long)]
     pub check: bool,
@@ -135,6 +143,7 @@ pub struct FileConfig {
     /// Host metrics (`[node]` table).
     pub node: NodeConfig,
     pub network_flow_entries: Option<u32>,
+    pub web_config_file: Option<PathBuf>,
     /// Zones (`[zones]` table).
     pub zones: ZoneConfig,
     /// Pod and node metadata (`[kubernetes]` table).
@@ -164,6 +173,8 @@ pub struct Config {
     /// used only on EC2).
     pub imds_endpoint_set: bool,
     pub network_flow_entries: u32,
+    /// node_exporter-format web config (TLS, basic auth) for the endpoint.
+    pub web_config_file: Option<PathBuf>,
     pub check_only: bool,
 }
 
@@ -373,6 +384,7 @@ impl Config {
             kubernetes,
             imds_endpoint_set,
             network_flow_entries,
+            web_config_file: cli.web_config_file.or(file.web_config_file),
             check_only: cli.check,
         })
     }
