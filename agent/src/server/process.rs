@@ -69,6 +69,21 @@ pub fn encode(out: &mut String) {
 mod tests {
     #[test]
     fn the_agents_own_process() {
+        // Some CPU time to see (the kernel counts it in ticks): 30 ms of this thread's
+        // CPU, however loaded the machine is.
+        let cpu_ns = || {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+            t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+        };
+        let start = cpu_ns();
+        let mut spin = 0u64;
+        while cpu_ns() - start < 30_000_000 {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
         let mut text = String::new();
         super::encode(&mut text);
         let value = |name: &str| -> f64 {
