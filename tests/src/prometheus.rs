@@ -3,7 +3,7 @@
 //! and its data removed on drop.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -35,6 +35,11 @@ impl Prometheus {
     /// Starts Prometheus with `scrape_configs` (YAML list items, indented by two spaces)
     /// under a 1 s scrape interval, and waits until it is ready.
     pub fn start(scrape_configs: &str) -> Prometheus {
+        Prometheus::start_with_rules(scrape_configs, &[])
+    }
+
+    /// As [`Prometheus::start`], with rule files (evaluated every second).
+    pub fn start_with_rules(scrape_configs: &str, rule_files: &[PathBuf]) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).exists(),
             "{PROMETHEUS} is missing: apt-get install -y prometheus (or cargo xtask setup)"
@@ -45,7 +50,9 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n{scrape_configs}"
+                 rule_files: {rules}\n\
+                 scrape_configs:\n{scrape_configs}",
+                rules = serde_json::to_string(&rule_files).expect("paths as JSON")
             ),
         )
         .expect("write prometheus.yml");
