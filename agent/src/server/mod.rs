@@ -210,3 +210,39 @@ pub async fn serve(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, need: Need, error: Option<&str>) -> HookStatus {
+        HookStatus {
+            program: "test",
+            tracepoint: name.to_owned(),
+            need,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_every_required_hook_is_attached() {
+        let ready = Readiness::new(&[
+            hook("tp_btf:inet_sock_set_state", Need::Required, None),
+            hook("sys_enter_sendfile64", Need::Optional, Some("EINVAL")),
+        ]);
+        assert_eq!(ready.respond().status(), StatusCode::OK);
+        let not_ready = Readiness::new(&[
+            hook("tp_btf:inet_sock_set_state", Need::Required, Some("EPERM")),
+            hook("sys_enter_sendfile64", Need::Optional, None),
+        ]);
+        assert_eq!(
+            not_ready.respond().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            Readiness::default().respond().status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no hooks at all is not ready"
+        );
+    }
+}
