@@ -393,6 +393,23 @@ pub fn unique_name(prefix: &str) -> String {
     name
 }
 
+/// Runs `cmd` and returns its stdout; panics with the command and everything it printed
+/// if it cannot start or exits unsuccessfully.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{shown}: {e} (cargo xtask setup installs the tools)"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

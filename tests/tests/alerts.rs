@@ -17,16 +17,10 @@ fn repository() -> PathBuf {
 }
 
 fn promtool(args: &[&str]) {
-    let out = Command::new(nodetap_tests::prometheus::PROMTOOL)
-        .args(args)
-        .current_dir(prometheus_dir())
-        .output()
-        .expect("promtool (apt-get install prometheus, or cargo xtask setup)");
-    assert!(
-        out.status.success(),
-        "promtool {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    nodetap_tests::run_ok(
+        Command::new(nodetap_tests::prometheus::PROMTOOL)
+            .args(args)
+            .current_dir(prometheus_dir()),
     );
 }
 

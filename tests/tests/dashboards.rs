@@ -15,6 +15,7 @@ use nodetap_tests::{
     helper_bin,
     netlab::NetLab,
     prometheus::Prometheus,
+    run_ok,
     servers::{grpc_peer, GrpcServer, Nginx, PostgresServer, RedisServer, TempDir},
     Agent,
 };
@@ -109,16 +110,6 @@ fn dashboards_are_importable() {
             );
         }
     }
-}
-
-fn run_ok(cmd: &mut Command) {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// One round of every kind of traffic the dashboards show, errors included.

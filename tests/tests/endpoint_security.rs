@@ -11,29 +11,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nodetap_tests::{free_port, prometheus::Prometheus, servers::TempDir, Agent, ChildGuard};
+use nodetap_tests::{
+    free_port, prometheus::Prometheus, run_ok, servers::TempDir, Agent, ChildGuard,
+};
 
 const USER: &str = "prometheus";
 const PASSWORD: &str = "s3cret-scrape";
 
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{shown}: {e} (cargo xtask setup installs it)"));
-    assert!(
-        out.status.success(),
-        "{shown} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A CA and a server certificate for 127.0.0.1/localhost signed by it, by openssl.
 fn make_certificates(dir: &Path) {
     let p = |name: &str| dir.join(name).display().to_string();
-    run(Command::new("openssl").args([
+    run_ok(Command::new("openssl").args([
         "req",
         "-x509",
         "-newkey",
@@ -50,7 +38,7 @@ fn make_certificates(dir: &Path) {
         "-out",
         &p("ca.crt"),
     ]));
-    run(Command::new("openssl").args([
+    run_ok(Command::new("openssl").args([
         "req",
         "-newkey",
         "ec",
@@ -69,7 +57,7 @@ fn make_certificates(dir: &Path) {
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
     )
     .unwrap();
-    run(Command::new("openssl").args([
+    run_ok(Command::new("openssl").args([
         "x509",
         "-req",
         "-in",
@@ -90,7 +78,7 @@ fn make_certificates(dir: &Path) {
 
 /// A bcrypt hash made by Apache's htpasswd, as a user following node_exporter's docs would.
 fn bcrypt_hash(password: &str) -> String {
-    let line = run(Command::new("htpasswd").args(["-nbBC", "10", USER, password]));
+    let line = run_ok(Command::new("htpasswd").args(["-nbBC", "10", USER, password]));
     line.trim()
         .split_once(':')
         .map(|(_, hash)| hash.to_owned())
