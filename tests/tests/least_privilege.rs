@@ -167,6 +167,13 @@ fn assert_works_with(caps: &[String], user: &str, group: &str, uid: &str) {
         agent.output()
     );
 
+    // What the DaemonSet's readiness probe and a unit's health check ask.
+    let ready = try_http_get(&format!("http://127.0.0.1:{}/readyz", agent.port));
+    assert!(
+        ready.as_deref().is_ok_and(|body| body.starts_with("ready")),
+        "/readyz with capabilities {caps:?} as {user}: {ready:?}"
+    );
+
     // A known transfer, counted exactly.
     let name = unique_name("lp");
     let out = Command::new(helper_bin("tcpgen"))
