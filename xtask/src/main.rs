@@ -324,6 +324,8 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     let bin = build()?;
+    // Release artifacts, which tests/tests/dist.rs inspects.
+    dist::run(&root)?;
     // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")
