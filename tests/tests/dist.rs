@@ -218,4 +218,57 @@ fn oci_image_runs_its_binary() {
         !rootfs.join("bin/sh").exists() && !rootfs.join("usr/bin/sh").exists(),
         "the image has a shell: it should hold only the agent"
     );
+
+    // And the image in a container (buildah, chroot isolation) as the DaemonSet runs
+    // it: its capability set, seccomp unconfined (a runtime's default profile denies
+    // bpf(2)), the host's tracefs and cgroup tree mounted: every hook attaches.
+    let daemonset = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/daemonset.yaml"),
+    )
+    .unwrap();
+    let caps = [
+        "BPF",
+        "PERFMON",
+        "NET_ADMIN",
+        "SYS_PTRACE",
+        "DAC_READ_SEARCH",
+    ];
+    assert!(
+        daemonset.contains(&format!("add: [{}]", caps.join(", "))),
+        "the DaemonSet's capabilities changed: update this test"
+    );
+    let name = format!("nodetap-dist-test-{}", std::process::id());
+    let _container = Container(name.clone());
+    run_ok(
+        Command::new("buildah")
+            .args(["--storage-driver", "vfs", "from", "--security-opt"])
+            .args(["seccomp=unconfined", "--name", &name])
+            .arg(format!("oci-archive:{}", archive.display())),
+    );
+    let mut run = Command::new("buildah");
+    run.args(["--storage-driver", "vfs", "run", "--isolation", "chroot"]);
+    for cap in caps {
+        run.args(["--cap-add", &format!("CAP_{cap}")]);
+    }
+    run.args(["-v", "/sys/kernel/tracing:/sys/kernel/tracing"])
+        .args(["-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro"])
+        .args([&name, "--", "/usr/bin/nodetap", "--check"]);
+    let out = run.output().expect("buildah run");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && report.contains("all required hooks attached"),
+        "the image in a container with the DaemonSet's capabilities: {}\n{report}",
+        out.status
+    );
+}
+
+/// A buildah working container, removed even when an assertion fails.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("buildah")
+            .args(["--storage-driver", "vfs", "rm", &self.0])
+            .output();
+    }
 }
