@@ -38,6 +38,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     report.check()?;
     raise_memlock_limit();
 
+    let web = match &config.web_config_file {
+        Some(path) => server::web_config::WebConfig::load(path)
+            .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))?,
+        None => server::web_config::WebConfig::default(),
+    };
+    server::check(&web)
+        .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
+        .context("--web.config.file: the TLS certificate or key cannot be used")?;
+
     // Bind before loading anything, so a busy port fails fast and leaves nothing behind.
     let listener = if config.check_only {
         None
@@ -178,12 +187,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let listener = listener.expect("bound above");
     log::info!(
-        "serving metrics on http://{}/metrics",
-        listener.local_addr().unwrap_or(config.listen)
+        "serving metrics on {}://{}/metrics{}",
+        if web.tls.is_some() { "https" } else { "http" },
+        listener.local_addr().unwrap_or(config.listen),
+        if web.users.is_empty() {
+            ""
+        } else {
+            " (basic auth)"
+        }
     );
     let node = Arc::new(crate::collectors::NodeCollectors::new(&config.node));
-    axum::serve(listener, server::router(metrics, node))
-        .with_graceful_shutdown(shutdown_signal())
+    let router = server::router(metrics, node, server::Readiness::new(&probes.hooks), &web);
+    server::serve(listener, router, &web, shutdown_signal())
         .await
         .context("metrics endpoint failed")?;
 

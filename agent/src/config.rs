@@ -134,6 +134,14 @@ pub struct Settings {
     /// Entries of each kernel flow table (distinct flows per 2 s) [default: 32768].
     #[arg(long, env = "NODETAP_NETWORK_FLOW_ENTRIES", value_name = "N")]
     pub network_flow_entries: Option<u32>,
+    /// TLS and basic authentication for the endpoint, in node_exporter's web config
+    /// format (tls_server_config, basic_auth_users) [default: plain HTTP, no auth].
+    #[arg(
+        long = "web.config.file",
+        env = "NODETAP_WEB_CONFIG_FILE",
+        value_name = "FILE"
+    )]
+    pub web_config_file: Option<PathBuf>,
     /// Host metrics (`[node]` table).
     #[arg(skip)]
     pub node: NodeConfig,
@@ -175,6 +183,7 @@ impl Settings {
             imds_endpoint: self.imds_endpoint.or(under.imds_endpoint),
             kubernetes_api_url: self.kubernetes_api_url.or(under.kubernetes_api_url),
             network_flow_entries: self.network_flow_entries.or(under.network_flow_entries),
+            web_config_file: self.web_config_file.or(under.web_config_file),
             node: under.node,
             zones: under.zones,
             kubernetes: under.kubernetes,
@@ -205,6 +214,8 @@ pub struct Config {
     /// used only on EC2).
     pub imds_endpoint_set: bool,
     pub network_flow_entries: u32,
+    /// node_exporter-format web config (TLS, basic auth) for the endpoint.
+    pub web_config_file: Option<PathBuf>,
     pub check_only: bool,
 }
 
@@ -388,6 +399,7 @@ impl Config {
             kubernetes,
             imds_endpoint_set,
             network_flow_entries,
+            web_config_file: s.web_config_file,
             check_only: cli.check,
         })
     }

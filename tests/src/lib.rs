@@ -11,6 +11,7 @@ pub mod netlab;
 pub mod ops;
 pub mod peers;
 pub mod pgwire;
+pub mod prometheus;
 pub mod resp;
 pub mod servers;
 
@@ -182,11 +183,34 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_until(args, |agent| try_http_get(&agent.metrics_url()).is_ok())
+    }
+
+    /// Starts the agent and waits until `serving` says its endpoint answers (an agent
+    /// serving TLS or asking for a password does not answer [`try_http_get`]).
+    pub fn start_until(args: &[&str], serving: impl Fn(&Agent) -> bool) -> Agent {
+        Agent::start_wrapped(&[], args, serving)
+    }
+
+    /// Starts the agent under `wrapper` (a command that runs the one after it, e.g.
+    /// `setpriv` with a user and capabilities), else as [`Agent::start_until`].
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        serving: impl Fn(&Agent) -> bool,
+    ) -> Agent {
         ensure_root();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("nodetap-test-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("agent log file");
-        let mut cmd = Command::new(nodetap_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, wrapper_args)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper_args).arg(nodetap_bin());
+                cmd
+            }
+            None => Command::new(nodetap_bin()),
+        };
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
@@ -206,7 +230,7 @@ impl Agent {
                     agent.output()
                 );
             }
-            if try_http_get(&agent.metrics_url()).is_ok() {
+            if serving(&agent) {
                 return agent;
             }
             assert!(
@@ -370,6 +394,23 @@ pub fn unique_name(prefix: &str) -> String {
     );
     name.truncate(15);
     name
+}
+
+/// Runs `cmd` and returns its stdout; panics with the command and everything it printed
+/// if it cannot start or exits unsuccessfully.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{shown}: {e} (cargo xtask setup installs the tools)"));
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 #[cfg(test)]

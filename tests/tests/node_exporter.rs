@@ -13,10 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nodetap_tests::exposition::{self, Family, MetricType};
-use nodetap_tests::{ensure_root, free_port, http_get, Agent, ChildGuard};
+use nodetap_tests::{ensure_root, free_port, http_get, prometheus::Prometheus, Agent, ChildGuard};
 
 const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// The node_exporter collectors nodetap implements (nodetap's `collectors::COLLECTORS`).
@@ -318,48 +317,6 @@ fn compare(before: &str, nodetap: &str, after: &str) -> Vec<String> {
     problems
 }
 
-fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
-/// Runs an instant query until it returns at least one sample; returns the values.
-fn query_until_non_empty(prom: &str, query: &str, deadline: Instant) -> Vec<f64> {
-    let url = format!("{prom}/api/v1/query?query={}", percent_encode(query));
-    let mut last = String::new();
-    loop {
-        if let Some(body) = try_get(&url) {
-            let v: serde_json::Value = serde_json::from_str(&body)
-                .unwrap_or_else(|e| panic!("Prometheus answered {body:?} to {query}: {e}"));
-            assert_eq!(v["status"], "success", "query {query}: {body}");
-            let result = v["data"]["result"].as_array().cloned().unwrap_or_default();
-            if !result.is_empty() {
-                return result
-                    .iter()
-                    .map(|r| {
-                        r["value"][1]
-                            .as_str()
-                            .and_then(|s| s.parse::<f64>().ok())
-                            .unwrap_or_else(|| panic!("query {query}: bad sample {r}"))
-                    })
-                    .collect();
-            }
-            last = body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "query {query} still empty after the deadline; last answer: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
-}
-
 #[test]
 fn node_families_match_node_exporter_and_work_in_prometheus() {
     ensure_root();
@@ -421,10 +378,6 @@ fn node_families_match_node_exporter_and_work_in_prometheus() {
 
     // 3. A real Prometheus scrapes nodetap every second; the usual node dashboards'
     //    queries must return data.
-    assert!(
-        Path::new(PROMETHEUS).exists(),
-        "{PROMETHEUS} is missing: apt-get install -y prometheus"
-    );
     let target = agent
         .metrics_url()
         .strip_prefix("http://")
@@ -434,32 +387,11 @@ fn node_families_match_node_exporter_and_work_in_prometheus() {
         Some((h, p)) => (h.to_string(), format!("/{p}")),
         None => (target.clone(), "/metrics".to_string()),
     };
-    let config = tmp.0.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: nodetap\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{hostport}']\n"
-        ),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let log = std::fs::File::create(tmp.0.join("prometheus.log")).unwrap();
-    let mut cmd = Command::new(PROMETHEUS);
-    cmd.arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            tmp.0.join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-        .stdout(Stdio::null())
-        .stderr(log);
-    let _prometheus = ChildGuard::spawn(cmd);
-    let prom = format!("http://127.0.0.1:{prom_port}");
-    wait_for(&format!("{prom}/-/ready"), "Prometheus");
-
+    let prometheus = Prometheus::start(&format!(
+        "  - job_name: nodetap\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{hostport}']\n"
+    ));
     let deadline = Instant::now() + Duration::from_secs(90);
-    let up = query_until_non_empty(&prom, "up{job=\"nodetap\"} == 1", deadline);
+    let up = prometheus.query_until_non_empty("up{job=\"nodetap\"} == 1", deadline);
     assert_eq!(up, vec![1.0]);
     let checks: [(&str, &str, f64, f64); 4] = [
         (
@@ -488,7 +420,7 @@ fn node_families_match_node_exporter_and_work_in_prometheus() {
         ),
     ];
     for (what, query, lo, hi) in checks {
-        let values = query_until_non_empty(&prom, query, deadline);
+        let values = prometheus.query_until_non_empty(query, deadline);
         for v in &values {
             assert!(
                 v.is_finite() && *v >= lo && *v <= hi,

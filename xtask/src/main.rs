@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask setup | build | run | test | test-kernels | bench <what>`.
 
 mod bench;
+mod dist;
 mod test_kernels;
 
 use std::{
@@ -31,6 +32,9 @@ enum Task {
     },
     /// Set up, build, and run every check and test: fmt, clippy, unit and integration.
     Test,
+    /// Release artifacts in target/dist/: a binary for glibc 2.17+, .deb, .rpm, and an
+    /// OCI image archive (README "Deploy").
+    Dist,
     /// Boot a second kernel (Debian's 6.1 cloud kernel, the EKS floor) under qemu and
     /// run `--check` and the capture exactness checks there (docs/kernels.md).
     TestKernels {
@@ -69,6 +73,10 @@ fn main() -> Result<()> {
             Err(err).context("could not start nodetap")
         }
         Task::Test => test(),
+        Task::Dist => {
+            setup()?;
+            dist::run(&root())
+        }
         Task::TestKernels {
             package,
             timeout,
@@ -160,7 +168,22 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils", "/usr/bin/objcopy"),
     // bench cost: no-op programs on the agent's hooks, the floor its numbers stand on.
     ("bpftrace", "/usr/bin/bpftrace"),
+    // The endpoint security test: certificates, and bcrypt hashes as users make them.
+    ("openssl", "/usr/bin/openssl"),
+    ("apache2-utils", "/usr/bin/htpasswd"),
+    // dist: the OCI image (buildah), and the dist test's look inside it and the .rpm.
+    ("buildah", "/usr/bin/buildah"),
+    ("umoci", "/usr/bin/umoci"),
+    ("rpm", "/usr/bin/rpm"),
 ];
+
+/// Cargo subcommands `cargo xtask dist` packages with: (crate, version), installed with
+/// `cargo install --locked`.
+const CARGO_TOOLS: &[(&str, &str)] = &[("cargo-deb", "3.8.0"), ("cargo-generate-rpm", "0.21.1")];
+
+/// Tools from PyPI that ship a binary: zig as the linker that targets glibc 2.17's
+/// symbol versions, and the cargo subcommand that drives it.
+const PYTHON_TOOLS: &[(&str, &str)] = &[("ziglang", "0.17.1"), ("cargo-zigbuild", "0.24.1")];
 
 /// Python packages for the tests' real peers, with a module that shows each is there.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
@@ -195,6 +218,39 @@ fn setup() -> Result<()> {
             .is_ok_and(|o| o.status.success());
         if !present {
             run_cmd(Command::new("python3").args(["-m", "pip", "install", "--quiet", package]))?;
+        }
+    }
+    for (package, version) in PYTHON_TOOLS {
+        let present = Command::new("python3")
+            .args(["-m", "pip", "show", package])
+            .output()
+            .is_ok_and(|o| {
+                String::from_utf8_lossy(&o.stdout).contains(&format!("Version: {version}"))
+            });
+        if !present {
+            run_cmd(Command::new("python3").args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                &format!("{package}=={version}"),
+            ]))?;
+        }
+    }
+    for (krate, version) in CARGO_TOOLS {
+        let subcommand = krate.trim_start_matches("cargo-");
+        let present = Command::new("cargo")
+            .args([subcommand, "--version"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+        if !present {
+            run_cmd(Command::new("cargo").args([
+                "install",
+                "--locked",
+                krate,
+                "--version",
+                version,
+            ]))?;
         }
     }
     let linker_ok = Command::new("bpf-linker")
@@ -261,6 +317,8 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     let bin = build()?;
+    // Release artifacts, which tests/tests/dist.rs inspects.
+    dist::run(&root)?;
     // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")

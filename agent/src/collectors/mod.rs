@@ -28,7 +28,7 @@ mod meminfo;
 mod netclass;
 mod netdev;
 mod pressure;
-mod render;
+pub(crate) mod render;
 mod stat;
 mod time;
 mod uname;

@@ -1,0 +1,248 @@
+//! The HTTP endpoint: `/metrics` for Prometheus, `/healthz` (the process answers) and
+//! `/readyz` (the required kernel hooks are attached), with node_exporter's
+//! `--web.config.file` TLS and basic authentication ([`web_config`]).
+
+mod basic_auth;
+mod process;
+mod tls;
+pub mod web_config;
+
+use std::{future::Future, sync::Arc};
+
+use axum::{
+    extract::Request,
+    http::{header, HeaderName, HeaderValue, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use tokio::net::TcpListener;
+
+use crate::{
+    collectors::NodeCollectors,
+    metrics::Metrics,
+    probes::{HookStatus, Need},
+};
+use basic_auth::BasicAuth;
+pub use tls::TlsError;
+use web_config::WebConfig;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Paths a kubelet or load balancer probes without credentials: they say whether the
+/// agent works, nothing about the node (TLS still applies to them).
+const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// One scrape: the agent's families and its process's, then the node collectors'. Reading /proc, /sys
+/// and statfs can block (a hung mount), so it runs off the async worker threads.
+fn scrape(metrics: &Metrics, node: &NodeCollectors) -> String {
+    let mut text = metrics.encode();
+    process::encode(&mut text);
+    node.encode(&mut text);
+    text
+}
+
+/// What `/readyz` reports: each hook's fate at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness {
+    hooks: Vec<(String, Need, bool)>,
+}
+
+impl Readiness {
+    pub fn new(hooks: &[HookStatus]) -> Self {
+        Readiness {
+            hooks: hooks
+                .iter()
+                .map(|h| (h.tracepoint.clone(), h.need, h.error.is_none()))
+                .collect(),
+        }
+    }
+
+    /// 200 when every required hook is attached, else 503; the body lists the hooks.
+    fn respond(&self) -> Response {
+        let missing: Vec<&str> = self
+            .hooks
+            .iter()
+            .filter(|(_, need, attached)| *need == Need::Required && !attached)
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        let mut body = if missing.is_empty() {
+            "ready: every required hook is attached\n".to_owned()
+        } else {
+            format!(
+                "not ready: required hooks not attached: {}\n",
+                missing.join(", ")
+            )
+        };
+        for (name, need, attached) in &self.hooks {
+            let need = if *need == Need::Required {
+                "required"
+            } else {
+                "optional"
+            };
+            let state = if *attached {
+                "attached"
+            } else {
+                "not attached"
+            };
+            body.push_str(&format!("{name} {need} {state}\n"));
+        }
+        let status = if missing.is_empty() && !self.hooks.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (status, body).into_response()
+    }
+}
+
+pub fn router(
+    metrics: Arc<Metrics>,
+    node: Arc<NodeCollectors>,
+    readiness: Readiness,
+    web: &WebConfig,
+) -> Router {
+    let readiness = Arc::new(readiness);
+    let mut router = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                let node = node.clone();
+                async move {
+                    match tokio::task::spawn_blocking(move || scrape(&metrics, &node)).await {
+                        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+                        Err(e) => {
+                            log::error!("scrape failed: {e}");
+                            (StatusCode::INTERNAL_SERVER_ERROR, "scrape failed\n").into_response()
+                        }
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(move || async move { readiness.respond() }))
+        .route(
+            "/",
+            get(|| async {
+                "nodetap: metrics at /metrics, health at /healthz, readiness at /readyz\n"
+            }),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n").into_response() });
+    if !web.users.is_empty() {
+        let auth = Arc::new(BasicAuth::new(web.users.clone()));
+        router = router.layer(middleware::from_fn(move |request, next| {
+            require_user(auth.clone(), request, next)
+        }));
+    }
+    if !web.headers.is_empty() {
+        let headers: Arc<Vec<(HeaderName, HeaderValue)>> = Arc::new(
+            web.headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        HeaderName::from_bytes(k.as_bytes()).expect("checked by web_config"),
+                        HeaderValue::from_str(v).expect("checked by web_config"),
+                    )
+                })
+                .collect(),
+        );
+        router = router.layer(middleware::map_response(move |mut response: Response| {
+            let headers = headers.clone();
+            async move {
+                for (name, value) in headers.iter() {
+                    response.headers_mut().insert(name.clone(), value.clone());
+                }
+                response
+            }
+        }));
+    }
+    router
+}
+
+async fn require_user(auth: Arc<BasicAuth>, request: Request, next: Next) -> Response {
+    if UNAUTHENTICATED_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if auth.allows(header).await {
+        return next.run(request).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic")],
+        "Unauthorized\n",
+    )
+        .into_response()
+}
+
+/// Checks at start-up that the TLS files load, so a bad path or key fails the agent
+/// (as node_exporter fails) instead of every scrape.
+pub fn check(web: &WebConfig) -> Result<(), TlsError> {
+    match &web.tls {
+        Some(settings) => tls::server_config(settings).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// Serves `router` on `listener`, over TLS when the web config has it, until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    web: &WebConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match &web.tls {
+        Some(settings) => {
+            let listener = tls::TlsListener::new(listener, settings.clone())?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(name: &str, need: Need, error: Option<&str>) -> HookStatus {
+        HookStatus {
+            program: "test",
+            tracepoint: name.to_owned(),
+            need,
+            error: error.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn ready_only_when_every_required_hook_is_attached() {
+        let ready = Readiness::new(&[
+            hook("tp_btf:inet_sock_set_state", Need::Required, None),
+            hook("sys_enter_sendfile64", Need::Optional, Some("EINVAL")),
+        ]);
+        assert_eq!(ready.respond().status(), StatusCode::OK);
+        let not_ready = Readiness::new(&[
+            hook("tp_btf:inet_sock_set_state", Need::Required, Some("EPERM")),
+            hook("sys_enter_sendfile64", Need::Optional, None),
+        ]);
+        assert_eq!(
+            not_ready.respond().status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            Readiness::default().respond().status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no hooks at all is not ready"
+        );
+    }
+}
