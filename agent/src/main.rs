@@ -2,14 +2,21 @@ use clap::Parser;
 use nodetap::config::{Cli, Config};
 
 fn main() {
-    let cli = Cli::parse();
-    let config = match Config::resolve(cli) {
+    // node_exporter's collector switches (--collector.<name>, ...) first: their names
+    // come from the collector table, not from clap.
+    let (args, node_flags) = nodetap::collectors::flags::split(std::env::args_os());
+    let cli = Cli::parse_from(args);
+    let mut config = match Config::resolve(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("nodetap: {}", nodetap::error_chain(&e));
             std::process::exit(2);
         }
     };
+    if let Err(e) = node_flags.apply(&mut config.node) {
+        eprintln!("nodetap: {}", nodetap::error_chain(&e));
+        std::process::exit(2);
+    }
     env_logger::Builder::new()
         .filter_level(config.log_level)
         .parse_env("RUST_LOG")

@@ -20,17 +20,31 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+mod arp;
+mod conntrack;
 mod cpu;
 mod diskstats;
+mod entropy;
+mod exporter;
+mod filefd;
 mod filesystem;
+pub mod flags;
 mod loadavg;
 mod meminfo;
 mod netclass;
 mod netdev;
+mod netstat;
+mod os;
 mod pressure;
 mod render;
+mod selinux;
+mod sockstat;
+mod softnet;
 mod stat;
+mod textfile;
 mod time;
+mod timex;
+mod udp_queues;
 mod uname;
 mod util;
 mod vmstat;
@@ -53,6 +67,15 @@ pub struct NodeConfig {
     pub enable: Vec<String>,
     /// Collectors to switch off that are on by default (see [`COLLECTORS`]).
     pub disable: Vec<String>,
+    /// Start from no collectors instead of the default set; `enable` adds to it
+    /// (node_exporter's `--collector.disable-defaults`). Default false.
+    pub disable_defaults: bool,
+    /// Regular expression of the `Protocol_Field` names the netstat collector serves
+    /// (`--collector.netstat.fields`). Default: node_exporter 1.5's.
+    pub netstat_fields: String,
+    /// Directory of `*.prom` files for the textfile collector
+    /// (`--collector.textfile.directory`). Default: none, as in node_exporter.
+    pub textfile_directory: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -63,12 +86,15 @@ impl Default for NodeConfig {
             rootfs: PathBuf::from("/"),
             enable: Vec::new(),
             disable: Vec::new(),
+            disable_defaults: false,
+            netstat_fields: netstat::DEFAULT_FIELDS.to_string(),
+            textfile_directory: None,
         }
     }
 }
 
 /// A [`NodeConfig`] that cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, PartialEq)]
 pub enum NodeConfigError {
     /// `node.enable` or `node.disable` names a collector that does not exist.
     #[error("unknown node collector {name:?} in node.{list} (known collectors: {known})")]
@@ -82,6 +108,12 @@ pub enum NodeConfigError {
     /// A collector is both enabled and disabled.
     #[error("node collector {name:?} is listed in both node.enable and node.disable")]
     EnabledAndDisabled { name: String },
+    /// `netstat_fields` is not a regular expression.
+    #[error("node.netstat_fields (--collector.netstat.fields) is not a valid regular expression")]
+    BadNetstatFields {
+        #[source]
+        source: regex::Error,
+    },
 }
 
 impl NodeConfig {
@@ -107,6 +139,8 @@ impl NodeConfig {
         if let Some(name) = self.enable.iter().find(|n| self.disable.contains(n)) {
             return Err(NodeConfigError::EnabledAndDisabled { name: name.clone() });
         }
+        regex::Regex::new(&self.netstat_fields)
+            .map_err(|source| NodeConfigError::BadNetstatFields { source })?;
         Ok(())
     }
 
@@ -118,7 +152,7 @@ impl NodeConfig {
         if self.disable.iter().any(|n| n == name) {
             return false;
         }
-        spec.default_enabled || self.enable.iter().any(|n| n == name)
+        (spec.default_enabled && !self.disable_defaults) || self.enable.iter().any(|n| n == name)
     }
 }
 
@@ -148,6 +182,18 @@ type CollectFn = fn(&Ctx) -> Result<Vec<Family>, CollectError>;
 /// they are in node_exporter.
 pub const COLLECTORS: &[CollectorSpec] = &[
     CollectorSpec {
+        name: "arp",
+        default_enabled: true,
+        description: "ARP table entries per device (/proc/net/arp)",
+        collect: arp::collect,
+    },
+    CollectorSpec {
+        name: "conntrack",
+        default_enabled: true,
+        description: "netfilter connection tracking entries, limit and statistics (/proc/sys/net/netfilter, /proc/net/stat/nf_conntrack)",
+        collect: conntrack::collect,
+    },
+    CollectorSpec {
         name: "cpu",
         default_enabled: true,
         description: "CPU time per CPU and mode, guest time, thermal throttles, isolated CPUs (/proc/stat, /sys/devices/system/cpu)",
@@ -158,6 +204,18 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "block device I/O statistics and udev device info (/proc/diskstats, /run/udev/data)",
         collect: diskstats::collect,
+    },
+    CollectorSpec {
+        name: "entropy",
+        default_enabled: true,
+        description: "available entropy and pool size (/proc/sys/kernel/random)",
+        collect: entropy::collect,
+    },
+    CollectorSpec {
+        name: "filefd",
+        default_enabled: true,
+        description: "allocated and maximum file handles (/proc/sys/fs/file-nr)",
+        collect: filefd::collect,
     },
     CollectorSpec {
         name: "filesystem",
@@ -190,10 +248,40 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: netdev::collect,
     },
     CollectorSpec {
+        name: "netstat",
+        default_enabled: true,
+        description: "IP, ICMP, TCP and UDP SNMP counters selected by --collector.netstat.fields (/proc/net/netstat, snmp, snmp6)",
+        collect: netstat::collect,
+    },
+    CollectorSpec {
+        name: "os",
+        default_enabled: true,
+        description: "distribution name and version (<rootfs>/etc/os-release)",
+        collect: os::collect,
+    },
+    CollectorSpec {
         name: "pressure",
         default_enabled: true,
         description: "pressure stall information (/proc/pressure)",
         collect: pressure::collect,
+    },
+    CollectorSpec {
+        name: "selinux",
+        default_enabled: true,
+        description: "SELinux enabled, configured and current mode (/sys/fs/selinux)",
+        collect: selinux::collect,
+    },
+    CollectorSpec {
+        name: "sockstat",
+        default_enabled: true,
+        description: "sockets in use and their memory per protocol (/proc/net/sockstat, sockstat6)",
+        collect: sockstat::collect,
+    },
+    CollectorSpec {
+        name: "softnet",
+        default_enabled: true,
+        description: "per-CPU packets processed, dropped and squeezed (/proc/net/softnet_stat)",
+        collect: softnet::collect,
     },
     CollectorSpec {
         name: "stat",
@@ -202,10 +290,28 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: stat::collect,
     },
     CollectorSpec {
+        name: "textfile",
+        default_enabled: true,
+        description: "metrics from *.prom files in --collector.textfile.directory",
+        collect: textfile::collect,
+    },
+    CollectorSpec {
         name: "time",
         default_enabled: true,
         description: "system time, time zone offset and clock sources (/sys/devices/system/clocksource)",
         collect: time::collect,
+    },
+    CollectorSpec {
+        name: "timex",
+        default_enabled: true,
+        description: "kernel clock synchronisation state (adjtimex(2))",
+        collect: timex::collect,
+    },
+    CollectorSpec {
+        name: "udp_queues",
+        default_enabled: true,
+        description: "bytes queued in UDP sockets (/proc/net/udp, udp6)",
+        collect: udp_queues::collect,
     },
     CollectorSpec {
         name: "uname",
@@ -242,6 +348,11 @@ pub(crate) enum CollectError {
     },
     #[error("collector panicked: {message}")]
     Panicked { message: String },
+    /// The source does not exist on this machine (no nf_conntrack module, no
+    /// os-release): `success 0` like a failure, as node_exporter's `ErrNoData`, but
+    /// logged at debug level only, since nothing is wrong.
+    #[error("no data: {reason}")]
+    NoData { reason: &'static str },
 }
 
 /// A file's text did not have the expected shape.
@@ -269,6 +380,9 @@ pub(crate) struct Ctx {
     pub rootfs: PathBuf,
     pub cpu: cpu::State,
     pub filesystem: filesystem::State,
+    /// `--collector.netstat.fields`, compiled.
+    pub netstat_fields: regex::Regex,
+    pub textfile_directory: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -279,6 +393,9 @@ impl Ctx {
             rootfs,
             cpu: cpu::State::default(),
             filesystem: filesystem::State::default(),
+            netstat_fields: regex::Regex::new(netstat::DEFAULT_FIELDS)
+                .expect("the default netstat pattern compiles"),
+            textfile_directory: None,
         }
     }
 
@@ -326,10 +443,13 @@ impl NodeCollectors {
             cfg.sysfs.display(),
             cfg.rootfs.display()
         );
-        Self {
-            enabled,
-            ctx: Ctx::new(cfg.procfs.clone(), cfg.sysfs.clone(), cfg.rootfs.clone()),
+        let mut ctx = Ctx::new(cfg.procfs.clone(), cfg.sysfs.clone(), cfg.rootfs.clone());
+        // validate() has checked the pattern; an invalid one keeps the default.
+        if let Ok(re) = regex::Regex::new(&cfg.netstat_fields) {
+            ctx.netstat_fields = re;
         }
+        ctx.textfile_directory = cfg.textfile_directory.clone();
+        Self { enabled, ctx }
     }
 
     /// Reads the files now and appends every enabled collector's families, plus
@@ -368,6 +488,10 @@ impl NodeCollectors {
                     }
                     true
                 }
+                Err(CollectError::NoData { reason }) => {
+                    log::debug!("node collector {} returned no data: {reason}", c.spec.name);
+                    false
+                }
                 Err(err) => {
                     if !c.failing.swap(true, Ordering::Relaxed) {
                         log::warn!(
@@ -385,6 +509,7 @@ impl NodeCollectors {
         }
         families.push(duration);
         families.push(success);
+        families.extend(exporter::families());
         render::write_families(out, families);
     }
 }
@@ -520,7 +645,9 @@ mod tests {
 
     #[test]
     fn failing_collectors_report_success_zero() {
-        // Paths that do not exist: every file-based collector fails, uname and time do not.
+        // Paths that do not exist: every file-based collector fails, as node_exporter's do
+        // over such paths; those that read no files, or for which an absent source is a
+        // valid answer (no SELinux, no sockstat files, no textfile directory), succeed.
         let cfg = NodeConfig {
             procfs: "/nonexistent/proc".into(),
             sysfs: "/nonexistent/sys".into(),
@@ -531,7 +658,10 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            let ok = matches!(c.name, "uname" | "time");
+            let ok = matches!(
+                c.name,
+                "uname" | "time" | "timex" | "selinux" | "sockstat" | "textfile"
+            );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
                 c.name,
@@ -577,7 +707,8 @@ mod tests {
     }
 
     /// Golden test: node_exporter 1.5.0 (Debian bookworm's) was run over each fixture
-    /// (`--collector.disable-defaults`, our twelve collectors,
+    /// (`--collector.disable-defaults`, every collector of [`COLLECTORS`],
+    /// `--collector.textfile.directory=` (none, nodetap's default),
     /// `--no-collector.netdev.netlink` so it reads the fixture's /proc/net/dev,
     /// `--path.{procfs,sysfs,rootfs,udev.data}` at the fixture) and its output saved as
     /// `node_exporter-1.5.0.prom`. Our output over the same files must be the same, line
@@ -599,6 +730,9 @@ mod tests {
             // node_exporter's own metrics are not host metrics.
             want.retain(|name, _| name.starts_with("node_") && name != "node_exporter_build_info");
             let mut got = blocks(&got);
+            // The exporter's own families were switched off in the capture
+            // (--web.disable-exporter-metrics); exporter.rs tests them.
+            got.retain(|name, _| name.starts_with("node_") && name != "node_exporter_build_info");
             // node_exporter reads receive_nohandler over netlink only; with
             // --no-collector.netdev.netlink it has none, we read it from sysfs.
             got.remove("node_network_receive_nohandler_total");
@@ -623,18 +757,20 @@ mod tests {
                     ));
                 }
                 // Values that depend on the clock, the machine or statfs of live paths.
-                let values_vary = matches!(
-                    name.as_str(),
-                    "node_scrape_collector_duration_seconds"
-                        | "node_time_seconds"
-                        | "node_time_zone_offset_seconds"
-                        | "node_uname_info"
-                        | "node_filesystem_size_bytes"
-                        | "node_filesystem_free_bytes"
-                        | "node_filesystem_avail_bytes"
-                        | "node_filesystem_files"
-                        | "node_filesystem_files_free"
-                );
+                // timex reads the live kernel clock, not the fixture.
+                let values_vary = name.starts_with("node_timex_")
+                    || matches!(
+                        name.as_str(),
+                        "node_scrape_collector_duration_seconds"
+                            | "node_time_seconds"
+                            | "node_time_zone_offset_seconds"
+                            | "node_uname_info"
+                            | "node_filesystem_size_bytes"
+                            | "node_filesystem_free_bytes"
+                            | "node_filesystem_avail_bytes"
+                            | "node_filesystem_files"
+                            | "node_filesystem_files_free"
+                    );
                 let strip = |lines: &Vec<String>| -> Vec<String> {
                     let mut v: Vec<String> = lines
                         .iter()
