@@ -22,6 +22,9 @@ fn main() {
         .parse_env("RUST_LOG")
         .format_timestamp_millis()
         .init();
+    for flag in &node_flags.unimplemented {
+        log::warn!("--{flag}: nodetap does not implement this node_exporter collector; ignored");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

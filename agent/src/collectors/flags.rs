@@ -20,7 +20,60 @@ pub struct NodeFlags {
     pub disable_defaults: bool,
     pub netstat_fields: Option<String>,
     pub textfile_directory: Option<PathBuf>,
+    /// Filter flags by their name without `--` (see [`FILTER_OPTIONS`]).
+    pub filters: Vec<(&'static str, String)>,
+    /// node_exporter collectors nodetap does not implement, named in a switch: accepted
+    /// so that a node_exporter command line still starts nodetap, and logged.
+    pub unimplemented: Vec<String>,
 }
+
+/// node_exporter's default Linux collectors that nodetap does not implement (yet).
+pub const NOT_IMPLEMENTED: [&str; 22] = [
+    "bcache",
+    "bonding",
+    "btrfs",
+    "cpufreq",
+    "dmi",
+    "edac",
+    "fibrechannel",
+    "hwmon",
+    "infiniband",
+    "ipvs",
+    "mdadm",
+    "nfs",
+    "nfsd",
+    "nvme",
+    "powersupplyclass",
+    "rapl",
+    "schedstat",
+    "systemd",
+    "tapestats",
+    "thermal_zone",
+    "xfs",
+    "zfs",
+];
+
+/// Where a filter flag's value goes in [`NodeConfig`].
+type FieldOf = fn(&mut NodeConfig) -> &mut Option<String>;
+
+/// node_exporter's filter flags and the [`NodeConfig`] field each sets.
+const FILTER_OPTIONS: [(&str, FieldOf); 5] = [
+    ("collector.filesystem.mount-points-exclude", |c| {
+        &mut c.filesystem_mount_points_exclude
+    }),
+    ("collector.filesystem.fs-types-exclude", |c| {
+        &mut c.filesystem_fs_types_exclude
+    }),
+    ("collector.netdev.device-exclude", |c| {
+        &mut c.netdev_device_exclude
+    }),
+    ("collector.netdev.device-include", |c| {
+        &mut c.netdev_device_include
+    }),
+    ("collector.diskstats.device-exclude", |c| {
+        &mut c.diskstats_device_exclude
+    }),
+];
 
 /// Options that take a value, as `--opt=value` or `--opt value`.
 const VALUE_OPTIONS: [&str; 2] = ["collector.netstat.fields", "collector.textfile.directory"];
@@ -49,15 +102,20 @@ pub fn split(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, NodeFl
             Some((k, v)) => (k, Some(v.to_string())),
             None => (text, None),
         };
-        if VALUE_OPTIONS.contains(&key) {
+        let filter = FILTER_OPTIONS
+            .iter()
+            .find(|(name, _)| *name == key)
+            .map(|(n, _)| *n);
+        if VALUE_OPTIONS.contains(&key) || filter.is_some() {
             let Some(value) = inline.or_else(|| it.next().and_then(|v| v.into_string().ok()))
             else {
                 // No value: let the agent's parser report the unknown flag.
                 rest.push(arg);
                 continue;
             };
-            match key {
-                "collector.netstat.fields" => flags.netstat_fields = Some(value),
+            match (key, filter) {
+                (_, Some(name)) => flags.filters.push((name, value)),
+                ("collector.netstat.fields", _) => flags.netstat_fields = Some(value),
                 _ => flags.textfile_directory = Some(PathBuf::from(value)),
             }
             continue;
@@ -76,6 +134,11 @@ pub fn split(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, NodeFl
             }
             (_, Some(name)) if inline.is_none() && known(name) => {
                 flags.disable.push(name.to_string())
+            }
+            (Some(name), _) | (_, Some(name))
+                if inline.is_none() && NOT_IMPLEMENTED.contains(&name) =>
+            {
+                flags.unimplemented.push(key.to_string())
             }
             _ => rest.push(arg),
         }
@@ -102,6 +165,11 @@ impl NodeFlags {
         cfg.disable_defaults |= self.disable_defaults;
         if let Some(f) = &self.netstat_fields {
             cfg.netstat_fields = f.clone();
+        }
+        for (name, value) in &self.filters {
+            if let Some((_, field)) = FILTER_OPTIONS.iter().find(|(n, _)| n == name) {
+                *field(cfg) = Some(value.clone());
+            }
         }
         if let Some(d) = &self.textfile_directory {
             // An empty directory, as node_exporter's default, means none.
@@ -135,6 +203,10 @@ mod tests {
             "cpu",
             "--collector.nosuch",
             "--path.procfs=/host/proc",
+            "--no-collector.hwmon",
+            "--collector.netdev.device-exclude=^(lo|veth.*)$",
+            "--collector.filesystem.mount-points-exclude",
+            "^/boot",
         ]));
         assert_eq!(
             rest,
@@ -156,7 +228,19 @@ mod tests {
                 disable_defaults: true,
                 netstat_fields: Some("^Tcp_.*$".into()),
                 textfile_directory: Some("/var/lib/node".into()),
+                filters: vec![
+                    ("collector.netdev.device-exclude", "^(lo|veth.*)$".into()),
+                    ("collector.filesystem.mount-points-exclude", "^/boot".into()),
+                ],
+                unimplemented: vec!["no-collector.hwmon".into()],
             }
+        );
+        let mut cfg = NodeConfig::default();
+        flags.apply(&mut cfg).unwrap();
+        assert_eq!(cfg.netdev_device_exclude.as_deref(), Some("^(lo|veth.*)$"));
+        assert_eq!(
+            cfg.filesystem_mount_points_exclude.as_deref(),
+            Some("^/boot")
         );
     }
 

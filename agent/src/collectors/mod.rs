@@ -28,6 +28,7 @@ mod entropy;
 mod exporter;
 mod filefd;
 mod filesystem;
+mod filters;
 pub mod flags;
 mod loadavg;
 mod meminfo;
@@ -76,6 +77,16 @@ pub struct NodeConfig {
     /// Directory of `*.prom` files for the textfile collector
     /// (`--collector.textfile.directory`). Default: none, as in node_exporter.
     pub textfile_directory: Option<PathBuf>,
+    /// node_exporter's filter flags (`--collector.filesystem.mount-points-exclude`,
+    /// `--collector.filesystem.fs-types-exclude`, `--collector.netdev.device-exclude`,
+    /// `--collector.netdev.device-include`, `--collector.diskstats.device-exclude`):
+    /// regular expressions replacing node_exporter's defaults. Default: none (the
+    /// defaults of node_exporter 1.5).
+    pub filesystem_mount_points_exclude: Option<String>,
+    pub filesystem_fs_types_exclude: Option<String>,
+    pub netdev_device_exclude: Option<String>,
+    pub netdev_device_include: Option<String>,
+    pub diskstats_device_exclude: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -89,6 +100,11 @@ impl Default for NodeConfig {
             disable_defaults: false,
             netstat_fields: netstat::DEFAULT_FIELDS.to_string(),
             textfile_directory: None,
+            filesystem_mount_points_exclude: None,
+            filesystem_fs_types_exclude: None,
+            netdev_device_exclude: None,
+            netdev_device_include: None,
+            diskstats_device_exclude: None,
         }
     }
 }
@@ -114,6 +130,17 @@ pub enum NodeConfigError {
         #[source]
         source: regex::Error,
     },
+    /// A filter flag is not a regular expression.
+    #[error("--{flag} is not a valid regular expression")]
+    BadPattern {
+        flag: &'static str,
+        #[source]
+        source: regex::Error,
+    },
+    /// An include and an exclude pattern for the same devices (node_exporter refuses
+    /// them too).
+    #[error("--{flag} and the matching device-exclude are mutually exclusive")]
+    IncludeAndExclude { flag: &'static str },
 }
 
 impl NodeConfig {
@@ -141,6 +168,7 @@ impl NodeConfig {
         }
         regex::Regex::new(&self.netstat_fields)
             .map_err(|source| NodeConfigError::BadNetstatFields { source })?;
+        filters::Filters::from_config(self)?;
         Ok(())
     }
 
@@ -383,6 +411,7 @@ pub(crate) struct Ctx {
     /// `--collector.netstat.fields`, compiled.
     pub netstat_fields: regex::Regex,
     pub textfile_directory: Option<PathBuf>,
+    pub filters: filters::Filters,
 }
 
 impl Ctx {
@@ -396,6 +425,7 @@ impl Ctx {
             netstat_fields: regex::Regex::new(netstat::DEFAULT_FIELDS)
                 .expect("the default netstat pattern compiles"),
             textfile_directory: None,
+            filters: filters::Filters::default(),
         }
     }
 
@@ -449,6 +479,7 @@ impl NodeCollectors {
             ctx.netstat_fields = re;
         }
         ctx.textfile_directory = cfg.textfile_directory.clone();
+        ctx.filters = filters::Filters::from_config(cfg).unwrap_or_default();
         Self { enabled, ctx }
     }
 
@@ -632,6 +663,16 @@ mod tests {
     fn collectors_can_be_shared_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<NodeCollectors>();
+    }
+
+    #[test]
+    fn not_implemented_list_has_no_implemented_collector() {
+        for name in flags::NOT_IMPLEMENTED {
+            assert!(
+                spec(name).is_none(),
+                "{name} is implemented: remove it from NOT_IMPLEMENTED"
+            );
+        }
     }
 
     #[test]
