@@ -38,12 +38,11 @@ const NOT_SERVED: [(&str, &str); 2] = [
 /// their `node_scrape_collector_*{collector}` series are missing from nodetap. On this
 /// machine none of them has data except through those series; a collector that gains
 /// data, or that nodetap implements, fails the test until this list is updated.
-const NOT_YET: [&str; 22] = [
+const NOT_YET: [&str; 20] = [
     "bcache",
     "bonding",
     "btrfs",
     "cpufreq",
-    "dmi",
     "edac",
     "fibrechannel",
     "hwmon",
@@ -55,7 +54,6 @@ const NOT_YET: [&str; 22] = [
     "nvme",
     "powersupplyclass",
     "rapl",
-    "schedstat",
     "systemd",
     "tapestats",
     "thermal_zone",

@@ -28,12 +28,11 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 22] = [
+pub const NOT_IMPLEMENTED: [&str; 20] = [
     "bcache",
     "bonding",
     "btrfs",
     "cpufreq",
-    "dmi",
     "edac",
     "fibrechannel",
     "hwmon",
@@ -45,7 +44,6 @@ pub const NOT_IMPLEMENTED: [&str; 22] = [
     "nvme",
     "powersupplyclass",
     "rapl",
-    "schedstat",
     "systemd",
     "tapestats",
     "thermal_zone",

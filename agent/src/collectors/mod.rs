@@ -24,6 +24,7 @@ mod arp;
 mod conntrack;
 mod cpu;
 mod diskstats;
+mod dmi;
 mod entropy;
 mod exporter;
 mod filefd;
@@ -38,6 +39,7 @@ mod netstat;
 mod os;
 mod pressure;
 mod render;
+mod schedstat;
 mod selinux;
 mod sockstat;
 mod softnet;
@@ -234,6 +236,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: diskstats::collect,
     },
     CollectorSpec {
+        name: "dmi",
+        default_enabled: true,
+        description: "firmware's machine description: vendor, product (instance type), BIOS (/sys/class/dmi/id)",
+        collect: dmi::collect,
+    },
+    CollectorSpec {
         name: "entropy",
         default_enabled: true,
         description: "available entropy and pool size (/proc/sys/kernel/random)",
@@ -292,6 +300,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "pressure stall information (/proc/pressure)",
         collect: pressure::collect,
+    },
+    CollectorSpec {
+        name: "schedstat",
+        default_enabled: true,
+        description: "per-CPU scheduler running and waiting time and timeslices (/proc/schedstat)",
+        collect: schedstat::collect,
     },
     CollectorSpec {
         name: "selinux",
@@ -756,7 +770,7 @@ mod tests {
     /// for line, except for what depends on the machine or the moment.
     #[test]
     fn fixtures_match_node_exporter_line_for_line() {
-        for case in ["real", "no_pressure", "many_disks_ipv6"] {
+        for case in ["real", "no_pressure", "many_disks_ipv6", "ec2"] {
             let root = testutil::fixture(case);
             let want = std::fs::read_to_string(root.join("node_exporter-1.5.0.prom")).unwrap();
             let cfg = NodeConfig {
@@ -860,9 +874,12 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
+            // The VM has no DMI and no CONFIG_SCHEDSTATS: the `ec2` case has those.
+            let ok = !matches!(c.name, "dmi" | "schedstat");
             let line = format!(
-                "node_scrape_collector_success{{collector=\"{}\"}} 1\n",
-                c.name
+                "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
+                c.name,
+                u8::from(ok)
             );
             assert!(out.contains(&line), "missing {line:?} in\n{out}");
         }
