@@ -28,11 +28,10 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 20] = [
+pub const NOT_IMPLEMENTED: [&str; 18] = [
     "bcache",
     "bonding",
     "btrfs",
-    "cpufreq",
     "edac",
     "fibrechannel",
     "hwmon",
@@ -41,7 +40,6 @@ pub const NOT_IMPLEMENTED: [&str; 20] = [
     "mdadm",
     "nfs",
     "nfsd",
-    "nvme",
     "powersupplyclass",
     "rapl",
     "systemd",

@@ -23,6 +23,7 @@ use serde::Deserialize;
 mod arp;
 mod conntrack;
 mod cpu;
+mod cpufreq;
 mod diskstats;
 mod dmi;
 mod entropy;
@@ -36,6 +37,7 @@ mod meminfo;
 mod netclass;
 mod netdev;
 mod netstat;
+mod nvme;
 mod os;
 mod pressure;
 mod render;
@@ -230,6 +232,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: cpu::collect,
     },
     CollectorSpec {
+        name: "cpufreq",
+        default_enabled: true,
+        description: "CPU frequencies and scaling limits (/sys/devices/system/cpu/cpu*/cpufreq)",
+        collect: cpufreq::collect,
+    },
+    CollectorSpec {
         name: "diskstats",
         default_enabled: true,
         description: "block device I/O statistics and udev device info (/proc/diskstats, /run/udev/data)",
@@ -288,6 +296,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "IP, ICMP, TCP and UDP SNMP counters selected by --collector.netstat.fields (/proc/net/netstat, snmp, snmp6)",
         collect: netstat::collect,
+    },
+    CollectorSpec {
+        name: "nvme",
+        default_enabled: true,
+        description: "NVMe controllers: model, serial, firmware, state (/sys/class/nvme)",
+        collect: nvme::collect,
     },
     CollectorSpec {
         name: "os",
@@ -640,14 +654,14 @@ mod tests {
     #[test]
     fn validate_names_unknown_collectors() {
         let cfg = NodeConfig {
-            disable: vec!["cpu".into(), "cpufreq".into()],
+            disable: vec!["cpu".into(), "nosuch".into()],
             ..NodeConfig::default()
         };
         let err = cfg.validate().unwrap_err();
         assert_eq!(
             err,
             NodeConfigError::UnknownCollector {
-                name: "cpufreq".into(),
+                name: "nosuch".into(),
                 list: "disable",
                 known: COLLECTORS
                     .iter()
@@ -658,7 +672,7 @@ mod tests {
         );
         let msg = err.to_string();
         assert!(
-            msg.starts_with("unknown node collector \"cpufreq\" in node.disable"),
+            msg.starts_with("unknown node collector \"nosuch\" in node.disable"),
             "{msg}"
         );
 
@@ -715,7 +729,7 @@ mod tests {
         for c in COLLECTORS {
             let ok = matches!(
                 c.name,
-                "uname" | "time" | "timex" | "selinux" | "sockstat" | "textfile"
+                "uname" | "time" | "timex" | "selinux" | "sockstat" | "textfile" | "cpufreq"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -874,8 +888,8 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI and no CONFIG_SCHEDSTATS: the `ec2` case has those.
-            let ok = !matches!(c.name, "dmi" | "schedstat");
+            // The VM has no DMI, no CONFIG_SCHEDSTATS and no NVMe: the `ec2` case has those.
+            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme");
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
                 c.name,
