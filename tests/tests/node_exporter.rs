@@ -38,11 +38,10 @@ const NOT_SERVED: [(&str, &str); 2] = [
 /// their `node_scrape_collector_*{collector}` series are missing from nodetap. On this
 /// machine none of them has data except through those series; a collector that gains
 /// data, or that nodetap implements, fails the test until this list is updated.
-const NOT_YET: [&str; 18] = [
+const NOT_YET: [&str; 16] = [
     "bcache",
     "bonding",
     "btrfs",
-    "edac",
     "fibrechannel",
     "hwmon",
     "infiniband",
@@ -54,7 +53,6 @@ const NOT_YET: [&str; 18] = [
     "rapl",
     "systemd",
     "tapestats",
-    "thermal_zone",
     "xfs",
     "zfs",
 ];

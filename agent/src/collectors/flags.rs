@@ -28,11 +28,10 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 18] = [
+pub const NOT_IMPLEMENTED: [&str; 16] = [
     "bcache",
     "bonding",
     "btrfs",
-    "edac",
     "fibrechannel",
     "hwmon",
     "infiniband",
@@ -44,7 +43,6 @@ pub const NOT_IMPLEMENTED: [&str; 18] = [
     "rapl",
     "systemd",
     "tapestats",
-    "thermal_zone",
     "xfs",
     "zfs",
 ];

@@ -26,6 +26,7 @@ mod cpu;
 mod cpufreq;
 mod diskstats;
 mod dmi;
+mod edac;
 mod entropy;
 mod exporter;
 mod filefd;
@@ -47,6 +48,7 @@ mod sockstat;
 mod softnet;
 mod stat;
 mod textfile;
+mod thermal_zone;
 mod time;
 mod timex;
 mod udp_queues;
@@ -250,6 +252,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: dmi::collect,
     },
     CollectorSpec {
+        name: "edac",
+        default_enabled: true,
+        description: "memory controllers' correctable and uncorrectable error counts (/sys/devices/system/edac/mc)",
+        collect: edac::collect,
+    },
+    CollectorSpec {
         name: "entropy",
         default_enabled: true,
         description: "available entropy and pool size (/proc/sys/kernel/random)",
@@ -350,6 +358,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "metrics from *.prom files in --collector.textfile.directory",
         collect: textfile::collect,
+    },
+    CollectorSpec {
+        name: "thermal_zone",
+        default_enabled: true,
+        description: "thermal zone temperatures and cooling device states (/sys/class/thermal)",
+        collect: thermal_zone::collect,
     },
     CollectorSpec {
         name: "time",
@@ -729,7 +743,15 @@ mod tests {
         for c in COLLECTORS {
             let ok = matches!(
                 c.name,
-                "uname" | "time" | "timex" | "selinux" | "sockstat" | "textfile" | "cpufreq"
+                "uname"
+                    | "time"
+                    | "timex"
+                    | "selinux"
+                    | "sockstat"
+                    | "textfile"
+                    | "cpufreq"
+                    | "thermal_zone"
+                    | "edac"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
