@@ -38,7 +38,7 @@ const NOT_SERVED: [(&str, &str); 2] = [
 /// their `node_scrape_collector_*{collector}` series are missing from nodetap. On this
 /// machine none of them has data except through those series; a collector that gains
 /// data, or that nodetap implements, fails the test until this list is updated.
-const NOT_YET: [&str; 16] = [
+const NOT_YET: [&str; 15] = [
     "bcache",
     "bonding",
     "btrfs",
@@ -50,7 +50,6 @@ const NOT_YET: [&str; 16] = [
     "nfs",
     "nfsd",
     "powersupplyclass",
-    "rapl",
     "systemd",
     "tapestats",
     "xfs",

@@ -28,7 +28,7 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 16] = [
+pub const NOT_IMPLEMENTED: [&str; 15] = [
     "bcache",
     "bonding",
     "btrfs",
@@ -40,7 +40,6 @@ pub const NOT_IMPLEMENTED: [&str; 16] = [
     "nfs",
     "nfsd",
     "powersupplyclass",
-    "rapl",
     "systemd",
     "tapestats",
     "xfs",

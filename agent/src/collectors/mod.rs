@@ -41,6 +41,7 @@ mod netstat;
 mod nvme;
 mod os;
 mod pressure;
+mod rapl;
 mod render;
 mod schedstat;
 mod selinux;
@@ -322,6 +323,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "pressure stall information (/proc/pressure)",
         collect: pressure::collect,
+    },
+    CollectorSpec {
+        name: "rapl",
+        default_enabled: true,
+        description: "RAPL energy counters per power zone (/sys/class/powercap)",
+        collect: rapl::collect,
     },
     CollectorSpec {
         name: "schedstat",
@@ -808,7 +815,10 @@ mod tests {
     fn fixtures_match_node_exporter_line_for_line() {
         for case in ["real", "no_pressure", "many_disks_ipv6", "ec2"] {
             let root = testutil::fixture(case);
-            let want = std::fs::read_to_string(root.join("node_exporter-1.5.0.prom")).unwrap();
+            // Labels holding a path (rapl's `path`) name the fixture as `@ROOT@`.
+            let want = std::fs::read_to_string(root.join("node_exporter-1.5.0.prom"))
+                .unwrap()
+                .replace("@ROOT@", &root.display().to_string());
             let cfg = NodeConfig {
                 procfs: root.join("proc"),
                 sysfs: root.join("sys"),
@@ -910,8 +920,8 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, no CONFIG_SCHEDSTATS and no NVMe: the `ec2` case has those.
-            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme");
+            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe or RAPL: the `ec2` case has those.
+            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme" | "rapl");
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
                 c.name,
