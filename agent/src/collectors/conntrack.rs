@@ -4,7 +4,7 @@
 //! not exist: no data, as in node_exporter.
 
 use super::render::Family;
-use super::util::read;
+use super::util::{read, read_u64};
 use super::{CollectError, Ctx, ParseError};
 
 /// The statistics node_exporter serves, in its order, with the column each is taken
@@ -75,11 +75,7 @@ fn no_data_if_absent(e: CollectError) -> CollectError {
 }
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
-    let uint = |rel: &str| -> Result<u64, CollectError> {
-        let path = ctx.proc(rel);
-        let text = read(&path).map_err(no_data_if_absent)?;
-        super::entropy::parse_uint(&text).map_err(|source| CollectError::Parse { path, source })
-    };
+    let uint = |rel: &str| read_u64(&ctx.proc(rel)).map_err(no_data_if_absent);
     let count = uint("sys/net/netfilter/nf_conntrack_count")?;
     let max = uint("sys/net/netfilter/nf_conntrack_max")?;
     let path = ctx.proc("net/stat/nf_conntrack");

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use super::render::Family;
-use super::util::read;
-use super::{CollectError, Ctx, ParseError};
+use super::util::read_u64 as uint;
+use super::{CollectError, Ctx};
 
 /// One controller: its number, (ce, ce_noinfo, ue, ue_noinfo), and (csrow, ce, ue) rows.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -52,16 +52,6 @@ pub(crate) fn render(controllers: &[Controller]) -> Vec<Family> {
         }
     }
     vec![ce, ue, row_ce, row_ue]
-}
-
-fn uint(path: &Path) -> Result<u64, CollectError> {
-    let text = read(path)?;
-    super::util::parse_u64(text.trim(), 1, "count").map_err(|source: ParseError| {
-        CollectError::Parse {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
 }
 
 /// `<prefix><digits>...` entries of `dir`, with their leading digits (the glob

@@ -3,13 +3,8 @@
 //! collector, as in node_exporter.
 
 use super::render::Family;
-use super::util::read;
-use super::{CollectError, Ctx, ParseError};
-
-/// One unsigned integer, as procfs' ReadUintFromFile reads it.
-pub(crate) fn parse_uint(text: &str) -> Result<u64, ParseError> {
-    super::util::parse_u64(text.trim(), 1, "value")
-}
+use super::util::read_u64;
+use super::{CollectError, Ctx};
 
 pub(crate) fn render(available: u64, pool_size: u64) -> Vec<Family> {
     vec![
@@ -21,13 +16,9 @@ pub(crate) fn render(available: u64, pool_size: u64) -> Vec<Family> {
 }
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
-    let get = |rel: &str| {
-        let path = ctx.proc(rel);
-        parse_uint(&read(&path)?).map_err(|source| CollectError::Parse { path, source })
-    };
     Ok(render(
-        get("sys/kernel/random/entropy_avail")?,
-        get("sys/kernel/random/poolsize")?,
+        read_u64(&ctx.proc("sys/kernel/random/entropy_avail"))?,
+        read_u64(&ctx.proc("sys/kernel/random/poolsize"))?,
     ))
 }
 
@@ -35,10 +26,12 @@ pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
 mod tests {
     use super::*;
 
+    use crate::collectors::testutil;
+
     #[test]
-    fn parses() {
-        assert_eq!(parse_uint("256\n").unwrap(), 256);
-        assert!(parse_uint("-1\n").is_err());
-        assert!(parse_uint("").is_err());
+    fn fixture_and_absent() {
+        let out = testutil::render(collect(&testutil::ctx("real")).unwrap());
+        assert!(out.contains("\nnode_entropy_pool_size_bits 256\n"), "{out}");
+        assert!(collect(&testutil::ctx("no_pressure")).is_err());
     }
 }

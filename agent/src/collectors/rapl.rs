@@ -5,11 +5,10 @@
 //! (kernels since 5.10 restrict `energy_uj`): no data, as in node_exporter.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use super::render::{Family, MetricType};
-use super::util::read;
-use super::{CollectError, Ctx, ParseError};
+use super::util::read_u64 as uint;
+use super::{CollectError, Ctx};
 
 /// One zone: name without its `-<index>` suffix, index, directory, microjoules.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,16 +61,6 @@ pub(crate) fn render(zones: &[Zone]) -> Vec<Family> {
             )
         })
         .collect()
-}
-
-fn uint(path: &Path) -> Result<u64, CollectError> {
-    let text = read(path)?;
-    super::util::parse_u64(text.trim(), 1, "value").map_err(|source: ParseError| {
-        CollectError::Parse {
-            path: path.to_path_buf(),
-            source,
-        }
-    })
 }
 
 fn no_data_if_absent_or_denied(e: CollectError) -> CollectError {

@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use super::render::Family;
-use super::util::read;
-use super::{CollectError, Ctx, ParseError};
+use super::util::{read, read_i64 as int};
+use super::{CollectError, Ctx};
 
 /// (zone number, type, temperature in millidegrees Celsius).
 pub(crate) type Zone = (String, String, i64);
@@ -66,14 +66,6 @@ fn numbered(dir: &Path, prefix: &str) -> Result<Vec<(String, std::path::PathBuf)
 
 fn trimmed(path: &Path) -> Result<String, CollectError> {
     Ok(read(path)?.trim().to_string())
-}
-
-fn int(path: &Path) -> Result<i64, CollectError> {
-    let text = trimmed(path)?;
-    text.parse().map_err(|_| CollectError::Parse {
-        path: path.to_path_buf(),
-        source: ParseError::new(1, format!("{text:?} is not an integer")),
-    })
 }
 
 /// ENODATA: a sensor with no reading right now.

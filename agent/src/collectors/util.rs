@@ -32,6 +32,21 @@ pub(crate) fn read_parse<T>(
     })
 }
 
+/// A file holding one unsigned integer, as node_exporter's `readUintFromFile` reads it
+/// (surrounding white space allowed).
+pub(crate) fn read_u64(path: &Path) -> Result<u64, CollectError> {
+    read_parse(path, |t| parse_u64(t.trim(), 1, "value"))
+}
+
+/// A file holding one signed integer (a temperature, a throttle state).
+pub(crate) fn read_i64(path: &Path) -> Result<i64, CollectError> {
+    read_parse(path, |t| {
+        t.trim()
+            .parse()
+            .map_err(|_| ParseError::new(1, format!("{:?} is not an integer", t.trim())))
+    })
+}
+
 /// Reads a one-value sysfs attribute, trimmed. `None` when it cannot be read: many
 /// attributes answer EINVAL or EOPNOTSUPP when they do not apply (the carrier of a
 /// device that is down, the speed of a virtual device), and node_exporter then leaves
