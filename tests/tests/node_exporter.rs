@@ -1,5 +1,7 @@
 //! nodetap's whole output against the real node_exporter on the same machine (issue
 //! 12: every family node_exporter serves, with the exceptions listed below and why),
+//! then node-mixin's recording rules and alerts (tests/fixtures/node/node-mixin-rules.yml)
+//! in a real Prometheus scraping nodetap,
 //! then against a real Prometheus and promtool (issue 6). The collectors compared are
 //! the ones nodetap reports running (`node_scrape_collector_success{collector}`), not a
 //! copied list.
@@ -493,8 +495,10 @@ fn node_families_match_node_exporter_and_work_in_prometheus() {
     std::fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-             scrape_configs:\n  - job_name: nodetap\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{hostport}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files: ['{}']\n\
+             scrape_configs:\n  - job_name: nodetap\n    metrics_path: {path}\n    static_configs:\n      - targets: ['{hostport}']\n",
+            fixtures.join("../node-mixin-rules.yml").display()
         ),
     )
     .unwrap();
@@ -552,4 +556,64 @@ fn node_families_match_node_exporter_and_work_in_prometheus() {
         }
         println!("{what}: {query} = {values:?}");
     }
+
+    // 4. node-mixin's recording rules answer from nodetap's series, and its textfile
+    //    alert fires for the bad file the test put in the textfile directory.
+    let cpus = std::fs::read_to_string("/proc/stat")
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count() as f64;
+    let num_cpu = query_until_non_empty(&prom, "instance:node_num_cpu:sum", deadline);
+    assert_eq!(
+        num_cpu,
+        vec![cpus],
+        "instance:node_num_cpu:sum against /proc/stat"
+    );
+    for (rule, lo, hi) in [
+        ("instance:node_cpu_utilisation:rate5m", -0.05, 1.05),
+        ("instance:node_load1_per_cpu:ratio", 0.0, f64::MAX),
+        ("instance:node_memory_utilisation:ratio", 0.0, 1.0),
+        ("instance:node_vmstat_pgmajfault:rate5m", 0.0, f64::MAX),
+        (
+            "instance:node_network_receive_bytes_excluding_lo:rate5m",
+            0.0,
+            f64::MAX,
+        ),
+        (
+            "instance:node_network_transmit_drop_excluding_lo:rate5m",
+            0.0,
+            f64::MAX,
+        ),
+        (
+            "node_nf_conntrack_entries / node_nf_conntrack_entries_limit",
+            0.0,
+            1.0,
+        ),
+        (
+            "node_filefd_allocated * 100 / node_filefd_maximum",
+            0.0,
+            100.0,
+        ),
+        ("min_over_time(node_timex_sync_status[5m])", 0.0, 1.0),
+    ] {
+        let values = query_until_non_empty(&prom, rule, deadline);
+        for v in &values {
+            assert!(
+                v.is_finite() && *v >= lo && *v <= hi,
+                "node-mixin {rule} = {v}, expected within {lo}..{hi}"
+            );
+        }
+        println!("node-mixin {rule} = {values:?}");
+    }
+    let firing = query_until_non_empty(
+        &prom,
+        "ALERTS{alertname=\"NodeTextFileCollectorScrapeError\",alertstate=\"firing\"}",
+        deadline,
+    );
+    assert_eq!(
+        firing,
+        vec![1.0],
+        "the textfile alert must fire for bad.prom"
+    );
 }
