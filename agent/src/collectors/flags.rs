@@ -28,9 +28,8 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 15] = [
+pub const NOT_IMPLEMENTED: [&str; 14] = [
     "bcache",
-    "bonding",
     "btrfs",
     "fibrechannel",
     "hwmon",

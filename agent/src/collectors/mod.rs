@@ -21,6 +21,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 mod arp;
+mod bonding;
 mod conntrack;
 mod cpu;
 mod cpufreq;
@@ -221,6 +222,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "ARP table entries per device (/proc/net/arp)",
         collect: arp::collect,
+    },
+    CollectorSpec {
+        name: "bonding",
+        default_enabled: true,
+        description: "configured and active slaves per bonding master (/sys/class/net/bonding_masters)",
+        collect: bonding::collect,
     },
     CollectorSpec {
         name: "conntrack",
@@ -920,8 +927,8 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe or RAPL: the `ec2` case has those.
-            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme" | "rapl");
+            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL or bonding: `ec2` has those.
+            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme" | "rapl" | "bonding");
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
                 c.name,
