@@ -35,6 +35,7 @@ mod filesystem;
 mod filters;
 pub mod flags;
 mod loadavg;
+mod mdadm;
 mod meminfo;
 mod netclass;
 mod netdev;
@@ -288,6 +289,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "load averages (/proc/loadavg)",
         collect: loadavg::collect,
+    },
+    CollectorSpec {
+        name: "mdadm",
+        default_enabled: true,
+        description: "software RAID arrays: disks, state, sync progress (/proc/mdstat)",
+        collect: mdadm::collect,
     },
     CollectorSpec {
         name: "meminfo",
@@ -927,8 +934,12 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL or bonding: `ec2` has those.
-            let ok = !matches!(c.name, "dmi" | "schedstat" | "nvme" | "rapl" | "bonding");
+            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding or md: `ec2` has
+            // those.
+            let ok = !matches!(
+                c.name,
+                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm"
+            );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
                 c.name,
