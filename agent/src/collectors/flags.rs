@@ -28,14 +28,13 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 13] = [
+pub const NOT_IMPLEMENTED: [&str; 12] = [
     "bcache",
     "btrfs",
     "fibrechannel",
     "hwmon",
     "infiniband",
     "ipvs",
-    "nfs",
     "nfsd",
     "powersupplyclass",
     "systemd",

@@ -40,6 +40,7 @@ mod meminfo;
 mod netclass;
 mod netdev;
 mod netstat;
+mod nfs;
 mod nvme;
 mod os;
 mod pressure;
@@ -319,6 +320,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "IP, ICMP, TCP and UDP SNMP counters selected by --collector.netstat.fields (/proc/net/netstat, snmp, snmp6)",
         collect: netstat::collect,
+    },
+    CollectorSpec {
+        name: "nfs",
+        default_enabled: true,
+        description: "NFS client RPC and per-procedure counts (/proc/net/rpc/nfs)",
+        collect: nfs::collect,
     },
     CollectorSpec {
         name: "nvme",
@@ -934,11 +941,11 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding or md: `ec2` has
-            // those.
+            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md or NFS client:
+            // `ec2` has those.
             let ok = !matches!(
                 c.name,
-                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm"
+                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm" | "nfs"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
