@@ -28,11 +28,10 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 12] = [
+pub const NOT_IMPLEMENTED: [&str; 11] = [
     "bcache",
     "btrfs",
     "fibrechannel",
-    "hwmon",
     "infiniband",
     "ipvs",
     "nfsd",
@@ -193,7 +192,7 @@ mod tests {
             "cpu",
             "--collector.nosuch",
             "--path.procfs=/host/proc",
-            "--no-collector.hwmon",
+            "--no-collector.zfs",
             "--collector.netdev.device-exclude=^(lo|veth.*)$",
             "--collector.filesystem.mount-points-exclude",
             "^/boot",
@@ -222,7 +221,7 @@ mod tests {
                     ("collector.netdev.device-exclude", "^(lo|veth.*)$".into()),
                     ("collector.filesystem.mount-points-exclude", "^/boot".into()),
                 ],
-                unimplemented: vec!["no-collector.hwmon".into()],
+                unimplemented: vec!["no-collector.zfs".into()],
             }
         );
         let mut cfg = NodeConfig::default();

@@ -34,6 +34,7 @@ mod filefd;
 mod filesystem;
 mod filters;
 pub mod flags;
+mod hwmon;
 mod loadavg;
 mod mdadm;
 mod meminfo;
@@ -284,6 +285,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "filesystem size, free space and inodes per mount point (/proc/1/mountinfo, statvfs)",
         collect: filesystem::collect,
+    },
+    CollectorSpec {
+        name: "hwmon",
+        default_enabled: true,
+        description: "hardware sensors: temperatures, voltages, fans, power (/sys/class/hwmon)",
+        collect: hwmon::collect,
     },
     CollectorSpec {
         name: "loadavg",
@@ -941,11 +948,11 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md or NFS client:
-            // `ec2` has those.
+            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md, NFS client or
+            // hwmon: `ec2` has those.
             let ok = !matches!(
                 c.name,
-                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm" | "nfs"
+                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm" | "nfs" | "hwmon"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
