@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use super::render::Family;
-use super::util::read;
+use super::util::{read, read_source};
 use super::{CollectError, Ctx};
 
 /// (master, configured slaves, active slaves).
@@ -46,15 +46,7 @@ fn mii_status(net: &Path, master: &str, slave: &str) -> Result<String, CollectEr
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let net = ctx.sys("class/net");
-    let masters = match read(&net.join("bonding_masters")) {
-        Ok(t) => t,
-        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CollectError::NoData {
-                reason: "bonding driver not loaded",
-            })
-        }
-        Err(e) => return Err(e),
-    };
+    let masters = read_source(&net.join("bonding_masters"), "bonding driver not loaded")?;
     let mut out = Vec::new();
     for master in masters.split_whitespace() {
         let slaves = read(&net.join(master).join("bonding/slaves"))?;

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use regex::Regex;
 
 use super::render::Family;
-use super::util::read;
+use super::util::read_source;
 use super::{CollectError, Ctx, ParseError};
 
 /// One array.
@@ -194,15 +194,7 @@ pub(crate) fn render(arrays: &[Array]) -> Vec<Family> {
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let path = ctx.proc("mdstat");
-    let text = match read(&path) {
-        Ok(t) => t,
-        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CollectError::NoData {
-                reason: "no /proc/mdstat (md driver not loaded)",
-            })
-        }
-        Err(e) => return Err(e),
-    };
+    let text = read_source(&path, "no /proc/mdstat (md driver not loaded)")?;
     let arrays = parse(&text).map_err(|source| CollectError::Parse { path, source })?;
     Ok(render(&arrays))
 }

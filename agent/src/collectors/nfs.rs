@@ -5,7 +5,7 @@
 //! (no NFS client module, e.g. a node without EFS or NFS mounts): no data.
 
 use super::render::Family;
-use super::util::read;
+use super::util::read_source;
 use super::{CollectError, Ctx, ParseError};
 
 /// NFSv2 procedures, in the kernel's order, named as procfs names them.
@@ -223,15 +223,7 @@ pub(crate) fn render(s: &ClientStats) -> Vec<Family> {
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let path = ctx.proc("net/rpc/nfs");
-    let text = match read(&path) {
-        Ok(t) => t,
-        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Err(CollectError::NoData {
-                reason: "no /proc/net/rpc/nfs (no NFS client)",
-            })
-        }
-        Err(e) => return Err(e),
-    };
+    let text = read_source(&path, "no /proc/net/rpc/nfs (no NFS client)")?;
     let stats = parse(&text).map_err(|source| CollectError::Parse { path, source })?;
     Ok(render(&stats))
 }

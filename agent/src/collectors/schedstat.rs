@@ -4,7 +4,7 @@
 //! file exists only with CONFIG_SCHEDSTATS; without it: no data, as in node_exporter.
 
 use super::render::Family;
-use super::util::read;
+use super::util::read_source;
 use super::{CollectError, Ctx};
 
 /// One CPU's line.
@@ -65,15 +65,11 @@ pub(crate) fn render(cpus: &[CpuStat]) -> Vec<Family> {
 }
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
-    match read(&ctx.proc("schedstat")) {
-        Ok(text) => Ok(render(&parse(&text))),
-        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Err(CollectError::NoData {
-                reason: "no /proc/schedstat (CONFIG_SCHEDSTATS off)",
-            })
-        }
-        Err(e) => Err(e),
-    }
+    let text = read_source(
+        &ctx.proc("schedstat"),
+        "no /proc/schedstat (CONFIG_SCHEDSTATS off)",
+    )?;
+    Ok(render(&parse(&text)))
 }
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub(crate) fn read(path: &Path) -> Result<String, CollectError> {
     }
 }
 
+/// Reads a file whose absence means the machine lacks the feature (no md driver, no NFS
+/// client): node_exporter's `ErrNoData`, reported as [`CollectError::NoData`].
+pub(crate) fn read_source(path: &Path, reason: &'static str) -> Result<String, CollectError> {
+    match read(path) {
+        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CollectError::NoData { reason })
+        }
+        other => other,
+    }
+}
+
 /// Reads `path` and runs `parse` over it, attaching the path to a parse error.
 pub(crate) fn read_parse<T>(
     path: &Path,
