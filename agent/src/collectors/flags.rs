@@ -28,14 +28,13 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 11] = [
+pub const NOT_IMPLEMENTED: [&str; 10] = [
     "bcache",
     "btrfs",
     "fibrechannel",
     "infiniband",
     "ipvs",
     "nfsd",
-    "powersupplyclass",
     "systemd",
     "tapestats",
     "xfs",

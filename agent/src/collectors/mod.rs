@@ -44,6 +44,7 @@ mod netstat;
 mod nfs;
 mod nvme;
 mod os;
+mod powersupplyclass;
 mod pressure;
 mod rapl;
 mod render;
@@ -345,6 +346,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "distribution name and version (<rootfs>/etc/os-release)",
         collect: os::collect,
+    },
+    CollectorSpec {
+        name: "powersupplyclass",
+        default_enabled: true,
+        description: "batteries, mains and UPS power supplies (/sys/class/power_supply)",
+        collect: powersupplyclass::collect,
     },
     CollectorSpec {
         name: "pressure",
@@ -948,11 +955,19 @@ mod tests {
         let mut out = String::new();
         nc.encode(&mut out);
         for c in COLLECTORS {
-            // The VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md, NFS client or
-            // hwmon: `ec2` has those.
+            // The fixture of the VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md,
+            // NFS client, hwmon or power supplies: `ec2` has those.
             let ok = !matches!(
                 c.name,
-                "dmi" | "schedstat" | "nvme" | "rapl" | "bonding" | "mdadm" | "nfs" | "hwmon"
+                "dmi"
+                    | "schedstat"
+                    | "nvme"
+                    | "rapl"
+                    | "bonding"
+                    | "mdadm"
+                    | "nfs"
+                    | "hwmon"
+                    | "powersupplyclass"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
