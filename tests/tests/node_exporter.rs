@@ -40,12 +40,11 @@ const NOT_SERVED: [(&str, &str); 2] = [
 /// their `node_scrape_collector_*{collector}` series are missing from nodetap. On this
 /// machine none of them has data except through those series; a collector that gains
 /// data, or that nodetap implements, fails the test until this list is updated.
-const NOT_YET: [&str; 10] = [
+const NOT_YET: [&str; 9] = [
     "bcache",
     "btrfs",
     "fibrechannel",
     "infiniband",
-    "ipvs",
     "nfsd",
     "systemd",
     "tapestats",

@@ -28,12 +28,11 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 10] = [
+pub const NOT_IMPLEMENTED: [&str; 9] = [
     "bcache",
     "btrfs",
     "fibrechannel",
     "infiniband",
-    "ipvs",
     "nfsd",
     "systemd",
     "tapestats",

@@ -35,6 +35,7 @@ mod filesystem;
 mod filters;
 pub mod flags;
 mod hwmon;
+mod ipvs;
 mod loadavg;
 mod mdadm;
 mod meminfo;
@@ -292,6 +293,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "hardware sensors: temperatures, voltages, fans, power (/sys/class/hwmon)",
         collect: hwmon::collect,
+    },
+    CollectorSpec {
+        name: "ipvs",
+        default_enabled: true,
+        description: "IPVS totals and per-backend connections and weights, as kube-proxy's IPVS mode programs them (/proc/net/ip_vs, ip_vs_stats)",
+        collect: ipvs::collect,
     },
     CollectorSpec {
         name: "loadavg",
@@ -956,7 +963,7 @@ mod tests {
         nc.encode(&mut out);
         for c in COLLECTORS {
             // The fixture of the VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md,
-            // NFS client, hwmon or power supplies: `ec2` has those.
+            // NFS client, hwmon, power supplies or IPVS: `ec2` has those.
             let ok = !matches!(
                 c.name,
                 "dmi"
@@ -968,6 +975,7 @@ mod tests {
                     | "nfs"
                     | "hwmon"
                     | "powersupplyclass"
+                    | "ipvs"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
