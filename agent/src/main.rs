@@ -1,11 +1,14 @@
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use nodetap::config::{Cli, Config};
 
 fn main() {
     // node_exporter's collector switches (--collector.<name>, ...) first: their names
     // come from the collector table, not from clap.
     let (args, node_flags) = nodetap::collectors::flags::split(std::env::args_os());
-    let cli = Cli::parse_from(args);
+    let matches = Cli::command()
+        .after_help(nodetap::collectors::flags::HELP)
+        .get_matches_from(args);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let mut config = match Config::resolve(cli) {
         Ok(c) => c,
         Err(e) => {

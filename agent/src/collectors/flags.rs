@@ -12,6 +12,16 @@ use std::path::PathBuf;
 
 use super::{NodeConfig, NodeConfigError, COLLECTORS};
 
+/// What `--help` adds about these switches (clap does not know them).
+pub const HELP: &str = "node_exporter switches (see README, Host metrics):
+      --collector.<name> / --no-collector.<name>   switch one node collector on or off
+      --collector.disable-defaults                 start from no node collectors
+      --collector.netstat.fields=REGEX             netstat fields to serve
+      --collector.textfile.directory=DIR           directory of *.prom files
+      --collector.filesystem.mount-points-exclude=REGEX, --collector.filesystem.fs-types-exclude=REGEX
+      --collector.netdev.device-exclude=REGEX, --collector.netdev.device-include=REGEX
+      --collector.diskstats.device-exclude=REGEX";
+
 /// The collector switches found on a command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeFlags {
