@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use super::filters::Filters;
 use super::render::{Family, MetricType};
 use super::util::{parse_f64, parse_u64, read_parse};
 use super::{label, CollectError, Ctx, ParseError};
@@ -233,6 +234,7 @@ const ATA: [(&str, &str, &str); 3] = [
 /// Renders the disks that are not excluded; `udev` gives a device's udev properties.
 pub(crate) fn render(
     disks: &[Disk],
+    filters: &Filters,
     udev: impl Fn(&Disk) -> BTreeMap<String, String>,
 ) -> Vec<Family> {
     let mut info = Family::gauge("node_disk_info", "Info of /sys/block/<block_device>.");
@@ -250,7 +252,7 @@ pub(crate) fn render(
         .map(|(_, name, help)| Family::gauge(*name, *help))
         .collect();
 
-    for d in disks.iter().filter(|d| !excluded(&d.name)) {
+    for d in disks.iter().filter(|d| !filters.disk_excluded(&d.name)) {
         let props = udev(d);
         let prop = |k: &str| props.get(k).cloned().unwrap_or_default();
         // node_exporter 1.5.0 takes ID_SERIAL_SHORT only (later versions prefer
@@ -319,7 +321,7 @@ pub(crate) fn render(
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let disks = read_parse(&ctx.proc("diskstats"), parse)?;
     let udev_dir = ctx.rootfs.join("run/udev/data");
-    Ok(render(&disks, |d| {
+    Ok(render(&disks, &ctx.filters, |d| {
         // No udev database (containers without /run/udev, hosts without udev): the
         // labels stay empty, as in node_exporter.
         std::fs::read_to_string(udev_dir.join(format!("b{}:{}", d.major, d.minor)))
@@ -382,7 +384,7 @@ mod tests {
         assert_eq!(d[0].stats.len(), 11);
         assert_eq!(d[1].stats.len(), 15);
         assert_eq!(d[2].stats.len(), 17);
-        let out = testutil::render(render(&d, |_| BTreeMap::new()));
+        let out = testutil::render(render(&d, &Filters::default(), |_| BTreeMap::new()));
         assert!(
             out.contains("node_disk_read_bytes_total{device=\"vda\"} 1.968628736e+09\n"),
             "{out}"
@@ -408,7 +410,7 @@ mod tests {
         assert_eq!(props["WEIRD"], "a=b");
         assert_eq!(props["ID_MODEL"], "Samsung_SSD");
         let d = parse("8 0 sda 1 2 3 4 5 6 7 8 9 10 11\n").unwrap();
-        let out = testutil::render(render(&d, |_| props.clone()));
+        let out = testutil::render(render(&d, &Filters::default(), |_| props.clone()));
         assert!(out.contains("model=\"Samsung_SSD\""));
         assert!(out.contains("serial=\"S3Z\""));
         assert!(out.contains("node_disk_ata_rotation_rate_rpm{device=\"sda\"} 0\n"));
@@ -444,7 +446,7 @@ mod tests {
 
         #[test]
         fn parse_never_panics_on_diskstats_like(s in "( *[0-9]{1,3} +[0-9]{1,3} [a-z0-9-]{1,8}( [0-9]{1,20}){0,22}\n){0,4}") {
-            if let Ok(d) = parse(&s) { let _ = render(&d, |_| BTreeMap::new()); }
+            if let Ok(d) = parse(&s) { let _ = render(&d, &Filters::default(), |_| BTreeMap::new()); }
         }
     }
 }

@@ -17,6 +17,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::filters::Filters;
 use super::render::Family;
 use super::util::{join_rooted, read_parse, unescape_octal};
 use super::{CollectError, Ctx, ParseError};
@@ -146,7 +147,7 @@ pub(crate) const EXCLUDED_FS_TYPES: [&str; 24] = [
 
 /// The mounts to report: not excluded, mount point relative to rootfs, first of
 /// identical (device, mount point, fstype) only (over-mounts would be duplicate series).
-pub(crate) fn select(mounts: Vec<Mount>, rootfs: &Path) -> Vec<Mount> {
+pub(crate) fn select(mounts: Vec<Mount>, rootfs: &Path, filters: &Filters) -> Vec<Mount> {
     let mut seen = HashSet::new();
     mounts
         .into_iter()
@@ -154,8 +155,8 @@ pub(crate) fn select(mounts: Vec<Mount>, rootfs: &Path) -> Vec<Mount> {
             m.mount_point = strip_rootfs(rootfs, &m.mount_point);
             m
         })
-        .filter(|m| !mount_point_excluded(&m.mount_point))
-        .filter(|m| !EXCLUDED_FS_TYPES.contains(&m.fs_type.as_str()))
+        .filter(|m| !filters.mount_point_excluded(&m.mount_point))
+        .filter(|m| !filters.fs_type_excluded(&m.fs_type))
         .filter(|m| seen.insert((m.device.clone(), m.mount_point.clone(), m.fs_type.clone())))
         .collect()
 }
@@ -358,7 +359,7 @@ fn read_mounts(ctx: &Ctx) -> Result<Vec<Mount>, CollectError> {
 }
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
-    let mounts = select(read_mounts(ctx)?, &ctx.rootfs);
+    let mounts = select(read_mounts(ctx)?, &ctx.rootfs, &ctx.filters);
     let paths: Vec<PathBuf> = mounts
         .iter()
         .map(|m| join_rooted(&ctx.rootfs, &m.mount_point))
@@ -378,7 +379,7 @@ mod tests {
     fn real_mountinfo_keeps_only_root() {
         let mounts = parse(&testutil::read("real", "proc/1/mountinfo")).unwrap();
         assert!(mounts.len() > 5);
-        let sel = select(mounts, Path::new("/"));
+        let sel = select(mounts, Path::new("/"), &Filters::default());
         assert_eq!(
             sel,
             vec![Mount {
@@ -443,7 +444,7 @@ mod tests {
 39 35 0:51 / /sys/fs/bpf rw - bpf bpf rw
 40 35 0:52 / /data\\012x rw - tmpfs tmpfs rw
 ";
-        let sel = select(parse(text).unwrap(), Path::new("/"));
+        let sel = select(parse(text).unwrap(), Path::new("/"), &Filters::default());
         assert_eq!(sel.len(), 3);
         assert_eq!(sel[0].mount_point, "/srv/my data");
         assert_eq!(sel[0].fs_type, "ext3");
@@ -562,7 +563,7 @@ mod tests {
 
         #[test]
         fn parse_never_panics_on_mountinfo_like(s in "([0-9]{1,2} [0-9]{1,2} [0-9:x]{1,5} / [a-z/\\\\0-9]{1,10} (rw|ro)( [a-z:0-9]{1,6}){0,3}( -)?( [a-z0-9/]{1,6}){0,3}\n){0,4}") {
-            if let Ok(m) = parse(&s) { let _ = select(m, Path::new("/")); }
+            if let Ok(m) = parse(&s) { let _ = select(m, Path::new("/"), &Filters::default()); }
         }
     }
 }

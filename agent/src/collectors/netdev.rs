@@ -7,6 +7,7 @@
 //! /sys/class/net/<iface>/statistics: same counters, no netlink socket. `lo` is excluded
 //! (node_exporter's default `--collector.netdev.device-exclude=^lo$`).
 
+use super::filters::Filters;
 use super::render::Family;
 use super::util::{parse_u64, read_attr, read_parse};
 use super::{label, CollectError, Ctx, ParseError};
@@ -79,8 +80,15 @@ pub(crate) fn parse(text: &str) -> Result<Vec<DevStats>, ParseError> {
 
 /// Renders the devices that are not excluded; `nohandler` gives `receive_nohandler` per
 /// device where known.
-pub(crate) fn render(devs: &[DevStats], nohandler: impl Fn(&str) -> Option<u64>) -> Vec<Family> {
-    let devs: Vec<&DevStats> = devs.iter().filter(|d| !excluded(&d.device)).collect();
+pub(crate) fn render(
+    devs: &[DevStats],
+    filters: &Filters,
+    nohandler: impl Fn(&str) -> Option<u64>,
+) -> Vec<Family> {
+    let devs: Vec<&DevStats> = devs
+        .iter()
+        .filter(|d| !filters.netdev_excluded(&d.device))
+        .collect();
     let family = |key: &str| {
         Family::counter(
             format!("node_network_{key}_total"),
@@ -111,7 +119,7 @@ pub(crate) fn render(devs: &[DevStats], nohandler: impl Fn(&str) -> Option<u64>)
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let devs = read_parse(&ctx.proc("net/dev"), parse)?;
     let net = ctx.sys("class/net");
-    Ok(render(&devs, |dev| {
+    Ok(render(&devs, &ctx.filters, |dev| {
         read_attr(&net.join(dev).join("statistics/rx_nohandler")).and_then(|s| s.parse().ok())
     }))
 }
@@ -135,7 +143,9 @@ mod tests {
         assert_eq!(devs[1].device, "eth0");
         assert_eq!(devs[1].columns[0], 349010164);
         assert_eq!(devs[1].columns[15], 12);
-        let out = testutil::render(render(&devs, |d| (d == "eth0").then_some(42)));
+        let out = testutil::render(render(&devs, &Filters::default(), |d| {
+            (d == "eth0").then_some(42)
+        }));
         assert!(!out.contains("\"lo\""));
         for line in [
             "# HELP node_network_receive_bytes_total Network device statistic receive_bytes.\n# TYPE node_network_receive_bytes_total counter\nnode_network_receive_bytes_total{device=\"eth0\"} 3.49010164e+08\n",
@@ -177,7 +187,7 @@ mod tests {
 
         #[test]
         fn parse_never_panics_on_netdev_like(s in "h\nh\n( {0,3}[a-z0-9]{0,5}:?( [0-9]{1,20}){0,17}\n){0,4}") {
-            if let Ok(d) = parse(&s) { let _ = render(&d, |_| Some(1)); }
+            if let Ok(d) = parse(&s) { let _ = render(&d, &Filters::default(), |_| Some(1)); }
         }
     }
 }

@@ -14,6 +14,10 @@ pub(crate) enum MetricType {
     Counter,
     Gauge,
     Untyped,
+    /// Only from the textfile collector: `_bucket`, `_sum` and `_count` samples.
+    Histogram,
+    /// Only from the textfile collector: quantile, `_sum` and `_count` samples.
+    Summary,
 }
 
 impl MetricType {
@@ -22,6 +26,8 @@ impl MetricType {
             MetricType::Counter => "counter",
             MetricType::Gauge => "gauge",
             MetricType::Untyped => "untyped",
+            MetricType::Histogram => "histogram",
+            MetricType::Summary => "summary",
         }
     }
 }
@@ -31,6 +37,9 @@ impl MetricType {
 pub(crate) struct Sample {
     pub labels: Vec<(&'static str, String)>,
     pub value: f64,
+    /// Appended to the family name: `_bucket`, `_sum`, `_count` for histograms and
+    /// summaries, empty otherwise.
+    pub suffix: &'static str,
 }
 
 /// A metric family: name, help, type and its samples.
@@ -73,7 +82,21 @@ impl Family {
     }
 
     pub fn push(&mut self, labels: Vec<(&'static str, String)>, value: f64) {
-        self.samples.push(Sample { labels, value });
+        self.push_suffixed("", labels, value);
+    }
+
+    /// Adds a sample written as `<name><suffix>` (histogram and summary parts).
+    pub fn push_suffixed(
+        &mut self,
+        suffix: &'static str,
+        labels: Vec<(&'static str, String)>,
+        value: f64,
+    ) {
+        self.samples.push(Sample {
+            labels,
+            value,
+            suffix,
+        });
     }
 
     /// Adds a sample with the given labels and value (builder style).
@@ -102,12 +125,28 @@ pub(crate) fn write_families(out: &mut String, mut families: Vec<Family>) {
         for s in &mut f.samples {
             s.labels.sort_by(|a, b| a.0.cmp(b.0));
         }
-        f.samples.sort_by(|a, b| {
-            a.labels
-                .iter()
-                .map(|(_, v)| v.as_str())
-                .cmp(b.labels.iter().map(|(_, v)| v.as_str()))
-        });
+        if matches!(f.kind, MetricType::Histogram | MetricType::Summary) {
+            // A histogram's or summary's samples of one series stay in the order they
+            // were pushed (buckets by bound, then _sum, _count): the sort is stable and
+            // ignores `le` and `quantile`.
+            f.samples.sort_by(|a, b| {
+                let key = |s: &Sample| {
+                    s.labels
+                        .iter()
+                        .filter(|(n, _)| !matches!(*n, "le" | "quantile"))
+                        .map(|(_, v)| v.clone())
+                        .collect::<Vec<String>>()
+                };
+                key(a).cmp(&key(b))
+            });
+        } else {
+            f.samples.sort_by(|a, b| {
+                a.labels
+                    .iter()
+                    .map(|(_, v)| v.as_str())
+                    .cmp(b.labels.iter().map(|(_, v)| v.as_str()))
+            });
+        }
         write_family(out, &f);
     }
 }
@@ -125,6 +164,7 @@ fn write_family(out: &mut String, f: &Family) {
     out.push('\n');
     for s in &f.samples {
         out.push_str(&f.name);
+        out.push_str(s.suffix);
         if !s.labels.is_empty() {
             out.push('{');
             for (i, (name, value)) in s.labels.iter().enumerate() {

@@ -20,6 +20,17 @@ pub(crate) fn read(path: &Path) -> Result<String, CollectError> {
     }
 }
 
+/// Reads a file whose absence means the machine lacks the feature (no md driver, no NFS
+/// client): node_exporter's `ErrNoData`, reported as [`CollectError::NoData`].
+pub(crate) fn read_source(path: &Path, reason: &'static str) -> Result<String, CollectError> {
+    match read(path) {
+        Err(CollectError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Err(CollectError::NoData { reason })
+        }
+        other => other,
+    }
+}
+
 /// Reads `path` and runs `parse` over it, attaching the path to a parse error.
 pub(crate) fn read_parse<T>(
     path: &Path,
@@ -29,6 +40,21 @@ pub(crate) fn read_parse<T>(
     parse(&text).map_err(|source| CollectError::Parse {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// A file holding one unsigned integer, as node_exporter's `readUintFromFile` reads it
+/// (surrounding white space allowed).
+pub(crate) fn read_u64(path: &Path) -> Result<u64, CollectError> {
+    read_parse(path, |t| parse_u64(t.trim(), 1, "value"))
+}
+
+/// A file holding one signed integer (a temperature, a throttle state).
+pub(crate) fn read_i64(path: &Path) -> Result<i64, CollectError> {
+    read_parse(path, |t| {
+        t.trim()
+            .parse()
+            .map_err(|_| ParseError::new(1, format!("{:?} is not an integer", t.trim())))
     })
 }
 

@@ -3,7 +3,6 @@
 //! `--web.config.file` TLS and basic authentication ([`web_config`]).
 
 mod basic_auth;
-mod process;
 mod tls;
 pub mod web_config;
 
@@ -34,11 +33,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// agent works, nothing about the node (TLS still applies to them).
 const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
-/// One scrape: the agent's families and its process's, then the node collectors'. Reading /proc, /sys
-/// and statfs can block (a hung mount), so it runs off the async worker threads.
+/// One scrape: the agent's families, then the node collectors' (with the agent's own
+/// `process_*`, see `collectors::exporter`). Reading /proc, /sys and statfs can block (a
+/// hung mount), so it runs off the async worker threads.
 fn scrape(metrics: &Metrics, node: &NodeCollectors) -> String {
     let mut text = metrics.encode();
-    process::encode(&mut text);
     node.encode(&mut text);
     text
 }
