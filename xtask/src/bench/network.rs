@@ -560,7 +560,7 @@ fn section(
          {SERVER}). **Offloads are on** on all four veth ends (`ethtool -K … tso on gso on \
          gro on`; the lab's tests switch them off), so TCP hands the device GSO skbs as on \
          a real host. The agent runs on the host with default settings plus the stand-in \
-         API; its syscall tracepoints are attached too, so the numbers include them. \
+         API; its capture programs (the socket tier here) are attached too, so the numbers include them. \
          {ROUNDS} alternating rounds of each load, without then with the agent (started \
          for each round).\n\n\
          - bulk: `iperf3 -c <B> -t {bulk_s} -J` in pod A against `iperf3 -s` in pod B, \
