@@ -182,6 +182,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(args: &[&str]) -> Agent {
+        Agent::start_with_env(args, &[])
+    }
+
+    /// Started with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
         ensure_root();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("nodetap-test-{port}.log"));
@@ -190,6 +195,7 @@ impl Agent {
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
@@ -367,6 +373,17 @@ pub fn unique_name(prefix: &str) -> String {
     );
     name.truncate(15);
     name
+}
+
+/// `len` random lowercase letters (from the kernel's random source): a value that can
+/// only show up somewhere if it was copied there.
+pub fn random_token(len: usize) -> String {
+    use std::io::Read;
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| (b'a' + b % 26) as char).collect()
 }
 
 #[cfg(test)]

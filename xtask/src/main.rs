@@ -174,6 +174,8 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("grpcio", "grpc"),
     ("redis", "redis"),
     ("psycopg[binary]", "psycopg"),
+    // The secrets test's HTTP/1.1 and h2c client.
+    ("httpx[http2]", "h2"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
