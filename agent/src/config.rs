@@ -73,6 +73,10 @@ pub struct Cli {
         value_delimiter = ','
     )]
     pub http_routes: Vec<String>,
+    /// Most distinct HTTP routes per service, side and server port, `_OTHER` included;
+    /// path segments with many values collapse to `{param}` first [default: 100].
+    #[arg(long, env = "NODETAP_HTTP_ROUTE_LIMIT", value_name = "N")]
+    pub http_route_limit: Option<usize>,
     /// Where the host's procfs is (as node_exporter's flag) [default: /proc].
     #[arg(long = "path.procfs", env = "NODETAP_PATH_PROCFS", value_name = "PATH")]
     pub path_procfs: Option<PathBuf>,
@@ -132,6 +136,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     /// HTTP route patterns.
     pub http_routes: Vec<String>,
+    pub http_route_limit: Option<usize>,
     /// Host metrics (`[node]` table).
     pub node: NodeConfig,
     pub network_flow_entries: Option<u32>,
@@ -156,6 +161,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// The user's HTTP route patterns.
     pub http_routes: std::sync::Arc<crate::protocols::http1::RoutePatterns>,
+    /// Most distinct HTTP routes per service, side and port.
+    pub http_route_limit: usize,
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
     pub zones: ZoneConfig,
@@ -312,6 +319,16 @@ impl Config {
                     problem: e.to_string(),
                 }
             })?;
+        let http_route_limit = cli
+            .http_route_limit
+            .or(file.http_route_limit)
+            .unwrap_or(crate::protocols::route::DEFAULT_ROUTE_LIMIT);
+        if http_route_limit < 2 {
+            return Err(ConfigError::Invalid {
+                key: "http_route_limit",
+                problem: "must be at least 2 (one route and _OTHER)".into(),
+            });
+        }
         let mut node = file.node;
         if let Some(p) = cli.path_procfs {
             node.procfs = p;
@@ -368,6 +385,7 @@ impl Config {
             max_series,
             log_level,
             http_routes: std::sync::Arc::new(http_routes),
+            http_route_limit,
             node,
             zones,
             kubernetes,

@@ -803,6 +803,7 @@ fn record_http(
     request_body: u64,
     response_body: u64,
 ) {
+    let labels = &metrics.bound_http_route(client_side, labels);
     let (duration, request_size, response_size) = if client_side {
         (
             &metrics.http_client_duration,

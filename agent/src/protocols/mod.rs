@@ -9,6 +9,7 @@ pub mod http1;
 pub mod http2;
 pub mod postgres;
 pub mod redis;
+pub mod route;
 #[cfg(test)]
 mod test_fixtures;
 
