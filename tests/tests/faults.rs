@@ -1,0 +1,117 @@
+//! Faults on the scrape endpoint, against the real agent: slow clients that never finish
+//! a request, oversized requests, and 100 concurrent scrapes. Other scrapes must be
+//! unaffected: each answers completely, within a deadline, and parses.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::{Duration, Instant},
+};
+
+use nodetap_tests::{exposition, try_http_get, Agent};
+
+/// What a scrape may take while the endpoint is under the fault (the agent's own scrape
+/// takes milliseconds; the machine is shared).
+const DEADLINE: Duration = Duration::from_secs(5);
+
+/// One scrape that must succeed, parse, and carry the agent's build info, within DEADLINE.
+fn good_scrape(agent: &Agent, what: &str) {
+    let t = Instant::now();
+    let text =
+        try_http_get(&agent.metrics_url()).unwrap_or_else(|e| panic!("scrape {what} failed: {e}"));
+    let took = t.elapsed();
+    assert!(took < DEADLINE, "scrape {what} took {took:?}");
+    let families = exposition::parse(&text).unwrap_or_else(|e| panic!("scrape {what}: {e}"));
+    assert!(
+        families.iter().any(|f| f.name == "nodetap_build_info"),
+        "scrape {what} lacks nodetap_build_info"
+    );
+}
+
+#[test]
+fn slow_and_oversized_requests_leave_other_scrapes_unaffected() {
+    let agent = Agent::start(&[]);
+    let addr = format!("127.0.0.1:{}", agent.port);
+
+    // 50 clients that send half a request line and then nothing.
+    let slow: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"GET /metr").expect("write");
+            s
+        })
+        .collect();
+    good_scrape(&agent, "with 50 slow clients connected");
+
+    // A request with a 1 MiB header: refused (or cut off), never served, never fatal.
+    let mut big = TcpStream::connect(&addr).expect("connect");
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+    request.extend(std::iter::repeat_n(b'a', 1 << 20));
+    request.extend(b"\r\n\r\n");
+    // The agent may close the connection before it has read everything.
+    let _ = big.write_all(&request);
+    let mut answer = Vec::new();
+    let _ = big.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "a 1 MiB header was served: {}",
+        answer.lines().next().unwrap_or("")
+    );
+    good_scrape(&agent, "after a 1 MiB header");
+
+    // A request line of 1 MiB.
+    let mut long = TcpStream::connect(&addr).expect("connect");
+    long.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut line = b"GET /".to_vec();
+    line.extend(std::iter::repeat_n(b'm', 1 << 20));
+    line.extend(b" HTTP/1.1\r\nHost: x\r\n\r\n");
+    let _ = long.write_all(&line);
+    let mut answer = Vec::new();
+    let _ = long.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "a 1 MiB request line was served"
+    );
+    good_scrape(&agent, "after a 1 MiB request line");
+    drop(slow);
+    good_scrape(&agent, "after the slow clients left");
+}
+
+#[test]
+fn a_hundred_concurrent_scrapes_all_answer_completely() {
+    let agent = Agent::start(&[]);
+    let url = agent.metrics_url();
+    let t = Instant::now();
+    let results: Vec<Result<usize, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                scope.spawn(|| {
+                    let text = try_http_get(&url)?;
+                    let families = exposition::parse(&text).map_err(|e| e.to_string())?;
+                    Ok(families.len())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let failed: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 100 scrapes failed: {failed:?}",
+        failed.len()
+    );
+    // Every scrape saw the whole exposition (the family count varies only by a few as
+    // series appear during the run).
+    let counts: Vec<usize> = results.into_iter().map(Result::unwrap).collect();
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(min + 5 >= *max, "family counts range from {min} to {max}");
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "100 concurrent scrapes took {:?}",
+        t.elapsed()
+    );
+    good_scrape(&agent, "after 100 concurrent scrapes");
+}
