@@ -8,6 +8,7 @@ mod bench_db;
 mod bench_http;
 mod bench_network;
 mod bench_node;
+mod fuzz;
 mod test_kernels;
 
 use std::{
@@ -56,6 +57,19 @@ enum Task {
         #[arg(long, value_name = "MODE", value_parser = ["auto", "socket", "syscall"])]
         capture_mode: Option<String>,
     },
+    /// Coverage-guided fuzzing (AFL++ through cargo-afl, stable Rust) of one target of
+    /// `nodetap::fuzzing::TARGETS`, or `all` of them one after another, seeded from
+    /// tests/fixtures. Fails if AFL++ saved a crash or a hang.
+    Fuzz {
+        /// A target of `nodetap::fuzzing::TARGETS` (a wrong name lists them) or `all`.
+        target: String,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Write the run into BENCHMARKS.md (the long runs; CI's smoke run does not).
+        #[arg(long)]
+        record: bool,
+    },
     /// Benchmarks (not tests): measure with and without the agent in one run and write
     /// the result into BENCHMARKS.md.
     Bench {
@@ -87,6 +101,18 @@ fn main() -> Result<()> {
             smp,
             capture_mode,
         }),
+        Task::Fuzz {
+            target,
+            seconds,
+            record,
+        } => {
+            setup()?;
+            let outcomes = fuzz::run(&root(), &target, seconds)?;
+            if record {
+                fuzz::record(&root(), &target, seconds, &outcomes)?;
+            }
+            fuzz::check(&root(), &outcomes)
+        }
         Task::Bench { what } => {
             setup()?;
             let bin = build()?;
@@ -231,6 +257,7 @@ fn setup() -> Result<()> {
                 .env("PATH", path),
         )?;
     }
+    fuzz::setup()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -270,6 +297,8 @@ fn test() -> Result<()> {
         "warnings",
     ]))?;
     let bin = build()?;
+    // Every fuzz target briefly under AFL++ (the long runs are in BENCHMARKS.md).
+    fuzz::check(&root, &fuzz::run(&root, "all", fuzz::SMOKE_SECONDS)?)?;
     // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")
