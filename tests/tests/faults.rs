@@ -115,3 +115,76 @@ fn a_hundred_concurrent_scrapes_all_answer_completely() {
     );
     good_scrape(&agent, "after 100 concurrent scrapes");
 }
+
+/// Files under `--path.procfs` that vanish (a process exiting, a container's /proc going
+/// away) fail their collector only, for as long as they are gone: the scrape still
+/// answers, the other collectors still report, and the collector recovers when the file
+/// is back.
+#[test]
+fn vanishing_proc_files_fail_their_collector_only_and_recover() {
+    let fixture =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/node/real/proc");
+    let dir = nodetap_tests::servers::TempDir::new("nodetap-vanish");
+    let proc_dir = dir.0.join("proc");
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(&fixture)
+        .arg(&proc_dir)
+        .status()
+        .expect("cp");
+    assert!(copied.success(), "copying {}", fixture.display());
+    let agent = Agent::start(&["--path.procfs", proc_dir.to_str().unwrap()]);
+    let success = |text: &str, collector: &str| {
+        nodetap_tests::metric_value(
+            text,
+            "node_scrape_collector_success",
+            &[("collector", collector)],
+        )
+    };
+    let text = agent.scrape();
+    for c in ["meminfo", "loadavg", "stat"] {
+        assert_eq!(success(&text, c), Some(1.0), "{c} before the files vanish");
+    }
+
+    let saved: Vec<(std::path::PathBuf, Vec<u8>)> = ["meminfo", "loadavg"]
+        .iter()
+        .map(|f| {
+            let p = proc_dir.join(f);
+            let bytes = std::fs::read(&p).expect("fixture file");
+            std::fs::remove_file(&p).expect("remove");
+            (p, bytes)
+        })
+        .collect();
+    let text = agent.scrape();
+    assert_eq!(
+        success(&text, "meminfo"),
+        Some(0.0),
+        "meminfo while its file is gone"
+    );
+    assert_eq!(
+        success(&text, "loadavg"),
+        Some(0.0),
+        "loadavg while its file is gone"
+    );
+    assert_eq!(success(&text, "stat"), Some(1.0), "stat is unaffected");
+    assert!(
+        !text.contains("node_memory_MemTotal_bytes "),
+        "no stale meminfo values while the file is gone"
+    );
+    good_scrape(&agent, "while /proc files are gone");
+
+    for (p, bytes) in saved {
+        std::fs::write(p, bytes).expect("restore");
+    }
+    let text = agent.scrape();
+    assert_eq!(
+        success(&text, "meminfo"),
+        Some(1.0),
+        "meminfo after its file is back"
+    );
+    assert_eq!(
+        success(&text, "loadavg"),
+        Some(1.0),
+        "loadavg after its file is back"
+    );
+}
