@@ -207,7 +207,10 @@ pub fn record(root: &Path, target: &str, seconds: u64, outcomes: &[Outcome]) -> 
         ));
     }
     let total: u64 = outcomes.iter().map(|o| o.execs).sum();
-    section.push_str(&format!("\nTotal: {total} executions.\n"));
+    section.push_str(&format!(
+        "\nTotal: {total} executions. The goal is 10^7 executions per target: at the rates above \
+         that takes `--seconds 600` to `--seconds 2400` per target.\n"
+    ));
     println!("{section}");
     crate::bench::write_section(&root.join("BENCHMARKS.md"), "fuzz", &section)
 }
