@@ -83,10 +83,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let metrics = Arc::new(Metrics::with_series_limit(
-        env!("CARGO_PKG_VERSION"),
-        config.max_series,
-    ));
+    let metrics = Arc::new(
+        Metrics::with_series_limit(env!("CARGO_PKG_VERSION"), config.max_series)
+            .with_route_limit(config.http_route_limit, config.http_routes.clone()),
+    );
     for hook in &probes.hooks {
         metrics
             .probe_attached

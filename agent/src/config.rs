@@ -87,6 +87,10 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub http_routes: Vec<String>,
+    /// Most distinct HTTP routes per service, side and server port, `_OTHER` included;
+    /// path segments with many values collapse to `{param}` first [default: 100].
+    #[arg(long, env = "NODETAP_HTTP_ROUTE_LIMIT", value_name = "N")]
+    pub http_route_limit: Option<usize>,
     /// Where the host's procfs is (as node_exporter's flag) [default: /proc].
     #[serde(skip)]
     #[arg(long = "path.procfs", env = "NODETAP_PATH_PROCFS", value_name = "PATH")]
@@ -174,6 +178,7 @@ impl Settings {
             request_timeout: self.request_timeout.or(under.request_timeout),
             log_level: self.log_level.or(under.log_level),
             http_routes: list(under.http_routes, self.http_routes),
+            http_route_limit: self.http_route_limit.or(under.http_route_limit),
             path_procfs: self.path_procfs.or(under.path_procfs),
             path_sysfs: self.path_sysfs.or(under.path_sysfs),
             path_rootfs: self.path_rootfs.or(under.path_rootfs),
@@ -206,6 +211,8 @@ pub struct Config {
     pub log_level: log::LevelFilter,
     /// The user's HTTP route patterns.
     pub http_routes: std::sync::Arc<crate::protocols::http1::RoutePatterns>,
+    /// Most distinct HTTP routes per service, side and port.
+    pub http_route_limit: usize,
     /// Host paths and collectors; `node.procfs` is also where the agent reads processes.
     pub node: NodeConfig,
     pub zones: ZoneConfig,
@@ -339,6 +346,15 @@ impl Config {
                 key: "http_routes",
                 problem: e.to_string(),
             })?;
+        let http_route_limit = s
+            .http_route_limit
+            .unwrap_or(crate::protocols::route::DEFAULT_ROUTE_LIMIT);
+        if http_route_limit < 2 {
+            return Err(ConfigError::Invalid {
+                key: "http_route_limit",
+                problem: "must be at least 2 (one route and _OTHER)".into(),
+            });
+        }
         let mut node = s.node;
         if let Some(p) = s.path_procfs {
             node.procfs = p;
@@ -394,6 +410,7 @@ impl Config {
             max_series,
             log_level,
             http_routes: std::sync::Arc::new(http_routes),
+            http_route_limit,
             node,
             zones,
             kubernetes,

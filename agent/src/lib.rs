@@ -9,6 +9,7 @@ pub mod agent;
 pub mod capture;
 pub mod collectors;
 pub mod config;
+pub mod fuzzing;
 pub mod metadata;
 pub mod metrics;
 pub mod network;

@@ -7,6 +7,7 @@
 use std::fmt;
 
 use crate::metadata::workload::{Name, PeerZone, WorkloadLabels};
+use crate::protocols::route::{RouteBudget, RoutePatterns};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -240,6 +241,10 @@ pub struct Metrics {
     pub rpc_client_duration: LimitedHistograms<RpcLabels>,
     pub rpc_server_duration: LimitedHistograms<RpcLabels>,
     pub series_dropped: Family<FamilyLabels, Counter>,
+    /// Learned route bounds per service (side, server port, workload); see
+    /// [`crate::protocols::route`].
+    pub http_routes: std::sync::Mutex<RouteBudget<(bool, u16, WorkloadLabels)>>,
+    pub http_route_collapses: Family<ReasonLabels, Counter>,
     pub protocol_connections: Family<ProtocolLabels, Counter>,
     pub protocol_parse_errors: Family<ProtocolLabels, Counter>,
     pub protocol_stopped: Family<ProtocolReasonLabels, Counter>,
@@ -355,6 +360,30 @@ pub struct ZoneInfoLabels {
 }
 
 impl Metrics {
+    /// Routes bounded per service at `limit`, the user's `patterns` passing unchanged.
+    pub fn with_route_limit(self, limit: usize, patterns: std::sync::Arc<RoutePatterns>) -> Self {
+        *self.http_routes.lock().unwrap_or_else(|p| p.into_inner()) =
+            RouteBudget::new(limit, patterns);
+        self
+    }
+
+    /// `labels` with its route bounded by the learned per-service budget; a collapse is
+    /// counted.
+    pub fn bound_http_route(&self, client_side: bool, labels: &HttpLabels) -> HttpLabels {
+        let service = (client_side, labels.server_port, labels.workload.clone());
+        let mut routes = self.http_routes.lock().unwrap_or_else(|p| p.into_inner());
+        let (route, collapse) = routes.bound(service, &labels.http_route);
+        if let Some(c) = collapse {
+            self.http_route_collapses
+                .get_or_create(&ReasonLabels { reason: c.label() })
+                .inc();
+        }
+        HttpLabels {
+            http_route: route.into_owned(),
+            ..labels.clone()
+        }
+    }
+
     pub fn new(version: &str) -> Self {
         Self::with_series_limit(version, DEFAULT_SERIES_LIMIT)
     }
@@ -518,6 +547,15 @@ impl Metrics {
                 "nodetap_series_dropped",
                 "Observations dropped because their series would pass the family's series limit",
                 series_dropped.clone(),
+            ),
+            http_routes: std::sync::Mutex::new(RouteBudget::new(
+                crate::protocols::route::DEFAULT_ROUTE_LIMIT,
+                Default::default(),
+            )),
+            http_route_collapses: reg.add(
+                "nodetap_http_route_collapses",
+                "HTTP requests recorded under a learned route instead of their own, by reason: placeholder (a path segment with many values under one prefix became {param}), limit (the service had its limit of routes: _OTHER)",
+                Family::default(),
             ),
             protocol_connections: reg.add(
                 "nodetap_protocol_connections",

@@ -186,6 +186,13 @@ impl Agent {
         Agent::start_until(args, |agent| try_http_get(&agent.metrics_url()).is_ok())
     }
 
+    /// Started with extra environment variables (e.g. `RUST_LOG`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Agent {
+        Agent::start_wrapped_env(&[], args, env, |agent| {
+            try_http_get(&agent.metrics_url()).is_ok()
+        })
+    }
+
     /// Starts the agent and waits until `serving` says its endpoint answers (an agent
     /// serving TLS or asking for a password does not answer [`try_http_get`]).
     pub fn start_until(args: &[&str], serving: impl Fn(&Agent) -> bool) -> Agent {
@@ -197,6 +204,15 @@ impl Agent {
     pub fn start_wrapped(
         wrapper: &[&str],
         args: &[&str],
+        serving: impl Fn(&Agent) -> bool,
+    ) -> Agent {
+        Agent::start_wrapped_env(wrapper, args, &[], serving)
+    }
+
+    fn start_wrapped_env(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
         serving: impl Fn(&Agent) -> bool,
     ) -> Agent {
         ensure_root();
@@ -214,6 +230,7 @@ impl Agent {
         cmd.arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log fd"))
             .stderr(log_file);
@@ -411,6 +428,17 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `len` random lowercase letters (from the kernel's random source): a value that can
+/// only show up somewhere if it was copied there.
+pub fn random_token(len: usize) -> String {
+    use std::io::Read;
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .expect("read /dev/urandom");
+    bytes.iter().map(|b| (b'a' + b % 26) as char).collect()
 }
 
 #[cfg(test)]

@@ -27,9 +27,16 @@ pub fn peer_script(name: &str) -> PathBuf {
 /// Runs a peer to completion; returns its last JSON line (`Value::Null` if it printed
 /// none). Panics with its stderr if it fails.
 pub fn run_peer(script: &str, args: &[&str]) -> Value {
+    run_peer_with_env(script, args, &[])
+}
+
+/// `run_peer` with extra environment variables (e.g. secrets a test must not put on a
+/// command line, which every process can read).
+pub fn run_peer_with_env(script: &str, args: &[&str], env: &[(String, String)]) -> Value {
     let out = Command::new("python3")
         .arg(peer_script(script))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 {script}: {e}"));
     assert!(

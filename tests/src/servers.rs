@@ -55,6 +55,11 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Started with extra command-line settings (e.g. `--requirepass`, `--user`).
+    pub fn start_with(args: &[&str]) -> RedisServer {
         let dir = TempDir::new("nodetap-redis");
         let port = free_port();
         let mut cmd = Command::new("redis-server");
@@ -62,6 +67,7 @@ impl RedisServer {
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&dir.0)
+            .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let mut process = ChildGuard::spawn(cmd);
@@ -116,6 +122,12 @@ impl PostgresServer {
 
     /// Started with extra `-c name=value` settings (e.g. `shared_preload_libraries`).
     pub fn start_with(settings: &[(&str, &str)]) -> PostgresServer {
+        PostgresServer::start_with_hba(settings, &[])
+    }
+
+    /// Started with `pg_hba.conf` lines placed before the default trust rules (the
+    /// first matching line wins), e.g. password methods for some roles.
+    pub fn start_with_hba(settings: &[(&str, &str)], hba: &[&str]) -> PostgresServer {
         let dir = TempDir::new("nodetap-pg");
         let (uid, gid) = postgres_user();
         let chown = |p: &std::path::Path| {
@@ -132,6 +144,12 @@ impl PostgresServer {
             .gid(gid)
             .output()
             .checked("run initdb");
+        if !hba.is_empty() {
+            let path = data.join("pg_hba.conf");
+            let defaults = std::fs::read_to_string(&path).expect("pg_hba.conf after initdb");
+            std::fs::write(&path, format!("{}\n{defaults}", hba.join("\n")))
+                .expect("write pg_hba.conf");
+        }
         let port = free_port();
         let mut cmd = Command::new(postgres_bin("postgres"));
         cmd.arg("-D")
@@ -160,11 +178,13 @@ impl PostgresServer {
 
 /// nginx on 127.0.0.1: one HTTP/1.1 port and one cleartext HTTP/2 (prior knowledge) port,
 /// serving a private root with files of known sizes, `return 500` at /status/500 and a
-/// small text answer under /api/.
+/// small text answer under /api/, and a `Set-Cookie: session=<session_cookie>` (random
+/// per server) at /login.
 pub struct Nginx {
     pub http1_port: u16,
     pub h2c_port: u16,
     pub root: PathBuf,
+    pub session_cookie: String,
     _process: ChildGuard,
     _dir: TempDir,
 }
@@ -180,6 +200,7 @@ impl Nginx {
             std::fs::write(root.join("users").join(id), format!("user {id}\n")).unwrap();
         }
         let (http1_port, h2c_port) = (free_port(), free_port());
+        let session_cookie = crate::random_token(24);
         let conf = dir.0.join("nginx.conf");
         std::fs::write(
             &conf,
@@ -190,7 +211,8 @@ impl Nginx {
                  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
                  server {{\n    listen 127.0.0.1:{http1_port};\n    listen 127.0.0.1:{h2c_port} http2;\n\
                  root {root};\n    location = /status/500 {{ return 500; }}\n\
-                 location /api/ {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+                 location /api/ {{ return 200 \"ok\\n\"; }}\n\
+                 location = /login {{ add_header Set-Cookie \"session={session_cookie}; HttpOnly\" always; return 200 \"ok\\n\"; }}\n  }}\n}}\n",
                 d = dir.0.display(),
                 root = root.display(),
             ),
@@ -210,6 +232,7 @@ impl Nginx {
             http1_port,
             h2c_port,
             root,
+            session_cookie,
             _process: process,
             _dir: dir,
         }

@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use nodetap_tests::{ensure_root, nodetap_bin, Agent};
+use nodetap_tests::{ensure_root, nodetap_bin, servers::RedisServer, Agent, ChildGuard};
 use serde_json::Value;
 
 fn bpftool_json(what: &str) -> Value {
@@ -104,6 +104,55 @@ fn sigterm_detaches_everything_and_exits_zero() {
     assert!(
         programs_left.is_empty(),
         "programs still loaded: {programs_left:?}"
+    );
+    let links_left: Vec<u64> = ids_in("link", "id").intersection(&links).copied().collect();
+    assert!(
+        links_left.is_empty(),
+        "links still attached: {links_left:?}"
+    );
+}
+
+/// SIGTERM while the agent is busy (redis-benchmark pipelining into a real redis-server,
+/// which the agent parses on both sides): exit 0 within 5 s, every link it held gone.
+#[test]
+fn sigterm_under_load_exits_within_5_s_and_detaches() {
+    let redis = RedisServer::start();
+    let mut agent = Agent::start(&[]);
+    let pid = agent.process.pid();
+    let links = held_by(pid, "link_id:");
+    assert_eq!(links.len(), hooks_of(&agent), "links held by the agent");
+    let mut load = Command::new("redis-benchmark");
+    load.args(["-p", &redis.port.to_string(), "-q", "-c", "10", "-P", "16"])
+        .args(["-n", "5000000", "-t", "set,get"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let _load = ChildGuard::spawn(load);
+    // Wait until the agent is really parsing the load.
+    let busy = agent.scrape_until(Duration::from_secs(20), |t| {
+        nodetap_tests::metric_sum(
+            t,
+            "db_server_operation_duration_seconds_count",
+            &[("server_port", &redis.port.to_string())],
+        ) > 10_000.0
+    });
+    assert!(
+        nodetap_tests::metric_sum(
+            &busy,
+            "db_server_operation_duration_seconds_count",
+            &[("server_port", &redis.port.to_string())],
+        ) > 10_000.0,
+        "the agent did not see the load"
+    );
+
+    let t = std::time::Instant::now();
+    agent.process.signal(libc::SIGTERM);
+    let code = agent.process.wait_timeout(Duration::from_secs(5));
+    assert_eq!(
+        code,
+        Some(0),
+        "exit within 5 s of SIGTERM under load (waited {:?}); output:\n{}",
+        t.elapsed(),
+        agent.output()
     );
     let links_left: Vec<u64> = ids_in("link", "id").intersection(&links).copied().collect();
     assert!(

@@ -2,6 +2,7 @@
 
 mod bench;
 mod dist;
+mod fuzz;
 mod test_kernels;
 
 use std::{
@@ -53,6 +54,19 @@ enum Task {
         #[arg(long, value_name = "MODE", value_parser = ["auto", "socket", "syscall"])]
         capture_mode: Option<String>,
     },
+    /// Coverage-guided fuzzing (AFL++ through cargo-afl, stable Rust) of one target of
+    /// `nodetap::fuzzing::TARGETS`, or `all` of them one after another, seeded from
+    /// tests/fixtures. Fails if AFL++ saved a crash or a hang.
+    Fuzz {
+        /// A target of `nodetap::fuzzing::TARGETS` (a wrong name lists them) or `all`.
+        target: String,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Write the run into BENCHMARKS.md (the long runs; CI's smoke run does not).
+        #[arg(long)]
+        record: bool,
+    },
     /// Benchmarks (not tests): measure with and without the agent in one run and write
     /// the result into BENCHMARKS.md.
     Bench {
@@ -88,6 +102,18 @@ fn main() -> Result<()> {
             smp,
             capture_mode,
         }),
+        Task::Fuzz {
+            target,
+            seconds,
+            record,
+        } => {
+            setup()?;
+            let outcomes = fuzz::run(&root(), &target, seconds)?;
+            if record {
+                fuzz::record(&root(), &target, seconds, &outcomes)?;
+            }
+            fuzz::check(&root(), &outcomes)
+        }
         Task::Bench { what } => {
             setup()?;
             let bin = build()?;
@@ -190,6 +216,8 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("grpcio", "grpc"),
     ("redis", "redis"),
     ("psycopg[binary]", "psycopg"),
+    // The secrets test's HTTP/1.1 and h2c client.
+    ("httpx[http2]", "h2"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -278,6 +306,7 @@ fn setup() -> Result<()> {
                 .env("PATH", path),
         )?;
     }
+    fuzz::setup()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -319,6 +348,8 @@ fn test() -> Result<()> {
     let bin = build()?;
     // Release artifacts, which tests/tests/dist.rs inspects.
     dist::run(&root)?;
+    // Every fuzz target briefly under AFL++ (the long runs are in BENCHMARKS.md).
+    fuzz::check(&root, &fuzz::run(&root, "all", fuzz::SMOKE_SECONDS)?)?;
     // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")

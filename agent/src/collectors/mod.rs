@@ -996,3 +996,88 @@ mod tests {
         }
     }
 }
+
+/// Every parser of outside text in the collectors (procfs, sysfs, udev files), each with
+/// its renderer where it has a simple one, by name: the fuzzer's `node` target
+/// ([`crate::fuzzing`]) runs them on arbitrary text. Registered beside the collectors so a
+/// new parser is one more row.
+pub type TextParser = fn(&str);
+
+pub const TEXT_PARSERS: &[(&str, TextParser)] = &[
+    ("cpu", |t| {
+        if let Ok(c) = cpu::parse(t) {
+            render::write_families(&mut String::new(), cpu::render(&c));
+        }
+    }),
+    ("diskstats", |t| {
+        if let Ok(d) = diskstats::parse(t) {
+            let udev = diskstats::parse_udev(t);
+            render::write_families(
+                &mut String::new(),
+                diskstats::render(&d, &filters::Filters::default(), |_| udev.clone()),
+            );
+        }
+    }),
+    ("filesystem", |t| {
+        if let Ok(m) = filesystem::parse(t) {
+            let _ = filesystem::select(m, std::path::Path::new("/"), &filters::Filters::default());
+        }
+    }),
+    ("loadavg", |t| {
+        if let Ok(l) = loadavg::parse(t) {
+            render::write_families(&mut String::new(), loadavg::render(&l));
+        }
+    }),
+    ("meminfo", |t| {
+        if let Ok(m) = meminfo::parse(t) {
+            render::write_families(&mut String::new(), meminfo::render(&m));
+        }
+    }),
+    ("netclass", |t| {
+        let files = t
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k, v.to_owned()))
+            .collect();
+        let iface = netclass::parse("eth0", &files);
+        render::write_families(&mut String::new(), netclass::render(&[iface]));
+    }),
+    ("netdev", |t| {
+        if let Ok(d) = netdev::parse(t) {
+            render::write_families(
+                &mut String::new(),
+                netdev::render(&d, &filters::Filters::default(), |_| None),
+            );
+        }
+    }),
+    ("pressure", |t| {
+        if let Ok(p) = pressure::parse(t) {
+            if let Ok(f) = pressure::render(&p, &p, &p) {
+                render::write_families(&mut String::new(), f);
+            }
+        }
+    }),
+    ("stat", |t| {
+        if let Ok(s) = stat::parse(t) {
+            render::write_families(&mut String::new(), stat::render(&s));
+        }
+    }),
+    ("vmstat", |t| {
+        if let Ok(v) = vmstat::parse(t) {
+            render::write_families(&mut String::new(), vmstat::render(&v));
+        }
+    }),
+    ("clocksource", |t| {
+        let (available, current) = t.split_once('\n').unwrap_or((t, ""));
+        let _ = time::parse_clocksource(available, current);
+    }),
+    ("cpu_list", |t| {
+        let _ = util::parse_cpu_list(t);
+    }),
+    ("octal_escapes", |t| {
+        let _ = util::unescape_octal(t);
+    }),
+    ("go_int", |t| {
+        let _ = util::parse_go_int(t);
+    }),
+];

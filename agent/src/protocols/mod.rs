@@ -11,6 +11,7 @@ pub mod http2;
 pub mod postgres;
 pub mod redis;
 pub mod request;
+pub mod route;
 #[cfg(test)]
 mod test_fixtures;
 

@@ -44,6 +44,10 @@ impl RedMetrics {
             peer: r.peer_zone.clone(),
             workload: r.workload.clone(),
         };
+        // The route bounded by the service's learned budget (a collapse is counted).
+        let labels = self
+            .metrics
+            .bound_http_route(r.role == Role::Client, &labels);
         let families = self.metrics.http(r.role);
         families.duration.observe(&labels, r.request.seconds());
         families

@@ -1,0 +1,216 @@
+//! `cargo xtask fuzz TARGET [--seconds N]`: AFL++ through cargo-afl on stable Rust.
+//!
+//! The harness is the `fuzz/` crate (outside the workspace, its own target directory
+//! `target/fuzz`): one binary for every target of `nodetap::fuzzing::TARGETS`, chosen by
+//! `NODETAP_FUZZ_TARGET`. Seeds come from the binary itself (`seeds TARGET DIR`), made from
+//! tests/fixtures; findings land in target/fuzz/out/<target>/default/{crashes,hangs}.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::run_cmd;
+
+/// cargo-afl's version; the `afl` crate in fuzz/Cargo.toml is pinned to the same.
+const CARGO_AFL_VERSION: &str = "0.18.2";
+/// Seconds per target in CI's smoke run.
+pub const SMOKE_SECONDS: u64 = 10;
+/// Installs cargo-afl and builds its AFL++ (afl-fuzz and the LLVM runtime) once.
+pub fn setup() -> Result<()> {
+    let installed = Command::new("cargo")
+        .args(["afl", "--version"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(CARGO_AFL_VERSION));
+    if !installed {
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "cargo-afl",
+            "--locked",
+            "--version",
+            CARGO_AFL_VERSION,
+        ]))?;
+    }
+    if afl_runtime().is_none() {
+        run_cmd(Command::new("cargo").args(["afl", "config", "--build"]))?;
+    }
+    Ok(())
+}
+
+/// cargo-afl's built runtime for this rustc, if `cargo afl config --build` ran.
+fn afl_runtime() -> Option<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME")?);
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".local/share"))
+        .join("afl.rs");
+    std::fs::read_dir(base).ok()?.flatten().find_map(|rustc| {
+        let rt = rustc.path().join(format!(
+            "afl.rs-{CARGO_AFL_VERSION}/afl-llvm/afl-compiler-rt.o"
+        ));
+        rt.exists().then_some(rt)
+    })
+}
+
+/// One target's run.
+#[derive(Debug)]
+pub struct Outcome {
+    pub target: String,
+    pub execs: u64,
+    pub execs_per_sec: f64,
+    pub corpus: u64,
+    pub crashes: u64,
+    pub hangs: u64,
+}
+
+/// Fuzzes `target` (or `all`) for `seconds` each; [`check`] tells whether any crashed.
+pub fn run(root: &Path, target: &str, seconds: u64) -> Result<Vec<Outcome>> {
+    let target_dir = root.join("target/fuzz");
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(root.join("fuzz"))
+            .args(["afl", "build", "--release", "--locked"])
+            .env("CARGO_TARGET_DIR", &target_dir),
+    )?;
+    let bin = target_dir.join("release/nodetap-fuzz");
+    // The harness knows its targets (`nodetap::fuzzing::TARGETS`).
+    let listed = Command::new(&bin)
+        .arg("list")
+        .output()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    let names: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let targets: Vec<String> = if target == "all" {
+        names
+    } else if names.iter().any(|n| n == target) {
+        vec![target.to_owned()]
+    } else {
+        bail!(
+            "no fuzz target {target:?}; targets: all, {}",
+            names.join(", ")
+        );
+    };
+    let mut outcomes = Vec::new();
+    for t in &targets {
+        let t = t.as_str();
+        let seeds = target_dir.join("seeds").join(t);
+        let out = target_dir.join("out").join(t);
+        for d in [&seeds, &out] {
+            if d.exists() {
+                std::fs::remove_dir_all(d)
+                    .with_context(|| format!("cannot empty {}", d.display()))?;
+            }
+        }
+        std::fs::create_dir_all(target_dir.join("out"))?;
+        // AFL++ without its UI prints a line per test case: keep that out of CI's log.
+        let log_path = target_dir.join("out").join(format!("{t}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("cannot create {}", log_path.display()))?;
+        run_cmd(Command::new(&bin).arg("seeds").arg(t).arg(&seeds))?;
+        run_cmd(
+            Command::new("cargo")
+                .args(["afl", "fuzz", "-i"])
+                .arg(&seeds)
+                .arg("-o")
+                .arg(&out)
+                // A hang is an input that takes over 5 s: far above any parser's time,
+                // far below what a loaded shared machine can add to a normal run.
+                .args(["-t", "5000", "-V", &seconds.to_string(), "--"])
+                .arg(&bin)
+                .env("NODETAP_FUZZ_TARGET", t)
+                .env("AFL_NO_UI", "1")
+                // Shared machines: no core pinning, no CPU governor or core_pattern checks.
+                .env("AFL_NO_AFFINITY", "1")
+                .env("AFL_SKIP_CPUFREQ", "1")
+                .env("AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES", "1")
+                .stdout(log),
+        )?;
+        let outcome = read_stats(t, &out.join("default"))?;
+        eprintln!(
+            "xtask: fuzz {t}: {} execs ({:.0}/s), corpus {}, crashes {}, hangs {}",
+            outcome.execs, outcome.execs_per_sec, outcome.corpus, outcome.crashes, outcome.hangs
+        );
+        outcomes.push(outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Fails if a run saved a crash or a hang, naming where they are.
+pub fn check(root: &Path, outcomes: &[Outcome]) -> Result<()> {
+    let bad: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.crashes > 0 || o.hangs > 0)
+        .map(|o| {
+            format!(
+                "{}: {} crash(es), {} hang(s) in {}",
+                o.target,
+                o.crashes,
+                o.hangs,
+                root.join("target/fuzz/out")
+                    .join(&o.target)
+                    .join("default")
+                    .display()
+            )
+        })
+        .collect();
+    if !bad.is_empty() {
+        bail!(
+            "fuzzing found inputs that crash or hang: fix each, and add the input to tests/fixtures/fuzz/<target>/\n{}",
+            bad.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// AFL++'s fuzzer_stats (`key : value` lines).
+fn read_stats(target: &str, dir: &Path) -> Result<Outcome> {
+    let path = dir.join("fuzzer_stats");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("AFL++ left no {}", path.display()))?;
+    let field = |key: &str| -> Result<f64> {
+        text.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == key).then(|| v.trim().parse::<f64>().ok())?
+            })
+            .with_context(|| format!("{} has no {key}", path.display()))
+    };
+    Ok(Outcome {
+        target: target.to_owned(),
+        execs: field("execs_done")? as u64,
+        execs_per_sec: field("execs_per_sec")?,
+        corpus: field("corpus_count")? as u64,
+        crashes: field("saved_crashes")? as u64,
+        hangs: field("saved_hangs")? as u64,
+    })
+}
+
+/// Writes a run into BENCHMARKS.md (section `fuzz`).
+pub fn record(root: &Path, target: &str, seconds: u64, outcomes: &[Outcome]) -> Result<()> {
+    let mut section = format!(
+        "## fuzz: AFL++ (cargo-afl {CARGO_AFL_VERSION}) on every parser of outside input\n\n\
+         Command: `cargo xtask fuzz {target} --seconds {seconds} --record` (as root). Machine: {}, \
+         shared with other builds (exec rates are not comparable between runs).\n\n\
+         Each target starts from its seeds (tests/fixtures, via `nodetap::fuzzing`), one \
+         afl-fuzz instance, no dictionary. A crash or hang fails the run.\n\n\
+         | target | executions | execs/s | corpus | crashes | hangs |\n|---|---|---|---|---|---|\n",
+        crate::bench::machine()
+    );
+    for o in outcomes {
+        section.push_str(&format!(
+            "| {} | {} | {:.0} | {} | {} | {} |\n",
+            o.target, o.execs, o.execs_per_sec, o.corpus, o.crashes, o.hangs
+        ));
+    }
+    let total: u64 = outcomes.iter().map(|o| o.execs).sum();
+    section.push_str(&format!(
+        "\nTotal: {total} executions. The goal is 10^7 executions per target: at the rates above \
+         that takes `--seconds 600` to `--seconds 2400` per target.\n"
+    ));
+    println!("{section}");
+    crate::bench::write_section(&root.join("BENCHMARKS.md"), "fuzz", &section)
+}
