@@ -434,6 +434,11 @@ pub struct SockState {
     /// cgroup v2 id of the process that first used the connection (read once, sent in
     /// every record).
     pub cgroup_id: u64,
+    /// That process (tgid) and its name, for the close record: a connection whose open
+    /// record found the ring buffer full is still counted under its owner.
+    pub owner_pid: u32,
+    pub _owner_pad: u32,
+    pub owner_comm: [u8; 16],
     /// The (process, fd) last proven to be this socket: the payload of a call is read
     /// from its syscall's arguments only when they name this socket. `FD_UNCHECKED`
     /// until proven; `FD_NONE` for a socket no process's fd names (a kernel socket).
@@ -550,7 +555,7 @@ const _: () = assert!(core::mem::size_of::<SockTuple>() == 40);
 const _: () = assert!(core::mem::size_of::<Totals>() == 144);
 const _: () = assert!(HEADER_LEN == 128);
 const _: () = assert!(SUMMARY_RECORD_LEN == 288);
-const _: () = assert!(core::mem::size_of::<SockState>() == 256);
+const _: () = assert!(core::mem::size_of::<SockState>() == 280);
 const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);

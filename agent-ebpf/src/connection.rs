@@ -195,10 +195,19 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
     let call_offset = call.call_offset;
     refresh_instruction(state);
     if state.announced == 0 {
-        state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-        if record::open(state, call) {
-            state.announced = 1;
+        if state.owner_pid == 0 {
+            state.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+            state.owner_pid = (call.pid_tgid >> 32) as u32;
+            state.owner_comm = crate::socket::process_comm();
         }
+        if !record::open(state, call) {
+            // Nothing else before the open: a data or counts record arriving first would
+            // leave the connection without its owner's name (a smaller record can fit
+            // where the open did not). The open, once through, carries the totals; the
+            // close carries the owner too.
+            return;
+        }
+        state.announced = 1;
     }
     if state.resend_totals != 0 && record::counts(state, call) {
         state.resend_totals = 0;

@@ -53,7 +53,12 @@ fn fill(h: &mut EventHeader, kind: EventKind, state: &SockState, call: &Call) {
     h.syscall = call.syscall;
     h.role = state.role;
     h.fd = call.fd;
-    h.pid = (call.pid_tgid >> 32) as u32;
+    // A close (no caller) names the connection's owner.
+    h.pid = if call.pid_tgid == 0 {
+        state.owner_pid
+    } else {
+        (call.pid_tgid >> 32) as u32
+    };
     h.tid = call.pid_tgid as u32;
     h.conn_id = state.conn_id;
     h.cgroup_id = state.cgroup_id;
@@ -102,6 +107,8 @@ fn summary(kind: EventKind, state: &SockState, call: &Call, comm: bool) -> bool 
     copy_words(&mut record.summary.totals, &state.totals);
     record.summary.comm = if comm {
         socket::process_comm()
+    } else if kind == EventKind::Close {
+        state.owner_comm
     } else {
         [0; 16]
     };
@@ -147,7 +154,7 @@ pub fn close(state: &SockState) {
     let record = unsafe { &mut *record };
     fill(&mut record.header, EventKind::Close, state, &call);
     copy_words(&mut record.summary.totals, &state.totals);
-    record.summary.comm = [0; 16];
+    record.summary.comm = state.owner_comm;
     if CLOSED
         .insert(&state.conn_id, record, BPF_NOEXIST as u64)
         .is_err()

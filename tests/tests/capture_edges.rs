@@ -314,10 +314,23 @@ fn bystander_doing_pipe_and_file_io_produces_no_events_or_series() {
 #[test]
 fn ring_buffer_overflow_loses_payload_not_bytes() {
     let _serial = serial();
-    // The smallest ring the agent accepts (README), under load from 8 connections.
+    // The smallest ring the agent accepts (README), under load from 8 connections, with
+    // the agent stopped while the load runs: the ring must overflow however fast the
+    // agent drains on this machine (a drain fast enough kept up with the load alone).
     let mut agent = Agent::start(&["--ringbuf-bytes", "65536"]);
     let name = unique_name("ntflood");
+    let pid = agent.process.child.id() as libc::pid_t;
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) },
+        0,
+        "SIGSTOP the agent"
+    );
     let report = edgegen(&name, &["load", "8", "1000"]);
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGCONT) },
+        0,
+        "SIGCONT the agent"
+    );
     let (text, mut wrong) = bytes_differences(&agent, &name, &report, Duration::from_secs(20));
     let lost = metric_sum(
         &text,
@@ -336,7 +349,7 @@ fn ring_buffer_overflow_loses_payload_not_bytes() {
     assert!(
         wrong.is_empty(),
         "capture tier {}: {name} moved {report} over 8 connections of 16-write PING bursts \
-         with a 64 KiB ring buffer:\n{}\n--- events lost ---\n{}\n--- scrape (this process) ---\n{}",
+         with a 64 KiB ring buffer and the agent stopped meanwhile:\n{}\n--- events lost ---\n{}\n--- scrape (this process) ---\n{}",
         capture_tier(&text),
         wrong.join("\n"),
         lines_with(&text, "nodetap_events_lost_total"),
