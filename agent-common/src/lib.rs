@@ -62,8 +62,34 @@ pub const PAYLOAD_MSGHDR: u32 = 3;
 /// Name of the read-only global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
-/// Default ring buffer size in bytes (a power of two, as the kernel requires).
+/// Default ring buffer budget in bytes, split between the CPUs' rings (see
+/// [`ring_bytes_per_cpu`]).
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
+/// The smallest ring a CPU gets: room for several of the largest records.
+pub const MIN_RING_BYTES: u32 = 64 << 10;
+/// CPUs the per-CPU ring table is declared for; the loader sizes it to the machine's.
+pub const MAX_CPUS: u32 = 1024;
+/// Size of the inner-map template in the object (a ring's real size is set by the
+/// loader; the kernel compares type, key, value and flags of inner maps, not size).
+pub const RING_TEMPLATE_BYTES: u32 = 64 << 10;
+
+/// Bytes of each CPU's ring for a budget of `total` bytes over `cpus` CPUs: an equal
+/// share rounded down to a power of two (the kernel's requirement), at least
+/// [`MIN_RING_BYTES`].
+pub const fn ring_bytes_per_cpu(total: u32, cpus: u32) -> u32 {
+    let cpus = if cpus == 0 { 1 } else { cpus };
+    let share = total / cpus;
+    let pow2 = if share == 0 {
+        0
+    } else {
+        1u32 << (31 - share.leading_zeros())
+    };
+    if pow2 < MIN_RING_BYTES {
+        MIN_RING_BYTES
+    } else {
+        pow2
+    }
+}
 /// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
 pub const PENDING_ENTRIES: u32 = 16384;
 /// Connections the syscall tier keeps state for (the socket tier's state lives in the
@@ -291,7 +317,10 @@ impl DropReason {
 }
 
 /// Slots of the per-CPU `STATS` array.
-pub const STAT_RINGBUF_AVAIL: u32 = 0;
+/// Bytes of records reserved on this CPU's ring buffer (its producer position, which
+/// only this CPU moves): a record that crosses a multiple of the wake-up threshold wakes
+/// the reader, with no helper call to ask the ring how full it is.
+pub const STAT_RING_PRODUCED: u32 = 0;
 /// Connection states created by the kernel side (TCP sockets it saw move data).
 pub const STAT_STATES_CREATED: u32 = 1;
 /// Non-TCP sockets (Unix, UDP, ...) marked once so their later calls cost one lookup.

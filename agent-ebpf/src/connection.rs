@@ -13,7 +13,7 @@ use agent_common::{
     PAYLOAD_BUFFER, SYSCALL_SOCKETS,
 };
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_user,
@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words, EVENTS,
+    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words,
     INSTRUCTIONS, INSTRUCTION_GEN,
 };
 
@@ -252,9 +252,8 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
         // counts-only instruction arrives.
         // Its first bytes are always copied: without them userspace cannot tell what the
         // connection speaks.
-        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
         if call_offset >= DETECT_BYTES
-            && waiting >= read_config_u32(&config().undecided_ring_bytes) as u64
+            && crate::ring_waiting() >= read_config_u32(&config().undecided_ring_bytes) as u64
         {
             room = 0;
         }

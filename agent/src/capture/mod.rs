@@ -4,10 +4,11 @@
 //! `record.rs`: requests to the signals, health to the protocol counters.
 
 pub mod event;
-mod id_hash;
+pub(crate) mod id_hash;
 pub mod instructions;
 pub mod listeners;
 mod record;
+pub mod rings;
 pub mod stream;
 
 use std::{collections::HashMap, sync::Arc};
