@@ -45,6 +45,10 @@ pub const MAP_INSTRUCTIONS: &str = "INSTRUCTIONS";
 pub const MAP_INSTRUCTION_GEN: &str = "INSTRUCTION_GEN";
 /// Final counters of connections whose close record found the ring buffer full.
 pub const MAP_CLOSED: &str = "CLOSED";
+/// One u64 userspace bumps every [`DEFAULT_REPORT_INTERVAL_NS`]: a counts-only
+/// connection reports its counters on its first call in a new epoch. A clock read per
+/// call cost more than the rest of a counts-only call's own work.
+pub const MAP_REPORT_EPOCH: &str = "REPORT_EPOCH";
 /// What each syscall number is (`Syscall` and payload class), filled by the loader: a
 /// table lookup rather than a `match`, so the verifier follows one path, not one per
 /// syscall.
@@ -454,8 +458,8 @@ pub struct SockState {
     pub totals: Totals,
     /// Userspace's skip windows, applied: stream offsets below which nothing is copied.
     pub skip_until: [u64; 2],
-    /// When counters were last reported (counts-only connections).
-    pub last_report_ns: u64,
+    /// The report epoch in which counters were last reported (counts-only connections).
+    pub report_epoch: u64,
     /// The instruction generation last applied.
     pub instruction_gen: u64,
     /// The socket inode number (syscall tier: tells a reused socket address apart).
@@ -551,7 +555,6 @@ pub struct Config {
     /// `DETECT_BYTES`) is copied only while less than this many bytes wait in the ring
     /// buffer (half of it): connections userspace has decided on keep the room.
     pub undecided_ring_bytes: u32,
-    pub report_interval_ns: u64,
     pub kernel: KernelOffsets,
 }
 
@@ -588,7 +591,7 @@ const _: () = assert!(core::mem::size_of::<SockState>() == 280);
 const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 
 // ---------------------------------------------------------------------------------------
 // IP-layer byte accounting (cgroup_skb programs)

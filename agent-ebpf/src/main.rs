@@ -100,6 +100,10 @@ static INSTRUCTIONS: LruHashMap<u64, Instruction> =
 #[map(name = "INSTRUCTION_GEN")]
 static INSTRUCTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Bumped by userspace once per report interval (see `MAP_REPORT_EPOCH`).
+#[map(name = "REPORT_EPOCH")]
+static REPORT_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Close records that found the ring buffer full, by connection id; userspace drains it.
 #[map(name = "CLOSED")]
 static CLOSED: LruHashMap<u64, SummaryRecord> = LruHashMap::with_max_entries(CLOSED_ENTRIES, 0);

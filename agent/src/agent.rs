@@ -29,7 +29,8 @@ use crate::{
 /// The reader drains the ring buffer at least this often: the kernel wakes it only when
 /// `wakeup_bytes` are waiting, so quiet periods are picked up by this timer.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Also the report interval of counts-only connections (see `MAP_REPORT_EPOCH`).
+const STATS_INTERVAL: Duration = Duration::from_nanos(agent_common::DEFAULT_REPORT_INTERVAL_NS);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -306,7 +307,7 @@ fn watch_rings(
 
 async fn read_events(
     mut rings: Rings,
-    counters: KernelCounters,
+    mut counters: KernelCounters,
     mut closed: ClosedMap,
     mut flow_tables: Option<FlowTables>,
     mut tracker: Tracker,
@@ -342,6 +343,8 @@ async fn read_events(
             _ = woken.notified() => drain(ring, &mut tracker, &metrics),
             _ = drain_tick.tick() => drain(ring, &mut tracker, &metrics),
             _ = stats_tick.tick() => {
+                // Counts-only connections report once per tick (the report interval).
+                counters.next_report_epoch();
                 for (i, (reason, total)) in counters.drops().into_iter().enumerate() {
                     let delta = total.saturating_sub(lost_seen[i]);
                     if delta > 0 {

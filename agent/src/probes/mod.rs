@@ -6,8 +6,8 @@ pub mod btf;
 use agent_common::{
     ring_bytes_per_cpu, Config, DropReason, Instruction, SummaryRecord, Syscall, Tier,
     DROP_REASONS, GLOBAL_CONFIG, MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS,
-    MAP_INSTRUCTION_GEN, MAP_STATS, MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC,
-    PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_STATES_CREATED, STAT_STATES_IGNORED,
+    MAP_INSTRUCTION_GEN, MAP_REPORT_EPOCH, MAP_STATS, MAP_SYSCALL_TABLE, PAYLOAD_BUFFER,
+    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_STATES_CREATED, STAT_STATES_IGNORED,
 };
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
@@ -213,9 +213,20 @@ pub struct Probes {
 pub struct KernelCounters {
     drops: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    report_epoch: Array<MapData, u64>,
+    epoch: u64,
 }
 
 impl KernelCounters {
+    /// Starts a new report epoch: each counts-only connection sends its counters on its
+    /// next call. Call once per `DEFAULT_REPORT_INTERVAL_NS`.
+    pub fn next_report_epoch(&mut self) {
+        self.epoch += 1;
+        if let Err(e) = self.report_epoch.set(0, self.epoch, 0) {
+            log::debug!("cannot start a report epoch: {e}");
+        }
+    }
+
     /// Records lost or degraded so far, by reason, summed over CPUs.
     pub fn drops(&self) -> [(DropReason, u64); DROP_REASONS] {
         DropReason::ALL.map(|reason| {
@@ -295,7 +306,6 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         call_capture: opts.call_capture,
         undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
         undecided_ring_bytes: ring_bytes / 2,
-        report_interval_ns: agent_common::DEFAULT_REPORT_INTERVAL_NS,
         kernel,
     };
     // The tier is written into the programs' read-only configuration, so it is chosen
@@ -564,12 +574,15 @@ impl Probes {
         let instructions = take(MAP_INSTRUCTIONS)?;
         let generation = take(MAP_INSTRUCTION_GEN)?;
         let closed = take(MAP_CLOSED)?;
+        let report_epoch = take(MAP_REPORT_EPOCH)?;
         let map_err = |name: &'static str| move |source| ProbeError::Map { name, source };
         Ok(CaptureMaps {
             rings: std::mem::take(&mut self.rings),
             counters: KernelCounters {
                 drops: PerCpuArray::try_from(drops).map_err(map_err(MAP_DROPS))?,
                 stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_STATS))?,
+                report_epoch: Array::try_from(report_epoch).map_err(map_err(MAP_REPORT_EPOCH))?,
+                epoch: 0,
             },
             instructions: InstructionMaps {
                 instructions: HashMap::try_from(instructions).map_err(map_err(MAP_INSTRUCTIONS))?,
