@@ -372,54 +372,62 @@ impl Tracker {
     pub fn handle(&mut self, event: &Event<'_>) {
         self.event_counters[event.kind_index()].inc();
         let common = event.common();
-        let known = self.conns.contains_key(&common.conn_id);
-        // Ids are never reused: only a connection not in the table can be a closed one.
-        if !known && self.closed.contains(common.conn_id) {
+        if let Event::Close { .. } = event {
+            if self.conns.contains_key(&common.conn_id) || !self.closed.contains(common.conn_id)
+            {
+                self.on_close(common);
+            }
             return;
         }
-        if let Event::Close { .. } = event {
-            self.on_close(common);
-        } else if known || self.ensure(common) {
-            let conn = self.conns.get_mut(&common.conn_id).expect("ensured");
-            conn.account(&self.metrics, &common.counted);
-            conn.last_ns = conn.last_ns.max(common.exit_ns);
-            if let Event::Data {
-                direction,
-                bytes,
+        // One lookup for a known connection (the common case). Ids are never reused:
+        // only a connection not in the table can be a closed one.
+        let conn = match self.conns.get_mut(&common.conn_id) {
+            Some(conn) => conn,
+            None => {
+                if self.closed.contains(common.conn_id) || !self.ensure(common) {
+                    return;
+                }
+                self.metrics
+                    .connections_tracked
+                    .set(self.conns.len() as i64);
+                self.conns.get_mut(&common.conn_id).expect("ensured")
+            }
+        };
+        conn.account(&self.metrics, &common.counted);
+        conn.last_ns = conn.last_ns.max(common.exit_ns);
+        if let Event::Data {
+            direction,
+            bytes,
+            call_offset,
+            payload_offset,
+            last,
+            payload,
+            ..
+        } = *event
+        {
+            let segment = stream::Segment {
                 call_offset,
+                call_bytes: bytes,
                 payload_offset,
-                last,
                 payload,
-                ..
-            } = *event
-            {
-                let segment = stream::Segment {
-                    call_offset,
-                    call_bytes: bytes,
-                    payload_offset,
-                    payload,
-                    last,
-                };
-                parse(
-                    conn,
-                    &mut self.done,
-                    &self.sessions,
-                    &self.signals,
-                    &self.metrics,
-                    common,
-                    direction,
-                    &segment,
-                );
-            }
-            let wanted = conn.wanted();
-            if conn.wanted.worth_sending(&wanted) {
-                conn.wanted = wanted;
-                self.instructions.set(common.conn_id, wanted.instruction());
-            }
+                last,
+            };
+            parse(
+                conn,
+                &mut self.done,
+                &self.sessions,
+                &self.signals,
+                &self.metrics,
+                common,
+                direction,
+                &segment,
+            );
         }
-        self.metrics
-            .connections_tracked
-            .set(self.conns.len() as i64);
+        let wanted = conn.wanted();
+        if conn.wanted.worth_sending(&wanted) {
+            conn.wanted = wanted;
+            self.instructions.set(common.conn_id, wanted.instruction());
+        }
     }
 
     /// Makes sure the record's connection is in the table; false if the table is full

@@ -27,8 +27,11 @@ pub struct RedMetrics {
     /// Database series by a key that is cheap to hash (shared label values by address):
     /// building the label set and hashing its strings per request was a quarter of the
     /// agent's CPU under pipelined Redis load.
-    db_series: Mutex<IdMap<DbSeriesKey, Histogram>>,
+    db_series: Mutex<IdMap<u64, Vec<(DbSeriesKey, Histogram)>>>,
 }
+
+/// Most addresses kept in the label cache (it starts over when full).
+const ADDRESS_CACHE: usize = 4096;
 
 /// Most database series kept in the handle cache (it starts over when full).
 const SERIES_CACHE: usize = 16_384;
@@ -46,44 +49,60 @@ struct DbSeriesKey {
     workload: WorkloadLabels,
 }
 
-impl DbSeriesKey {
-    fn addresses(&self) -> (usize, usize, usize, usize) {
-        (
-            self.protocol.as_ptr() as usize,
-            self.operation.as_ptr() as usize,
-            self.peer
-                .0
-                .as_ref()
-                .map_or(0, |n| Arc::as_ptr(&n.0) as *const u8 as usize),
-            self.workload.identity(),
-        )
-    }
+/// The address of a peer zone's shared value (0 for none).
+fn peer_address(peer: &PeerZone) -> usize {
+    peer.0
+        .as_ref()
+        .map_or(0, |n| Arc::as_ptr(&n.0) as *const u8 as usize)
 }
 
-impl PartialEq for DbSeriesKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.role == other.role
-            && self.addresses() == other.addresses()
-            && self.protocol.len() == other.protocol.len()
-            && self.operation.len() == other.operation.len()
-            && self.server == other.server
-            && self.error_type == other.error_type
-    }
+/// A request's series, borrowed from the record: what a cached key is compared with,
+/// without cloning anything.
+struct DbSeries<'a> {
+    role: Role,
+    protocol: &'static str,
+    operation: &'static str,
+    error_type: Option<&'a str>,
+    server: SocketAddr,
+    peer: &'a PeerZone,
+    workload: &'a WorkloadLabels,
 }
 
-impl Eq for DbSeriesKey {}
+impl DbSeries<'_> {
+    fn fingerprint(&self) -> u64 {
+        let mut h = crate::capture::id_hash::IdHasher::default();
+        (self.role as u8).hash(&mut h);
+        (self.protocol.as_ptr() as usize).hash(&mut h);
+        (self.operation.as_ptr() as usize).hash(&mut h);
+        self.error_type.hash(&mut h);
+        self.server.hash(&mut h);
+        peer_address(self.peer).hash(&mut h);
+        self.workload.identity().hash(&mut h);
+        h.finish()
+    }
 
-impl Hash for DbSeriesKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.role as u8).hash(state);
-        self.addresses().hash(state);
-        self.server.hash(state);
-        self.error_type.hash(state);
+    fn is(&self, key: &DbSeriesKey) -> bool {
+        self.role == key.role
+            && std::ptr::eq(self.protocol, key.protocol)
+            && std::ptr::eq(self.operation, key.operation)
+            && self.server == key.server
+            && peer_address(self.peer) == peer_address(&key.peer)
+            && self.workload.identity() == key.workload.identity()
+            && self.error_type == key.error_type.as_deref()
+    }
+
+    fn key(&self) -> DbSeriesKey {
+        DbSeriesKey {
+            role: self.role,
+            protocol: self.protocol,
+            operation: self.operation,
+            error_type: self.error_type.map(str::to_owned),
+            server: self.server,
+            peer: self.peer.clone(),
+            workload: self.workload.clone(),
+        }
     }
 }
-
-/// Most addresses kept in the label cache (it starts over when full).
-const ADDRESS_CACHE: usize = 4096;
 
 impl RedMetrics {
     pub fn new(metrics: Arc<Metrics>) -> Self {
@@ -106,17 +125,21 @@ impl RedMetrics {
     }
 
     fn db(&self, r: &RequestRecord<'_>, db: &DbRequest) {
-        let key = DbSeriesKey {
+        let series = DbSeries {
             role: r.role,
             protocol: r.protocol.label(),
             operation: db.operation,
-            error_type: db.error_type.clone(),
+            error_type: db.error_type.as_deref(),
             server: r.server,
-            peer: r.peer_zone.clone(),
-            workload: r.workload.clone(),
+            peer: r.peer_zone,
+            workload: r.workload,
         };
+        let fingerprint = series.fingerprint();
         let mut cache = self.db_series.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(histogram) = cache.get(&key) {
+        if let Some((_, histogram)) = cache
+            .get(&fingerprint)
+            .and_then(|entries| entries.iter().find(|(key, _)| series.is(key)))
+        {
             histogram.observe(r.request.seconds());
             return;
         }
@@ -136,7 +159,10 @@ impl RedMetrics {
             if cache.len() >= SERIES_CACHE {
                 cache.clear();
             }
-            cache.insert(key, histogram.clone());
+            cache
+                .entry(fingerprint)
+                .or_default()
+                .push((series.key(), histogram.clone()));
         }
     }
 
