@@ -60,7 +60,8 @@ pub struct Settings {
     /// [default: auto].
     #[arg(long, env = "NODETAP_CAPTURE_MODE", value_name = "MODE")]
     pub capture_mode: Option<CaptureMode>,
-    /// Size of the kernel-to-agent ring buffer, a power of two [default: 16 MiB].
+    /// Bytes of the kernel-to-agent ring buffers, a power of two split between the CPUs
+    /// (each CPU at least 64 KiB) [default: 16 MiB].
     #[arg(long, env = "NODETAP_RINGBUF_BYTES", value_name = "BYTES")]
     pub ringbuf_bytes: Option<u32>,
     /// Seconds without traffic after which a connection leaves the table [default: 600].
