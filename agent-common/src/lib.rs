@@ -66,34 +66,56 @@ pub const PAYLOAD_MSGHDR: u32 = 3;
 /// Name of the read-only global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
-/// Default ring buffer budget in bytes, split between the CPUs' rings (see
-/// [`ring_bytes_per_cpu`]).
+/// Default ring buffer budget in bytes, split into rings for the CPUs (see
+/// [`RingLayout`]).
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
-/// The smallest ring a CPU gets: room for several of the largest records.
-pub const MIN_RING_BYTES: u32 = 64 << 10;
-/// CPUs the per-CPU ring table is declared for; the loader sizes it to the machine's.
+/// The smallest ring a budget is split into: one call of a pipelining client can copy
+/// up to the per-call limit (256 KiB by default, more on request) in one burst, all into
+/// its CPU's ring. A budget too small for one ring per CPU gives neighbouring CPUs a
+/// shared ring rather than each a ring too small for a burst.
+pub const MIN_RING_BYTES: u32 = 4 << 20;
+/// CPUs the ring table is declared for; the loader sizes it to the machine's.
 pub const MAX_CPUS: u32 = 1024;
 /// Size of the inner-map template in the object (a ring's real size is set by the
 /// loader; the kernel compares type, key, value and flags of inner maps, not size).
 pub const RING_TEMPLATE_BYTES: u32 = 64 << 10;
 
-/// Bytes of each CPU's ring for a budget of `total` bytes over `cpus` CPUs: an equal
-/// share rounded down to a power of two (the kernel's requirement), at least
-/// [`MIN_RING_BYTES`].
-pub const fn ring_bytes_per_cpu(total: u32, cpus: u32) -> u32 {
-    let cpus = if cpus == 0 { 1 } else { cpus };
-    let share = total / cpus;
-    let pow2 = if share == 0 {
-        0
-    } else {
-        1u32 << (31 - share.leading_zeros())
-    };
-    if pow2 < MIN_RING_BYTES {
-        MIN_RING_BYTES
-    } else {
-        pow2
+/// How a ring buffer budget is split: `rings` rings of `bytes` each (a power of two, the
+/// kernel's requirement); CPU `c` writes into ring `c % rings`. One ring per CPU where
+/// the budget gives each at least [`MIN_RING_BYTES`], fewer (shared) rings otherwise, one
+/// ring of the whole budget at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    pub rings: u32,
+    pub bytes: u32,
+}
+
+impl RingLayout {
+    pub const fn new(budget: u32, cpus: u32) -> RingLayout {
+        let cpus = if cpus == 0 { 1 } else { cpus };
+        let by_budget = budget / MIN_RING_BYTES;
+        let rings = if by_budget == 0 {
+            1
+        } else if by_budget < cpus {
+            by_budget
+        } else {
+            cpus
+        };
+        let share = budget / rings;
+        let bytes = if share == 0 {
+            4096
+        } else {
+            1u32 << (31 - share.leading_zeros())
+        };
+        RingLayout { rings, bytes }
+    }
+
+    /// CPUs writing into one ring (the most of any ring).
+    pub const fn cpus_per_ring(&self, cpus: u32) -> u32 {
+        cpus.div_ceil(self.rings)
     }
 }
+
 /// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
 pub const PENDING_ENTRIES: u32 = 16384;
 /// Connections the syscall tier keeps state for (the socket tier's state lives in the

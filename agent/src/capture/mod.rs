@@ -373,8 +373,7 @@ impl Tracker {
         self.event_counters[event.kind_index()].inc();
         let common = event.common();
         if let Event::Close { .. } = event {
-            if self.conns.contains_key(&common.conn_id) || !self.closed.contains(common.conn_id)
-            {
+            if self.conns.contains_key(&common.conn_id) || !self.closed.contains(common.conn_id) {
                 self.on_close(common);
             }
             return;

@@ -1,8 +1,9 @@
 //! The CPUs' ring buffers of records, read in place and merged into one time order.
 //!
 //! The kernel side writes each record into the ring of the CPU it runs on (one ring for
-//! all CPUs made every record take a lock and move cache lines between CPUs). Within a
-//! ring, records are in the order their programs ran. Across rings, a connection's records
+//! all CPUs made every record take a lock and move cache lines between CPUs); a budget
+//! too small for a ring per CPU gives neighbouring CPUs a shared one. Within a ring,
+//! records are in the order their programs took their place. Across rings, a connection's records
 //! can sit in different rings (a thread that moved between CPUs, a close handled on
 //! another CPU), and its parser needs them in the order they happened: a request before
 //! its response. So a drain takes what every ring holds, and hands over in time order
@@ -11,16 +12,18 @@
 //! - a record is timestamped a moment before it is written, so a record with an older
 //!   timestamp than one already read can still be on its way; [`COMMIT_MARGIN_NS`] bounds
 //!   that moment generously;
-//! - a ring's later records are not older than its last one read (one CPU's programs run
-//!   one after another).
+//! - a ring's later records are not older than its newest one read, less that moment
+//!   (another CPU sharing the ring may have taken its timestamp first).
 //!
 //! The watermark is the oldest of those bounds over all rings; what is newer stays in its
 //! ring for the next drain. A causally earlier record (the request a thread read before
 //! it wrote the response) was written before the later one, so it is never left behind.
 //!
 //! The rings are mapped as the kernel lays them out (`kernel/bpf/ringbuf.c`): a consumer
-//! page the reader writes, then a read-only producer page followed by the data pages,
-//! mapped twice in a row so a record that wraps is contiguous.
+//! page the reader writes, then a read-only producer page followed by the data pages.
+//! The kernel offers the data pages twice in a row, so that a record that wraps is
+//! contiguous; the agent maps them once (the second mapping would count every ring page
+//! twice in its resident memory: 16 MiB by default) and copies the rare wrapped record.
 
 use std::{
     os::fd::{AsFd, AsRawFd, BorrowedFd},
@@ -32,9 +35,10 @@ use agent_common::EventHeader;
 use aya::maps::MapData;
 
 /// How long a record may take from its timestamp to being in its ring. A program runs
-/// for microseconds; an interrupt in the middle adds tens. Records newer than this wait
-/// for the next drain (every few milliseconds under load).
-pub const COMMIT_MARGIN_NS: u64 = 2_000_000;
+/// for a microsecond or less; an interrupt in the middle adds tens. Records newer than
+/// this wait for the next drain; a longer margin would hold back more of a burst and
+/// fill its ring sooner.
+pub const COMMIT_MARGIN_NS: u64 = 250_000;
 
 /// The kernel's record header: length with flags, page offset.
 const RECORD_HEADER: u64 = 8;
@@ -61,7 +65,7 @@ pub enum RingError {
 struct Ring {
     map: MapData,
     consumer: NonNull<AtomicU64>,
-    /// The producer page followed by the data (twice).
+    /// The producer page followed by the data.
     producer: NonNull<AtomicU64>,
     data: *const u8,
     mask: u64,
@@ -102,7 +106,7 @@ impl Ring {
             }
         };
         let consumer = mmap(page, libc::PROT_READ | libc::PROT_WRITE, 0, "consumer page")?;
-        let producer = match mmap(page + 2 * size, libc::PROT_READ, page, "data pages") {
+        let producer = match mmap(page + size, libc::PROT_READ, page, "data pages") {
             Ok(p) => p,
             Err(e) => {
                 // SAFETY: mapped just above, used nowhere.
@@ -131,18 +135,40 @@ impl Ring {
         unsafe { self.producer.as_ref() }.load(Ordering::Acquire)
     }
 
-    /// The record at `position`: its length and flags, and its bytes.
-    fn record_at(&self, position: u64) -> (u32, &[u8]) {
+    /// The length and flags of the record at `position`.
+    fn header_at(&self, position: u64) -> u32 {
         // SAFETY: `position` is below the producer position, so a record header is there;
-        // the data is mapped twice, so any record up to the ring's size is contiguous.
+        // headers are 8-byte aligned and the ring's size is a multiple of 8, so a header
+        // never wraps.
         unsafe {
             let header = self.data.add((position & self.mask) as usize);
-            let len = (*header.cast::<AtomicU32>()).load(Ordering::Acquire);
-            let bytes = std::slice::from_raw_parts(
-                header.add(RECORD_HEADER as usize),
-                (len & !(BUSY_BIT | DISCARD_BIT)) as usize,
-            );
-            (len, bytes)
+            (*header.cast::<AtomicU32>()).load(Ordering::Acquire)
+        }
+    }
+
+    /// `len` bytes of the record at `position` from `offset` into its sample: in place,
+    /// or copied into `scratch` where they wrap around the ring's end.
+    fn bytes_at<'a>(
+        &'a self,
+        position: u64,
+        offset: usize,
+        len: usize,
+        scratch: &'a mut Vec<u8>,
+    ) -> &'a [u8] {
+        let size = self.mask as usize + 1;
+        let start = ((position + RECORD_HEADER) as usize + offset) & self.mask as usize;
+        // SAFETY: a written record's bytes are below the producer position, within the
+        // one mapping of the data pages (a record is smaller than the ring).
+        unsafe {
+            if start + len <= size {
+                std::slice::from_raw_parts(self.data.add(start), len)
+            } else {
+                let first = size - start;
+                scratch.clear();
+                scratch.extend_from_slice(std::slice::from_raw_parts(self.data.add(start), first));
+                scratch.extend_from_slice(std::slice::from_raw_parts(self.data, len - first));
+                scratch
+            }
         }
     }
 
@@ -161,7 +187,7 @@ impl Drop for Ring {
             libc::munmap(self.consumer.as_ptr().cast(), self.page);
             libc::munmap(
                 self.producer.as_ptr().cast(),
-                self.page + 2 * (self.mask as usize + 1),
+                self.page + self.mask as usize + 1,
             );
         }
     }
@@ -200,6 +226,8 @@ pub struct Rings {
     found: Vec<Found>,
     ends: Vec<u64>,
     held_back: Vec<bool>,
+    /// A wrapped record, copied.
+    scratch: Vec<u8>,
 }
 
 impl Rings {
@@ -213,6 +241,7 @@ impl Rings {
             held_back: vec![false; rings.len()],
             rings,
             found: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 
@@ -246,18 +275,18 @@ impl Rings {
             let mut position = ring.position;
             let mut newest = 0;
             while position < end {
-                let (len, bytes) = ring.record_at(position);
+                let len = ring.header_at(position);
                 if len & BUSY_BIT != 0 {
                     // Reserved, not yet written: it and what follows wait.
                     break;
                 }
-                let next = position
-                    + ((u64::from(len & !(BUSY_BIT | DISCARD_BIT)) + RECORD_HEADER + 7) & !7);
-                // A discarded record (the kernel side discards none) passes at once.
-                let exit_ns = if len & DISCARD_BIT == 0 {
-                    bytes
-                        .get(EXIT_NS_AT..EXIT_NS_AT + 8)
-                        .map_or(0, |b| u64::from_ne_bytes(b.try_into().expect("8 bytes")))
+                let sample = (len & !(BUSY_BIT | DISCARD_BIT)) as usize;
+                let next = position + ((sample as u64 + RECORD_HEADER + 7) & !7);
+                // A discarded record (the kernel side discards none) passes at once, as
+                // does one too short to be a record (the decoder reports it).
+                let exit_ns = if len & DISCARD_BIT == 0 && sample >= EXIT_NS_AT + 8 {
+                    let b = ring.bytes_at(position, EXIT_NS_AT, 8, &mut self.scratch);
+                    u64::from_ne_bytes(b.try_into().expect("8 bytes"))
                 } else {
                     0
                 };
@@ -270,18 +299,19 @@ impl Rings {
                 });
                 position = next;
             }
-            // Later records of this ring are no older than its newest, and no older than
-            // `settled` (or they would be here already).
-            watermark = watermark.min(newest.max(settled));
+            // Later records of this ring are no older than its newest less the commit
+            // margin, and no older than `settled` (or they would be here already).
+            watermark = watermark.min(newest.saturating_sub(COMMIT_MARGIN_NS).max(settled));
         }
         settle(&mut self.found, &mut self.held_back, watermark);
         let mut taken = 0;
         self.ends.iter_mut().for_each(|e| *e = 0);
         for f in &self.found {
             let ring = &self.rings[f.ring as usize];
-            let (len, bytes) = ring.record_at(f.position);
+            let len = ring.header_at(f.position);
             if len & DISCARD_BIT == 0 {
-                handle(bytes);
+                let sample = (len & !(BUSY_BIT | DISCARD_BIT)) as usize;
+                handle(ring.bytes_at(f.position, 0, sample, &mut self.scratch));
                 taken += 1;
             }
             let end = &mut self.ends[f.ring as usize];

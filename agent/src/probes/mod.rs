@@ -4,10 +4,10 @@
 pub mod btf;
 
 use agent_common::{
-    ring_bytes_per_cpu, Config, DropReason, Instruction, SummaryRecord, Syscall, Tier,
-    DROP_REASONS, GLOBAL_CONFIG, MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS,
-    MAP_INSTRUCTION_GEN, MAP_REPORT_EPOCH, MAP_STATS, MAP_SYSCALL_TABLE, PAYLOAD_BUFFER,
-    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_STATES_CREATED, STAT_STATES_IGNORED,
+    Config, DropReason, Instruction, SummaryRecord, Syscall, Tier, DROP_REASONS, GLOBAL_CONFIG,
+    MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS, MAP_INSTRUCTION_GEN, MAP_REPORT_EPOCH,
+    MAP_STATS, MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE,
+    STAT_STATES_CREATED, STAT_STATES_IGNORED,
 };
 use aya::{
     maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
@@ -297,12 +297,17 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         .map_err(|e| fail(ProbeError::Btf(e)))?;
     let kernel_btf = Btf::from_sys_fs().map_err(|e| fail(ProbeError::KernelBtf(e)))?;
     let cpus = possible_cpus().map_err(fail)?;
-    let ring_bytes = ring_bytes_per_cpu(opts.ringbuf_bytes, cpus);
+    let layout = agent_common::RingLayout::new(opts.ringbuf_bytes, cpus);
+    let ring_bytes = layout.bytes;
     let mut config = Config {
         tier: Tier::Syscall as u32,
         agent_pid: std::process::id(),
         // A power of two: the kernel finds a crossing with a mask, not two divisions.
-        wakeup_bytes: prev_power_of_two(opts.wakeup_bytes.min(ring_bytes / 4)),
+        // Counted per CPU: a ring shared by n CPUs wakes the reader before it holds n
+        // thresholds.
+        wakeup_bytes: prev_power_of_two(
+            opts.wakeup_bytes.min(ring_bytes / 4) / layout.cpus_per_ring(cpus),
+        ),
         call_capture: opts.call_capture,
         undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
         undecided_ring_bytes: ring_bytes / 2,
@@ -325,7 +330,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
     config.tier = tier as u32;
     let mut ebpf = load_object(&config, opts, cpus).map_err(|e| fail(ProbeError::Load(e)))?;
     // Before any program is attached: a program finding its CPU's slot empty drops.
-    let rings = create_rings(&mut ebpf, cpus, ring_bytes).map_err(fail)?;
+    let rings = create_rings(&mut ebpf, cpus, layout).map_err(fail)?;
 
     let mut hooks = Vec::new();
     for hook in hooks_of(tier) {
@@ -602,8 +607,12 @@ fn possible_cpus() -> Result<u32, ProbeError> {
         .map_err(|(path, source)| ProbeError::Cpus { path, source })
 }
 
-/// Creates one ring buffer of `bytes` per CPU and puts each in the programs' table.
-fn create_rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<MapData>, ProbeError> {
+/// Creates the rings of `layout` and gives each CPU its ring in the programs' table.
+fn create_rings(
+    ebpf: &mut Ebpf,
+    cpus: u32,
+    layout: agent_common::RingLayout,
+) -> Result<Vec<MapData>, ProbeError> {
     let map_err = |source| ProbeError::Map {
         name: MAP_EVENTS,
         source,
@@ -613,24 +622,71 @@ fn create_rings(ebpf: &mut Ebpf, cpus: u32, bytes: u32) -> Result<Vec<MapData>, 
         .ok_or(ProbeError::MissingMap { name: MAP_EVENTS })?;
     let mut table: ArrayOfMaps<&mut MapData, MapData> =
         ArrayOfMaps::try_from(table).map_err(map_err)?;
-    (0..cpus)
-        .map(|cpu| {
+    let rings = (0..layout.rings)
+        .map(|_| {
             let definition = aya_obj::Map::new_from_params(
                 aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
                 0,
                 0,
-                bytes,
+                layout.bytes,
                 0,
             );
-            let ring = MapData::create(definition, "nodetap_events", None).map_err(map_err)?;
-            table.set(cpu, &ring, 0).map_err(map_err)?;
-            Ok(ring)
+            MapData::create(definition, "nodetap_events", None).map_err(map_err)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    for cpu in 0..cpus {
+        let ring = &rings[(cpu % layout.rings) as usize];
+        table.set(cpu, ring, 0).map_err(map_err)?;
+    }
+    Ok(rings)
 }
 
 fn prev_power_of_two(n: u32) -> u32 {
     1 << (31 - n.max(1).leading_zeros())
+}
+
+#[cfg(test)]
+mod ring_layout_tests {
+    use agent_common::{RingLayout, MIN_RING_BYTES};
+
+    #[test]
+    fn a_ring_per_cpu_where_the_budget_allows_else_shared_rings() {
+        let mib = 1 << 20;
+        // This machine's case: two CPUs, the default 16 MiB budget.
+        assert_eq!(
+            RingLayout::new(16 * mib, 2),
+            RingLayout {
+                rings: 2,
+                bytes: 8 * mib
+            }
+        );
+        // A 64-CPU node: no ring below the minimum, so CPUs share.
+        assert_eq!(
+            RingLayout::new(16 * mib, 64),
+            RingLayout {
+                rings: 4,
+                bytes: MIN_RING_BYTES
+            }
+        );
+        assert_eq!(RingLayout::new(16 * mib, 64).cpus_per_ring(64), 16);
+        // A budget below the minimum is one ring of the whole budget.
+        assert_eq!(
+            RingLayout::new(65536, 8),
+            RingLayout {
+                rings: 1,
+                bytes: 65536
+            }
+        );
+        // Three CPUs: equal shares rounded down to a power of two.
+        assert_eq!(
+            RingLayout::new(16 * mib, 3),
+            RingLayout {
+                rings: 3,
+                bytes: 4 * mib
+            }
+        );
+        assert_eq!(RingLayout::new(16 * mib, 3).cpus_per_ring(3), 1);
+    }
 }
 
 #[cfg(test)]
