@@ -55,6 +55,15 @@ pub struct Connection {
     pub calls: [u64; 2],
     /// The kernel's call counters by kind as of the latest record (u32, wrapping).
     kinds: [[u32; CALL_KINDS]; 2],
+    /// What the metrics have of `bytes` and `kinds`: they are brought up to date once
+    /// per drain, not per record (an atomic add per record and counter waited for the
+    /// record's stores each time).
+    reported_bytes: [u64; 2],
+    reported_kinds: [[u32; CALL_KINDS]; 2],
+    /// Whether the connection is on the tracker's list of counters to report.
+    unreported: bool,
+    /// Its key in the (pid, fd) index, if it has one.
+    fd_key: Option<(u32, i32)>,
     /// What it speaks, and the parsing session if it is a protocol the agent parses.
     pub protocol: ConnectionProtocol,
     /// The two byte streams as fed to the session, by `Direction as usize`.
@@ -126,6 +135,10 @@ impl Connection {
             bytes: [0; 2],
             calls: [0; 2],
             kinds: [[0; CALL_KINDS]; 2],
+            reported_bytes: [0; 2],
+            reported_kinds: [[0; CALL_KINDS]; 2],
+            unreported: false,
+            fd_key: None,
             protocol: ConnectionProtocol::default(),
             streams: Default::default(),
             wanted: Wanted::default(),
@@ -137,15 +150,15 @@ impl Connection {
     /// Brings the TCP counters up to what a record says of the kernel's. Every value is
     /// a total, so records lost on the way lose no byte and no call, and records arriving
     /// out of order across CPUs never count backwards.
-    fn account(&mut self, metrics: &Metrics, counted: &Counted) {
+    fn account(&mut self, counted: &Counted) {
         match *counted {
             Counted::All(totals) => {
                 for direction in [Direction::Transmit, Direction::Receive] {
                     let d = direction as usize;
-                    self.account_bytes(metrics, direction, totals.bytes[d]);
+                    self.account_bytes(direction, totals.bytes[d]);
                     for syscall in Syscall::ALL {
                         let k = syscall as usize % CALL_KINDS;
-                        self.account_calls(metrics, direction, syscall, totals.calls[d][k]);
+                        self.account_calls(direction, syscall, totals.calls[d][k]);
                     }
                 }
             }
@@ -155,29 +168,20 @@ impl Connection {
                 stream_end,
                 kind_calls,
             } => {
-                self.account_bytes(metrics, direction, stream_end);
-                self.account_calls(metrics, direction, syscall, kind_calls);
+                self.account_bytes(direction, stream_end);
+                self.account_calls(direction, syscall, kind_calls);
             }
         }
     }
 
-    fn account_bytes(&mut self, metrics: &Metrics, direction: Direction, total: u64) {
+    fn account_bytes(&mut self, direction: Direction, total: u64) {
         let d = direction as usize;
         if total > self.bytes[d] {
-            self.counters
-                .bytes(metrics, self.role, &self.workload, direction)
-                .inc_by(total - self.bytes[d]);
             self.bytes[d] = total;
         }
     }
 
-    fn account_calls(
-        &mut self,
-        metrics: &Metrics,
-        direction: Direction,
-        syscall: Syscall,
-        total: u32,
-    ) {
+    fn account_calls(&mut self, direction: Direction, syscall: Syscall, total: u32) {
         let (d, k) = (direction as usize, syscall as usize % CALL_KINDS);
         let diff = total.wrapping_sub(self.kinds[d][k]);
         // A total older than one already counted: never count backwards.
@@ -186,9 +190,30 @@ impl Connection {
         }
         self.kinds[d][k] = total;
         self.calls[d] += u64::from(diff);
-        self.counters
-            .calls(metrics, self.role, &self.workload, direction, syscall)
-            .inc_by(u64::from(diff));
+    }
+
+    /// Brings the TCP metrics up to the counters.
+    fn report(&mut self, metrics: &Metrics) {
+        self.unreported = false;
+        for direction in [Direction::Transmit, Direction::Receive] {
+            let d = direction as usize;
+            if self.bytes[d] > self.reported_bytes[d] {
+                self.counters
+                    .bytes(metrics, self.role, &self.workload, direction)
+                    .inc_by(self.bytes[d] - self.reported_bytes[d]);
+                self.reported_bytes[d] = self.bytes[d];
+            }
+            for syscall in Syscall::ALL {
+                let k = syscall as usize % CALL_KINDS;
+                let diff = self.kinds[d][k].wrapping_sub(self.reported_kinds[d][k]);
+                if diff != 0 {
+                    self.counters
+                        .calls(metrics, self.role, &self.workload, direction, syscall)
+                        .inc_by(u64::from(diff));
+                    self.reported_kinds[d][k] = self.kinds[d][k];
+                }
+            }
+        }
     }
 
     /// Which side of the conversation bytes in `direction` come from, if known.
@@ -286,8 +311,13 @@ pub struct Tracker {
     signals: Vec<Box<dyn Signal>>,
     /// Reused buffer of what sessions completed.
     done: Vec<Request>,
-    /// `nodetap_events_total` by kind, resolved once (one per record is hot).
+    /// `nodetap_events_total` by kind, resolved once, and the records counted since the
+    /// last drain: a locked add per record waited for the record's stores each time.
     event_counters: [Counter; event::EVENT_KINDS.len()],
+    events_pending: [u64; event::EVENT_KINDS.len()],
+    /// Connections whose TCP counters moved since the last drain (see
+    /// `Connection::report`).
+    unreported: Vec<u64>,
 }
 
 impl Tracker {
@@ -314,6 +344,8 @@ impl Tracker {
             opts,
             signals: crate::signals::registered(&metrics),
             done: Vec::new(),
+            events_pending: [0; event::EVENT_KINDS.len()],
+            unreported: Vec::new(),
             event_counters: event::EVENT_KINDS
                 .map(|kind| metrics.events.get_or_create_owned(&KindLabels { kind })),
             metrics,
@@ -370,7 +402,7 @@ impl Tracker {
     }
 
     pub fn handle(&mut self, event: &Event<'_>) {
-        self.event_counters[event.kind_index()].inc();
+        self.events_pending[event.kind_index()] += 1;
         let common = event.common();
         if let Event::Close { .. } = event {
             if self.conns.contains_key(&common.conn_id) || !self.closed.contains(common.conn_id) {
@@ -392,7 +424,11 @@ impl Tracker {
                 self.conns.get_mut(&common.conn_id).expect("ensured")
             }
         };
-        conn.account(&self.metrics, &common.counted);
+        conn.account(&common.counted);
+        if !conn.unreported {
+            conn.unreported = true;
+            self.unreported.push(common.conn_id);
+        }
         conn.last_ns = conn.last_ns.max(common.exit_ns);
         if let Event::Data {
             direction,
@@ -472,13 +508,16 @@ impl Tracker {
         if self.conns.len() >= self.opts.max_connections {
             self.metrics.connections_untracked.inc();
             let mut conn = conn;
-            conn.account(&self.metrics, &common.counted);
+            conn.account(&common.counted);
+            conn.report(&self.metrics);
             return false;
         }
-        self.conns.insert(common.conn_id, conn);
+        let mut conn = conn;
         if common.fd >= 0 && common.pid != 0 {
+            conn.fd_key = Some((common.pid, common.fd));
             self.fds.insert((common.pid, common.fd), common.conn_id);
         }
+        self.conns.insert(common.conn_id, conn);
         true
     }
 
@@ -491,8 +530,23 @@ impl Tracker {
     /// After a drain of the ring buffer: publishes instructions and ends connections
     /// closed longer than the grace period ago.
     pub fn after_drain(&mut self, now_ns: u64) {
+        self.report_counters();
         self.publish_instructions();
         self.end_closed(now_ns);
+    }
+
+    /// Brings the record and TCP counters up to what the records since the last call said.
+    pub fn report_counters(&mut self) {
+        for (counter, pending) in self.event_counters.iter().zip(&mut self.events_pending) {
+            if *pending > 0 {
+                counter.inc_by(std::mem::take(pending));
+            }
+        }
+        for id in self.unreported.drain(..) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.report(&self.metrics);
+            }
+        }
     }
 
     /// Ends a connection's protocol session: the bytes still held of calls whose last
@@ -550,9 +604,12 @@ impl Tracker {
                 return;
             }
         }
-        let metrics = self.metrics.clone();
         if let Some(conn) = self.conns.get_mut(&common.conn_id) {
-            conn.account(&metrics, &common.counted);
+            conn.account(&common.counted);
+            if !conn.unreported {
+                conn.unreported = true;
+                self.unreported.push(common.conn_id);
+            }
             if conn.closing_at.is_none() {
                 conn.closing_at = Some(common.exit_ns);
                 self.closing.push(common.conn_id);
@@ -579,6 +636,7 @@ impl Tracker {
             let Some(mut conn) = self.conns.remove(&id) else {
                 continue;
             };
+            conn.report(&self.metrics);
             self.finish_session(&mut conn);
             self.metrics
                 .tcp_closed
@@ -587,7 +645,12 @@ impl Tracker {
                     workload: conn.workload.clone(),
                 })
                 .inc();
-            self.fds.retain(|_, c| *c != id);
+            // Its own entry only: a later connection may have taken the (pid, fd).
+            if let Some(key) = conn.fd_key {
+                if self.fds.get(&key) == Some(&id) {
+                    self.fds.remove(&key);
+                }
+            }
             self.instructions.forget(id);
             self.closed.insert(id);
         }
@@ -617,6 +680,7 @@ impl Tracker {
             .collect();
         for id in &idle {
             if let Some(mut conn) = self.conns.remove(id) {
+                conn.report(&self.metrics);
                 self.finish_session(&mut conn);
             }
         }
@@ -754,6 +818,8 @@ mod tests {
     fn feed(t: &mut Tracker, h: &ev::TestRecord, payload: &[u8]) {
         let rec = ev::record(h, payload);
         t.handle(&decode(&rec).unwrap());
+        // As after every drain of the ring buffers.
+        t.report_counters();
     }
 
     /// A connection as the kernel reports it: its counters move with every call.
