@@ -108,7 +108,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .set(1);
     let maps = probes.take_maps()?;
-    let rings = Rings::new(maps.rings).context("reading the kernel's ring buffers")?;
+    let rings = Rings::new(maps.rings, maps.rings_exclusive)
+        .context("reading the kernel's ring buffers")?;
     metrics.ringbuf_size.set(rings.capacity() as i64);
     let flow_tables = match probes.take_flow_tables(config.network_flow_entries) {
         Some(Ok(tables)) => {

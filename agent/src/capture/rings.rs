@@ -40,6 +40,9 @@ use aya::maps::MapData;
 /// fill its ring sooner.
 pub const COMMIT_MARGIN_NS: u64 = 250_000;
 
+/// Most records read from each ring in one round of a drain.
+const ROUND_RECORDS: usize = 512;
+
 /// The kernel's record header: length with flags, page offset.
 const RECORD_HEADER: u64 = 8;
 const BUSY_BIT: u32 = 1 << 31;
@@ -228,10 +231,12 @@ pub struct Rings {
     held_back: Vec<bool>,
     /// A wrapped record, copied.
     scratch: Vec<u8>,
+    exclusive: bool,
 }
 
 impl Rings {
-    pub fn new(maps: Vec<MapData>) -> Result<Rings, RingError> {
+    /// `exclusive`: each ring has one CPU (its records are in time order).
+    pub fn new(maps: Vec<MapData>, exclusive: bool) -> Result<Rings, RingError> {
         let rings = maps
             .into_iter()
             .map(Ring::new)
@@ -242,6 +247,7 @@ impl Rings {
             rings,
             found: Vec::new(),
             scratch: Vec::new(),
+            exclusive,
         })
     }
 
@@ -267,14 +273,37 @@ impl Rings {
     /// frees their space. `now_ns` is the monotonic clock read before the drain. Returns
     /// how many records were handed over.
     pub fn drain(&mut self, now_ns: u64, mut handle: impl FnMut(&[u8])) -> usize {
+        let mut taken = 0;
+        loop {
+            let (round, more) = self.drain_round(now_ns, &mut handle);
+            taken += round;
+            if !more || round == 0 {
+                return taken;
+            }
+        }
+    }
+
+    /// One round of [`Rings::drain`] over at most [`ROUND_RECORDS`] records of each ring
+    /// (so the records the first pass touched are still in the CPU's cache when they are
+    /// handed over). Returns how many were handed over, and whether a ring had more.
+    fn drain_round(&mut self, now_ns: u64, handle: &mut impl FnMut(&[u8])) -> (usize, bool) {
         self.found.clear();
         let settled = now_ns.saturating_sub(COMMIT_MARGIN_NS);
         let mut watermark = u64::MAX;
+        let mut more = false;
+        // The oldest newest record of the rings read only in part.
+        let mut cut_newest = u64::MAX;
         for (index, ring) in self.rings.iter().enumerate() {
             let end = ring.producer_position();
             let mut position = ring.position;
             let mut newest = 0;
+            let mut scanned = 0;
             while position < end {
+                if scanned == ROUND_RECORDS {
+                    more = true;
+                    break;
+                }
+                scanned += 1;
                 let len = ring.header_at(position);
                 if len & BUSY_BIT != 0 {
                     // Reserved, not yet written: it and what follows wait.
@@ -299,9 +328,32 @@ impl Rings {
                 });
                 position = next;
             }
-            // Later records of this ring are no older than its newest less the commit
-            // margin, and no older than `settled` (or they would be here already).
-            watermark = watermark.min(newest.saturating_sub(COMMIT_MARGIN_NS).max(settled));
+            // This ring's later records are no older than its newest (less the commit
+            // margin where CPUs share it); and if it was read to its end, no older than
+            // `settled` (or they would be here already).
+            let mut bound = if self.exclusive {
+                newest
+            } else {
+                newest.saturating_sub(COMMIT_MARGIN_NS)
+            };
+            if position >= end || scanned < ROUND_RECORDS {
+                bound = bound.max(settled);
+            } else {
+                cut_newest = cut_newest.min(newest);
+            }
+            watermark = watermark.min(bound);
+        }
+        // A shared ring read in part whose round spans less than the margin would hold
+        // everything back for ever: then its newest bounds the round (a record of another
+        // CPU sharing it, timestamped within the margin before, could come after).
+        let oldest = self
+            .found
+            .iter()
+            .map(|f| f.exit_ns)
+            .min()
+            .unwrap_or(u64::MAX);
+        if oldest > watermark && cut_newest != u64::MAX {
+            watermark = cut_newest;
         }
         settle(&mut self.found, &mut self.held_back, watermark);
         let mut taken = 0;
@@ -322,7 +374,7 @@ impl Rings {
                 ring.release(end);
             }
         }
-        taken
+        (taken, more)
     }
 }
 

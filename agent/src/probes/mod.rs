@@ -205,8 +205,10 @@ pub struct Probes {
     ebpf: Ebpf,
     pub tier: Tier,
     pub hooks: Vec<HookStatus>,
-    /// The CPUs' ring buffers (index: CPU number), until `take_maps`.
+    /// The ring buffers, until `take_maps`.
     rings: Vec<MapData>,
+    /// Whether each ring has one CPU.
+    rings_exclusive: bool,
 }
 
 /// Counters the kernel keeps, read from the maps.
@@ -262,8 +264,10 @@ pub type ClosedMap = HashMap<MapData, u64, SummaryRecord>;
 
 /// The maps the capture path reads and writes.
 pub struct CaptureMaps {
-    /// One ring buffer of records per CPU (index: CPU number).
+    /// The ring buffers of records (see `agent_common::RingLayout`).
     pub rings: Vec<MapData>,
+    /// Whether each ring has one CPU (its records are then in time order).
+    pub rings_exclusive: bool,
     pub counters: KernelCounters,
     pub instructions: InstructionMaps,
     pub closed: ClosedMap,
@@ -375,6 +379,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         tier,
         hooks,
         rings,
+        rings_exclusive: layout.cpus_per_ring(cpus) == 1,
     })
 }
 
@@ -583,6 +588,7 @@ impl Probes {
         let map_err = |name: &'static str| move |source| ProbeError::Map { name, source };
         Ok(CaptureMaps {
             rings: std::mem::take(&mut self.rings),
+            rings_exclusive: self.rings_exclusive,
             counters: KernelCounters {
                 drops: PerCpuArray::try_from(drops).map_err(map_err(MAP_DROPS))?,
                 stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_STATS))?,
