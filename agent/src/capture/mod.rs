@@ -258,6 +258,8 @@ pub struct TrackerOptions {
     pub request_timeout_ns: u64,
     /// The user's HTTP route patterns (they win over the default normalisation).
     pub http_routes: Arc<RoutePatterns>,
+    /// The spans signal, when spans are exported.
+    pub spans: Option<crate::signals::spans::Spans>,
 }
 
 /// The connection table: connection id to connection, and (pid, fd) to connection.
@@ -293,10 +295,11 @@ impl Tracker {
     pub fn new(
         metrics: Arc<Metrics>,
         procfs: &std::path::Path,
-        opts: TrackerOptions,
+        mut opts: TrackerOptions,
         identity: Identity,
         instructions: Box<dyn InstructionSink>,
     ) -> Self {
+        let signals = crate::signals::registered(&metrics, opts.spans.take());
         Self {
             conns: IdMap::default(),
             fds: IdMap::default(),
@@ -311,7 +314,7 @@ impl Tracker {
                 http_routes: opts.http_routes.clone(),
             },
             opts,
-            signals: crate::signals::registered(&metrics),
+            signals,
             done: Vec::new(),
             event_counters: event::EVENT_KINDS
                 .map(|kind| metrics.events.get_or_create_owned(&KindLabels { kind })),
@@ -736,6 +739,7 @@ mod tests {
                 max_connections: max,
                 request_timeout_ns: 1_000,
                 http_routes: Arc::default(),
+                spans: None,
             },
             Identity::process_names_only(),
             Box::new(recorder.clone()),

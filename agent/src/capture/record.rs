@@ -1,6 +1,8 @@
 //! What a connection's session produced, out of the connection table: each completed
 //! request to every signal, and the session's health to the protocol counters.
 
+use std::net::SocketAddr;
+
 use agent_common::Role;
 
 use super::Connection;
@@ -21,7 +23,7 @@ pub(super) fn record_requests(
     if done.is_empty() {
         return;
     }
-    let (Some(protocol), Some(server)) = (protocol, server_end(conn)) else {
+    let (Some(protocol), Some((server, client))) = (protocol, ends(conn)) else {
         return;
     };
     for request in done {
@@ -30,6 +32,7 @@ pub(super) fn record_requests(
             role: conn.role,
             request,
             server,
+            client,
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
         };
@@ -39,13 +42,13 @@ pub(super) fn record_requests(
     }
 }
 
-/// The server end of a connection: the remote end for a client, the local end for a
-/// server.
-fn server_end(conn: &Connection) -> Option<std::net::SocketAddr> {
+/// The server and client ends of a connection: (remote, local) for a client, (local,
+/// remote) for a server.
+fn ends(conn: &Connection) -> Option<(SocketAddr, SocketAddr)> {
     let endpoints = conn.endpoints?;
     match conn.role {
-        Role::Client => Some(endpoints.remote),
-        Role::Server => Some(endpoints.local),
+        Role::Client => Some((endpoints.remote, endpoints.local)),
+        Role::Server => Some((endpoints.local, endpoints.remote)),
         Role::Unknown => None,
     }
 }
