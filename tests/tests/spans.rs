@@ -1,8 +1,9 @@
 //! Spans over OTLP: the real agent, real servers and clients, and a stand-in receiver
 //! that speaks the real protocol (HTTP/protobuf and gRPC) and decodes what arrives with
 //! the official bindings. At 100% sampling every request is exactly one client and one
-//! server span, with exact attributes; trace context joins; a receiver that is down loses
-//! spans only by count, never capture.
+//! server span, with exact attributes; trace context joins (W3C traceparent, and both
+//! ends on this node by connection and order); a receiver that is down loses spans only by
+//! count, never capture.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -173,7 +174,6 @@ fn redis_requests_are_exactly_one_client_and_one_server_span_each_over_http() {
                 "{side} span's resource"
             );
             assert_eq!(span["status"], 0, "{side} span {span}");
-            assert_eq!(span["parent_span_id"], "", "{side} span {span}");
             assert_eq!(span["scope"], "nodetap");
             // What the exporter sent: gzip, with the configured header decoded.
             assert_eq!(
@@ -195,12 +195,33 @@ fn redis_requests_are_exactly_one_client_and_one_server_span_each_over_http() {
             "{side} span names"
         );
     }
-    // No traceparent in RESP: every span starts its own trace.
+    // Both ends are on this node and the agent saw both connections open: the i-th
+    // server span is the child of the i-th client span, and each pair is a trace of its
+    // own. The truth: the order this client sent its commands in, and each server span
+    // nesting inside its client span on the kernel's clock.
+    let mut client_spans = client_spans;
+    let mut server_spans = server_spans;
+    client_spans.sort_by_key(|s| u64_of(s, "start"));
+    server_spans.sort_by_key(|s| u64_of(s, "start"));
+    for (i, (c, srv)) in client_spans.iter().zip(&server_spans).enumerate() {
+        let op = if i < 100 { "SET" } else { "GET" };
+        assert_eq!(
+            (&c["name"], &srv["name"]),
+            (&Value::from(op), &Value::from(op))
+        );
+        assert_eq!(c["parent_span_id"], "", "client span {i}");
+        assert_eq!(srv["trace_id"], c["trace_id"], "request {i}");
+        assert_eq!(srv["parent_span_id"], c["span_id"], "request {i}");
+        assert!(
+            u64_of(c, "start") <= u64_of(srv, "start") && u64_of(srv, "end") <= u64_of(c, "end"),
+            "server span {i} {srv} not inside its client span {c}"
+        );
+    }
     let traces: HashSet<&str> = spans
         .iter()
         .map(|s| s["trace_id"].as_str().unwrap())
         .collect();
-    assert_eq!(traces.len(), 300);
+    assert_eq!(traces.len(), 150);
     let text = agent.scrape();
     assert_eq!(
         metric_value(&text, "nodetap_spans_exported_total", &[]),
@@ -232,7 +253,8 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
     let mut headers = Vec::new();
     for i in 0..20 {
         let (tp, trace, parent) = traceparent(run, i);
-        let response = client.get_with_headers("/api/orders", &[("traceparent", &tp)]);
+        // The query never reaches a span.
+        let response = client.get_with_headers("/api/orders?page=2", &[("traceparent", &tp)]);
         assert_eq!(response.status, 200);
         headers.push((trace, parent));
         client_ports.push(client.local_port().to_string());
@@ -263,16 +285,17 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
     for (i, (client_span, server_span)) in client_spans.iter().zip(&server_spans).enumerate() {
         let traced = i < 20;
         let client_port = &client_ports[i];
-        let (route, status) = if traced {
-            ("/api/orders", "200")
+        let (route, path, status) = if traced {
+            ("/api/orders", "/api/orders", "200")
         } else {
             // The agent's default route normalisation (digits are an id).
-            ("/status/{id}", "500")
+            ("/status/{id}", "/status/500", "500")
         };
         let mut expected_server = map(&[
             ("http.request.method", "GET"),
             ("http.response.status_code", status),
             ("http.route", route),
+            ("url.path", path),
             ("server.address", "127.0.0.1"),
             ("server.port", &port),
             ("client.address", "127.0.0.1"),
@@ -284,6 +307,7 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
             ("http.request.method", "GET"),
             ("http.response.status_code", status),
             ("http.route", route),
+            ("url.path", path),
             ("server.address", "127.0.0.1"),
             ("server.port", &port),
             ("network.peer.address", "127.0.0.1"),
@@ -316,8 +340,16 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
             assert_eq!(client_span["span_id"], *parent, "client span {i}");
             assert_eq!(client_span["parent_span_id"], "", "client span {i}");
         } else {
-            assert_eq!(server_span["parent_span_id"], "");
-            assert_ne!(server_span["trace_id"], client_span["trace_id"]);
+            // No header, but both ends on this node: linked by connection and order.
+            assert_eq!(
+                server_span["trace_id"], client_span["trace_id"],
+                "request {i}"
+            );
+            assert_eq!(
+                server_span["parent_span_id"], client_span["span_id"],
+                "request {i}"
+            );
+            assert_eq!(client_span["parent_span_id"], "", "client span {i}");
         }
     }
 }
@@ -361,6 +393,8 @@ fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
                     "{key} of {span}"
                 );
             }
+            // HTTP/2 streams complete in any order: gRPC spans are never linked by order.
+            assert_eq!(span["parent_span_id"], "", "{side} span {span}");
             // NOT_FOUND is the caller's error, not a failure of the server.
             let expected_status = if side == "client" && code == "5" {
                 2

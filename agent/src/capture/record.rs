@@ -9,14 +9,14 @@ use super::Connection;
 use crate::{
     metrics::{Metrics, ProtocolLabels, ProtocolReasonLabels},
     protocols::{FeedOutcome, Protocol, Request},
-    signals::{RequestRecord, Signal},
+    signals::{LinkKey, RequestRecord, Signal},
 };
 
 /// Hands each request a connection's session completed to every signal, with what the
 /// connection knows of itself.
 pub(super) fn record_requests(
     signals: &[Box<dyn Signal>],
-    conn: &Connection,
+    conn: &mut Connection,
     protocol: Option<Protocol>,
     done: &[Request],
 ) {
@@ -27,6 +27,9 @@ pub(super) fn record_requests(
         return;
     };
     for request in done {
+        let sequence = conn.requests_done;
+        conn.requests_done += 1;
+        let link = link_key(conn, protocol, sequence);
         let record = RequestRecord {
             protocol,
             role: conn.role,
@@ -35,11 +38,33 @@ pub(super) fn record_requests(
             client,
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
+            link,
         };
         for signal in signals {
             signal.record(&record);
         }
     }
+}
+
+/// What names this request on both ends, when both ends of its connection are on this
+/// node and the two ends' request orders agree: both were seen from their first request
+/// (the handshake), neither lost or mis-framed one, and the protocol answers requests in
+/// the order they came (not HTTP/2, whose streams complete in any order).
+fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
+    let peer = conn.peer?;
+    if !conn.seen_open || conn.order_broken || !protocol.in_order() {
+        return None;
+    }
+    let (client_conn, server_conn) = match conn.role {
+        Role::Client => (conn.id, peer),
+        Role::Server => (peer, conn.id),
+        Role::Unknown => return None,
+    };
+    Some(LinkKey {
+        client_conn,
+        server_conn,
+        sequence,
+    })
 }
 
 /// The server and client ends of a connection: (remote, local) for a client, (local,

@@ -67,7 +67,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::http1::{method_label, RoutePatterns};
-use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink};
+use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink, UrlPath};
 use super::{
     hpack, Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason,
 };
@@ -848,6 +848,18 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
 /// wire does not say.
 const GRPC_UNKNOWN: u32 = 2;
 
+/// `:path` without its query and fragment, reusing its buffer.
+fn url_path(mut path: String) -> UrlPath {
+    if let Some(end) = path.find(['?', '#']) {
+        path.truncate(end);
+    }
+    if path.is_empty() {
+        UrlPath::Unknown
+    } else {
+        UrlPath::Path(path.into_boxed_str())
+    }
+}
+
 impl H2Exchange {
     /// This stream as a request record: a gRPC call, or an HTTP request whose route comes
     /// from the user's patterns first.
@@ -863,6 +875,7 @@ impl H2Exchange {
                 method: method_label(self.method.as_bytes()),
                 status: self.status,
                 route: routes.route(&self.path),
+                path: url_path(self.path),
                 request_body_bytes: self.request_body_bytes,
                 response_body_bytes: self.response_body_bytes,
                 traceparent: None,

@@ -35,6 +35,18 @@ pub struct RequestRecord<'a> {
     pub peer_zone: &'a PeerZone,
     /// The workload on this node that owns the connection.
     pub workload: &'a WorkloadLabels,
+    /// The same request's name on both ends, when both ends of the connection are on
+    /// this node and their request orders agree (see `capture::record::link_key`).
+    pub link: Option<LinkKey>,
+}
+
+/// Names one request on both ends of a connection whose two ends this node sees: the
+/// two connections' ids (never reused) and the request's place in their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub client_conn: u64,
+    pub server_conn: u64,
+    pub sequence: u64,
 }
 
 /// A consumer of request records.

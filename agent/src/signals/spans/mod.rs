@@ -5,19 +5,23 @@
 //!
 //! Trace context: a request carrying a W3C `traceparent` gives a server span that trace
 //! and parent, and a client span its trace and its own id (the id the caller put in the
-//! header is the id of the client side of the call, which is this span). Requests without
-//! one start a trace of their own.
+//! header is the id of the client side of the call, which is this span). A request whose
+//! two ends are both on this node (a [`LinkKey`]) gets a client span whose ids derive from
+//! the key, and a server span that is its child. Other requests start a trace of their own.
 
 pub mod export;
 pub mod otlp;
 pub mod sampler;
 
-use std::{cell::Cell, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    cell::Cell, collections::hash_map::RandomState, hash::BuildHasher, net::SocketAddr, sync::Arc,
+    time::Duration,
+};
 
 use agent_common::Role;
 use tokio::sync::mpsc;
 
-use super::{RequestRecord, Signal};
+use super::{LinkKey, RequestRecord, Signal};
 use crate::{
     metadata::workload::{Name, WorkloadLabels},
     metrics::{Metrics, ReasonLabels},
@@ -137,6 +141,9 @@ pub struct Spans {
     wall_offset_ns: u64,
     /// splitmix64 state for trace and span ids (seeded from the OS's randomness).
     rng: Cell<u64>,
+    /// Keys the ids derived from a [`LinkKey`]: random per agent, so ids are not
+    /// guessable and differ between agents.
+    link_ids: RandomState,
     queue_full: prometheus_client::metrics::counter::Counter,
 }
 
@@ -156,6 +163,7 @@ impl Spans {
             metrics,
             wall_offset_ns: wall_offset_ns(),
             rng: Cell::new(random_seed()),
+            link_ids: RandomState::new(),
             queue_full,
         };
         (spans, rx)
@@ -188,6 +196,13 @@ impl Spans {
         id
     }
 
+    /// An id derived from a request's link key: both ends of the request compute the
+    /// same one without meeting.
+    fn linked_id(&self, link: &LinkKey, part: u8) -> u64 {
+        let id = self.link_ids.hash_one((link, part));
+        id.max(1)
+    }
+
     /// Builds the span of a record, or `None` where the record makes no span (unknown role).
     pub fn span_of(&self, r: &RequestRecord<'_>) -> Option<FinishedSpan> {
         let role = r.role;
@@ -207,6 +222,19 @@ impl Spans {
             ),
             // The caller's header names the client side of this call: this span.
             (Some(tp), _) => (tp.trace_id, tp.parent_id, None, Some(tp.sampled)),
+            // Both ends on this node: the client span's ids come from the request's link
+            // key, so the server span names it as parent without waiting for it.
+            (None, _) if r.link.is_some() => {
+                let link = r.link.as_ref().expect("checked");
+                let mut trace_id = [0u8; 16];
+                trace_id[..8].copy_from_slice(&self.linked_id(link, 0).to_be_bytes());
+                trace_id[8..].copy_from_slice(&self.linked_id(link, 1).to_be_bytes());
+                let client_span = self.linked_id(link, 2).to_be_bytes();
+                match role {
+                    Role::Server => (trace_id, self.span_id(), Some((client_span, true)), None),
+                    _ => (trace_id, client_span, None, None),
+                }
+            }
             (None, _) => (self.trace_id(), self.span_id(), None, None),
         };
         let duration = r.request.end_ns.saturating_sub(r.request.start_ns);
@@ -308,6 +336,9 @@ fn http_attributes(r: &RequestRecord<'_>, http: &HttpRequest, out: &mut Attrs) -
     }
     if !http.route.is_empty() {
         out.push(("http.route", AttributeValue::Str(http.route.clone())));
+    }
+    if let Some(path) = http.path.resolve(&http.route) {
+        out.push(("url.path", AttributeValue::Str(path.to_owned())));
     }
     if is_error(r.role, &r.request.attributes) {
         let error = if http.status == 0 {

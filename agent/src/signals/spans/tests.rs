@@ -50,6 +50,7 @@ fn http_get(status: u16, traceparent: Option<&str>) -> Request {
             method: "GET",
             status,
             route: "/users/{id}".into(),
+            path: crate::protocols::request::UrlPath::Path("/users/42".into()),
             request_body_bytes: 0,
             response_body_bytes: 10,
             traceparent: traceparent.map(str::to_owned),
@@ -75,6 +76,7 @@ fn record<'a>(
         client: CLIENT.parse::<SocketAddr>().unwrap(),
         peer_zone: zone,
         workload,
+        link: None,
     }
 }
 
@@ -176,6 +178,7 @@ fn an_http_server_span_joins_the_callers_trace() {
             ("http.request.method", "GET"),
             ("http.response.status_code", "503"),
             ("http.route", "/users/{id}"),
+            ("url.path", "/users/42"),
             ("error.type", "503"),
             ("server.address", "10.0.0.2"),
             ("server.port", "6379"),
@@ -229,6 +232,40 @@ fn requests_to_the_otlp_endpoint_make_no_span() {
     assert!(s.span_of(&r).is_some());
     r.server = "10.0.0.9:4318".parse().unwrap();
     assert!(s.span_of(&r).is_none());
+}
+
+#[test]
+fn both_ends_of_a_linked_request_join_without_meeting() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("api"));
+    let zone = PeerZone(None);
+    let request = redis_get(None, 1_000);
+    let link = |sequence| LinkKey {
+        client_conn: 7,
+        server_conn: 9,
+        sequence,
+    };
+    let mut client = record(protocol("redis"), Role::Client, &request, &zone, &workload);
+    client.link = Some(link(0));
+    let mut server = record(protocol("redis"), Role::Server, &request, &zone, &workload);
+    server.link = Some(link(0));
+    let (c, srv) = (s.span_of(&client).unwrap(), s.span_of(&server).unwrap());
+    assert_eq!(c.trace_id, srv.trace_id);
+    assert_eq!(srv.parent, Some((c.span_id, true)));
+    assert_ne!(srv.span_id, c.span_id);
+    assert!(c.parent.is_none());
+    // The next request on the same connections: another trace.
+    server.link = Some(link(1));
+    let next = s.span_of(&server).unwrap();
+    assert_ne!(next.trace_id, c.trace_id);
+    assert_ne!(next.parent, srv.parent);
+    // A traceparent wins over the link.
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let traced = http_get(200, Some(tp));
+    let mut r = record(protocol("http"), Role::Server, &traced, &zone, &workload);
+    r.link = Some(link(2));
+    let span = s.span_of(&r).unwrap();
+    assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
 }
 
 #[test]
