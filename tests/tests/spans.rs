@@ -16,14 +16,15 @@ use nodetap_tests::{
     metric_value,
     otlp::{attribute, OtlpReceiver, Transport, KIND_CLIENT, KIND_SERVER},
     own_process_name,
+    pgwire::{PgClient, SqlError},
     resp::{Reply, RespClient},
     serial,
-    servers::{grpc_peer, GrpcServer, Nginx, RedisServer},
+    servers::{grpc_peer, GrpcServer, Nginx, PostgresServer, RedisServer},
     Agent, Checked,
 };
 use serde_json::Value;
 
-/// Every span at 100%, exported at most 200 ms after it ends.
+/// Exported at most 200 ms after they end; every span unless `extra` names a sampler.
 fn agent_exporting_to(receiver: &OtlpReceiver, extra: &[&str]) -> Agent {
     let endpoint = receiver.endpoint();
     let protocol = match receiver.transport {
@@ -35,11 +36,12 @@ fn agent_exporting_to(receiver: &OtlpReceiver, extra: &[&str]) -> Agent {
         &endpoint,
         "--otlp-protocol",
         protocol,
-        "--traces-sampler",
-        "always_on",
         "--spans-batch-delay",
         "200",
     ];
+    if !extra.contains(&"--traces-sampler") {
+        args.extend_from_slice(&["--traces-sampler", "always_on"]);
+    }
     args.extend_from_slice(extra);
     Agent::start(&args)
 }
@@ -498,4 +500,179 @@ fn a_receiver_that_is_down_costs_counted_spans_never_capture() {
         Some(receiver.spans().len() as f64),
         "exported counter against what the receiver decoded"
     );
+}
+
+#[test]
+fn ratio_sampling_keeps_its_share_by_trace_and_every_error_and_slow_request() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let agent = agent_exporting_to(
+        &receiver,
+        &[
+            "--traces-sampler",
+            "traceidratio",
+            "--traces-sampler-arg",
+            "0.1",
+            "--spans-slow-threshold",
+            "200",
+        ],
+    );
+    let mut client = RespClient::connect(redis.port);
+    assert_eq!(client.command(&["SET", "k", "v"]).0, Reply::Ok("OK".into()));
+    for _ in 0..10_000 {
+        assert_eq!(
+            client.command(&["GET", "k"]).0,
+            Reply::Bulk(Some(b"v".to_vec()))
+        );
+    }
+    // Errors: INCR of a value that is no integer.
+    for _ in 0..50 {
+        assert!(
+            matches!(client.command(&["INCR", "k"]).0, Reply::Error(e) if e.starts_with("ERR"))
+        );
+    }
+    // Slow: BLPOP waits 0.3 s on an empty list, then answers nil.
+    for _ in 0..3 {
+        let (_, took) = client.command(&["BLPOP", "empty", "0.3"]);
+        assert!(took >= Duration::from_millis(300));
+    }
+
+    let mine = on_port(redis.port);
+    // Wait for the slow ones (last sent), then for the rest to settle.
+    receiver.wait_for(6, Duration::from_secs(30), |s| {
+        mine(s) && s["name"] == "BLPOP"
+    });
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(&mine).collect();
+    let count = |name: &str, kind: u64| {
+        spans
+            .iter()
+            .filter(|s| s["name"] == name && s["kind"] == kind)
+            .count()
+    };
+    // Every error and every slow request, on both sides.
+    assert_eq!(
+        (count("INCR", KIND_CLIENT), count("INCR", KIND_SERVER)),
+        (50, 50)
+    );
+    assert_eq!(
+        (count("BLPOP", KIND_CLIENT), count("BLPOP", KIND_SERVER)),
+        (3, 3)
+    );
+    assert!(spans
+        .iter()
+        .filter(|s| s["name"] == "INCR")
+        .all(|s| s["status"] == 2));
+    // The GETs: a tenth, within 5 standard deviations (sd of 10,000 draws at 0.1: 30).
+    let (client_gets, server_gets) = (count("GET", KIND_CLIENT), count("GET", KIND_SERVER));
+    assert!(
+        (850..=1150).contains(&client_gets),
+        "{client_gets} of 10,000 GETs kept at ratio 0.1 (agent tier {})",
+        agent.tier()
+    );
+    // Decided by trace id: both ends of a request (one trace) get the same answer.
+    assert_eq!(server_gets, client_gets);
+    let traces = |kind: u64| -> HashSet<String> {
+        spans
+            .iter()
+            .filter(|s| s["name"] == "GET" && s["kind"] == kind)
+            .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(traces(KIND_CLIENT), traces(KIND_SERVER));
+    // And the sampler's own arithmetic: the low 64 bits of every kept trace id are below
+    // 0.1 * 2^64.
+    let bound = (0.1 * 18_446_744_073_709_551_616.0) as u128;
+    for trace in traces(KIND_CLIENT) {
+        let low = u64::from_str_radix(&trace[16..], 16).unwrap();
+        assert!(
+            u128::from(low) < bound,
+            "trace {trace} kept above the ratio"
+        );
+    }
+    let text = agent.scrape();
+    assert!(
+        metric_value(&text, "nodetap_spans_not_sampled_total", &[]).unwrap_or(0.0)
+            >= (2 * (10_000 - client_gets) + 2) as f64,
+        "spans left out are counted"
+    );
+}
+
+#[test]
+fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_class() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let pg = PostgresServer::start();
+    let _agent = agent_exporting_to(&receiver, &[]);
+    let mut db = PgClient::connect(pg.port);
+    db.simple("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .0
+        .unwrap();
+    for i in 0..20 {
+        db.simple(&format!("INSERT INTO items VALUES ({i}, 'secret {i}')"))
+            .0
+            .unwrap();
+    }
+    assert_eq!(
+        db.simple("SELECT * FROM no_such_table").0,
+        Err(SqlError("42P01".into()))
+    );
+
+    // 22 queries, both sides; the start-up and authentication exchange is no request.
+    let spans = receiver.wait_for(44, Duration::from_secs(30), on_port(pg.port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!(
+        (client_spans.len(), server_spans.len()),
+        (22, 22),
+        "{spans:#?}"
+    );
+    for (side, list) in [("client", &client_spans), ("server", &server_spans)] {
+        let mut names = BTreeMap::new();
+        for span in list.iter() {
+            let name = span["name"].as_str().unwrap();
+            let attrs = attributes(span);
+            let expected: &[(&str, &str)] = match name {
+                "CREATE" => &[
+                    ("db.operation.name", "CREATE"),
+                    (
+                        "db.query.text",
+                        "CREATE TABLE items (id int PRIMARY KEY, v text)",
+                    ),
+                ],
+                "INSERT items" => &[
+                    ("db.operation.name", "INSERT"),
+                    ("db.collection.name", "items"),
+                    ("db.query.text", "INSERT INTO items VALUES (?, ?)"),
+                ],
+                "SELECT no_such_table" => &[
+                    ("db.operation.name", "SELECT"),
+                    ("db.collection.name", "no_such_table"),
+                    ("db.query.text", "SELECT * FROM no_such_table"),
+                    ("error.type", "42"),
+                ],
+                other => panic!("unexpected {side} span {other:?}: {span}"),
+            };
+            for (key, value) in expected.iter().chain(&[("db.system.name", "postgresql")]) {
+                assert_eq!(
+                    attrs.get(*key).map(String::as_str),
+                    Some(*value),
+                    "{key} of {span}"
+                );
+            }
+            // Literals never reach a span.
+            assert!(!span.to_string().contains("secret"), "{span}");
+            let error = name.starts_with("SELECT");
+            assert_eq!(span["status"], if error { 2 } else { 0 }, "{span}");
+            *names.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                ("CREATE".to_owned(), 1),
+                ("INSERT items".to_owned(), 20),
+                ("SELECT no_such_table".to_owned(), 1),
+            ]),
+            "{side} spans"
+        );
+    }
 }
