@@ -362,15 +362,46 @@ fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
     let receiver = OtlpReceiver::start(Transport::Http);
     let server = GrpcServer::start();
     let _agent = agent_exporting_to(&receiver, &[]);
-    Command::new("python3")
+    let out = Command::new("python3")
         .arg(grpc_peer())
-        .args(["client", &server.port.to_string(), "ok:12", "notfound:4"])
+        .args([
+            "client",
+            &server.port.to_string(),
+            "ok:8",
+            "notfound:4",
+            "traced:4",
+        ])
         .output()
         .checked("grpc client");
+    let done: Value = serde_json::from_slice(&out.stdout).expect("grpc client's JSON");
+    let traceparents: Vec<&str> = done["traceparents"]
+        .as_array()
+        .expect("traceparents")
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(traceparents.len(), 4);
 
     let spans = receiver.wait_for(32, Duration::from_secs(30), on_port(server.port));
     let (client_spans, server_spans) = by_kind(&spans);
     assert_eq!((client_spans.len(), server_spans.len()), (16, 16));
+    // traceparent in gRPC metadata (an HTTP/2 header): the server span joins the caller's
+    // trace under the caller's span, and the client span is that span.
+    for tp in &traceparents {
+        let (trace, parent) = (&tp[3..35], &tp[36..52]);
+        let in_trace = |list: &[&Value]| -> Vec<Value> {
+            list.iter()
+                .filter(|s| s["trace_id"] == trace)
+                .map(|s| (*s).clone())
+                .collect()
+        };
+        let (c, srv) = (in_trace(&client_spans), in_trace(&server_spans));
+        assert_eq!((c.len(), srv.len()), (1, 1), "spans of trace {trace}");
+        assert_eq!(c[0]["span_id"], parent);
+        assert_eq!(c[0]["parent_span_id"], "");
+        assert_eq!(srv[0]["parent_span_id"], parent);
+    }
+    let traced: HashSet<&str> = traceparents.iter().map(|tp| &tp[3..35]).collect();
     let port = server.port.to_string();
     for (side, list, service) in [
         ("client", &client_spans, "grpc-client"),
@@ -395,8 +426,11 @@ fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
                     "{key} of {span}"
                 );
             }
-            // HTTP/2 streams complete in any order: gRPC spans are never linked by order.
-            assert_eq!(span["parent_span_id"], "", "{side} span {span}");
+            // HTTP/2 streams complete in any order: gRPC spans without a traceparent are
+            // never linked by order.
+            if !traced.contains(span["trace_id"].as_str().unwrap()) {
+                assert_eq!(span["parent_span_id"], "", "{side} span {span}");
+            }
             // NOT_FOUND is the caller's error, not a failure of the server.
             let expected_status = if side == "client" && code == "5" {
                 2

@@ -259,7 +259,7 @@ fn plausible_response(data: &[u8]) -> bool {
 // ---- traceparent --------------------------------------------------------------------------
 
 /// Length of a version-00 `traceparent` value.
-const TRACEPARENT_LEN: usize = 55;
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// Whether `value` is a valid W3C `traceparent` (Trace Context §3.2):
 /// `version-traceid-parentid-flags`, lower-case hex, version not `ff`, neither id all zeros;

@@ -100,6 +100,8 @@ pub struct RpcRequest {
     pub method: String,
     /// `rpc.grpc.status_code`.
     pub status: u32,
+    /// The call's W3C `traceparent`, when it had exactly one and it was valid.
+    pub traceparent: Option<String>,
 }
 
 impl From<Operation> for Request {

@@ -210,9 +210,11 @@ impl Spans {
             return None;
         }
         let traceparent = match &r.request.attributes {
-            Attributes::Http(http) => http.traceparent.as_deref().and_then(TraceParent::parse),
-            _ => None,
-        };
+            Attributes::Http(http) => http.traceparent.as_deref(),
+            Attributes::Rpc(rpc) => rpc.traceparent.as_deref(),
+            Attributes::Db(_) => None,
+        }
+        .and_then(TraceParent::parse);
         let (trace_id, span_id, parent, parent_sampled) = match (traceparent, role) {
             (Some(tp), Role::Server) => (
                 tp.trace_id,
