@@ -710,3 +710,59 @@ fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_clas
         );
     }
 }
+
+#[test]
+fn spans_still_queued_at_shutdown_are_sent() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    // A batch waits a minute to fill: only the shutdown can send it within the test.
+    let mut agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "60000",
+    ]);
+    let mut client = RespClient::connect(redis.port);
+    for i in 0..10 {
+        let (reply, _) = client.command(&["SET", &format!("key:{i}"), "v"]);
+        assert_eq!(reply, Reply::Ok("OK".into()));
+    }
+    let port = redis.port.to_string();
+    let me = own_process_name();
+    let sets = |text: &str, side: &str, service: &str| {
+        metric_value(
+            text,
+            &format!("db_{side}_operation_duration_seconds_count"),
+            &[
+                ("db_system_name", "redis"),
+                ("db_operation_name", "SET"),
+                ("error_type", ""),
+                ("server_address", "127.0.0.1"),
+                ("server_port", &port),
+                ("service_name", service),
+            ],
+        )
+    };
+    let text = agent.scrape_until(Duration::from_secs(10), |t| {
+        sets(t, "client", &me) == Some(10.0) && sets(t, "server", "redis-server") == Some(10.0)
+    });
+    assert_eq!(sets(&text, "client", &me), Some(10.0));
+    assert_eq!(sets(&text, "server", "redis-server"), Some(10.0));
+    let mine = on_port(redis.port);
+    assert_eq!(receiver.spans().iter().filter(|s| mine(s)).count(), 0);
+
+    agent.process.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.process.wait_timeout(Duration::from_secs(20)),
+        Some(0),
+        "agent exit; its output:\n{}",
+        agent.output()
+    );
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(&mine).collect();
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!((client_spans.len(), server_spans.len()), (10, 10));
+}

@@ -439,6 +439,7 @@ fn to_otlp(span: &FinishedSpan) -> otlp::Span {
             AttributeValue::Name(n) => otlp::KeyValue::string(key, n.0.as_ref()),
             AttributeValue::Static(s) => otlp::KeyValue::string(key, *s),
             AttributeValue::Int(i) => otlp::KeyValue::int(key, *i),
+            AttributeValue::Ip(ip) => otlp::KeyValue::string(key, ip.to_string()),
         })
         .collect();
     let mut flags = otlp::SPAN_FLAGS_SAMPLED;

@@ -14,7 +14,11 @@ pub mod otlp;
 pub mod sampler;
 
 use std::{
-    cell::Cell, collections::hash_map::RandomState, hash::BuildHasher, net::SocketAddr, sync::Arc,
+    cell::Cell,
+    collections::hash_map::RandomState,
+    hash::BuildHasher,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
     time::Duration,
 };
 
@@ -75,6 +79,8 @@ pub enum AttributeValue {
     Name(Name),
     Static(&'static str),
     Int(i64),
+    /// An address, formatted by the exporter (off the capture path).
+    Ip(IpAddr),
 }
 
 impl FinishedSpan {
@@ -377,20 +383,14 @@ fn rpc_attributes(rpc: &RpcRequest, out: &mut Attrs) -> String {
 /// address on the server side; the other end of the connection as the network peer; the
 /// other end's zone when the agent knows it.
 fn connection_attributes(r: &RequestRecord<'_>, out: &mut Attrs) {
-    out.push((
-        "server.address",
-        AttributeValue::Str(r.server.ip().to_string()),
-    ));
+    out.push(("server.address", AttributeValue::Ip(r.server.ip())));
     out.push((
         "server.port",
         AttributeValue::Int(i64::from(r.server.port())),
     ));
     let peer: SocketAddr = match r.role {
         Role::Server => {
-            out.push((
-                "client.address",
-                AttributeValue::Str(r.client.ip().to_string()),
-            ));
+            out.push(("client.address", AttributeValue::Ip(r.client.ip())));
             out.push((
                 "client.port",
                 AttributeValue::Int(i64::from(r.client.port())),
@@ -399,10 +399,7 @@ fn connection_attributes(r: &RequestRecord<'_>, out: &mut Attrs) {
         }
         _ => r.server,
     };
-    out.push((
-        "network.peer.address",
-        AttributeValue::Str(peer.ip().to_string()),
-    ));
+    out.push(("network.peer.address", AttributeValue::Ip(peer.ip())));
     out.push((
         "network.peer.port",
         AttributeValue::Int(i64::from(peer.port())),

@@ -86,6 +86,7 @@ fn text(v: &AttributeValue) -> String {
         AttributeValue::Name(n) => n.0.to_string(),
         AttributeValue::Static(s) => (*s).to_owned(),
         AttributeValue::Int(i) => i.to_string(),
+        AttributeValue::Ip(ip) => ip.to_string(),
     }
 }
 
