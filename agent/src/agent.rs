@@ -160,7 +160,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let (spans, exporter) = match &config.spans {
         Some(spans_config) => {
-            let (signal, exporter) = start_spans(spans_config, &config, &zones, &metrics);
+            let (signal, exporter) = start_spans(spans_config, &config, &zones, &metrics)
+                .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
+                .context("cannot export spans (--otlp-endpoint)")?;
             (Some(signal), Some(exporter))
         }
         None => (None, None),
@@ -234,7 +236,10 @@ fn start_spans(
     config: &Config,
     zones: &SharedZones,
     metrics: &Arc<Metrics>,
-) -> (crate::signals::spans::Spans, tokio::task::JoinHandle<()>) {
+) -> Result<
+    (crate::signals::spans::Spans, tokio::task::JoinHandle<()>),
+    crate::signals::spans::export::ExporterError,
+> {
     use crate::signals::spans::{export::Exporter, Spans};
     let mut export = spans_config.export.clone();
     let zones = zones.clone();
@@ -258,9 +263,9 @@ fn start_spans(
         spans_config.spans.sampler,
         spans_config.spans.slow_threshold
     );
+    let exporter = Exporter::new(export, metrics.clone())?;
     let (signal, queue) = Spans::new(spans_config.spans.clone(), metrics.clone());
-    let exporter = Exporter::new(export, metrics.clone());
-    (signal, tokio::spawn(exporter.run(queue)))
+    Ok((signal, tokio::spawn(exporter.run(queue))))
 }
 
 /// This host's name (`host.name`), as uname(2) reports it.

@@ -168,6 +168,10 @@ pub struct Settings {
     /// [default: 10000].
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", value_name = "MS")]
     pub otlp_timeout: Option<u64>,
+    /// PEM file of the CA certificates that sign an `https://` endpoint's certificate
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`) [default: the host's CA store].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", value_name = "FILE")]
+    pub otlp_certificate: Option<PathBuf>,
     /// `gzip` or `none` (`OTEL_EXPORTER_OTLP_COMPRESSION`) [default: none].
     #[arg(
         long,
@@ -250,6 +254,7 @@ impl Settings {
             otlp_headers: self.otlp_headers.or(under.otlp_headers),
             otlp_timeout: self.otlp_timeout.or(under.otlp_timeout),
             otlp_compression: self.otlp_compression.or(under.otlp_compression),
+            otlp_certificate: self.otlp_certificate.or(under.otlp_certificate),
             resource_attributes: self.resource_attributes.or(under.resource_attributes),
             traces_sampler: self.traces_sampler.or(under.traces_sampler),
             traces_sampler_arg: self.traces_sampler_arg.or(under.traces_sampler_arg),
@@ -370,6 +375,7 @@ impl Config {
             headers: s.otlp_headers.clone(),
             timeout_ms: s.otlp_timeout,
             compression: s.otlp_compression.clone(),
+            certificate: s.otlp_certificate.clone(),
             resource: s.resource_attributes.clone(),
             sampler: s.traces_sampler.clone(),
             sampler_arg: s.traces_sampler_arg.clone(),
@@ -523,6 +529,7 @@ struct SpanSettings {
     headers: Option<String>,
     timeout_ms: Option<u64>,
     compression: Option<String>,
+    certificate: Option<PathBuf>,
     resource: Option<String>,
     sampler: Option<String>,
     sampler_arg: Option<String>,
@@ -563,20 +570,23 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
         problem: format!("{url:?} is not a URL: {e}"),
     })?;
     match endpoint.scheme_str() {
-        Some("http") if endpoint.authority().is_some() => {}
-        Some("https") => {
-            return Err(ConfigError::Invalid {
-                key,
-                problem: "https endpoints are not supported yet: send to a collector on the node or in the cluster over http".into(),
-            })
-        }
+        Some("http" | "https") if endpoint.authority().is_some() => {}
         _ => {
             return Err(ConfigError::Invalid {
                 key,
-                problem: format!("{url:?} is not an http:// URL with a host"),
+                problem: format!("{url:?} is not an http:// or https:// URL with a host"),
             })
         }
     }
+    let ca_certificates = match &s.certificate {
+        None => None,
+        Some(path) => Some(
+            read_certificates(path).map_err(|problem| ConfigError::Invalid {
+                key: "otlp_certificate",
+                problem,
+            })?,
+        ),
+    };
     let exporter_addresses = endpoint_addresses(&endpoint);
     let headers = key_values(s.headers.as_deref().unwrap_or(""))
         .map_err(|problem| ConfigError::Invalid {
@@ -652,9 +662,24 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             batch_delay: Duration::from_millis(s.batch_delay_ms.unwrap_or(1000)),
             retry_budget: Duration::from_secs(30),
             resource,
+            ca_certificates,
             local_zone: std::sync::Arc::new(|| None),
         },
     }))
+}
+
+/// Every certificate in a PEM file; at least one.
+fn read_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
 }
 
 /// The socket addresses of an `http://` endpoint whose host is an address or
@@ -904,6 +929,7 @@ mod tests {
             .unwrap();
         assert_eq!(spans.export.endpoint.to_string(), "http://collector:4317/");
         assert!(spans.spans.exporter_addresses.is_empty());
+        assert!(spans.export.ca_certificates.is_none());
         let c = from_toml(
             "otlp_endpoint = \"http://a:1\"\notlp_traces_endpoint = \"http://b:2/traces\"\n",
         )

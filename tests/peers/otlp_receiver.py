@@ -3,8 +3,10 @@
 protocol with the official OpenTelemetry protobuf bindings (PyPI opentelemetry-proto)
 and grpcio: no collector can be installed on the test machines.
 
-    otlp_receiver.py http PORT OUT     OTLP/HTTP protobuf on 127.0.0.1:PORT/v1/traces
-    otlp_receiver.py grpc PORT OUT     OTLP/gRPC (TraceService/Export) on 127.0.0.1:PORT
+    otlp_receiver.py http PORT OUT [CERT KEY]   OTLP/HTTP protobuf on 127.0.0.1:PORT/v1/traces
+    otlp_receiver.py grpc PORT OUT [CERT KEY]   OTLP/gRPC (TraceService/Export) on 127.0.0.1:PORT
+
+With CERT and KEY (PEM files) it serves TLS.
 
 Every span received is appended to OUT as one JSON line (ids in hex, attributes as a
 dict, the resource's attributes, and what the request said of itself: its compression
@@ -67,7 +69,7 @@ def record(out, request, compression, token):
         out.flush()
 
 
-def serve_http(port, out):
+def serve_http(port, out, tls):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -95,11 +97,17 @@ def serve_http(port, out):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    if tls:
+        import ssl
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(tls[0], tls[1])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()
 
 
-def serve_grpc(port, out):
+def serve_grpc(port, out, tls):
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
             metadata = dict(context.invocation_metadata())
@@ -113,7 +121,12 @@ def serve_grpc(port, out):
 
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls:
+        with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
+            credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
+        server.add_secure_port(f"127.0.0.1:{port}", credentials)
+    else:
+        server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     print("ready", flush=True)
     server.wait_for_termination()
@@ -121,11 +134,12 @@ def serve_grpc(port, out):
 
 if __name__ == "__main__":
     mode, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    tls = sys.argv[4:6] if len(sys.argv) >= 6 else None
     ctypes.CDLL(None).prctl(PR_SET_NAME, b"otlp-receiver", 0, 0, 0)
     out = open(path, "a", encoding="utf-8")
     if mode == "http":
-        serve_http(port, out)
+        serve_http(port, out, tls)
     else:
         import grpc
 
-        serve_grpc(port, out)
+        serve_grpc(port, out, tls)

@@ -10,7 +10,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::{peers::peer_script, servers::TempDir, ChildGuard};
+use crate::{peers::peer_script, servers::TempDir, Checked, ChildGuard};
 
 /// The receiver's transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,7 +25,9 @@ pub struct OtlpReceiver {
     pub transport: Transport,
     out: PathBuf,
     process: Option<ChildGuard>,
-    _dir: TempDir,
+    /// The CA that signed its certificate, when it serves TLS.
+    pub ca: Option<PathBuf>,
+    dir: TempDir,
 }
 
 impl OtlpReceiver {
@@ -44,8 +46,19 @@ impl OtlpReceiver {
             transport,
             out: dir.0.join("spans.jsonl"),
             process: None,
-            _dir: dir,
+            ca: None,
+            dir,
         }
+    }
+
+    /// A receiver serving TLS with a certificate for 127.0.0.1 signed by a CA of its own
+    /// (`ca`), made with openssl.
+    pub fn start_tls(transport: Transport) -> OtlpReceiver {
+        let mut receiver = OtlpReceiver::stopped(transport);
+        make_certificates(&receiver.dir.0);
+        receiver.ca = Some(receiver.dir.0.join("ca.crt"));
+        receiver.resume();
+        receiver
     }
 
     /// Starts listening (again) on the same port, appending to the same file.
@@ -59,6 +72,10 @@ impl OtlpReceiver {
             .args([mode, &self.port.to_string()])
             .arg(&self.out)
             .stdout(Stdio::null());
+        if self.ca.is_some() {
+            cmd.arg(self.dir.0.join("server.crt"))
+                .arg(self.dir.0.join("server.key"));
+        }
         let mut process = ChildGuard::spawn(cmd);
         crate::servers::wait_for_port(self.port, "otlp receiver", &mut process);
         self.process = Some(process);
@@ -66,7 +83,8 @@ impl OtlpReceiver {
 
     /// The endpoint to give the agent (`--otlp-endpoint`).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Every span received so far.
@@ -111,3 +129,73 @@ pub fn attribute(span: &Value, key: &str) -> Option<String> {
 /// `SpanKind` values.
 pub const KIND_SERVER: u64 = 2;
 pub const KIND_CLIENT: u64 = 3;
+
+/// A CA, and a server certificate for 127.0.0.1 it signed (`ca.crt`, `server.crt`,
+/// `server.key` in `dir`).
+fn make_certificates(dir: &std::path::Path) {
+    let p = |name: &str| dir.join(name).display().to_string();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let run = |args: &[&str]| {
+        Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .checked("openssl")
+    };
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            "/CN=otlp test CA",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.crt"),
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.csr"),
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p("san.ext"),
+        "-out",
+        &p("server.crt"),
+    ]);
+}

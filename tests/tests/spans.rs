@@ -766,3 +766,21 @@ fn spans_still_queued_at_shutdown_are_sent() {
     let (client_spans, server_spans) = by_kind(&spans);
     assert_eq!((client_spans.len(), server_spans.len()), (10, 10));
 }
+
+#[test]
+fn spans_reach_a_tls_endpoint_over_grpc_and_http_with_the_given_ca() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    for transport in [Transport::Grpc, Transport::Http] {
+        let receiver = OtlpReceiver::start_tls(transport);
+        let ca = receiver.ca.clone().unwrap();
+        let _agent = agent_exporting_to(&receiver, &["--otlp-certificate", ca.to_str().unwrap()]);
+        let mut client = RespClient::connect(redis.port);
+        for _ in 0..5 {
+            assert_eq!(client.command(&["PING"]).0, Reply::Ok("PONG".into()));
+        }
+        let spans = receiver.wait_for(10, Duration::from_secs(30), on_port(redis.port));
+        assert_eq!(spans.len(), 10, "{transport:?}: PING spans over TLS");
+        assert!(spans.iter().all(|s| s["name"] == "PING"));
+    }
+}

@@ -18,6 +18,7 @@ use agent_common::Role;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
@@ -70,6 +71,9 @@ pub struct ExportOptions {
     pub batch_delay: Duration,
     /// How long one batch is retried before it is dropped.
     pub retry_budget: Duration,
+    /// CA certificates for an `https://` endpoint (`OTEL_EXPORTER_OTLP_CERTIFICATE`);
+    /// `None` trusts the host's CA store.
+    pub ca_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
     /// Resource attributes every span carries: the node's (`host.name`, `k8s.node.name`)
     /// and the user's (`OTEL_RESOURCE_ATTRIBUTES`).
     pub resource: Vec<(String, String)>,
@@ -130,19 +134,33 @@ struct Accepted {
     rejected: u64,
 }
 
+/// Why the exporter cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("a CA certificate for the OTLP endpoint is not usable")]
+    Certificate(#[source] rustls::Error),
+    #[error("TLS setup failed")]
+    Tls(#[source] rustls::Error),
+    #[error(
+        "no CA certificates found on this host for the https endpoint (set --otlp-certificate)"
+    )]
+    NativeRoots(#[source] std::io::Error),
+}
+
 pub struct Exporter {
     options: ExportOptions,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     metrics: Arc<Metrics>,
     url: Uri,
 }
 
 impl Exporter {
-    pub fn new(options: ExportOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(options: ExportOptions, metrics: Arc<Metrics>) -> Result<Self, ExporterError> {
         let mut builder = Client::builder(TokioExecutor::new());
         if options.protocol == OtlpProtocol::Grpc {
             builder.http2_only(true);
         }
+        let connector = connector(&options)?;
         let url = match options.protocol {
             OtlpProtocol::HttpProtobuf => options.endpoint.clone(),
             OtlpProtocol::Grpc => {
@@ -151,12 +169,12 @@ impl Exporter {
                 Uri::from_parts(parts).unwrap_or_else(|_| options.endpoint.clone())
             }
         };
-        Self {
-            client: builder.build_http(),
+        Ok(Self {
+            client: builder.build(connector),
             options,
             metrics,
             url,
-        }
+        })
     }
 
     /// Takes spans off the queue until it closes (the capture side ended), exporting them
@@ -343,6 +361,39 @@ impl Exporter {
             }
         }
     }
+}
+
+/// Plain TCP for `http://`, TLS (rustls, ring) for `https://` with the given CAs or the
+/// host's; gRPC offers only h2 in ALPN, HTTP/protobuf only HTTP/1.1.
+fn connector(options: &ExportOptions) -> Result<HttpsConnector<HttpConnector>, ExporterError> {
+    let https = options.endpoint.scheme_str() == Some("https");
+    let builder = HttpsConnectorBuilder::new();
+    let builder = match (&options.ca_certificates, https) {
+        (None, true) => builder
+            .with_native_roots()
+            .map_err(ExporterError::NativeRoots)?,
+        (certificates, _) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates.iter().flatten() {
+                roots
+                    .add(certificate.clone())
+                    .map_err(ExporterError::Certificate)?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(ExporterError::Tls)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let builder = builder.https_or_http();
+    Ok(match options.protocol {
+        OtlpProtocol::Grpc => builder.enable_http2().build(),
+        OtlpProtocol::HttpProtobuf => builder.enable_http1().build(),
+    })
 }
 
 /// Reads a partial success out of an export response.

@@ -365,6 +365,7 @@ fn spans_are_grouped_by_workload_into_resources() {
             ("host.name".into(), "node-1".into()),
             ("service.name".into(), "ignored".into()),
         ],
+        ca_certificates: None,
         local_zone: Arc::new(|| Some("use1-az1".into())),
     };
     let request = build_request(&batch, &options);
