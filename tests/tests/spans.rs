@@ -502,10 +502,12 @@ fn a_receiver_that_is_down_costs_counted_spans_never_capture() {
     receiver.resume();
     // Export resumes at the next retry (backoff at most 5 s): the held batch arrives.
     let is_set = |s: &Value| on_port(redis.port)(s) && s["name"] == "SET";
-    let held = receiver.wait_for(1, Duration::from_secs(15), is_set);
+    let held = receiver.wait_for(1, Duration::from_secs(40), is_set);
     assert!(
         !held.is_empty(),
-        "no held SET span arrived after the receiver came back"
+        "no held SET span arrived after the receiver came back; agent metrics:\n{}\nagent output:\n{}",
+        nodetap_tests::lines_with(&agent.scrape(), "nodetap_spans"),
+        agent.output()
     );
     // Then new spans flow again: 100 GETs at a pace the queue of 64 absorbs while a
     // batch is on its way.
