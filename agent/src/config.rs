@@ -554,30 +554,29 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             problem: format!("{p:?} is not http/protobuf or grpc"),
         })?,
     };
-    let (key, url) = match (blank(&s.traces_endpoint), blank(&s.endpoint)) {
+    let (key, given) = match (blank(&s.traces_endpoint), blank(&s.endpoint)) {
         (Some(url), _) => ("otlp_traces_endpoint", url),
-        // The signal's path is appended to the generic endpoint for HTTP only (OTLP
-        // exporter specification, "Endpoint URLs for OTLP/HTTP").
-        (None, Some(url)) if protocol == OtlpProtocol::HttpProtobuf => (
-            "otlp_endpoint",
-            format!("{}/v1/traces", url.trim_end_matches('/')),
-        ),
         (None, Some(url)) => ("otlp_endpoint", url),
         (None, None) => return Ok(None),
     };
-    let endpoint: http::Uri = url.parse().map_err(|e| ConfigError::Invalid {
-        key,
-        problem: format!("{url:?} is not a URL: {e}"),
-    })?;
-    match endpoint.scheme_str() {
-        Some("http" | "https") if endpoint.authority().is_some() => {}
-        _ => {
-            return Err(ConfigError::Invalid {
-                key,
-                problem: format!("{url:?} is not an http:// or https:// URL with a host"),
-            })
-        }
+    let bad = |problem: String| ConfigError::Invalid { key, problem };
+    let parsed: http::Uri = given
+        .parse()
+        .map_err(|e| bad(format!("{given:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+        return Err(bad(format!(
+            "{given:?} is not an http:// or https:// URL with a host"
+        )));
     }
+    // The signal's path is appended to the generic endpoint for HTTP only (OTLP exporter
+    // specification, "Endpoint URLs for OTLP/HTTP").
+    let endpoint = if key == "otlp_endpoint" && protocol == OtlpProtocol::HttpProtobuf {
+        let url = format!("{}/v1/traces", given.trim_end_matches('/'));
+        url.parse()
+            .map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?
+    } else {
+        parsed
+    };
     let ca_certificates = match &s.certificate {
         None => None,
         Some(path) => Some(
