@@ -45,6 +45,10 @@ pub const MAP_INSTRUCTIONS: &str = "INSTRUCTIONS";
 pub const MAP_INSTRUCTION_GEN: &str = "INSTRUCTION_GEN";
 /// Final counters of connections whose close record found the ring buffer full.
 pub const MAP_CLOSED: &str = "CLOSED";
+/// One u64 userspace bumps every [`DEFAULT_REPORT_INTERVAL_NS`]: a counts-only
+/// connection reports its counters on its first call in a new epoch. A clock read per
+/// call cost more than the rest of a counts-only call's own work.
+pub const MAP_REPORT_EPOCH: &str = "REPORT_EPOCH";
 /// What each syscall number is (`Syscall` and payload class), filled by the loader: a
 /// table lookup rather than a `match`, so the verifier follows one path, not one per
 /// syscall.
@@ -62,8 +66,56 @@ pub const PAYLOAD_MSGHDR: u32 = 3;
 /// Name of the read-only global holding [`Config`].
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
-/// Default ring buffer size in bytes (a power of two, as the kernel requires).
+/// Default ring buffer budget in bytes, split into rings for the CPUs (see
+/// [`RingLayout`]).
 pub const DEFAULT_RINGBUF_BYTES: u32 = 16 << 20;
+/// The smallest ring a budget is split into: one call of a pipelining client can copy
+/// up to the per-call limit (256 KiB by default, more on request) in one burst, all into
+/// its CPU's ring. A budget too small for one ring per CPU gives neighbouring CPUs a
+/// shared ring rather than each a ring too small for a burst.
+pub const MIN_RING_BYTES: u32 = 4 << 20;
+/// CPUs the ring table is declared for; the loader sizes it to the machine's.
+pub const MAX_CPUS: u32 = 1024;
+/// Size of the inner-map template in the object (a ring's real size is set by the
+/// loader; the kernel compares type, key, value and flags of inner maps, not size).
+pub const RING_TEMPLATE_BYTES: u32 = 64 << 10;
+
+/// How a ring buffer budget is split: `rings` rings of `bytes` each (a power of two, the
+/// kernel's requirement); CPU `c` writes into ring `c % rings`. One ring per CPU where
+/// the budget gives each at least [`MIN_RING_BYTES`], fewer (shared) rings otherwise, one
+/// ring of the whole budget at least.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingLayout {
+    pub rings: u32,
+    pub bytes: u32,
+}
+
+impl RingLayout {
+    pub const fn new(budget: u32, cpus: u32) -> RingLayout {
+        let cpus = if cpus == 0 { 1 } else { cpus };
+        let by_budget = budget / MIN_RING_BYTES;
+        let rings = if by_budget == 0 {
+            1
+        } else if by_budget < cpus {
+            by_budget
+        } else {
+            cpus
+        };
+        let share = budget / rings;
+        let bytes = if share == 0 {
+            4096
+        } else {
+            1u32 << (31 - share.leading_zeros())
+        };
+        RingLayout { rings, bytes }
+    }
+
+    /// CPUs writing into one ring (the most of any ring).
+    pub const fn cpus_per_ring(&self, cpus: u32) -> u32 {
+        cpus.div_ceil(self.rings)
+    }
+}
+
 /// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
 pub const PENDING_ENTRIES: u32 = 16384;
 /// Connections the syscall tier keeps state for (the socket tier's state lives in the
@@ -291,7 +343,10 @@ impl DropReason {
 }
 
 /// Slots of the per-CPU `STATS` array.
-pub const STAT_RINGBUF_AVAIL: u32 = 0;
+/// Bytes of records reserved on this CPU's ring buffer (its producer position, which
+/// only this CPU moves): a record that crosses a multiple of the wake-up threshold wakes
+/// the reader, with no helper call to ask the ring how full it is.
+pub const STAT_RING_PRODUCED: u32 = 0;
 /// Connection states created by the kernel side (TCP sockets it saw move data).
 pub const STAT_STATES_CREATED: u32 = 1;
 /// Non-TCP sockets (Unix, UDP, ...) marked once so their later calls cost one lookup.
@@ -425,8 +480,8 @@ pub struct SockState {
     pub totals: Totals,
     /// Userspace's skip windows, applied: stream offsets below which nothing is copied.
     pub skip_until: [u64; 2],
-    /// When counters were last reported (counts-only connections).
-    pub last_report_ns: u64,
+    /// The report epoch in which counters were last reported (counts-only connections).
+    pub report_epoch: u64,
     /// The instruction generation last applied.
     pub instruction_gen: u64,
     /// The socket inode number (syscall tier: tells a reused socket address apart).
@@ -522,7 +577,6 @@ pub struct Config {
     /// `DETECT_BYTES`) is copied only while less than this many bytes wait in the ring
     /// buffer (half of it): connections userspace has decided on keep the room.
     pub undecided_ring_bytes: u32,
-    pub report_interval_ns: u64,
     pub kernel: KernelOffsets,
 }
 
@@ -559,7 +613,7 @@ const _: () = assert!(core::mem::size_of::<SockState>() == 280);
 const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
 const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
-const _: () = assert!(core::mem::size_of::<Config>() == 112);
+const _: () = assert!(core::mem::size_of::<Config>() == 104);
 
 // ---------------------------------------------------------------------------------------
 // IP-layer byte accounting (cgroup_skb programs)

@@ -13,7 +13,7 @@ use agent_common::{
     PAYLOAD_BUFFER, SYSCALL_SOCKETS,
 };
 use aya_ebpf::{
-    bindings::{BPF_RB_AVAIL_DATA, BPF_SK_STORAGE_GET_F_CREATE},
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     btf_maps::SkStorage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_smp_processor_id, bpf_probe_read_user,
@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words, EVENTS,
-    INSTRUCTIONS, INSTRUCTION_GEN,
+    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words,
+    INSTRUCTIONS, INSTRUCTION_GEN, REPORT_EPOCH,
 };
 
 /// Socket tier: the state lives in the socket itself and is freed with it, so a socket
@@ -175,6 +175,17 @@ fn starts_tls(state: &SockState, call: &Call) -> bool {
     }
 }
 
+/// Gives a call that was not timed (a counts-only call in the socket tier) its time,
+/// when it is about to be sent.
+#[inline(always)]
+fn stamp(call: &mut Call) {
+    if call.exit_ns == 0 {
+        let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+        call.enter_ns = now;
+        call.exit_ns = now;
+    }
+}
+
 /// Counts the call and sends what userspace needs of it.
 #[inline(always)]
 pub fn on_call(state: &mut SockState, call: &mut Call) {
@@ -191,7 +202,6 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
         atomic_xadd::<u64, u64, { Relaxed }>(&raw mut state.totals.bytes[d], call.bytes);
         atomic_xadd::<u32, u32, { Relaxed }>(&raw mut state.totals.calls[d][kind], 1);
     }
-    let call = &*call;
     let call_offset = call.call_offset;
     refresh_instruction(state);
     if state.announced == 0 {
@@ -209,8 +219,11 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
         }
         state.announced = 1;
     }
-    if state.resend_totals != 0 && record::counts(state, call) {
-        state.resend_totals = 0;
+    if state.resend_totals != 0 {
+        stamp(call);
+        if record::counts(state, call) {
+            state.resend_totals = 0;
+        }
     }
     if state.instructed == 0 && call_offset == 0 && starts_tls(state, call) {
         // Cheap filtering, before userspace's word: a client's first bytes that are a TLS
@@ -218,15 +231,17 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
         state.mode = [MODE_COUNTS_ONLY; 2];
     }
     if state.mode[d] == MODE_COUNTS_ONLY {
-        let interval = read_config_u64(&config().report_interval_ns);
-        if call.exit_ns.saturating_sub(state.last_report_ns) >= interval {
-            state.last_report_ns = call.exit_ns;
+        let epoch = REPORT_EPOCH.get(0).copied().unwrap_or(0);
+        if epoch != state.report_epoch {
+            state.report_epoch = epoch;
+            stamp(call);
             if !record::counts(state, call) {
                 state.resend_totals = 1;
             }
         }
         return;
     }
+    let call = &*call;
     // The part of the call to copy: nothing below the skip window, at most the per-call
     // limit, and before the first instruction at most the undecided budget.
     let bytes = call.bytes;
@@ -252,9 +267,8 @@ pub fn on_call(state: &mut SockState, call: &mut Call) {
         // counts-only instruction arrives.
         // Its first bytes are always copied: without them userspace cannot tell what the
         // connection speaks.
-        let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
         if call_offset >= DETECT_BYTES
-            && waiting >= read_config_u32(&config().undecided_ring_bytes) as u64
+            && crate::ring_waiting() >= read_config_u32(&config().undecided_ring_bytes) as u64
         {
             room = 0;
         }

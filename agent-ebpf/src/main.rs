@@ -32,16 +32,57 @@ use agent_common::{
     INSTRUCTION_ENTRIES, STATS_SLOTS, SYSCALL_TABLE_ENTRIES,
 };
 use aya_ebpf::{
-    macros::map,
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{ArrayOfMaps, RingBuf},
+    helpers::bpf_get_smp_processor_id,
+    macros::{btf_map, map},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 
 /// Set by the loader (`EbpfLoader::override_global`) before the programs are loaded.
 #[no_mangle]
 static CONFIG: Config = unsafe { core::mem::zeroed() };
 
-#[map(name = "EVENTS")]
-static EVENTS: RingBuf = RingBuf::with_byte_size(agent_common::DEFAULT_RINGBUF_BYTES, 0);
+/// One ring buffer per CPU, filled by the loader (index: CPU number). A ring shared by
+/// all CPUs makes every record take one spinlock and move the producer position between
+/// CPUs: on two busy CPUs that cache-line traffic cost more than the rest of a record.
+/// The agent merges the rings by time. (The template's size is not the rings' size: the
+/// kernel does not compare ring sizes of inner maps.)
+#[btf_map]
+static EVENTS: ArrayOfMaps<Ring, { agent_common::MAX_CPUS as usize }> = ArrayOfMaps::new();
+
+/// A ring buffer of records.
+pub type Ring = RingBuf<u8, { agent_common::RING_TEMPLATE_BYTES as usize }>;
+
+/// This CPU's ring buffer (`None` only if the loader left its slot empty).
+#[inline(always)]
+fn events() -> Option<&'static Ring> {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    EVENTS.get(cpu)
+}
+
+/// Bytes waiting in this CPU's ring buffer.
+#[inline(always)]
+fn ring_waiting() -> u64 {
+    match events() {
+        Some(ring) => unsafe {
+            aya_ebpf::helpers::generated::bpf_ringbuf_query(
+                ring as *const Ring as *mut core::ffi::c_void,
+                aya_ebpf::bindings::BPF_RB_AVAIL_DATA as u64,
+            )
+        },
+        None => 0,
+    }
+}
+
+/// Reserves a record of type `T` in this CPU's ring buffer; a full ring is counted.
+#[inline(always)]
+fn reserve<T: 'static>() -> Option<aya_ebpf::maps::ring_buf::RingBufEntry<T>> {
+    let entry = events().and_then(|ring| ring.reserve_untyped::<T>(0));
+    if entry.is_none() {
+        count_drop(DropReason::RingbufFull);
+    }
+    entry
+}
 
 /// Counters of lost or degraded records, indexed by `DropReason`.
 #[map(name = "DROPS")]
@@ -58,6 +99,10 @@ static INSTRUCTIONS: LruHashMap<u64, Instruction> =
 /// Bumped by userspace after it writes instructions.
 #[map(name = "INSTRUCTION_GEN")]
 static INSTRUCTION_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Bumped by userspace once per report interval (see `MAP_REPORT_EPOCH`).
+#[map(name = "REPORT_EPOCH")]
+static REPORT_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Close records that found the ring buffer full, by connection id; userspace drains it.
 #[map(name = "CLOSED")]

@@ -12,11 +12,11 @@ use core::ffi::c_void;
 
 use agent_common::{
     DropReason, EventHeader, EventKind, SockState, SummaryRecord, FLAG_LAST_SEGMENT, HEADER_LEN,
-    MAX_SEGMENT, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RINGBUF_AVAIL,
+    MAX_SEGMENT, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, STAT_RING_PRODUCED,
     SUMMARY_RECORD_LEN,
 };
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -28,7 +28,7 @@ use aya_ebpf::{
 use crate::{
     config,
     connection::{Call, Payload},
-    copy_words, count_drop, opaque, read_config_u32, socket, CLOSED, EVENTS, STATS,
+    copy_words, count_drop, opaque, read_config_u32, socket, CLOSED, STATS,
 };
 
 /// At most this many iovecs are walked per call (gRPC's C core writes a slice per header
@@ -74,20 +74,23 @@ fn fill(h: &mut EventHeader, kind: EventKind, state: &SockState, call: &Call) {
     copy_words(&mut h.tuple, &state.tuple);
 }
 
-/// Wake the reader when the waiting bytes cross a multiple of the wake-up threshold (this
-/// record included: the reservation already counts). Once per crossing, not once per
-/// record past it: a wake-up is an interrupt (a VM exit under a hypervisor), and a reader
-/// already woken needs no second one. It also drains on a short timer.
+/// Wake the reader when this CPU's ring has taken another wake-up threshold's worth of
+/// records (counted here: this CPU alone produces into its ring, so no helper call has to
+/// ask the ring). Once per threshold, not once per record: a wake-up is an interrupt (a
+/// VM exit under a hypervisor), and a reader already woken needs no second one. The
+/// reader also drains on a short timer.
 #[inline(always)]
 fn wakeup_flags(len: usize) -> u64 {
-    let waiting = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    if let Some(slot) = STATS.get_ptr_mut(STAT_RINGBUF_AVAIL) {
-        unsafe { *slot = waiting };
-    }
+    let Some(slot) = STATS.get_ptr_mut(STAT_RING_PRODUCED) else {
+        return BPF_RB_NO_WAKEUP as u64;
+    };
+    // The ring's own accounting: an 8-byte header, rounded up to 8 bytes.
+    let before = unsafe { *slot };
+    let after = before + ((len as u64 + 15) & !7);
+    unsafe { *slot = after };
     // A power of two (the loader makes it one).
     let mask = !(read_config_u32(&config().wakeup_bytes) as u64).wrapping_sub(1);
-    let before = waiting.saturating_sub(len as u64);
-    if before & mask != waiting & mask {
+    if before & mask != after & mask {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -98,8 +101,7 @@ fn wakeup_flags(len: usize) -> u64 {
 /// buffer is full.
 #[inline(always)]
 fn summary(kind: EventKind, state: &SockState, call: &Call, comm: bool) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<SummaryRecord>(0) else {
-        count_drop(DropReason::RingbufFull);
+    let Some(mut entry) = crate::reserve::<SummaryRecord>() else {
         return false;
     };
     let record = unsafe { &mut *entry.as_mut_ptr() };
@@ -330,8 +332,7 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
 /// tail beyond the copy limit) is a gap for userspace.
 #[inline(always)]
 fn direct<const N: usize>(state: &SockState, call: &Call, from: u64, src: u64, n: u64) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        count_drop(DropReason::RingbufFull);
+    let Some(mut entry) = crate::reserve::<Record<N>>() else {
         return false;
     };
     let record = unsafe { &mut *entry.as_mut_ptr() };
@@ -372,8 +373,7 @@ fn read_payload<const N: usize>(payload: &mut [u8; N], src: u64, n: u64) -> u32 
 /// from user memory at `src` into it, and submits it.
 #[inline(always)]
 fn emit<const N: usize>(template: &EventHeader, src: u64, n: u64, payload_offset: u64) -> bool {
-    let Some(mut entry) = EVENTS.reserve::<Record<N>>(0) else {
-        count_drop(DropReason::RingbufFull);
+    let Some(mut entry) = crate::reserve::<Record<N>>() else {
         return false;
     };
     let record = unsafe { &mut *entry.as_mut_ptr() };

@@ -55,10 +55,6 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
     if direction == Direction::Receive && flags & MSG_PEEK != 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if is_agent(pid_tgid) {
-        return;
-    }
     let sk: *mut c_void = ctx.arg(0);
     let Some(state) = socket_state(sk, true) else {
         return;
@@ -67,7 +63,12 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
         return;
     }
     if state.conn_id == 0 {
-        // First sight of this socket (it predates the agent, or is not TCP).
+        // First sight of this socket (it predates the agent, or is not TCP). The agent's
+        // own sockets are ignored from here on, so later calls need not ask who calls.
+        if is_agent(bpf_get_current_pid_tgid()) {
+            state.kind = STATE_IGNORED;
+            return;
+        }
         match socket::is_tcp(sk as u64) {
             Ok(true) => reset(state, Role::Unknown as u8),
             Ok(false) => {
@@ -93,12 +94,27 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
     let (mut syscall, mut payload, fd) = syscall_in_progress();
     let d = direction as usize & 1;
     let counts_only = state.mode[d] == MODE_COUNTS_ONLY && state.announced != 0;
-    // A counts-only direction needs no payload: skip the fd proof. (The coarse clock
-    // would do for it too, but tracing programs may not read it.)
+    // A counts-only direction needs no payload: skip the fd proof. Nor does it need the
+    // caller (its records, counts, name the connection's owner) or the time.
+    let mut pid_tgid = 0;
     if counts_only {
         payload = Payload::NONE;
+    } else {
+        pid_tgid = bpf_get_current_pid_tgid();
+        // Before a connection is announced: the handshake hook makes states without
+        // knowing whose they are (a server's socket is born in softirq), and the agent's
+        // own connections (its scrapes, its API calls) are not traffic to report.
+        if state.announced == 0 && is_agent(pid_tgid) {
+            state.kind = STATE_IGNORED;
+            return;
+        }
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // A counts-only call is timed only if it sends a record (see `connection::stamp`).
+    let now = if counts_only {
+        0
+    } else {
+        unsafe { bpf_ktime_get_ns() }
+    };
     if payload.class != PAYLOAD_NONE {
         // The payload is in this syscall's arguments only if its fd is this socket.
         let tgid = (pid_tgid >> 32) as u32;

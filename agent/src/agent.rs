@@ -4,12 +4,12 @@ use std::{sync::Arc, time::Duration};
 
 use agent_common::Tier;
 use anyhow::Context as _;
-use aya::maps::{MapData, RingBuf};
-use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
+use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind, sync::Notify};
 
 use crate::{
     capture::{
-        event::decode, instructions::InstructionSink, monotonic_ns, Tracker, TrackerOptions,
+        event::decode, instructions::InstructionSink, monotonic_ns, rings::Rings, Tracker,
+        TrackerOptions,
     },
     config::Config,
     metadata::{
@@ -29,7 +29,8 @@ use crate::{
 /// The reader drains the ring buffer at least this often: the kernel wakes it only when
 /// `wakeup_bytes` are waiting, so quiet periods are picked up by this timer.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
-const STATS_INTERVAL: Duration = Duration::from_secs(1);
+/// Also the report interval of counts-only connections (see `MAP_REPORT_EPOCH`).
+const STATS_INTERVAL: Duration = Duration::from_nanos(agent_common::DEFAULT_REPORT_INTERVAL_NS);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -100,7 +101,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
             .set(i64::from(hook.error.is_none()));
     }
-    metrics.ringbuf_size.set(i64::from(config.ringbuf_bytes));
     metrics
         .capture_info
         .get_or_create(&TierLabels {
@@ -108,6 +108,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .set(1);
     let maps = probes.take_maps()?;
+    let rings = Rings::new(maps.rings).context("reading the kernel's ring buffers")?;
+    metrics.ringbuf_size.set(rings.capacity() as i64);
     let flow_tables = match probes.take_flow_tables(config.network_flow_entries) {
         Some(Ok(tables)) => {
             metrics
@@ -187,7 +189,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Box::new(KernelInstructions::new(maps.instructions)),
     );
     let reader = tokio::spawn(read_events(
-        maps.events,
+        rings,
         maps.counters,
         maps.closed,
         flow_tables,
@@ -339,25 +341,67 @@ fn raise_memlock_limit() {
     }
 }
 
+/// Wakes the reader whenever the kernel wakes one of the rings' waiters: one small task
+/// per ring, each on its own copy of the ring's fd.
+fn watch_rings(
+    rings: &Rings,
+    woken: &Arc<Notify>,
+) -> std::io::Result<Vec<tokio::task::JoinHandle<()>>> {
+    rings
+        .fds()
+        .map(|fd| {
+            // SAFETY: the AsyncFd owns its copy of the fd, which stays open for as long as
+            // it is registered.
+            let fd = unsafe {
+                AsyncFd::register_with_interest(
+                    fd.try_clone_to_owned()?,
+                    tokio::io::Interest::READABLE,
+                )
+            }?;
+            let woken = woken.clone();
+            Ok(tokio::spawn(async move {
+                loop {
+                    match fd.readable().await {
+                        Ok(mut guard) => {
+                            woken.notify_one();
+                            guard.clear_ready();
+                        }
+                        Err(e) => {
+                            log::error!("polling a ring buffer failed: {e}");
+                            return;
+                        }
+                    }
+                }
+            }))
+        })
+        .collect()
+}
+
 async fn read_events(
-    ring: RingBuf<MapData>,
-    counters: KernelCounters,
+    mut rings: Rings,
+    mut counters: KernelCounters,
     mut closed: ClosedMap,
     mut flow_tables: Option<FlowTables>,
     mut tracker: Tracker,
     metrics: Arc<Metrics>,
 ) {
-    // SAFETY: the ring buffer owns its fd and the AsyncFd owns the ring buffer, so the fd
-    // stays open for as long as it is registered.
-    let registered =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
-    let mut ring = match registered {
-        Ok(fd) => fd,
+    let woken = Arc::new(Notify::new());
+    let watchers = match watch_rings(&rings, &woken) {
+        Ok(watchers) => watchers,
         Err(e) => {
-            log::error!("cannot poll the event ring buffer: {e}");
+            log::error!("cannot poll the event ring buffers: {e}");
             return;
         }
     };
+    // The watchers stop with the reader.
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|w| w.abort());
+        }
+    }
+    let _watchers = AbortOnDrop(watchers);
+    let ring = &mut rings;
     let mut drain_tick = tokio::time::interval(DRAIN_INTERVAL);
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stats_tick = tokio::time::interval(STATS_INTERVAL);
@@ -368,20 +412,11 @@ async fn read_events(
     let mut states_seen = (0u64, 0u64);
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                match guard {
-                    Ok(mut guard) => {
-                        drain(guard.get_inner_mut(), &mut tracker, &metrics);
-                        guard.clear_ready();
-                    }
-                    Err(e) => {
-                        log::error!("polling the event ring buffer failed: {e}");
-                        return;
-                    }
-                }
-            }
-            _ = drain_tick.tick() => drain(ring.get_mut(), &mut tracker, &metrics),
+            _ = woken.notified() => drain(ring, &mut tracker, &metrics),
+            _ = drain_tick.tick() => drain(ring, &mut tracker, &metrics),
             _ = stats_tick.tick() => {
+                // Counts-only connections report once per tick (the report interval).
+                counters.next_report_epoch();
                 for (i, (reason, total)) in counters.drops().into_iter().enumerate() {
                     let delta = total.saturating_sub(lost_seen[i]);
                     if delta > 0 {
@@ -392,14 +427,14 @@ async fn read_events(
                     }
                     metrics.events_lost.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(delta);
                 }
-                metrics.ringbuf_waiting.set(counters.ringbuf_waiting() as i64);
+                metrics.ringbuf_waiting.set(ring.waiting() as i64);
                 let states = counters.states();
                 metrics.capture_states.inc_by(states.0.saturating_sub(states_seen.0));
                 metrics.capture_non_tcp.inc_by(states.1.saturating_sub(states_seen.1));
                 states_seen = states;
                 // Records first, so a close parked while the ring was full comes after
                 // the connection's other records.
-                drain(ring.get_mut(), &mut tracker, &metrics);
+                drain(ring, &mut tracker, &metrics);
                 drain_closed(&mut closed, &mut tracker, &metrics);
             }
             _ = sweep_tick.tick() => {
@@ -410,7 +445,7 @@ async fn read_events(
                 let tables = flow_tables.as_mut().expect("guarded");
                 // Events first: the connection opens they carry name the processes
                 // whose cgroups the flows belong to.
-                drain(ring.get_mut(), &mut tracker, &metrics);
+                drain(ring, &mut tracker, &metrics);
                 match tables.drain() {
                     Ok(flows) => {
                         let overflow = tables.overflow_delta();
@@ -423,16 +458,15 @@ async fn read_events(
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, tracker: &mut Tracker, metrics: &Metrics) {
-    while let Some(record) = ring.next() {
-        match decode(&record) {
-            Ok(event) => tracker.handle(&event),
-            Err(e) => {
-                metrics.events_undecodable.inc();
-                log::debug!("undecodable event: {e}");
-            }
+fn drain(rings: &mut Rings, tracker: &mut Tracker, metrics: &Metrics) {
+    let now = monotonic_ns();
+    rings.drain(now, |record| match decode(record) {
+        Ok(event) => tracker.handle(&event),
+        Err(e) => {
+            metrics.events_undecodable.inc();
+            log::debug!("undecodable event: {e}");
         }
-    }
+    });
     tracker.after_drain(monotonic_ns());
 }
 

@@ -4,10 +4,11 @@
 //! `record.rs`: requests to the signals, health to the protocol counters.
 
 pub mod event;
-mod id_hash;
+pub(crate) mod id_hash;
 pub mod instructions;
 pub mod listeners;
 mod record;
+pub mod rings;
 pub mod stream;
 
 use std::{collections::HashMap, sync::Arc};
@@ -56,6 +57,15 @@ pub struct Connection {
     pub calls: [u64; 2],
     /// The kernel's call counters by kind as of the latest record (u32, wrapping).
     kinds: [[u32; CALL_KINDS]; 2],
+    /// What the metrics have of `bytes` and `kinds`: they are brought up to date once
+    /// per drain, not per record (an atomic add per record and counter waited for the
+    /// record's stores each time).
+    reported_bytes: [u64; 2],
+    reported_kinds: [[u32; CALL_KINDS]; 2],
+    /// Whether the connection is on the tracker's list of counters to report.
+    unreported: bool,
+    /// Its key in the (pid, fd) index, if it has one.
+    fd_key: Option<(u32, i32)>,
     /// What it speaks, and the parsing session if it is a protocol the agent parses.
     pub protocol: ConnectionProtocol,
     /// The two byte streams as fed to the session, by `Direction as usize`.
@@ -136,6 +146,10 @@ impl Connection {
             bytes: [0; 2],
             calls: [0; 2],
             kinds: [[0; CALL_KINDS]; 2],
+            reported_bytes: [0; 2],
+            reported_kinds: [[0; CALL_KINDS]; 2],
+            unreported: false,
+            fd_key: None,
             protocol: ConnectionProtocol::default(),
             streams: Default::default(),
             wanted: Wanted::default(),
@@ -161,15 +175,15 @@ impl Connection {
     /// Brings the TCP counters up to what a record says of the kernel's. Every value is
     /// a total, so records lost on the way lose no byte and no call, and records arriving
     /// out of order across CPUs never count backwards.
-    fn account(&mut self, metrics: &Metrics, counted: &Counted) {
+    fn account(&mut self, counted: &Counted) {
         match *counted {
             Counted::All(totals) => {
                 for direction in [Direction::Transmit, Direction::Receive] {
                     let d = direction as usize;
-                    self.account_bytes(metrics, direction, totals.bytes[d]);
+                    self.account_bytes(direction, totals.bytes[d]);
                     for syscall in Syscall::ALL {
                         let k = syscall as usize % CALL_KINDS;
-                        self.account_calls(metrics, direction, syscall, totals.calls[d][k]);
+                        self.account_calls(direction, syscall, totals.calls[d][k]);
                     }
                 }
             }
@@ -179,29 +193,20 @@ impl Connection {
                 stream_end,
                 kind_calls,
             } => {
-                self.account_bytes(metrics, direction, stream_end);
-                self.account_calls(metrics, direction, syscall, kind_calls);
+                self.account_bytes(direction, stream_end);
+                self.account_calls(direction, syscall, kind_calls);
             }
         }
     }
 
-    fn account_bytes(&mut self, metrics: &Metrics, direction: Direction, total: u64) {
+    fn account_bytes(&mut self, direction: Direction, total: u64) {
         let d = direction as usize;
         if total > self.bytes[d] {
-            self.counters
-                .bytes(metrics, self.role, &self.workload, direction)
-                .inc_by(total - self.bytes[d]);
             self.bytes[d] = total;
         }
     }
 
-    fn account_calls(
-        &mut self,
-        metrics: &Metrics,
-        direction: Direction,
-        syscall: Syscall,
-        total: u32,
-    ) {
+    fn account_calls(&mut self, direction: Direction, syscall: Syscall, total: u32) {
         let (d, k) = (direction as usize, syscall as usize % CALL_KINDS);
         let diff = total.wrapping_sub(self.kinds[d][k]);
         // A total older than one already counted: never count backwards.
@@ -210,9 +215,30 @@ impl Connection {
         }
         self.kinds[d][k] = total;
         self.calls[d] += u64::from(diff);
-        self.counters
-            .calls(metrics, self.role, &self.workload, direction, syscall)
-            .inc_by(u64::from(diff));
+    }
+
+    /// Brings the TCP metrics up to the counters.
+    fn report(&mut self, metrics: &Metrics) {
+        self.unreported = false;
+        for direction in [Direction::Transmit, Direction::Receive] {
+            let d = direction as usize;
+            if self.bytes[d] > self.reported_bytes[d] {
+                self.counters
+                    .bytes(metrics, self.role, &self.workload, direction)
+                    .inc_by(self.bytes[d] - self.reported_bytes[d]);
+                self.reported_bytes[d] = self.bytes[d];
+            }
+            for syscall in Syscall::ALL {
+                let k = syscall as usize % CALL_KINDS;
+                let diff = self.kinds[d][k].wrapping_sub(self.reported_kinds[d][k]);
+                if diff != 0 {
+                    self.counters
+                        .calls(metrics, self.role, &self.workload, direction, syscall)
+                        .inc_by(u64::from(diff));
+                    self.reported_kinds[d][k] = self.kinds[d][k];
+                }
+            }
+        }
     }
 
     /// Which side of the conversation bytes in `direction` come from, if known.
@@ -315,8 +341,13 @@ pub struct Tracker {
     signals: Vec<Box<dyn Signal>>,
     /// Reused buffer of what sessions completed.
     done: Vec<Request>,
-    /// `nodetap_events_total` by kind, resolved once (one per record is hot).
+    /// `nodetap_events_total` by kind, resolved once, and the records counted since the
+    /// last drain: a locked add per record waited for the record's stores each time.
     event_counters: [Counter; event::EVENT_KINDS.len()],
+    events_pending: [u64; event::EVENT_KINDS.len()],
+    /// Connections whose TCP counters moved since the last drain (see
+    /// `Connection::report`).
+    unreported: Vec<u64>,
 }
 
 impl Tracker {
@@ -345,6 +376,8 @@ impl Tracker {
             opts,
             signals,
             done: Vec::new(),
+            events_pending: [0; event::EVENT_KINDS.len()],
+            unreported: Vec::new(),
             event_counters: event::EVENT_KINDS
                 .map(|kind| metrics.events.get_or_create_owned(&KindLabels { kind })),
             metrics,
@@ -401,56 +434,67 @@ impl Tracker {
     }
 
     pub fn handle(&mut self, event: &Event<'_>) {
-        self.event_counters[event.kind_index()].inc();
+        self.events_pending[event.kind_index()] += 1;
         let common = event.common();
-        let known = self.conns.contains_key(&common.conn_id);
-        // Ids are never reused: only a connection not in the table can be a closed one.
-        if !known && self.closed.contains(common.conn_id) {
+        if let Event::Close { .. } = event {
+            if self.conns.contains_key(&common.conn_id) || !self.closed.contains(common.conn_id) {
+                self.on_close(common);
+            }
             return;
         }
-        if let Event::Close { .. } = event {
-            self.on_close(common);
-        } else if known || self.ensure(common) {
-            let conn = self.conns.get_mut(&common.conn_id).expect("ensured");
-            conn.account(&self.metrics, &common.counted);
-            conn.last_ns = conn.last_ns.max(common.exit_ns);
-            if let Event::Data {
-                direction,
-                bytes,
-                call_offset,
-                payload_offset,
-                last,
-                payload,
-                ..
-            } = *event
-            {
-                let segment = stream::Segment {
-                    call_offset,
-                    call_bytes: bytes,
-                    payload_offset,
-                    payload,
-                    last,
-                };
-                parse(
-                    conn,
-                    &mut self.done,
-                    &self.sessions,
-                    &self.signals,
-                    &self.metrics,
-                    common,
-                    direction,
-                    &segment,
-                );
+        // One lookup for a known connection (the common case). Ids are never reused:
+        // only a connection not in the table can be a closed one.
+        let conn = match self.conns.get_mut(&common.conn_id) {
+            Some(conn) => conn,
+            None => {
+                if self.closed.contains(common.conn_id) || !self.ensure(common) {
+                    return;
+                }
+                self.metrics
+                    .connections_tracked
+                    .set(self.conns.len() as i64);
+                self.conns.get_mut(&common.conn_id).expect("ensured")
             }
-            let wanted = conn.wanted();
-            if conn.wanted.worth_sending(&wanted) {
-                conn.wanted = wanted;
-                self.instructions.set(common.conn_id, wanted.instruction());
-            }
+        };
+        conn.account(&common.counted);
+        if !conn.unreported {
+            conn.unreported = true;
+            self.unreported.push(common.conn_id);
         }
-        self.metrics
-            .connections_tracked
-            .set(self.conns.len() as i64);
+        conn.last_ns = conn.last_ns.max(common.exit_ns);
+        if let Event::Data {
+            direction,
+            bytes,
+            call_offset,
+            payload_offset,
+            last,
+            payload,
+            ..
+        } = *event
+        {
+            let segment = stream::Segment {
+                call_offset,
+                call_bytes: bytes,
+                payload_offset,
+                payload,
+                last,
+            };
+            parse(
+                conn,
+                &mut self.done,
+                &self.sessions,
+                &self.signals,
+                &self.metrics,
+                common,
+                direction,
+                &segment,
+            );
+        }
+        let wanted = conn.wanted();
+        if conn.wanted.worth_sending(&wanted) {
+            conn.wanted = wanted;
+            self.instructions.set(common.conn_id, wanted.instruction());
+        }
     }
 
     /// Makes sure the record's connection is in the table; false if the table is full
@@ -496,7 +540,8 @@ impl Tracker {
         if self.conns.len() >= self.opts.max_connections {
             self.metrics.connections_untracked.inc();
             let mut conn = conn;
-            conn.account(&self.metrics, &common.counted);
+            conn.account(&common.counted);
+            conn.report(&self.metrics);
             return false;
         }
         let mut conn = conn;
@@ -513,10 +558,11 @@ impl Tracker {
             }
             self.by_endpoints.insert(endpoints, common.conn_id);
         }
-        self.conns.insert(common.conn_id, conn);
         if common.fd >= 0 && common.pid != 0 {
+            conn.fd_key = Some((common.pid, common.fd));
             self.fds.insert((common.pid, common.fd), common.conn_id);
         }
+        self.conns.insert(common.conn_id, conn);
         true
     }
 
@@ -539,8 +585,23 @@ impl Tracker {
     /// After a drain of the ring buffer: publishes instructions and ends connections
     /// closed longer than the grace period ago.
     pub fn after_drain(&mut self, now_ns: u64) {
+        self.report_counters();
         self.publish_instructions();
         self.end_closed(now_ns);
+    }
+
+    /// Brings the record and TCP counters up to what the records since the last call said.
+    pub fn report_counters(&mut self) {
+        for (counter, pending) in self.event_counters.iter().zip(&mut self.events_pending) {
+            if *pending > 0 {
+                counter.inc_by(std::mem::take(pending));
+            }
+        }
+        for id in self.unreported.drain(..) {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.report(&self.metrics);
+            }
+        }
     }
 
     /// Ends a connection's protocol session: the bytes still held of calls whose last
@@ -604,9 +665,12 @@ impl Tracker {
                 return;
             }
         }
-        let metrics = self.metrics.clone();
         if let Some(conn) = self.conns.get_mut(&common.conn_id) {
-            conn.account(&metrics, &common.counted);
+            conn.account(&common.counted);
+            if !conn.unreported {
+                conn.unreported = true;
+                self.unreported.push(common.conn_id);
+            }
             if conn.closing_at.is_none() {
                 conn.closing_at = Some(common.exit_ns);
                 self.closing.push(common.conn_id);
@@ -633,6 +697,7 @@ impl Tracker {
             let Some(mut conn) = self.conns.remove(&id) else {
                 continue;
             };
+            conn.report(&self.metrics);
             self.forget_endpoints(id, &conn);
             self.finish_session(&mut conn);
             self.metrics
@@ -642,7 +707,12 @@ impl Tracker {
                     workload: conn.workload.clone(),
                 })
                 .inc();
-            self.fds.retain(|_, c| *c != id);
+            // Its own entry only: a later connection may have taken the (pid, fd).
+            if let Some(key) = conn.fd_key {
+                if self.fds.get(&key) == Some(&id) {
+                    self.fds.remove(&key);
+                }
+            }
             self.instructions.forget(id);
             self.closed.insert(id);
         }
@@ -673,6 +743,7 @@ impl Tracker {
             .collect();
         for id in &idle {
             if let Some(mut conn) = self.conns.remove(id) {
+                conn.report(&self.metrics);
                 self.forget_endpoints(*id, &conn);
                 self.finish_session(&mut conn);
             }
@@ -813,6 +884,8 @@ mod tests {
     fn feed(t: &mut Tracker, h: &ev::TestRecord, payload: &[u8]) {
         let rec = ev::record(h, payload);
         t.handle(&decode(&rec).unwrap());
+        // As after every drain of the ring buffers.
+        t.report_counters();
     }
 
     /// A connection as the kernel reports it: its counters move with every call.

@@ -58,6 +58,12 @@ pub struct PodLabels {
 }
 
 impl WorkloadLabels {
+    /// The address of the shared label values: equal for clones of one value (a cache
+    /// key that holds a clone keeps the address from being reused).
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     /// A workload known only by its service name.
     pub fn service(name: Name) -> Self {
         Self(Arc::new(WorkloadFields {

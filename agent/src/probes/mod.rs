@@ -5,12 +5,12 @@ pub mod btf;
 
 use agent_common::{
     Config, DropReason, Instruction, SummaryRecord, Syscall, Tier, DROP_REASONS, GLOBAL_CONFIG,
-    MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS, MAP_INSTRUCTION_GEN, MAP_STATS,
-    MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE,
-    STAT_RINGBUF_AVAIL, STAT_STATES_CREATED, STAT_STATES_IGNORED,
+    MAP_CLOSED, MAP_DROPS, MAP_EVENTS, MAP_INSTRUCTIONS, MAP_INSTRUCTION_GEN, MAP_REPORT_EPOCH,
+    MAP_STATS, MAP_SYSCALL_TABLE, PAYLOAD_BUFFER, PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE,
+    STAT_STATES_CREATED, STAT_STATES_IGNORED,
 };
 use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, ArrayOfMaps, HashMap, MapData, PerCpuArray},
     programs::{BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
@@ -164,7 +164,13 @@ pub enum ProbeError {
     NoSocketTier,
     #[error("eBPF map {name} missing from the object")]
     MissingMap { name: &'static str },
-    #[error("eBPF map {name} has an unexpected type")]
+    #[error("cannot count the possible CPUs ({path})")]
+    Cpus {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("eBPF map {name}: cannot create or fill it")]
     Map {
         name: &'static str,
         #[source]
@@ -199,15 +205,28 @@ pub struct Probes {
     ebpf: Ebpf,
     pub tier: Tier,
     pub hooks: Vec<HookStatus>,
+    /// The CPUs' ring buffers (index: CPU number), until `take_maps`.
+    rings: Vec<MapData>,
 }
 
 /// Counters the kernel keeps, read from the maps.
 pub struct KernelCounters {
     drops: PerCpuArray<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
+    report_epoch: Array<MapData, u64>,
+    epoch: u64,
 }
 
 impl KernelCounters {
+    /// Starts a new report epoch: each counts-only connection sends its counters on its
+    /// next call. Call once per `DEFAULT_REPORT_INTERVAL_NS`.
+    pub fn next_report_epoch(&mut self) {
+        self.epoch += 1;
+        if let Err(e) = self.report_epoch.set(0, self.epoch, 0) {
+            log::debug!("cannot start a report epoch: {e}");
+        }
+    }
+
     /// Records lost or degraded so far, by reason, summed over CPUs.
     pub fn drops(&self) -> [(DropReason, u64); DROP_REASONS] {
         DropReason::ALL.map(|reason| {
@@ -218,14 +237,6 @@ impl KernelCounters {
                 .unwrap_or(0);
             (reason, total)
         })
-    }
-
-    /// Bytes waiting in the ring buffer at the last record, largest over CPUs.
-    pub fn ringbuf_waiting(&self) -> u64 {
-        self.stats
-            .get(&STAT_RINGBUF_AVAIL, 0)
-            .map(|per_cpu| per_cpu.iter().copied().max().unwrap_or(0))
-            .unwrap_or(0)
     }
 
     /// Connection states created, and non-TCP sockets marked, summed over CPUs.
@@ -251,7 +262,8 @@ pub type ClosedMap = HashMap<MapData, u64, SummaryRecord>;
 
 /// The maps the capture path reads and writes.
 pub struct CaptureMaps {
-    pub events: RingBuf<MapData>,
+    /// One ring buffer of records per CPU (index: CPU number).
+    pub rings: Vec<MapData>,
     pub counters: KernelCounters,
     pub instructions: InstructionMaps,
     pub closed: ClosedMap,
@@ -284,15 +296,21 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         .and_then(|b| b.kernel_offsets())
         .map_err(|e| fail(ProbeError::Btf(e)))?;
     let kernel_btf = Btf::from_sys_fs().map_err(|e| fail(ProbeError::KernelBtf(e)))?;
+    let cpus = possible_cpus().map_err(fail)?;
+    let layout = agent_common::RingLayout::new(opts.ringbuf_bytes, cpus);
+    let ring_bytes = layout.bytes;
     let mut config = Config {
         tier: Tier::Syscall as u32,
         agent_pid: std::process::id(),
         // A power of two: the kernel finds a crossing with a mask, not two divisions.
-        wakeup_bytes: prev_power_of_two(opts.wakeup_bytes),
+        // Counted per CPU: a ring shared by n CPUs wakes the reader before it holds n
+        // thresholds.
+        wakeup_bytes: prev_power_of_two(
+            opts.wakeup_bytes.min(ring_bytes / 4) / layout.cpus_per_ring(cpus),
+        ),
         call_capture: opts.call_capture,
         undecided_bytes: agent_common::DEFAULT_UNDECIDED_BYTES,
-        undecided_ring_bytes: opts.ringbuf_bytes / 2,
-        report_interval_ns: agent_common::DEFAULT_REPORT_INTERVAL_NS,
+        undecided_ring_bytes: ring_bytes / 2,
         kernel,
     };
     // The tier is written into the programs' read-only configuration, so it is chosen
@@ -310,7 +328,9 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
         Tier::Syscall
     };
     config.tier = tier as u32;
-    let mut ebpf = load_object(&config, opts).map_err(|e| fail(ProbeError::Load(e)))?;
+    let mut ebpf = load_object(&config, opts, cpus).map_err(|e| fail(ProbeError::Load(e)))?;
+    // Before any program is attached: a program finding its CPU's slot empty drops.
+    let rings = create_rings(&mut ebpf, cpus, layout).map_err(fail)?;
 
     let mut hooks = Vec::new();
     for hook in hooks_of(tier) {
@@ -350,13 +370,18 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Probes, Box<LoadFailure>> {
             hooks,
         }));
     }
-    Ok(Probes { ebpf, tier, hooks })
+    Ok(Probes {
+        ebpf,
+        tier,
+        hooks,
+        rings,
+    })
 }
 
-fn load_object(config: &Config, opts: &LoadOptions<'_>) -> Result<Ebpf, aya::EbpfError> {
+fn load_object(config: &Config, opts: &LoadOptions<'_>, cpus: u32) -> Result<Ebpf, aya::EbpfError> {
     let mut ebpf = EbpfLoader::new()
         .override_global(GLOBAL_CONFIG, config, true)
-        .map_max_entries(MAP_EVENTS, opts.ringbuf_bytes)
+        .map_max_entries(MAP_EVENTS, cpus)
         .map_max_entries(agent_common::MAP_NET_FLOWS[0], opts.flow_entries)
         .map_max_entries(agent_common::MAP_NET_FLOWS[1], opts.flow_entries)
         .load(EBPF_OBJECT)?;
@@ -409,11 +434,10 @@ fn socket_tier_loads(config: &Config, kernel_btf: &Btf, opts: &LoadOptions<'_>) 
         ..*config
     };
     let small = LoadOptions {
-        ringbuf_bytes: 4096,
         flow_entries: 1,
         ..*opts
     };
-    let mut ebpf = match load_object(&trial, &small) {
+    let mut ebpf = match load_object(&trial, &small, 1) {
         Ok(ebpf) => ebpf,
         Err(e) => {
             log::debug!("socket tier unavailable: {}", crate::error_chain(&e));
@@ -550,18 +574,20 @@ impl Probes {
                 .take_map(name)
                 .ok_or(ProbeError::MissingMap { name })
         };
-        let events = take(MAP_EVENTS)?;
         let drops = take(MAP_DROPS)?;
         let stats = take(MAP_STATS)?;
         let instructions = take(MAP_INSTRUCTIONS)?;
         let generation = take(MAP_INSTRUCTION_GEN)?;
         let closed = take(MAP_CLOSED)?;
+        let report_epoch = take(MAP_REPORT_EPOCH)?;
         let map_err = |name: &'static str| move |source| ProbeError::Map { name, source };
         Ok(CaptureMaps {
-            events: RingBuf::try_from(events).map_err(map_err(MAP_EVENTS))?,
+            rings: std::mem::take(&mut self.rings),
             counters: KernelCounters {
                 drops: PerCpuArray::try_from(drops).map_err(map_err(MAP_DROPS))?,
                 stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_STATS))?,
+                report_epoch: Array::try_from(report_epoch).map_err(map_err(MAP_REPORT_EPOCH))?,
+                epoch: 0,
             },
             instructions: InstructionMaps {
                 instructions: HashMap::try_from(instructions).map_err(map_err(MAP_INSTRUCTIONS))?,
@@ -573,8 +599,94 @@ impl Probes {
 }
 
 /// The largest power of two not above `n` (1 for 0).
+/// The number of possible CPUs: the per-CPU ring table's size (a CPU brought online later
+/// finds its ring ready).
+fn possible_cpus() -> Result<u32, ProbeError> {
+    aya::util::nr_cpus()
+        .map(|n| n as u32)
+        .map_err(|(path, source)| ProbeError::Cpus { path, source })
+}
+
+/// Creates the rings of `layout` and gives each CPU its ring in the programs' table.
+fn create_rings(
+    ebpf: &mut Ebpf,
+    cpus: u32,
+    layout: agent_common::RingLayout,
+) -> Result<Vec<MapData>, ProbeError> {
+    let map_err = |source| ProbeError::Map {
+        name: MAP_EVENTS,
+        source,
+    };
+    let table = ebpf
+        .map_mut(MAP_EVENTS)
+        .ok_or(ProbeError::MissingMap { name: MAP_EVENTS })?;
+    let mut table: ArrayOfMaps<&mut MapData, MapData> =
+        ArrayOfMaps::try_from(table).map_err(map_err)?;
+    let rings = (0..layout.rings)
+        .map(|_| {
+            let definition = aya_obj::Map::new_from_params(
+                aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32,
+                0,
+                0,
+                layout.bytes,
+                0,
+            );
+            MapData::create(definition, "nodetap_events", None).map_err(map_err)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for cpu in 0..cpus {
+        let ring = &rings[(cpu % layout.rings) as usize];
+        table.set(cpu, ring, 0).map_err(map_err)?;
+    }
+    Ok(rings)
+}
+
 fn prev_power_of_two(n: u32) -> u32 {
     1 << (31 - n.max(1).leading_zeros())
+}
+
+#[cfg(test)]
+mod ring_layout_tests {
+    use agent_common::{RingLayout, MIN_RING_BYTES};
+
+    #[test]
+    fn a_ring_per_cpu_where_the_budget_allows_else_shared_rings() {
+        let mib = 1 << 20;
+        // This machine's case: two CPUs, the default 16 MiB budget.
+        assert_eq!(
+            RingLayout::new(16 * mib, 2),
+            RingLayout {
+                rings: 2,
+                bytes: 8 * mib
+            }
+        );
+        // A 64-CPU node: no ring below the minimum, so CPUs share.
+        assert_eq!(
+            RingLayout::new(16 * mib, 64),
+            RingLayout {
+                rings: 4,
+                bytes: MIN_RING_BYTES
+            }
+        );
+        assert_eq!(RingLayout::new(16 * mib, 64).cpus_per_ring(64), 16);
+        // A budget below the minimum is one ring of the whole budget.
+        assert_eq!(
+            RingLayout::new(65536, 8),
+            RingLayout {
+                rings: 1,
+                bytes: 65536
+            }
+        );
+        // Three CPUs: equal shares rounded down to a power of two.
+        assert_eq!(
+            RingLayout::new(16 * mib, 3),
+            RingLayout {
+                rings: 3,
+                bytes: 4 * mib
+            }
+        );
+        assert_eq!(RingLayout::new(16 * mib, 3).cpus_per_ring(3), 1);
+    }
 }
 
 #[cfg(test)]
