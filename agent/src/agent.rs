@@ -161,6 +161,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         None
     };
+    let (spans, exporter) = match &config.spans {
+        Some(spans_config) => {
+            let (signal, exporter) = start_spans(spans_config, &config, &zones, &metrics)
+                .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
+                .context("cannot export spans (--otlp-endpoint)")?;
+            (Some(signal), Some(exporter))
+        }
+        None => (None, None),
+    };
     let identity = Identity::new(
         report.cgroup.v2_root().map(CgroupResolver::new),
         pods,
@@ -175,6 +184,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_connections: config.max_connections,
             request_timeout_ns: config.request_timeout.as_nanos() as u64,
             http_routes: config.http_routes.clone(),
+            spans,
         },
         identity,
         Box::new(KernelInstructions::new(maps.instructions)),
@@ -208,9 +218,71 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     log::info!("shutting down: detaching kernel programs");
     reader.abort();
     let _ = reader.await;
+    if let Some(exporter) = exporter {
+        // The reader's end of the span queue is gone with it: the exporter sends what is
+        // queued and stops, or is left behind after a few seconds.
+        if tokio::time::timeout(Duration::from_secs(5), exporter)
+            .await
+            .is_err()
+        {
+            log::warn!("spans still queued at shutdown were not exported");
+        }
+    }
     // Dropping the programs closes their links: nothing stays attached.
     drop(probes);
     Ok(())
+}
+
+/// The spans signal for the tracker and its exporter's task.
+fn start_spans(
+    spans_config: &crate::config::SpansConfig,
+    config: &Config,
+    zones: &SharedZones,
+    metrics: &Arc<Metrics>,
+) -> Result<
+    (crate::signals::spans::Spans, tokio::task::JoinHandle<()>),
+    crate::signals::spans::export::ExporterError,
+> {
+    use crate::signals::spans::{export::Exporter, Spans};
+    let mut export = spans_config.export.clone();
+    let zones = zones.clone();
+    export.local_zone = Arc::new(move || {
+        let zone = zones.read(|s| s.map.local_zone().to_owned());
+        (zone != crate::metadata::zones::UNKNOWN).then_some(zone)
+    });
+    let mut node = vec![("host.name".to_owned(), host_name())];
+    if config.kubernetes.is_enabled() {
+        node.push((
+            "k8s.node.name".to_owned(),
+            config.kubernetes.node_name.clone(),
+        ));
+    }
+    node.append(&mut export.resource);
+    export.resource = node;
+    log::info!(
+        "exporting spans to {} ({:?}, sampler {}, slow threshold {:?})",
+        export.endpoint,
+        export.protocol,
+        spans_config.spans.sampler,
+        spans_config.spans.slow_threshold
+    );
+    let exporter = Exporter::new(export, metrics.clone())?;
+    let (signal, queue) = Spans::new(spans_config.spans.clone(), metrics.clone());
+    Ok((signal, tokio::spawn(exporter.run(queue))))
+}
+
+/// This host's name (`host.name`), as uname(2) reports it.
+fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // or truncates, and the last byte stays 0.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        String::new()
+    }
 }
 
 fn describe_tier(tier: Tier) -> &'static str {

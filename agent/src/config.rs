@@ -13,6 +13,7 @@ use agent_common::{
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::signals::spans::{ExportOptions, OtlpProtocol, Sampler, SpanOptions};
 use crate::{
     collectors::NodeConfig,
     metadata::{kubernetes::KubernetesConfig, zones::ZoneConfig},
@@ -149,6 +150,64 @@ pub struct Settings {
         value_name = "FILE"
     )]
     pub web_config_file: Option<PathBuf>,
+    /// OTLP endpoint for spans (`OTEL_EXPORTER_OTLP_ENDPOINT`): `http://host:4318` for
+    /// http/protobuf (`/v1/traces` is appended), `http://host:4317` for gRPC. Spans are on
+    /// whenever an endpoint is set [default: none, spans off].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP endpoint for spans, used as given (`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`); wins
+    /// over `otlp_endpoint`.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
+    /// OTLP transport: `http/protobuf` or `grpc` (`OTEL_EXPORTER_OTLP_PROTOCOL`)
+    /// [default: http/protobuf].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_name = "PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+    /// Headers sent with every export, `key=value,key2=value2`, values URL-encoded
+    /// (`OTEL_EXPORTER_OTLP_HEADERS`) [default: none].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", value_name = "HEADERS")]
+    pub otlp_headers: Option<String>,
+    /// Time limit of one export attempt in milliseconds (`OTEL_EXPORTER_OTLP_TIMEOUT`)
+    /// [default: 10000].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", value_name = "MS")]
+    pub otlp_timeout: Option<u64>,
+    /// PEM file of the CA certificates that sign an `https://` endpoint's certificate
+    /// (`OTEL_EXPORTER_OTLP_CERTIFICATE`) [default: the host's CA store].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_CERTIFICATE", value_name = "FILE")]
+    pub otlp_certificate: Option<PathBuf>,
+    /// `gzip` or `none` (`OTEL_EXPORTER_OTLP_COMPRESSION`) [default: none].
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_COMPRESSION",
+        value_name = "COMPRESSION"
+    )]
+    pub otlp_compression: Option<String>,
+    /// Resource attributes added to every span, `key=value,...`, values URL-encoded
+    /// (`OTEL_RESOURCE_ATTRIBUTES`); `service.name` and the workload's `k8s.*` come from the
+    /// workload and win [default: none].
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES", value_name = "ATTRIBUTES")]
+    pub resource_attributes: Option<String>,
+    /// Baseline span sampler (`OTEL_TRACES_SAMPLER`): always_on, always_off,
+    /// traceidratio, parentbased_always_on, parentbased_always_off,
+    /// parentbased_traceidratio; errors and slow requests are kept whatever it says
+    /// [default: parentbased_always_on].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER", value_name = "SAMPLER")]
+    pub traces_sampler: Option<String>,
+    /// The sampler's ratio, 0 to 1 (`OTEL_TRACES_SAMPLER_ARG`) [default: 1].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG", value_name = "RATIO")]
+    pub traces_sampler_arg: Option<String>,
+    /// Requests at least this long (milliseconds) always get their span; 0 turns the rule
+    /// off [default: 1000].
+    #[arg(long, env = "NODETAP_SPANS_SLOW_THRESHOLD", value_name = "MS")]
+    pub spans_slow_threshold: Option<u64>,
+    /// Most spans waiting for export; past it new spans are dropped and counted
+    /// [default: 16384].
+    #[arg(long, env = "NODETAP_SPANS_QUEUE_SIZE", value_name = "N")]
+    pub spans_queue_size: Option<usize>,
+    /// Longest a span waits to be exported with others, in milliseconds
+    /// (`OTEL_BSP_SCHEDULE_DELAY`) [default: 1000].
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", value_name = "MS")]
+    pub spans_batch_delay: Option<u64>,
     /// Host metrics (`[node]` table).
     #[arg(skip)]
     pub node: NodeConfig,
@@ -192,6 +251,19 @@ impl Settings {
             kubernetes_api_url: self.kubernetes_api_url.or(under.kubernetes_api_url),
             network_flow_entries: self.network_flow_entries.or(under.network_flow_entries),
             web_config_file: self.web_config_file.or(under.web_config_file),
+            otlp_endpoint: self.otlp_endpoint.or(under.otlp_endpoint),
+            otlp_traces_endpoint: self.otlp_traces_endpoint.or(under.otlp_traces_endpoint),
+            otlp_protocol: self.otlp_protocol.or(under.otlp_protocol),
+            otlp_headers: self.otlp_headers.or(under.otlp_headers),
+            otlp_timeout: self.otlp_timeout.or(under.otlp_timeout),
+            otlp_compression: self.otlp_compression.or(under.otlp_compression),
+            otlp_certificate: self.otlp_certificate.or(under.otlp_certificate),
+            resource_attributes: self.resource_attributes.or(under.resource_attributes),
+            traces_sampler: self.traces_sampler.or(under.traces_sampler),
+            traces_sampler_arg: self.traces_sampler_arg.or(under.traces_sampler_arg),
+            spans_slow_threshold: self.spans_slow_threshold.or(under.spans_slow_threshold),
+            spans_queue_size: self.spans_queue_size.or(under.spans_queue_size),
+            spans_batch_delay: self.spans_batch_delay.or(under.spans_batch_delay),
             node: under.node,
             zones: under.zones,
             kubernetes: under.kubernetes,
@@ -226,7 +298,17 @@ pub struct Config {
     pub network_flow_entries: u32,
     /// node_exporter-format web config (TLS, basic auth) for the endpoint.
     pub web_config_file: Option<PathBuf>,
+    /// Spans and their export, when an OTLP endpoint is set.
+    pub spans: Option<SpansConfig>,
     pub check_only: bool,
+}
+
+/// How spans are made and exported.
+#[derive(Clone, Debug)]
+pub struct SpansConfig {
+    pub spans: SpanOptions,
+    /// `local_zone` answers nothing here: the agent wires it to the zone it learns.
+    pub export: ExportOptions,
 }
 
 /// The capture tier the user asks for (`--capture-mode`).
@@ -289,6 +371,21 @@ impl Config {
     /// The flags (`cli`) over the file over defaults, each key validated once.
     pub fn merge(cli: Cli, file: Settings) -> Result<Self, ConfigError> {
         let s = cli.settings.over(file);
+        let s_spans = SpanSettings {
+            endpoint: s.otlp_endpoint.clone(),
+            traces_endpoint: s.otlp_traces_endpoint.clone(),
+            protocol: s.otlp_protocol.clone(),
+            headers: s.otlp_headers.clone(),
+            timeout_ms: s.otlp_timeout,
+            compression: s.otlp_compression.clone(),
+            certificate: s.otlp_certificate.clone(),
+            resource: s.resource_attributes.clone(),
+            sampler: s.traces_sampler.clone(),
+            sampler_arg: s.traces_sampler_arg.clone(),
+            slow_ms: s.spans_slow_threshold,
+            queue_size: s.spans_queue_size,
+            batch_delay_ms: s.spans_batch_delay,
+        };
         let listen = s
             .listen
             .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address parses"));
@@ -400,7 +497,9 @@ impl Config {
                 .resolve_node_name()
                 .map_err(ConfigError::Kubernetes)?;
         }
+        let spans = spans_config(&s_spans)?;
         Ok(Config {
+            spans,
             listen,
             capture_bytes,
             capture_mode,
@@ -423,6 +522,227 @@ impl Config {
             check_only: cli.check,
         })
     }
+}
+
+/// The span settings, taken out of [`Settings`] for [`spans_config`].
+struct SpanSettings {
+    endpoint: Option<String>,
+    traces_endpoint: Option<String>,
+    protocol: Option<String>,
+    headers: Option<String>,
+    timeout_ms: Option<u64>,
+    compression: Option<String>,
+    certificate: Option<PathBuf>,
+    resource: Option<String>,
+    sampler: Option<String>,
+    sampler_arg: Option<String>,
+    slow_ms: Option<u64>,
+    queue_size: Option<usize>,
+    batch_delay_ms: Option<u64>,
+}
+
+/// Spans are on when an endpoint is set; the rest is validated only then, as the
+/// OpenTelemetry SDKs do (a stray variable does not stop an agent that exports nothing).
+fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
+    let blank = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let protocol = match blank(&s.protocol) {
+        None => OtlpProtocol::HttpProtobuf,
+        Some(p) => OtlpProtocol::parse(&p).ok_or_else(|| ConfigError::Invalid {
+            key: "otlp_protocol",
+            problem: format!("{p:?} is not http/protobuf or grpc"),
+        })?,
+    };
+    let (key, given) = match (blank(&s.traces_endpoint), blank(&s.endpoint)) {
+        (Some(url), _) => ("otlp_traces_endpoint", url),
+        (None, Some(url)) => ("otlp_endpoint", url),
+        (None, None) => return Ok(None),
+    };
+    let bad = |problem: String| ConfigError::Invalid { key, problem };
+    let parsed: http::Uri = given
+        .parse()
+        .map_err(|e| bad(format!("{given:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+        return Err(bad(format!(
+            "{given:?} is not an http:// or https:// URL with a host"
+        )));
+    }
+    // The signal's path is appended to the generic endpoint for HTTP only (OTLP exporter
+    // specification, "Endpoint URLs for OTLP/HTTP").
+    let endpoint = if key == "otlp_endpoint" && protocol == OtlpProtocol::HttpProtobuf {
+        let url = format!("{}/v1/traces", given.trim_end_matches('/'));
+        url.parse()
+            .map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?
+    } else {
+        parsed
+    };
+    let ca_certificates = match &s.certificate {
+        None => None,
+        Some(path) => Some(
+            read_certificates(path).map_err(|problem| ConfigError::Invalid {
+                key: "otlp_certificate",
+                problem,
+            })?,
+        ),
+    };
+    let exporter_addresses = endpoint_addresses(&endpoint);
+    let headers = key_values(s.headers.as_deref().unwrap_or(""))
+        .map_err(|problem| ConfigError::Invalid {
+            key: "otlp_headers",
+            problem,
+        })?
+        .into_iter()
+        .map(|(k, v)| {
+            let name = http::HeaderName::from_bytes(k.as_bytes());
+            let value = http::HeaderValue::from_str(&v);
+            match (name, value) {
+                (Ok(n), Ok(v)) => Ok((n, v)),
+                // Never the value: headers carry API keys.
+                _ => Err(ConfigError::Invalid {
+                    key: "otlp_headers",
+                    problem: format!("header {k:?} is not a valid HTTP header"),
+                }),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let gzip = match blank(&s.compression).as_deref() {
+        None | Some("none") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "otlp_compression",
+                problem: format!("{other:?} is not gzip or none"),
+            })
+        }
+    };
+    let resource = key_values(s.resource.as_deref().unwrap_or("")).map_err(|problem| {
+        ConfigError::Invalid {
+            key: "resource_attributes",
+            problem,
+        }
+    })?;
+    let sampler = match blank(&s.sampler) {
+        None => Sampler::default(),
+        Some(name) => Sampler::parse(&name, blank(&s.sampler_arg).as_deref()).map_err(|e| {
+            ConfigError::Invalid {
+                key: "traces_sampler",
+                problem: e.to_string(),
+            }
+        })?,
+    };
+    let queue_size = s
+        .queue_size
+        .unwrap_or(crate::signals::spans::DEFAULT_QUEUE_SIZE);
+    if queue_size == 0 {
+        return Err(ConfigError::Invalid {
+            key: "spans_queue_size",
+            problem: "must be at least 1".into(),
+        });
+    }
+    let timeout = Duration::from_millis(s.timeout_ms.unwrap_or(10_000).max(1));
+    Ok(Some(SpansConfig {
+        spans: SpanOptions {
+            sampler,
+            slow_threshold: s.slow_ms.map_or(
+                crate::signals::spans::DEFAULT_SLOW_THRESHOLD,
+                Duration::from_millis,
+            ),
+            queue_size,
+            exporter_addresses,
+        },
+        export: ExportOptions {
+            endpoint,
+            protocol,
+            headers,
+            timeout,
+            gzip,
+            batch_size: 512,
+            batch_delay: Duration::from_millis(s.batch_delay_ms.unwrap_or(1000)),
+            retry_budget: Duration::from_secs(30),
+            resource,
+            ca_certificates,
+            local_zone: std::sync::Arc::new(|| None),
+        },
+    }))
+}
+
+/// Every certificate in a PEM file; at least one.
+fn read_certificates(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The socket addresses of an `http://` endpoint whose host is an address or
+/// `localhost` (a name is not resolved: its traffic then makes spans like any other).
+fn endpoint_addresses(endpoint: &http::Uri) -> Vec<SocketAddr> {
+    let Some(host) = endpoint.host() else {
+        return Vec::new();
+    };
+    let port = endpoint.port_u16().unwrap_or(80);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host {
+        "localhost" => vec![
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+        ],
+        ip => ip
+            .parse::<std::net::IpAddr>()
+            .map(|ip| vec![SocketAddr::new(ip, port)])
+            .unwrap_or_default(),
+    }
+}
+
+/// `key=value,key2=value2` with URL-encoded values, as the OTel variables write lists
+/// (W3C Baggage's format, without properties).
+fn key_values(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let (k, v) = item.split_once('=').ok_or_else(|| {
+                format!(
+                    "{:?} is not key=value",
+                    item.split('=').next().unwrap_or("")
+                )
+            })?;
+            let key = k.trim();
+            if key.is_empty() {
+                return Err("an empty key".to_owned());
+            }
+            let value = percent_decode(v.trim())
+                .ok_or_else(|| format!("the value of {key:?} is not valid URL encoding"))?;
+            Ok((key.to_owned(), value))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
@@ -556,5 +876,91 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--capture-bytes"), "{err}");
+    }
+
+    #[test]
+    fn spans_are_on_with_an_endpoint_and_follow_the_otel_rules() {
+        assert!(from_toml("").unwrap().spans.is_none());
+        let c = from_toml(
+            "otlp_endpoint = \"http://127.0.0.1:4318/\"\notlp_headers = \"api-key=a%3Db, x-team = core\"\n\
+             otlp_compression = \"gzip\"\ntraces_sampler = \"parentbased_traceidratio\"\n\
+             traces_sampler_arg = \"0.25\"\nspans_slow_threshold = 250\n",
+        )
+        .unwrap();
+        let spans = c.spans.expect("spans on");
+        assert_eq!(
+            spans.export.endpoint.to_string(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(spans.export.protocol, OtlpProtocol::HttpProtobuf);
+        let headers: Vec<(String, String)> = spans
+            .export
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("api-key".to_owned(), "a=b".to_owned()),
+                ("x-team".to_owned(), "core".to_owned())
+            ]
+        );
+        assert!(spans.export.gzip);
+        assert_eq!(
+            spans.spans.sampler,
+            Sampler::ParentBased(crate::signals::spans::sampler::Root::TraceIdRatio(0.25))
+        );
+        assert_eq!(spans.spans.slow_threshold, Duration::from_millis(250));
+        assert_eq!(
+            spans.spans.exporter_addresses,
+            vec!["127.0.0.1:4318".parse::<SocketAddr>().unwrap()]
+        );
+        // gRPC: the generic endpoint as given; the traces endpoint wins over it.
+        let cli = Cli::try_parse_from([
+            "nodetap",
+            "--otlp-endpoint",
+            "http://collector:4317",
+            "--otlp-protocol",
+            "grpc",
+        ])
+        .unwrap();
+        let spans = Config::merge(cli, Settings::default())
+            .unwrap()
+            .spans
+            .unwrap();
+        assert_eq!(spans.export.endpoint.to_string(), "http://collector:4317/");
+        assert!(spans.spans.exporter_addresses.is_empty());
+        assert!(spans.export.ca_certificates.is_none());
+        let c = from_toml(
+            "otlp_endpoint = \"http://a:1\"\notlp_traces_endpoint = \"http://b:2/traces\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.spans.unwrap().export.endpoint.to_string(),
+            "http://b:2/traces"
+        );
+        for (text, start) in [
+            ("otlp_endpoint = \"ftp://x\"", "bad value for otlp_endpoint"),
+            (
+                "otlp_endpoint = \"http://x\"\notlp_protocol = \"thrift\"",
+                "bad value for otlp_protocol",
+            ),
+            (
+                "otlp_endpoint = \"http://x\"\ntraces_sampler = \"sometimes\"",
+                "bad value for traces_sampler",
+            ),
+            (
+                "otlp_endpoint = \"http://x\"\notlp_compression = \"zstd\"",
+                "bad value for otlp_compression",
+            ),
+            (
+                "otlp_endpoint = \"http://x\"\notlp_headers = \"novalue\"",
+                "bad value for otlp_headers",
+            ),
+        ] {
+            let err = from_toml(text).unwrap_err();
+            assert!(err.starts_with(start), "{text}: {err}");
+        }
     }
 }

@@ -260,6 +260,10 @@ pub struct Metrics {
     pub kubernetes_nodes: Gauge,
     pub kubernetes_watch_errors: Counter,
     pub zone_info: Family<ZoneInfoLabels, Gauge>,
+    pub spans_exported: Counter,
+    pub spans_dropped: Family<ReasonLabels, Counter>,
+    pub spans_not_sampled: Counter,
+    pub spans_export_failures: Counter,
 }
 
 /// Registers each family as it is made, so a family's name, help and handle are written
@@ -631,6 +635,26 @@ impl Metrics {
                 "nodetap_zone_info",
                 "This node's availability zone and where it came from (config, node_label, imds, unknown)",
                 Family::default(),
+            ),
+            spans_exported: reg.add(
+                "nodetap_spans_exported",
+                "Spans the OTLP endpoint accepted",
+                Counter::default(),
+            ),
+            spans_dropped: reg.add(
+                "nodetap_spans_dropped",
+                "Sampled spans that were never exported, by reason: queue_full (the export queue was full; capture never waits), export_failed (retries gave up or the endpoint refused them for good), rejected (the endpoint reported them rejected)",
+                Family::default(),
+            ),
+            spans_not_sampled: reg.add(
+                "nodetap_spans_not_sampled",
+                "Spans the sampler left out (neither an error, nor slow, nor picked by the sampler)",
+                Counter::default(),
+            ),
+            spans_export_failures: reg.add(
+                "nodetap_spans_export_failures",
+                "Export attempts to the OTLP endpoint that failed (each retry counts)",
+                Counter::default(),
             ),
             registry: Registry::default(),
         };

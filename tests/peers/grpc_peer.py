@@ -10,7 +10,9 @@ The service (generic handlers, messages are raw bytes, no generated code):
                             INVALID_ARGUMENT (3)
     Stream (server stream)  sends as many messages as the request's decimal number
 
-PLAN items: ok:N  notfound:N  invalid:N  stream:N  (N calls each, in order).
+PLAN items: ok:N  notfound:N  invalid:N  stream:N  traced:N  (N calls each, in order).
+A traced call is an ok call with a W3C traceparent in its metadata (random ids); the
+client's output lists them under "traceparents", in call order.
 Each side renames its process (grpc-server / grpc-client) so the agent reports it under
 a name of its own.
 """
@@ -18,6 +20,7 @@ a name of its own.
 import concurrent.futures
 import ctypes
 import json
+import os
 import sys
 
 import grpc
@@ -62,6 +65,7 @@ def serve(port):
 def client(port, plan):
     set_process_name("grpc-client")
     done = {}
+    traceparents = []
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         echo = channel.unary_unary(f"/{SERVICE}/Echo")
         stream = channel.unary_stream(f"/{SERVICE}/Stream")
@@ -77,11 +81,17 @@ def client(port, plan):
                         raise AssertionError(f"{kind} call succeeded")
                     except grpc.RpcError as e:
                         assert e.code() == want, e.code()
+                elif kind == "traced":
+                    tp = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+                    traceparents.append(tp)
+                    assert echo(b"hello", timeout=10, metadata=(("traceparent", tp),)) == b"hello"
                 elif kind == "stream":
                     assert len(list(stream(b"5", timeout=10))) == 5
                 else:
                     raise SystemExit(f"unknown plan item {item}")
             done[kind] = done.get(kind, 0) + int(n)
+    if traceparents:
+        done["traceparents"] = traceparents
     print(json.dumps(done), flush=True)
 
 

@@ -47,6 +47,24 @@ impl HttpClient {
         bytes
     }
 
+    /// The client end's port.
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().expect("local address").port()
+    }
+
+    /// A GET with extra header fields (one write), one response.
+    pub fn get_with_headers(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut bytes = self.request_bytes("GET", path, b"");
+        // Before the empty line that ends the head.
+        bytes.truncate(bytes.len() - 2);
+        for (name, value) in headers {
+            bytes.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        bytes.extend_from_slice(b"\r\n");
+        self.writer.write_all(&bytes).expect("write request");
+        self.read_response(false)
+    }
+
     /// One request (one write), one response.
     pub fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Response {
         let bytes = self.request_bytes(method, path, body);

@@ -9,6 +9,7 @@ pub mod fake_kube;
 pub mod http1;
 pub mod netlab;
 pub mod ops;
+pub mod otlp;
 pub mod peers;
 pub mod pgwire;
 pub mod prometheus;

@@ -45,6 +45,11 @@ impl RespClient {
         }
     }
 
+    /// The client end's port (the server sees the request come from it).
+    pub fn local_port(&self) -> u16 {
+        self.writer.local_addr().expect("local address").port()
+    }
+
     /// Sends one command (one write) and reads its reply; returns the reply and the time
     /// from just before the write to just after the reply was read.
     pub fn command(&mut self, args: &[&str]) -> (Reply, Duration) {

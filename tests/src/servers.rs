@@ -32,7 +32,7 @@ impl Drop for TempDir {
     }
 }
 
-fn wait_for_port(port: u16, what: &str, process: &mut ChildGuard) {
+pub(crate) fn wait_for_port(port: u16, what: &str, process: &mut ChildGuard) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = process.child.try_wait() {

@@ -218,6 +218,12 @@ const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("psycopg[binary]", "psycopg"),
     // The secrets test's HTTP/1.1 and h2c client.
     ("httpx[http2]", "h2"),
+    // The spans test's stand-in OTLP receiver: the published OTLP protobuf definitions
+    // (with their gRPC service stubs; grpcio is above).
+    (
+        "opentelemetry-proto",
+        "opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc",
+    ),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

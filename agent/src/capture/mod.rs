@@ -38,6 +38,8 @@ use stream::Stream;
 
 /// A TCP connection as the agent knows it.
 pub struct Connection {
+    /// The kernel's id for it.
+    pub id: u64,
     pub endpoints: Option<Endpoints>,
     pub role: Role,
     /// The process that owns it (the first the kernel saw use it).
@@ -73,6 +75,14 @@ pub struct Connection {
     /// When the kernel reported its close (it ends a grace period later).
     closing_at: Option<u64>,
     counters: ConnCounters,
+    /// The other end's connection, when it is on this node too (loopback, pod to pod):
+    /// the id of the tracked connection with the mirrored addresses.
+    pub peer: Option<u64>,
+    /// Requests completed on it so far: the next one's place in the connection's order.
+    pub requests_done: u64,
+    /// A request may have been lost or mis-framed on it: its order no longer matches
+    /// the other end's, so its requests are not linked to the other end's.
+    pub order_broken: bool,
 }
 
 /// A connection's TCP counter handles, resolved on first use: a record then costs a few
@@ -124,6 +134,7 @@ impl ConnCounters {
 impl Connection {
     fn new(common: &Common, role: Role, workload: WorkloadLabels, peer_zone: PeerZone) -> Self {
         Connection {
+            id: common.conn_id,
             endpoints: common.endpoints(),
             role,
             pid: common.pid,
@@ -144,6 +155,20 @@ impl Connection {
             wanted: Wanted::default(),
             closing_at: None,
             counters: ConnCounters::default(),
+            peer: None,
+            requests_done: 0,
+            order_broken: false,
+        }
+    }
+
+    /// Notes what a session reported: any loss breaks the request order.
+    fn note_health(&mut self, health: &SessionHealth) {
+        if health.parse_errors > 0
+            || health.timed_out > 0
+            || health.stopped.is_some()
+            || health.lost.iter().any(|(_, n)| n > 0)
+        {
+            self.order_broken = true;
         }
     }
 
@@ -284,6 +309,8 @@ pub struct TrackerOptions {
     pub request_timeout_ns: u64,
     /// The user's HTTP route patterns (they win over the default normalisation).
     pub http_routes: Arc<RoutePatterns>,
+    /// The spans signal, when spans are exported.
+    pub spans: Option<crate::signals::spans::Spans>,
 }
 
 /// The connection table: connection id to connection, and (pid, fd) to connection.
@@ -291,6 +318,9 @@ pub struct Tracker {
     metrics: Arc<Metrics>,
     conns: IdMap<u64, Connection>,
     fds: IdMap<(u32, i32), u64>,
+    /// Connection ids by (local, remote) address: finds the other end of a connection
+    /// whose two ends are both on this node.
+    by_endpoints: HashMap<Endpoints, u64>,
     listeners: Listeners,
     /// Workload labels and zones.
     identity: Identity,
@@ -324,13 +354,15 @@ impl Tracker {
     pub fn new(
         metrics: Arc<Metrics>,
         procfs: &std::path::Path,
-        opts: TrackerOptions,
+        mut opts: TrackerOptions,
         identity: Identity,
         instructions: Box<dyn InstructionSink>,
     ) -> Self {
+        let signals = crate::signals::registered(&metrics, opts.spans.take());
         Self {
             conns: IdMap::default(),
             fds: IdMap::default(),
+            by_endpoints: HashMap::new(),
             listeners: Listeners::new(procfs),
             identity,
             process_names: HashMap::new(),
@@ -342,7 +374,7 @@ impl Tracker {
                 http_routes: opts.http_routes.clone(),
             },
             opts,
-            signals: crate::signals::registered(&metrics),
+            signals,
             done: Vec::new(),
             events_pending: [0; event::EVENT_KINDS.len()],
             unreported: Vec::new(),
@@ -513,12 +545,35 @@ impl Tracker {
             return false;
         }
         let mut conn = conn;
+        if let Some(endpoints) = conn.endpoints {
+            let mirrored = Endpoints {
+                local: endpoints.remote,
+                remote: endpoints.local,
+            };
+            if let Some(&other) = self.by_endpoints.get(&mirrored) {
+                if let Some(peer) = self.conns.get_mut(&other) {
+                    peer.peer = Some(common.conn_id);
+                    conn.peer = Some(other);
+                }
+            }
+            self.by_endpoints.insert(endpoints, common.conn_id);
+        }
         if common.fd >= 0 && common.pid != 0 {
             conn.fd_key = Some((common.pid, common.fd));
             self.fds.insert((common.pid, common.fd), common.conn_id);
         }
         self.conns.insert(common.conn_id, conn);
         true
+    }
+
+    /// Drops a removed connection from the address index (unless a newer connection
+    /// with the same addresses took its place).
+    fn forget_endpoints(&mut self, id: u64, conn: &Connection) {
+        if let Some(endpoints) = conn.endpoints {
+            if self.by_endpoints.get(&endpoints) == Some(&id) {
+                self.by_endpoints.remove(&endpoints);
+            }
+        }
     }
 
     /// Publishes the instructions written since the last call (one generation bump for
@@ -589,7 +644,13 @@ impl Tracker {
     }
 
     /// Records what a connection's session completed (in `self.done`) and its health.
-    fn record_results(&self, conn: &Connection, protocol: Option<Protocol>, health: SessionHealth) {
+    fn record_results(
+        &self,
+        conn: &mut Connection,
+        protocol: Option<Protocol>,
+        health: SessionHealth,
+    ) {
+        conn.note_health(&health);
         record_requests(&self.signals, conn, protocol, &self.done);
         record_health(&self.metrics, protocol, &FeedOutcome::health(health));
     }
@@ -637,6 +698,7 @@ impl Tracker {
                 continue;
             };
             conn.report(&self.metrics);
+            self.forget_endpoints(id, &conn);
             self.finish_session(&mut conn);
             self.metrics
                 .tcp_closed
@@ -669,6 +731,7 @@ impl Tracker {
                 let protocol = Some(protocol);
                 session.expire(now_ns, request_timeout);
                 let health = session.take_health();
+                conn.note_health(&health);
                 record_health(&self.metrics, protocol, &FeedOutcome::health(health));
             }
         }
@@ -681,6 +744,7 @@ impl Tracker {
         for id in &idle {
             if let Some(mut conn) = self.conns.remove(id) {
                 conn.report(&self.metrics);
+                self.forget_endpoints(*id, &conn);
                 self.finish_session(&mut conn);
             }
         }
@@ -757,6 +821,7 @@ fn parse(
             segment.call_offset,
         );
     }
+    conn.note_health(&outcome.health);
     record_requests(signals, conn, protocol, done);
     record_health(metrics, protocol, &outcome);
 }
@@ -808,6 +873,7 @@ mod tests {
                 max_connections: max,
                 request_timeout_ns: 1_000,
                 http_routes: Arc::default(),
+                spans: None,
             },
             Identity::process_names_only(),
             Box::new(recorder.clone()),
@@ -1046,6 +1112,87 @@ mod tests {
         }
         text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"10.9.0.5\",server_port=\"6379\",peer_zone=\"use1-az2\",service_name=\"redis\"} 1\n");
         text_has(&m, "db_client_operation_duration_seconds_count{db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"192.168.50.5\",server_port=\"6379\",service_name=\"redis\"} 1\n");
+    }
+
+    /// Both ends of one connection on this node: a Redis client (id 1) and the server's
+    /// accepted socket (id 2) with the mirrored addresses, both seen from their handshake.
+    /// Feeds `gets` GETs through both and returns the spans they made; with
+    /// `junk_after: Some(i)`, the server reads bytes that are no RESP after the i-th.
+    fn both_ends(
+        gets: usize,
+        junk_after: Option<usize>,
+    ) -> Vec<crate::signals::spans::FinishedSpan> {
+        use crate::signals::spans::{Sampler, SpanOptions, Spans};
+        let (mut t, m, _) = tracker(10);
+        let (spans, mut rx) = Spans::new(
+            SpanOptions {
+                sampler: Sampler::AlwaysOn,
+                slow_threshold: std::time::Duration::ZERO,
+                queue_size: 100,
+                exporter_addresses: Vec::new(),
+            },
+            m,
+        );
+        t.signals.push(Box::new(spans));
+        let mut client = Conn::new(1, Role::Client);
+        let mut server = Conn::new(2, Role::Server);
+        let tuple = &mut server.header.tuple;
+        std::mem::swap(&mut tuple.local_addr, &mut tuple.remote_addr);
+        std::mem::swap(&mut tuple.local_port, &mut tuple.remote_port);
+        server.header.fd = 8;
+        feed(&mut t, &client.with_kind(EventKind::Open), b"");
+        feed(&mut t, &server.with_kind(EventKind::Open), b"");
+        let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+        let reply = b"$1\r\nv\r\n";
+        for i in 0..gets {
+            let h = client.call(Syscall::Write, Direction::Transmit, get);
+            feed(&mut t, &h, get);
+            let h = server.call(Syscall::Read, Direction::Receive, get);
+            feed(&mut t, &h, get);
+            let h = server.call(Syscall::Write, Direction::Transmit, reply);
+            feed(&mut t, &h, reply);
+            let h = client.call(Syscall::Read, Direction::Receive, reply);
+            feed(&mut t, &h, reply);
+            if junk_after == Some(i) {
+                // On the server's side only: its framing is lost, its order broken.
+                let junk = b"*x\r\n";
+                let h = server.call(Syscall::Read, Direction::Receive, junk);
+                feed(&mut t, &h, junk);
+            }
+        }
+        let mut out = Vec::new();
+        while let Ok(span) = rx.try_recv() {
+            out.push(span);
+        }
+        out
+    }
+
+    #[test]
+    fn both_ends_on_this_node_link_request_by_request() {
+        let spans = both_ends(3, None);
+        let client: Vec<_> = spans.iter().filter(|s| s.kind == Role::Client).collect();
+        let server: Vec<_> = spans.iter().filter(|s| s.kind == Role::Server).collect();
+        assert_eq!((client.len(), server.len()), (3, 3));
+        for (c, s) in client.iter().zip(&server) {
+            assert_eq!(s.trace_id, c.trace_id);
+            assert_eq!(s.parent, Some((c.span_id, true)));
+        }
+        assert_ne!(client[0].trace_id, client[1].trace_id);
+    }
+
+    #[test]
+    fn an_end_that_lost_framing_is_not_linked() {
+        let spans = both_ends(3, Some(0));
+        let server: Vec<_> = spans.iter().filter(|s| s.kind == Role::Server).collect();
+        let client: Vec<_> = spans.iter().filter(|s| s.kind == Role::Client).collect();
+        assert_eq!((client.len(), server.len()), (3, 3), "{spans:?}");
+        // Before the loss: linked.
+        assert_eq!(server[0].parent, Some((client[0].span_id, true)));
+        // After it the server's requests are not linked, to anything.
+        for s in &server[1..] {
+            assert_eq!(s.parent, None, "{s:?}");
+            assert!(client.iter().all(|c| c.trace_id != s.trace_id));
+        }
     }
 
     #[test]

@@ -1,37 +1,44 @@
 //! What a connection's session produced, out of the connection table: each completed
 //! request to every signal, and the session's health to the protocol counters.
 
+use std::net::SocketAddr;
+
 use agent_common::Role;
 
 use super::Connection;
 use crate::{
     metrics::{Metrics, ProtocolLabels, ProtocolReasonLabels},
     protocols::{FeedOutcome, Protocol, Request},
-    signals::{RequestRecord, Signal},
+    signals::{LinkKey, RequestRecord, Signal},
 };
 
 /// Hands each request a connection's session completed to every signal, with what the
 /// connection knows of itself.
 pub(super) fn record_requests(
     signals: &[Box<dyn Signal>],
-    conn: &Connection,
+    conn: &mut Connection,
     protocol: Option<Protocol>,
     done: &[Request],
 ) {
     if done.is_empty() {
         return;
     }
-    let (Some(protocol), Some(server)) = (protocol, server_end(conn)) else {
+    let (Some(protocol), Some((server, client))) = (protocol, ends(conn)) else {
         return;
     };
     for request in done {
+        let sequence = conn.requests_done;
+        conn.requests_done += 1;
+        let link = link_key(conn, protocol, sequence);
         let record = RequestRecord {
             protocol,
             role: conn.role,
             request,
             server,
+            client,
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
+            link,
         };
         for signal in signals {
             signal.record(&record);
@@ -39,13 +46,34 @@ pub(super) fn record_requests(
     }
 }
 
-/// The server end of a connection: the remote end for a client, the local end for a
-/// server.
-fn server_end(conn: &Connection) -> Option<std::net::SocketAddr> {
+/// What names this request on both ends, when both ends of its connection are on this
+/// node and the two ends' request orders agree: both were seen from their first request
+/// (the handshake), neither lost or mis-framed one, and the protocol answers requests in
+/// the order they came (not HTTP/2, whose streams complete in any order).
+fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
+    let peer = conn.peer?;
+    if !conn.seen_open || conn.order_broken || !protocol.in_order() {
+        return None;
+    }
+    let (client_conn, server_conn) = match conn.role {
+        Role::Client => (conn.id, peer),
+        Role::Server => (peer, conn.id),
+        Role::Unknown => return None,
+    };
+    Some(LinkKey {
+        client_conn,
+        server_conn,
+        sequence,
+    })
+}
+
+/// The server and client ends of a connection: (remote, local) for a client, (local,
+/// remote) for a server.
+fn ends(conn: &Connection) -> Option<(SocketAddr, SocketAddr)> {
     let endpoints = conn.endpoints?;
     match conn.role {
-        Role::Client => Some(endpoints.remote),
-        Role::Server => Some(endpoints.local),
+        Role::Client => Some((endpoints.remote, endpoints.local)),
+        Role::Server => Some((endpoints.local, endpoints.remote)),
         Role::Unknown => None,
     }
 }

@@ -96,6 +96,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use super::request::UrlPath;
 use super::request::{requests, Sink};
 use super::{Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason};
 
@@ -258,7 +259,7 @@ fn plausible_response(data: &[u8]) -> bool {
 // ---- traceparent --------------------------------------------------------------------------
 
 /// Length of a version-00 `traceparent` value.
-const TRACEPARENT_LEN: usize = 55;
+pub const TRACEPARENT_LEN: usize = 55;
 
 /// Whether `value` is a valid W3C `traceparent` (Trace Context §3.2):
 /// `version-traceid-parentid-flags`, lower-case hex, version not `ff`, neither id all zeros;
@@ -296,6 +297,8 @@ pub struct HttpExchange {
     pub status: u16,
     /// Low-cardinality route (see the module documentation).
     pub route: String,
+    /// The request target's path (query and fragment left out), for spans.
+    pub path: UrlPath,
     /// Message body length of the request (see the module documentation).
     pub request_body_bytes: u64,
     /// Message body length of the response.
@@ -437,8 +440,8 @@ impl Head {
         !self.request && !matches!(self.line, Line::StatusVersion | Line::Status)
     }
 
-    fn traceparent(&self) -> Option<Box<[u8; TRACEPARENT_LEN]>> {
-        (self.traceparents == 1 && self.traceparent_ok).then(|| Box::new(self.traceparent))
+    fn traceparent(&self) -> Option<[u8; TRACEPARENT_LEN]> {
+        (self.traceparents == 1 && self.traceparent_ok).then_some(self.traceparent)
     }
 
     fn count(&mut self, n: usize) -> Result<(), ()> {
@@ -791,6 +794,23 @@ impl Target {
         } else {
             self.stop = true;
             self.truncated = true;
+        }
+    }
+
+    /// The path for `url.path`: [`UrlPath::Route`] when the route is the path itself
+    /// (nothing copied), unknown for CONNECT and for a path not kept whole.
+    fn path(&self, method: u8, partial: bool, route: &str) -> UrlPath {
+        if method == CONNECT || self.truncated || (partial && !self.stop) || self.len == 0 {
+            return UrlPath::Unknown;
+        }
+        let raw = &self.buf[..usize::from(self.len)];
+        if raw[0] != b'/' {
+            // Absolute form (a proxy's request) or `*`: not a path alone.
+            UrlPath::Unknown
+        } else if raw == route.as_bytes() {
+            UrlPath::Route
+        } else {
+            UrlPath::Path(String::from_utf8_lossy(raw).into())
         }
     }
 
@@ -1219,25 +1239,55 @@ struct Open {
     start_ns: u64,
     body: u64,
     route: Box<str>,
-    traceparent: Option<Box<[u8; TRACEPARENT_LEN]>>,
+    /// What only some requests have, behind one pointer: open requests queue by the
+    /// thousand per connection, so each stays small.
+    extra: Option<Box<OpenExtra>>,
     /// Index in [`METHODS`], `OTHER_METHOD`, or `GAP` for a marker standing for requests
     /// lost with the request framing.
     method: u8,
     /// The request's end was assumed (its framing was lost, see the module documentation):
     /// its response's end may not be assumed as well.
     assumed_end: bool,
+    /// `url.path` is the route's text ([`UrlPath::Route`]).
+    path_is_route: bool,
+}
+
+#[derive(Debug)]
+struct OpenExtra {
+    traceparent: Option<[u8; TRACEPARENT_LEN]>,
+    /// `url.path` when it is not the route's text.
+    path: Option<Box<str>>,
 }
 
 impl Open {
-    fn gap(start_ns: u64) -> Self {
+    fn new(
+        start_ns: u64,
+        method: u8,
+        route: Box<str>,
+        path: UrlPath,
+        traceparent: Option<[u8; TRACEPARENT_LEN]>,
+        assumed_end: bool,
+    ) -> Self {
+        let (path_is_route, path) = match path {
+            UrlPath::Route => (true, None),
+            UrlPath::Path(p) => (false, Some(p)),
+            UrlPath::Unknown => (false, None),
+        };
+        let extra = (traceparent.is_some() || path.is_some())
+            .then(|| Box::new(OpenExtra { traceparent, path }));
         Self {
             start_ns,
             body: 0,
-            route: "".into(),
-            traceparent: None,
-            method: GAP,
-            assumed_end: false,
+            route,
+            extra,
+            method,
+            assumed_end,
+            path_is_route,
         }
+    }
+
+    fn gap(start_ns: u64) -> Self {
+        Self::new(start_ns, GAP, "".into(), UrlPath::Unknown, None, false)
     }
 
     fn is_gap(&self) -> bool {
@@ -1522,14 +1572,16 @@ impl Http1Session {
     fn request_head(&mut self, start_ns: u64) {
         let h = &self.req.head;
         let method = h.method();
-        let open = Open {
-            start_ns: self.req.start_ns,
-            body: 0,
-            route: self.target.route(method, false, self.routes.as_deref()),
-            traceparent: h.traceparent(),
+        let route = self.target.route(method, false, self.routes.as_deref());
+        let path = self.target.path(method, false, &route);
+        let open = Open::new(
+            self.req.start_ns,
             method,
-            assumed_end: false,
-        };
+            route,
+            path,
+            h.traceparent(),
+            false,
+        );
         // §6.3: chunked last, then Content-Length; a request has no body otherwise.
         let framing = if h.te {
             h.chunked.then_some(Framing::Chunked)
@@ -1595,14 +1647,16 @@ impl Http1Session {
             } else {
                 None
             };
-            let open = Open {
-                start_ns: self.req.start_ns,
-                body: 0,
-                route: self.target.route(method, partial, self.routes.as_deref()),
-                traceparent: h.traceparent(),
+            let route = self.target.route(method, partial, self.routes.as_deref());
+            let path = self.target.path(method, partial, &route);
+            let open = Open::new(
+                self.req.start_ns,
                 method,
-                assumed_end: true,
-            };
+                route,
+                path,
+                h.traceparent(),
+                true,
+            );
             self.push_open(open);
             self.req_body_open = true;
         } else if let Some(o) = self.open.back_mut() {
@@ -1788,18 +1842,23 @@ impl Http1Session {
         end_ns: u64,
         out: &mut impl Sink<HttpExchange>,
     ) {
+        let (traceparent, path) = open.extra.map_or((None, None), |e| (e.traceparent, e.path));
+        let path = match path {
+            Some(p) => UrlPath::Path(p),
+            None if open.path_is_route => UrlPath::Route,
+            None => UrlPath::Unknown,
+        };
         out.push(HttpExchange {
             method: method_name(open.method),
             status,
             route: open.route.into_string(),
+            path,
             request_body_bytes: open.body,
             response_body_bytes,
             start_ns: open.start_ns,
             end_ns,
             // Validated: lower-case hex digits and dashes.
-            traceparent: open
-                .traceparent
-                .map(|t| String::from_utf8_lossy(&t[..]).into_owned()),
+            traceparent: traceparent.map(|t| String::from_utf8_lossy(&t[..]).into_owned()),
         });
     }
 
@@ -3141,6 +3200,41 @@ mod tests {
         assert_eq!(
             got,
             [Some(TRACEPARENT), None, None, None, Some(&later[..55])]
+        );
+    }
+
+    #[test]
+    fn url_paths_leave_out_the_query_and_copy_only_what_differs_from_the_route() {
+        let patterns = RoutePatterns::new(["/users/{id}/orders"]).unwrap();
+        let mut d = Driver::with(Http1Session::with_routes(Arc::new(patterns)));
+        let long = format!("/{}", "a".repeat(MAX_PATH));
+        for t in [
+            "/users/7/orders?page=2",
+            "/static/app.js#top",
+            "/items/123",
+            "http://example.com/x",
+            "*",
+            long.as_str(),
+        ] {
+            d.req(format!("GET {t} HTTP/1.1\r\n\r\n").as_bytes())
+                .resp(OK_5);
+        }
+        d.req(b"CONNECT db:5432 HTTP/1.1\r\n\r\n").resp(OK_5);
+        let got: Vec<(&str, &UrlPath)> = d.ex.iter().map(|e| (e.route.as_str(), &e.path)).collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    "/users/{id}/orders",
+                    &UrlPath::Path("/users/7/orders".into())
+                ),
+                ("/static/app.js", &UrlPath::Route),
+                ("/items/{id}", &UrlPath::Path("/items/123".into())),
+                (got[3].0, &UrlPath::Unknown),
+                ("*", &UrlPath::Unknown),
+                (got[5].0, &UrlPath::Unknown),
+                ("", &UrlPath::Unknown),
+            ]
         );
     }
 

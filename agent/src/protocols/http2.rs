@@ -66,8 +66,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use std::sync::Arc;
 
-use super::http1::{method_label, RoutePatterns};
-use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink};
+use super::http1::{method_label, valid_traceparent, RoutePatterns, TRACEPARENT_LEN};
+use super::request::{Attributes, HttpRequest, Requests, RpcRequest, Sink, UrlPath};
 use super::{
     hpack, Chunk, LostReason, Request, Session, SessionHealth, SessionOptions, StopReason,
 };
@@ -141,6 +141,8 @@ pub struct H2Exchange {
     /// `end_ns` of the chunk holding the last byte of the frame that ended the stream
     /// (END_STREAM from the server, or RST_STREAM).
     pub end_ns: u64,
+    /// The request's W3C `traceparent`, when it had exactly one and it was valid.
+    pub traceparent: Option<String>,
 }
 
 /// gRPC details of an exchange.
@@ -239,6 +241,8 @@ struct Stream {
     method: &'static str,
     path: String,
     path_truncated: bool,
+    /// Boxed: a stream stays small, and few requests carry one.
+    traceparent: Option<Box<[u8; TRACEPARENT_LEN]>>,
     grpc: bool,
     status: u16,
     grpc_status: Option<u32>,
@@ -579,12 +583,16 @@ impl State {
                 health.lost.add(LostReason::QueueFull, 1);
             }
             let (path, path_truncated) = fields.path.unwrap_or_default();
+            let traceparent = (fields.traceparents == 1)
+                .then_some(fields.traceparent)
+                .flatten();
             self.streams.insert(
                 block.stream,
                 Stream {
                     method,
                     path,
                     path_truncated,
+                    traceparent,
                     grpc: fields.grpc,
                     status: 0,
                     grpc_status: None,
@@ -734,6 +742,10 @@ fn strip_fragment(side: &mut Side, f: &Frame) -> Step {
 struct Fields {
     method: Option<&'static str>,
     path: Option<(String, bool)>,
+    /// `traceparent` fields seen (two make the context invalid, W3C Trace Context §3.2),
+    /// and the value of the first when it is valid.
+    traceparents: u8,
+    traceparent: Option<Box<[u8; TRACEPARENT_LEN]>>,
     status: Option<u16>,
     grpc: bool,
     grpc_status: Option<u32>,
@@ -750,6 +762,14 @@ impl Fields {
                     value.len() >= 16 && value[..16].eq_ignore_ascii_case(b"application/grpc")
             }
             b"grpc-status" => self.grpc_status = parse_u32(value),
+            b"traceparent" => {
+                self.traceparents = self.traceparents.saturating_add(1);
+                self.traceparent = std::str::from_utf8(value)
+                    .ok()
+                    .filter(|v| valid_traceparent(v))
+                    .and_then(|v| v.as_bytes().try_into().ok())
+                    .map(Box::new);
+            }
             _ => {}
         }
     }
@@ -839,6 +859,10 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
         response_body_bytes: st.response_body_bytes,
         start_ns: st.start_ns,
         end_ns: end_ns.max(st.start_ns),
+        // Validated: lower-case hex digits and dashes.
+        traceparent: st
+            .traceparent
+            .map(|t| String::from_utf8_lossy(&t[..]).into_owned()),
     }
 }
 
@@ -847,6 +871,18 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
 /// gRPC status UNKNOWN (2): a stream reset without grpc-status failed for a reason the
 /// wire does not say.
 const GRPC_UNKNOWN: u32 = 2;
+
+/// `:path` without its query and fragment, reusing its buffer.
+fn url_path(mut path: String) -> UrlPath {
+    if let Some(end) = path.find(['?', '#']) {
+        path.truncate(end);
+    }
+    if path.is_empty() {
+        UrlPath::Unknown
+    } else {
+        UrlPath::Path(path.into_boxed_str())
+    }
+}
 
 impl H2Exchange {
     /// This stream as a request record: a gRPC call, or an HTTP request whose route comes
@@ -858,14 +894,16 @@ impl H2Exchange {
                 service: grpc.service,
                 method: grpc.method,
                 status: grpc.status.unwrap_or(GRPC_UNKNOWN),
+                traceparent: self.traceparent,
             }),
             None => Attributes::Http(HttpRequest {
                 method: method_label(self.method.as_bytes()),
                 status: self.status,
                 route: routes.route(&self.path),
+                path: url_path(self.path),
                 request_body_bytes: self.request_body_bytes,
                 response_body_bytes: self.response_body_bytes,
-                traceparent: None,
+                traceparent: self.traceparent,
             }),
         };
         Request {
@@ -1215,6 +1253,65 @@ mod tests {
             left.remove(i);
             assert!(e.start_ns <= e.end_ns, "{name} ({how}): {e:?}");
         }
+    }
+
+    #[test]
+    fn traceparent_of_http_and_grpc_requests() {
+        const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut req = client_start();
+        let requests: [&[(&str, &str)]; 4] = [
+            &[(":method", "GET"), (":path", "/a"), ("traceparent", TP)],
+            &[
+                (":method", "POST"),
+                (":path", "/pkg.Svc/M"),
+                ("content-type", "application/grpc"),
+                ("traceparent", TP),
+            ],
+            // Two fields: invalid (W3C Trace Context §3.2).
+            &[
+                (":method", "GET"),
+                (":path", "/b"),
+                ("traceparent", TP),
+                ("traceparent", TP),
+            ],
+            &[
+                (":method", "GET"),
+                (":path", "/c"),
+                (
+                    "traceparent",
+                    "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                ),
+            ],
+        ];
+        let mut resp = settings(&[]);
+        for (i, fields) in requests.iter().enumerate() {
+            let id = 2 * i as u32 + 1;
+            req.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &block(fields)));
+            resp.extend(frame(
+                HEADERS,
+                END_HEADERS | END_STREAM,
+                id,
+                &block(&[(":status", "200"), ("grpc-status", "0")]),
+            ));
+        }
+        let mut s = H2Session::new();
+        let mut out = Vec::new();
+        s.on_client(&Chunk::whole(&req, 1, 2), &mut out);
+        s.on_server(&Chunk::whole(&resp, 3, 4), &mut out);
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        let got: Vec<(&str, Option<&str>)> = out
+            .iter()
+            .map(|e| (e.path.as_str(), e.traceparent.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/a", Some(TP)),
+                ("/b", None),
+                ("/c", None),
+                ("/pkg.Svc/M", Some(TP))
+            ]
+        );
     }
 
     #[test]
@@ -2499,6 +2596,7 @@ mod tests {
                 } else {
                     c.resp_body.iter().sum::<usize>() as u64
                 },
+                traceparent: None,
                 start_ns: 0,
                 end_ns: 0,
             };

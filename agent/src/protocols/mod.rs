@@ -224,6 +224,13 @@ impl Protocol {
     pub fn label(self) -> &'static str {
         self.0
     }
+
+    /// Whether its requests complete in order ([`ProtocolSpec::in_order`]).
+    pub fn in_order(self) -> bool {
+        PROTOCOLS
+            .iter()
+            .any(|spec| spec.label == self.0 && spec.in_order)
+    }
 }
 
 /// What a new session may need to know: the user's settings that shape its results.
@@ -244,6 +251,10 @@ pub struct ProtocolSpec {
     pub detect: fn(&[u8]) -> bool,
     /// A session for a new connection; `None` for a protocol recognised but not parsed.
     pub new_session: Option<NewSession>,
+    /// Whether a connection's requests complete in the order they were sent (one at a
+    /// time or pipelined): then the n-th request one end completes is the n-th the other
+    /// end completes, which links the two ends' spans. Not HTTP/2 (streams interleave).
+    pub in_order: bool,
 }
 
 impl ProtocolSpec {
@@ -262,26 +273,31 @@ pub const PROTOCOLS: &[ProtocolSpec] = &[
         label: "tls",
         detect: looks_like_tls,
         new_session: None,
+        in_order: false,
     },
     ProtocolSpec {
         label: "postgresql",
         detect: postgres::looks_like_startup,
         new_session: Some(postgres::new_session),
+        in_order: true,
     },
     ProtocolSpec {
         label: "http2",
         detect: http2::looks_like_preface,
         new_session: Some(http2::new_session),
+        in_order: false,
     },
     ProtocolSpec {
         label: "http",
         detect: http1::looks_like_request,
         new_session: Some(http1::new_session),
+        in_order: true,
     },
     ProtocolSpec {
         label: "redis",
         detect: redis::looks_like_request,
         new_session: Some(redis::new_session),
+        in_order: true,
     },
 ];
 

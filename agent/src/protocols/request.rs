@@ -58,10 +58,35 @@ pub struct HttpRequest {
     pub status: u16,
     /// `http.route`: low-cardinality, the user's patterns first.
     pub route: String,
+    /// `url.path` (for spans only, never a label): the request target's path, its query
+    /// and fragment left out.
+    pub path: UrlPath,
     pub request_body_bytes: u64,
     pub response_body_bytes: u64,
     /// The request's W3C `traceparent`, when it had exactly one and it was valid.
     pub traceparent: Option<String>,
+}
+
+/// A request's path as the parser kept it. Most routes are the path itself, so the path
+/// is not copied a second time for them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UrlPath {
+    /// Not known (a CONNECT's target is a host; a path too long to keep whole).
+    Unknown,
+    /// The same text as the route.
+    Route,
+    Path(Box<str>),
+}
+
+impl UrlPath {
+    /// The path, given the request's route.
+    pub fn resolve<'a>(&'a self, route: &'a str) -> Option<&'a str> {
+        match self {
+            UrlPath::Unknown => None,
+            UrlPath::Route => Some(route),
+            UrlPath::Path(p) => Some(p),
+        }
+    }
 }
 
 /// A remote procedure call (gRPC over HTTP/2).
@@ -75,6 +100,8 @@ pub struct RpcRequest {
     pub method: String,
     /// `rpc.grpc.status_code`.
     pub status: u32,
+    /// The call's W3C `traceparent`, when it had exactly one and it was valid.
+    pub traceparent: Option<String>,
 }
 
 impl From<Operation> for Request {
@@ -101,6 +128,7 @@ impl From<HttpExchange> for Request {
                 method: ex.method,
                 status: ex.status,
                 route: ex.route,
+                path: ex.path,
                 request_body_bytes: ex.request_body_bytes,
                 response_body_bytes: ex.response_body_bytes,
                 traceparent: ex.traceparent,

@@ -4,6 +4,7 @@
 //! say) is one file implementing [`Signal`] and one line in [`registered`].
 
 mod red;
+pub mod spans;
 
 use std::{net::SocketAddr, sync::Arc};
 
@@ -27,10 +28,25 @@ pub struct RequestRecord<'a> {
     /// The server end of the connection (the remote end for a client, the local end for
     /// a server).
     pub server: SocketAddr,
+    /// The client end of the connection (the local end for a client, the remote end for
+    /// a server).
+    pub client: SocketAddr,
     /// The other end's zone, when the agent knows it.
     pub peer_zone: &'a PeerZone,
     /// The workload on this node that owns the connection.
     pub workload: &'a WorkloadLabels,
+    /// The same request's name on both ends, when both ends of the connection are on
+    /// this node and their request orders agree (see `capture::record::link_key`).
+    pub link: Option<LinkKey>,
+}
+
+/// Names one request on both ends of a connection whose two ends this node sees: the
+/// two connections' ids (never reused) and the request's place in their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub client_conn: u64,
+    pub server_conn: u64,
+    pub sequence: u64,
 }
 
 /// A consumer of request records.
@@ -38,7 +54,12 @@ pub trait Signal: Send {
     fn record(&self, record: &RequestRecord<'_>);
 }
 
-/// Every signal: the one place they are registered.
-pub fn registered(metrics: &Arc<Metrics>) -> Vec<Box<dyn Signal>> {
-    vec![Box::new(red::RedMetrics::new(metrics.clone()))]
+/// Every signal: the one place they are registered. Spans are on when the agent has
+/// somewhere to send them (the exporter holds the other end of their queue).
+pub fn registered(metrics: &Arc<Metrics>, spans: Option<spans::Spans>) -> Vec<Box<dyn Signal>> {
+    let mut signals: Vec<Box<dyn Signal>> = vec![Box::new(red::RedMetrics::new(metrics.clone()))];
+    if let Some(spans) = spans {
+        signals.push(Box::new(spans));
+    }
+    signals
 }

@@ -1,0 +1,520 @@
+//! The OTLP trace exporter: one task that takes spans off the signal's bounded queue,
+//! batches them, groups them by resource (workload), and sends them over OTLP/HTTP
+//! (protobuf) or OTLP/gRPC, retrying retryable failures with exponential backoff.
+//!
+//! While it retries it does not drain the queue, so the queue fills and the signal drops
+//! (and counts) new spans: memory stays bounded by the queue and one batch, and capture
+//! never waits. A batch that still fails when the retry budget is spent is dropped and
+//! counted (`nodetap_spans_dropped_total{reason="export_failed"}`).
+//!
+//! gRPC here is a unary call over HTTP/2 cleartext (prior knowledge), framed by hand (a
+//! flag byte and a 4-byte length before the message; `grpc-status` in the trailers):
+//! that is the whole of what OTLP/gRPC needs, on the hyper client the HTTP exporter uses,
+//! without a gRPC framework.
+
+use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
+
+use agent_common::Role;
+use bytes::Bytes;
+use http::{header, HeaderName, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+use prost::Message;
+use tokio::{sync::mpsc, time::Instant};
+
+use super::{otlp, AttributeValue, FinishedSpan};
+use crate::{
+    metadata::workload::WorkloadLabels,
+    metrics::{Metrics, ReasonLabels},
+};
+
+/// The OTLP transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `grpc`
+    Grpc,
+    /// `http/protobuf`
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "grpc" => Some(Self::Grpc),
+            "http/protobuf" => Some(Self::HttpProtobuf),
+            _ => None,
+        }
+    }
+}
+
+/// The gRPC method OTLP trace export calls.
+const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// Where and how spans are sent.
+#[derive(Clone)]
+pub struct ExportOptions {
+    /// For HTTP the full URL (`.../v1/traces`); for gRPC the scheme and authority.
+    pub endpoint: Uri,
+    pub protocol: OtlpProtocol,
+    /// Sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Each export attempt's time limit.
+    pub timeout: Duration,
+    pub gzip: bool,
+    /// Most spans in one export request.
+    pub batch_size: usize,
+    /// Longest a span waits for its batch to fill.
+    pub batch_delay: Duration,
+    /// How long one batch is retried before it is dropped.
+    pub retry_budget: Duration,
+    /// CA certificates for an `https://` endpoint (`OTEL_EXPORTER_OTLP_CERTIFICATE`);
+    /// `None` trusts the host's CA store.
+    pub ca_certificates: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    /// Resource attributes every span carries: the node's (`host.name`, `k8s.node.name`)
+    /// and the user's (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource: Vec<(String, String)>,
+    /// This node's zone (`cloud.availability_zone`), asked at each export: it can be
+    /// learnt after start-up.
+    pub local_zone: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+}
+
+impl std::fmt::Debug for ExportOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Headers carry credentials (an API key): never their values.
+        f.debug_struct("ExportOptions")
+            .field("endpoint", &self.endpoint)
+            .field("protocol", &self.protocol)
+            .field(
+                "headers",
+                &self.headers.iter().map(|h| &h.0).collect::<Vec<_>>(),
+            )
+            .field("timeout", &self.timeout)
+            .field("gzip", &self.gzip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one export attempt failed.
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error("cannot reach the endpoint")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("reading the response failed")]
+    Body(#[source] hyper::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the endpoint answered HTTP {status}")]
+    Http { status: StatusCode },
+    #[error("the endpoint answered gRPC status {code}: {message}")]
+    Grpc { code: u32, message: String },
+    #[error("the endpoint's answer is not an OTLP export response")]
+    Decode,
+}
+
+impl ExportError {
+    /// Retryable per the OTLP specification ("Failures" under OTLP/gRPC and OTLP/HTTP).
+    fn retryable(&self) -> bool {
+        match self {
+            Self::Connect(_) | Self::Body(_) | Self::Timeout(_) => true,
+            Self::Http { status } => matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            // CANCELLED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ABORTED, OUT_OF_RANGE,
+            // UNAVAILABLE, DATA_LOSS.
+            Self::Grpc { code, .. } => matches!(code, 1 | 4 | 8 | 10 | 11 | 14 | 15),
+            Self::Decode => false,
+        }
+    }
+}
+
+/// What the endpoint said of an accepted request.
+struct Accepted {
+    rejected: u64,
+}
+
+/// Why the exporter cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("a CA certificate for the OTLP endpoint is not usable")]
+    Certificate(#[source] rustls::Error),
+    #[error("TLS setup failed")]
+    Tls(#[source] rustls::Error),
+    #[error(
+        "no CA certificates found on this host for the https endpoint (set --otlp-certificate)"
+    )]
+    NativeRoots(#[source] std::io::Error),
+}
+
+pub struct Exporter {
+    options: ExportOptions,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    metrics: Arc<Metrics>,
+    url: Uri,
+}
+
+impl Exporter {
+    pub fn new(options: ExportOptions, metrics: Arc<Metrics>) -> Result<Self, ExporterError> {
+        let mut builder = Client::builder(TokioExecutor::new());
+        if options.protocol == OtlpProtocol::Grpc {
+            builder.http2_only(true);
+        }
+        let connector = connector(&options)?;
+        let url = match options.protocol {
+            OtlpProtocol::HttpProtobuf => options.endpoint.clone(),
+            OtlpProtocol::Grpc => {
+                let mut parts = options.endpoint.clone().into_parts();
+                parts.path_and_query = Some(GRPC_EXPORT_PATH.parse().expect("a valid path"));
+                Uri::from_parts(parts).unwrap_or_else(|_| options.endpoint.clone())
+            }
+        };
+        Ok(Self {
+            client: builder.build(connector),
+            options,
+            metrics,
+            url,
+        })
+    }
+
+    /// Takes spans off the queue until it closes (the capture side ended), exporting them
+    /// in batches; what is queued when it closes is still exported.
+    pub async fn run(self, mut queue: mpsc::Receiver<FinishedSpan>) {
+        let batch_size = self.options.batch_size.max(1);
+        let mut batch = Vec::with_capacity(batch_size);
+        loop {
+            if queue.recv_many(&mut batch, batch_size).await == 0 {
+                return;
+            }
+            let deadline = Instant::now() + self.options.batch_delay;
+            while batch.len() < batch_size {
+                let room = batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            self.export(&batch).await;
+            batch.clear();
+        }
+    }
+
+    /// Exports one batch, retrying what may succeed later within the retry budget.
+    async fn export(&self, spans: &[FinishedSpan]) {
+        let body = self.encode(spans);
+        let count = spans.len() as u64;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.send(body.clone()).await {
+                Ok(accepted) => {
+                    self.metrics
+                        .spans_exported
+                        .inc_by(count.saturating_sub(accepted.rejected));
+                    if accepted.rejected > 0 {
+                        self.dropped("rejected", accepted.rejected.min(count));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.spans_export_failures.inc();
+                    let give_up =
+                        !e.retryable() || started.elapsed() + backoff > self.options.retry_budget;
+                    log::warn!(
+                        "OTLP export of {count} spans to {} failed: {}{}",
+                        self.url,
+                        crate::error_chain(&e),
+                        if give_up {
+                            "; dropping them"
+                        } else {
+                            "; retrying"
+                        }
+                    );
+                    if give_up {
+                        self.dropped("export_failed", count);
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn dropped(&self, reason: &'static str, n: u64) {
+        self.metrics
+            .spans_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
+    }
+
+    /// The batch as one export request's body (compressed and framed as the transport
+    /// wants it).
+    fn encode(&self, spans: &[FinishedSpan]) -> Bytes {
+        let request = build_request(spans, &self.options);
+        let message = request.encode_to_vec();
+        let payload = if self.options.gzip {
+            gzip(&message)
+        } else {
+            message
+        };
+        match self.options.protocol {
+            OtlpProtocol::HttpProtobuf => Bytes::from(payload),
+            OtlpProtocol::Grpc => {
+                // Length-Prefixed-Message: compressed flag, length (big-endian), message.
+                let mut framed = Vec::with_capacity(payload.len() + 5);
+                framed.push(u8::from(self.options.gzip));
+                framed.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&payload);
+                Bytes::from(framed)
+            }
+        }
+    }
+
+    async fn send(&self, body: Bytes) -> Result<Accepted, ExportError> {
+        let mut request = Request::post(self.url.clone());
+        let headers = request.headers_mut().expect("a fresh builder");
+        match self.options.protocol {
+            OtlpProtocol::HttpProtobuf => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/x-protobuf"),
+                );
+                if self.options.gzip {
+                    headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                }
+            }
+            OtlpProtocol::Grpc => {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/grpc"),
+                );
+                headers.insert(header::TE, HeaderValue::from_static("trailers"));
+                if self.options.gzip {
+                    headers.insert("grpc-encoding", HeaderValue::from_static("gzip"));
+                }
+            }
+        }
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_static(concat!("nodetap/", env!("CARGO_PKG_VERSION"))),
+        );
+        for (name, value) in &self.options.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        let request = request.body(Full::new(body)).expect("valid request parts");
+        let timeout = self.options.timeout;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(ExportError::Connect)?;
+            let (parts, body) = response.into_parts();
+            let collected = body.collect().await.map_err(ExportError::Body)?;
+            let trailers = collected.trailers().cloned();
+            Ok::<_, ExportError>((parts, collected.to_bytes(), trailers))
+        };
+        let (parts, body, trailers) = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| ExportError::Timeout(timeout))??;
+        match self.options.protocol {
+            OtlpProtocol::HttpProtobuf => {
+                if !parts.status.is_success() {
+                    return Err(ExportError::Http {
+                        status: parts.status,
+                    });
+                }
+                accepted(&body)
+            }
+            OtlpProtocol::Grpc => {
+                if parts.status != StatusCode::OK {
+                    return Err(ExportError::Http {
+                        status: parts.status,
+                    });
+                }
+                // A trailers-only response carries the status in its headers.
+                let status = trailers
+                    .as_ref()
+                    .and_then(|t| t.get("grpc-status"))
+                    .or_else(|| parts.headers.get("grpc-status"))
+                    .and_then(|v| v.to_str().ok()?.parse::<u32>().ok())
+                    .unwrap_or(2);
+                if status != 0 {
+                    let message = trailers
+                        .as_ref()
+                        .and_then(|t| t.get("grpc-message"))
+                        .or_else(|| parts.headers.get("grpc-message"))
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    return Err(ExportError::Grpc {
+                        code: status,
+                        message,
+                    });
+                }
+                match body.get(5..) {
+                    Some(message) if body[0] == 0 => accepted(message),
+                    // No message (or a compressed one we did not ask for): accepted whole.
+                    _ => Ok(Accepted { rejected: 0 }),
+                }
+            }
+        }
+    }
+}
+
+/// Plain TCP for `http://`, TLS (rustls, ring) for `https://` with the given CAs or the
+/// host's; gRPC offers only h2 in ALPN, HTTP/protobuf only HTTP/1.1.
+fn connector(options: &ExportOptions) -> Result<HttpsConnector<HttpConnector>, ExporterError> {
+    let https = options.endpoint.scheme_str() == Some("https");
+    let builder = HttpsConnectorBuilder::new();
+    let builder = match (&options.ca_certificates, https) {
+        (None, true) => builder
+            .with_native_roots()
+            .map_err(ExporterError::NativeRoots)?,
+        (certificates, _) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates.iter().flatten() {
+                roots
+                    .add(certificate.clone())
+                    .map_err(ExporterError::Certificate)?;
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(ExporterError::Tls)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            builder.with_tls_config(config)
+        }
+    };
+    let builder = builder.https_or_http();
+    Ok(match options.protocol {
+        OtlpProtocol::Grpc => builder.enable_http2().build(),
+        OtlpProtocol::HttpProtobuf => builder.enable_http1().build(),
+    })
+}
+
+/// Reads a partial success out of an export response.
+fn accepted(body: &[u8]) -> Result<Accepted, ExportError> {
+    let response =
+        otlp::ExportTraceServiceResponse::decode(body).map_err(|_| ExportError::Decode)?;
+    let rejected = response
+        .partial_success
+        .map_or(0, |p| p.rejected_spans.max(0) as u64);
+    Ok(Accepted { rejected })
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(data.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(data).expect("writing to memory");
+    encoder.finish().expect("writing to memory")
+}
+
+/// The export request for a batch: one `ResourceSpans` per workload, in the order the
+/// workloads first appear.
+pub fn build_request(
+    spans: &[FinishedSpan],
+    options: &ExportOptions,
+) -> otlp::ExportTraceServiceRequest {
+    let zone = (options.local_zone)();
+    let mut index: HashMap<&WorkloadLabels, usize> = HashMap::new();
+    let mut groups: Vec<otlp::ResourceSpans> = Vec::new();
+    for span in spans {
+        let i = *index.entry(&span.workload).or_insert_with(|| {
+            groups.push(otlp::ResourceSpans {
+                resource: Some(resource(&span.workload, options, zone.as_deref())),
+                scope_spans: vec![otlp::ScopeSpans {
+                    scope: Some(otlp::InstrumentationScope {
+                        name: "nodetap".into(),
+                        version: env!("CARGO_PKG_VERSION").into(),
+                    }),
+                    spans: Vec::new(),
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            });
+            groups.len() - 1
+        });
+        groups[i].scope_spans[0].spans.push(to_otlp(span));
+    }
+    otlp::ExportTraceServiceRequest {
+        resource_spans: groups,
+    }
+}
+
+/// A workload's resource: `service.name` and its Kubernetes names, then the node's and
+/// the user's attributes (a key the workload sets is not repeated).
+fn resource(
+    workload: &WorkloadLabels,
+    options: &ExportOptions,
+    zone: Option<&str>,
+) -> otlp::Resource {
+    let fields = workload.fields();
+    let mut attributes = vec![otlp::KeyValue::string(
+        "service.name",
+        fields.service_name.0.as_ref(),
+    )];
+    if let Some(k8s) = &fields.k8s {
+        for (key, value) in [
+            ("k8s.namespace.name", &k8s.namespace),
+            ("k8s.pod.name", &k8s.pod),
+            ("k8s.container.name", &k8s.container),
+        ] {
+            if !value.0.is_empty() {
+                attributes.push(otlp::KeyValue::string(key, value.0.as_ref()));
+            }
+        }
+    }
+    if let Some(zone) = zone {
+        attributes.push(otlp::KeyValue::string("cloud.availability_zone", zone));
+    }
+    for (key, value) in &options.resource {
+        if !attributes.iter().any(|kv| kv.key == *key) {
+            attributes.push(otlp::KeyValue::string(key, value.as_str()));
+        }
+    }
+    otlp::Resource { attributes }
+}
+
+fn to_otlp(span: &FinishedSpan) -> otlp::Span {
+    let attributes = span
+        .attributes
+        .iter()
+        .map(|(key, value)| match value {
+            AttributeValue::Str(s) => otlp::KeyValue::string(key, s.as_str()),
+            AttributeValue::Name(n) => otlp::KeyValue::string(key, n.0.as_ref()),
+            AttributeValue::Static(s) => otlp::KeyValue::string(key, *s),
+            AttributeValue::Int(i) => otlp::KeyValue::int(key, *i),
+            AttributeValue::Ip(ip) => otlp::KeyValue::string(key, ip.to_string()),
+        })
+        .collect();
+    let mut flags = otlp::SPAN_FLAGS_SAMPLED;
+    match span.parent {
+        Some((_, true)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE | otlp::SPAN_FLAGS_IS_REMOTE,
+        Some((_, false)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE,
+        None => {}
+    }
+    otlp::Span {
+        trace_id: span.trace_id.to_vec(),
+        span_id: span.span_id.to_vec(),
+        parent_span_id: span.parent.map_or_else(Vec::new, |(p, _)| p.to_vec()),
+        name: span.name.clone(),
+        kind: match span.kind {
+            Role::Server => otlp::SPAN_KIND_SERVER,
+            _ => otlp::SPAN_KIND_CLIENT,
+        },
+        start_time_unix_nano: span.start_unix_ns,
+        end_time_unix_nano: span.end_unix_ns,
+        attributes,
+        status: span.error.then(|| otlp::Status {
+            message: String::new(),
+            code: otlp::STATUS_CODE_ERROR,
+        }),
+        flags,
+    }
+}

@@ -1,0 +1,159 @@
+//! The OTLP trace messages the agent sends, as prost structs written from the published
+//! definitions (opentelemetry-proto, `opentelemetry/proto/collector/trace/v1/
+//! trace_service.proto`, `trace/v1/trace.proto`, `common/v1/common.proto`,
+//! `resource/v1/resource.proto`). Only the fields the agent fills are declared: protobuf
+//! readers skip what they do not know, and a field left out here is simply never sent.
+//! Field numbers and types must match the definitions exactly; the integration tests
+//! decode what the agent sends with the official Python bindings.
+
+/// `ExportTraceServiceRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTraceServiceRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub resource_spans: Vec<ResourceSpans>,
+}
+
+/// `ExportTraceServiceResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTraceServiceResponse {
+    #[prost(message, optional, tag = "1")]
+    pub partial_success: Option<ExportTracePartialSuccess>,
+}
+
+/// `ExportTracePartialSuccess`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ExportTracePartialSuccess {
+    #[prost(int64, tag = "1")]
+    pub rejected_spans: i64,
+    #[prost(string, tag = "2")]
+    pub error_message: String,
+}
+
+/// `ResourceSpans`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ResourceSpans {
+    #[prost(message, optional, tag = "1")]
+    pub resource: Option<Resource>,
+    #[prost(message, repeated, tag = "2")]
+    pub scope_spans: Vec<ScopeSpans>,
+    #[prost(string, tag = "3")]
+    pub schema_url: String,
+}
+
+/// `Resource`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Resource {
+    #[prost(message, repeated, tag = "1")]
+    pub attributes: Vec<KeyValue>,
+}
+
+/// `ScopeSpans`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ScopeSpans {
+    #[prost(message, optional, tag = "1")]
+    pub scope: Option<InstrumentationScope>,
+    #[prost(message, repeated, tag = "2")]
+    pub spans: Vec<Span>,
+    #[prost(string, tag = "3")]
+    pub schema_url: String,
+}
+
+/// `InstrumentationScope`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InstrumentationScope {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub version: String,
+}
+
+/// `Span`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Span {
+    #[prost(bytes = "vec", tag = "1")]
+    pub trace_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub span_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub parent_span_id: Vec<u8>,
+    #[prost(string, tag = "5")]
+    pub name: String,
+    /// `Span.SpanKind`: 2 server, 3 client.
+    #[prost(int32, tag = "6")]
+    pub kind: i32,
+    #[prost(fixed64, tag = "7")]
+    pub start_time_unix_nano: u64,
+    #[prost(fixed64, tag = "8")]
+    pub end_time_unix_nano: u64,
+    #[prost(message, repeated, tag = "9")]
+    pub attributes: Vec<KeyValue>,
+    #[prost(message, optional, tag = "15")]
+    pub status: Option<Status>,
+    /// `SpanFlags`: the W3C trace flags in the low byte, and whether the parent is remote.
+    #[prost(fixed32, tag = "16")]
+    pub flags: u32,
+}
+
+pub const SPAN_KIND_SERVER: i32 = 2;
+pub const SPAN_KIND_CLIENT: i32 = 3;
+pub const STATUS_CODE_ERROR: i32 = 2;
+/// `SPAN_FLAGS_TRACE_FLAGS_MASK`'s sampled bit.
+pub const SPAN_FLAGS_SAMPLED: u32 = 0x01;
+/// `SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`.
+pub const SPAN_FLAGS_HAS_IS_REMOTE: u32 = 0x100;
+/// `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK`.
+pub const SPAN_FLAGS_IS_REMOTE: u32 = 0x200;
+
+/// `Status` (field 1 is reserved).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Status {
+    #[prost(string, tag = "2")]
+    pub message: String,
+    #[prost(int32, tag = "3")]
+    pub code: i32,
+}
+
+/// `KeyValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct KeyValue {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(message, optional, tag = "2")]
+    pub value: Option<AnyValue>,
+}
+
+/// `AnyValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct AnyValue {
+    #[prost(oneof = "Value", tags = "1, 3")]
+    pub value: Option<Value>,
+}
+
+/// `AnyValue.value`: only the kinds the agent sends.
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Value {
+    #[prost(string, tag = "1")]
+    StringValue(String),
+    #[prost(int64, tag = "3")]
+    IntValue(i64),
+}
+
+impl KeyValue {
+    pub fn string(key: &str, value: impl Into<String>) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue(value.into())),
+            }),
+        }
+    }
+
+    pub fn int(key: &str, value: i64) -> Self {
+        Self {
+            key: key.to_owned(),
+            value: Some(AnyValue {
+                value: Some(Value::IntValue(value)),
+            }),
+        }
+    }
+}

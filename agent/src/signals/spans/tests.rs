@@ -1,0 +1,405 @@
+use std::net::SocketAddr;
+
+use super::{export::build_request, *};
+use crate::{
+    metadata::workload::PeerZone,
+    protocols::{request::Request, Protocol},
+};
+
+fn protocol(label: &str) -> Protocol {
+    crate::protocols::PROTOCOLS
+        .iter()
+        .find(|p| p.label == label)
+        .unwrap_or_else(|| panic!("no protocol {label}"))
+        .protocol()
+}
+
+fn options(sampler: Sampler) -> SpanOptions {
+    SpanOptions {
+        sampler,
+        slow_threshold: Duration::from_millis(100),
+        queue_size: 4,
+        exporter_addresses: vec!["10.0.0.9:4318".parse().unwrap()],
+    }
+}
+
+fn spans(sampler: Sampler) -> (Spans, mpsc::Receiver<FinishedSpan>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new("test"));
+    let (s, rx) = Spans::new(options(sampler), metrics.clone());
+    (s, rx, metrics)
+}
+
+fn redis_get(error: Option<&str>, duration_ns: u64) -> Request {
+    Request {
+        start_ns: 1_000,
+        end_ns: 1_000 + duration_ns,
+        attributes: Attributes::Db(DbRequest {
+            operation: "GET",
+            error_type: error.map(str::to_owned),
+            statement: "GET ?".into(),
+            collection: None,
+        }),
+    }
+}
+
+fn http_get(status: u16, traceparent: Option<&str>) -> Request {
+    Request {
+        start_ns: 5_000,
+        end_ns: 9_000,
+        attributes: Attributes::Http(HttpRequest {
+            method: "GET",
+            status,
+            route: "/users/{id}".into(),
+            path: crate::protocols::request::UrlPath::Path("/users/42".into()),
+            request_body_bytes: 0,
+            response_body_bytes: 10,
+            traceparent: traceparent.map(str::to_owned),
+        }),
+    }
+}
+
+const SERVER: &str = "10.0.0.2:6379";
+const CLIENT: &str = "10.0.0.1:40000";
+
+fn record<'a>(
+    protocol: Protocol,
+    role: Role,
+    request: &'a Request,
+    zone: &'a PeerZone,
+    workload: &'a WorkloadLabels,
+) -> RequestRecord<'a> {
+    RequestRecord {
+        protocol,
+        role,
+        request,
+        server: SERVER.parse::<SocketAddr>().unwrap(),
+        client: CLIENT.parse::<SocketAddr>().unwrap(),
+        peer_zone: zone,
+        workload,
+        link: None,
+    }
+}
+
+fn text(v: &AttributeValue) -> String {
+    match v {
+        AttributeValue::Str(s) => s.clone(),
+        AttributeValue::Name(n) => n.0.to_string(),
+        AttributeValue::Static(s) => (*s).to_owned(),
+        AttributeValue::Int(i) => i.to_string(),
+        AttributeValue::Ip(ip) => ip.to_string(),
+    }
+}
+
+fn attributes(span: &FinishedSpan) -> Vec<(String, String)> {
+    span.attributes
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), text(v)))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn a_redis_client_span_has_the_db_conventions() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("api"));
+    let zone = PeerZone(Some(Name::new("use1-az2")));
+    let request = redis_get(None, 2_000);
+    let span = s
+        .span_of(&record(
+            protocol("redis"),
+            Role::Client,
+            &request,
+            &zone,
+            &workload,
+        ))
+        .expect("always_on keeps it");
+    assert_eq!(span.name, "GET");
+    assert_eq!(span.kind, Role::Client);
+    assert!(!span.error && span.parent.is_none());
+    assert_eq!(
+        attributes(&span),
+        pairs(&[
+            ("db.system.name", "redis"),
+            ("db.operation.name", "GET"),
+            ("db.query.text", "GET ?"),
+            ("server.address", "10.0.0.2"),
+            ("server.port", "6379"),
+            ("network.peer.address", "10.0.0.2"),
+            ("network.peer.port", "6379"),
+            ("nodetap.peer.zone", "use1-az2"),
+        ])
+    );
+    // One offset for every span: the duration is the kernel's, to the nanosecond.
+    assert_eq!(span.end_unix_ns - span.start_unix_ns, 2_000);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let offset = span.start_unix_ns - 1_000;
+    let expected = now - crate::capture::monotonic_ns();
+    assert!(
+        offset.abs_diff(expected) < 1_000_000_000,
+        "wall offset {offset} far from {expected}"
+    );
+}
+
+#[test]
+fn an_http_server_span_joins_the_callers_trace() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("web"));
+    let zone = PeerZone(None);
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let request = http_get(503, Some(tp));
+    let span = s
+        .span_of(&record(
+            protocol("http"),
+            Role::Server,
+            &request,
+            &zone,
+            &workload,
+        ))
+        .unwrap();
+    assert_eq!(span.name, "GET /users/{id}");
+    assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    let (parent, remote) = span.parent.unwrap();
+    assert_eq!(
+        (hex_of(&parent).as_str(), remote),
+        ("b7ad6b7169203331", true)
+    );
+    assert_ne!(span.span_id, parent);
+    assert!(span.error);
+    assert_eq!(
+        attributes(&span),
+        pairs(&[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "503"),
+            ("http.route", "/users/{id}"),
+            ("url.path", "/users/42"),
+            ("error.type", "503"),
+            ("server.address", "10.0.0.2"),
+            ("server.port", "6379"),
+            ("client.address", "10.0.0.1"),
+            ("client.port", "40000"),
+            ("network.peer.address", "10.0.0.1"),
+            ("network.peer.port", "40000"),
+        ])
+    );
+    // The client side of the same call is the span the header names.
+    let request = http_get(404, Some(tp));
+    let span = s
+        .span_of(&record(
+            protocol("http"),
+            Role::Client,
+            &request,
+            &zone,
+            &workload,
+        ))
+        .unwrap();
+    assert_eq!(span.name, "GET");
+    assert_eq!(hex_of(&span.span_id), "b7ad6b7169203331");
+    assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
+    assert!(span.parent.is_none());
+    // 404: an error for the client, not for a server.
+    assert!(span.error);
+    let request = http_get(404, None);
+    let span = s
+        .span_of(&record(
+            protocol("http"),
+            Role::Server,
+            &request,
+            &zone,
+            &workload,
+        ))
+        .unwrap();
+    assert!(!span.error && span.attribute("error.type").is_none());
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn requests_to_the_otlp_endpoint_make_no_span() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("collector"));
+    let zone = PeerZone(None);
+    let request = http_get(200, None);
+    let mut r = record(protocol("http"), Role::Server, &request, &zone, &workload);
+    assert!(s.span_of(&r).is_some());
+    r.server = "10.0.0.9:4318".parse().unwrap();
+    assert!(s.span_of(&r).is_none());
+}
+
+#[test]
+fn both_ends_of_a_linked_request_join_without_meeting() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("api"));
+    let zone = PeerZone(None);
+    let request = redis_get(None, 1_000);
+    let link = |sequence| LinkKey {
+        client_conn: 7,
+        server_conn: 9,
+        sequence,
+    };
+    let mut client = record(protocol("redis"), Role::Client, &request, &zone, &workload);
+    client.link = Some(link(0));
+    let mut server = record(protocol("redis"), Role::Server, &request, &zone, &workload);
+    server.link = Some(link(0));
+    let (c, srv) = (s.span_of(&client).unwrap(), s.span_of(&server).unwrap());
+    assert_eq!(c.trace_id, srv.trace_id);
+    assert_eq!(srv.parent, Some((c.span_id, true)));
+    assert_ne!(srv.span_id, c.span_id);
+    assert!(c.parent.is_none());
+    // The next request on the same connections: another trace.
+    server.link = Some(link(1));
+    let next = s.span_of(&server).unwrap();
+    assert_ne!(next.trace_id, c.trace_id);
+    assert_ne!(next.parent, srv.parent);
+    // A traceparent wins over the link.
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let traced = http_get(200, Some(tp));
+    let mut r = record(protocol("http"), Role::Server, &traced, &zone, &workload);
+    r.link = Some(link(2));
+    let span = s.span_of(&r).unwrap();
+    assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
+}
+
+#[test]
+fn traceparent_parsing_rejects_what_w3c_rejects() {
+    let ok = TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00").unwrap();
+    assert!(!ok.sampled);
+    for bad in [
+        "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-ff",
+    ] {
+        assert_eq!(TraceParent::parse(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn errors_and_slow_requests_are_kept_when_the_sampler_drops_the_rest() {
+    let (s, mut rx, metrics) = spans(Sampler::AlwaysOff);
+    let workload = WorkloadLabels::service(Name::new("api"));
+    let zone = PeerZone(None);
+    let fast_ok = redis_get(None, 1_000);
+    let fast_error = redis_get(Some("WRONGTYPE"), 1_000);
+    let slow_ok = redis_get(None, 100_000_000);
+    for request in [&fast_ok, &fast_error, &slow_ok, &fast_ok] {
+        s.record(&record(
+            protocol("redis"),
+            Role::Client,
+            request,
+            &zone,
+            &workload,
+        ));
+    }
+    let mut kept = Vec::new();
+    while let Ok(span) = rx.try_recv() {
+        kept.push((span.error, span.end_unix_ns - span.start_unix_ns));
+    }
+    assert_eq!(kept, vec![(true, 1_000), (false, 100_000_000)]);
+    assert_eq!(metrics.spans_not_sampled.get(), 2);
+}
+
+#[test]
+fn a_full_queue_drops_and_counts_instead_of_waiting() {
+    let (s, mut rx, metrics) = spans(Sampler::AlwaysOn);
+    let workload = WorkloadLabels::service(Name::new("api"));
+    let zone = PeerZone(None);
+    let request = redis_get(None, 1_000);
+    for _ in 0..10 {
+        s.record(&record(
+            protocol("redis"),
+            Role::Client,
+            &request,
+            &zone,
+            &workload,
+        ));
+    }
+    let mut queued = 0;
+    while rx.try_recv().is_ok() {
+        queued += 1;
+    }
+    assert_eq!(queued, 4);
+    let dropped = metrics
+        .spans_dropped
+        .get_or_create(&ReasonLabels {
+            reason: "queue_full",
+        })
+        .get();
+    assert_eq!(dropped, 6);
+}
+
+#[test]
+fn spans_are_grouped_by_workload_into_resources() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let zone = PeerZone(None);
+    let api = WorkloadLabels::service(Name::new("api"));
+    let worker = WorkloadLabels::service(Name::new("worker"));
+    let request = redis_get(None, 1_000);
+    let batch: Vec<FinishedSpan> = [&api, &worker, &api]
+        .into_iter()
+        .map(|w| {
+            s.span_of(&record(protocol("redis"), Role::Server, &request, &zone, w))
+                .unwrap()
+        })
+        .collect();
+    let options = ExportOptions {
+        endpoint: "http://127.0.0.1:4318/v1/traces".parse().unwrap(),
+        protocol: OtlpProtocol::HttpProtobuf,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(1),
+        gzip: false,
+        batch_size: 10,
+        batch_delay: Duration::from_millis(10),
+        retry_budget: Duration::from_secs(1),
+        resource: vec![
+            ("host.name".into(), "node-1".into()),
+            ("service.name".into(), "ignored".into()),
+        ],
+        ca_certificates: None,
+        local_zone: Arc::new(|| Some("use1-az1".into())),
+    };
+    let request = build_request(&batch, &options);
+    let resources: Vec<(Vec<(String, String)>, usize)> = request
+        .resource_spans
+        .iter()
+        .map(|rs| {
+            let attrs = rs
+                .resource
+                .as_ref()
+                .unwrap()
+                .attributes
+                .iter()
+                .map(|kv| match &kv.value.as_ref().unwrap().value {
+                    Some(otlp::Value::StringValue(s)) => (kv.key.clone(), s.clone()),
+                    other => panic!("unexpected value {other:?}"),
+                })
+                .collect();
+            (attrs, rs.scope_spans[0].spans.len())
+        })
+        .collect();
+    let resource = |service: &str| {
+        pairs(&[
+            ("service.name", service),
+            ("cloud.availability_zone", "use1-az1"),
+            ("host.name", "node-1"),
+        ])
+    };
+    assert_eq!(
+        resources,
+        vec![(resource("api"), 2), (resource("worker"), 1)]
+    );
+    let span = &request.resource_spans[0].scope_spans[0].spans[0];
+    assert_eq!(span.kind, otlp::SPAN_KIND_SERVER);
+    assert_eq!(span.flags, otlp::SPAN_FLAGS_SAMPLED);
+    assert!(span.status.is_none() && span.parent_span_id.is_empty());
+}

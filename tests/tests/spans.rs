@@ -1,0 +1,788 @@
+//! Spans over OTLP: the real agent, real servers and clients, and a stand-in receiver
+//! that speaks the real protocol (HTTP/protobuf and gRPC) and decodes what arrives with
+//! the official bindings. At 100% sampling every request is exactly one client and one
+//! server span, with exact attributes; trace context joins (W3C traceparent, and both
+//! ends on this node by connection and order); a receiver that is down loses spans only by
+//! count, never capture.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    process::Command,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use nodetap_tests::{
+    http1::HttpClient,
+    metric_value,
+    otlp::{attribute, OtlpReceiver, Transport, KIND_CLIENT, KIND_SERVER},
+    own_process_name,
+    pgwire::{PgClient, SqlError},
+    resp::{Reply, RespClient},
+    serial,
+    servers::{grpc_peer, GrpcServer, Nginx, PostgresServer, RedisServer},
+    Agent, Checked,
+};
+use serde_json::Value;
+
+/// Exported at most 200 ms after they end; every span unless `extra` names a sampler.
+fn agent_exporting_to(receiver: &OtlpReceiver, extra: &[&str]) -> Agent {
+    let endpoint = receiver.endpoint();
+    let protocol = match receiver.transport {
+        Transport::Http => "http/protobuf",
+        Transport::Grpc => "grpc",
+    };
+    let mut args = vec![
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        protocol,
+        "--spans-batch-delay",
+        "200",
+    ];
+    if !extra.contains(&"--traces-sampler") {
+        args.extend_from_slice(&["--traces-sampler", "always_on"]);
+    }
+    args.extend_from_slice(extra);
+    Agent::start(&args)
+}
+
+fn wall_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+}
+
+/// A span's attributes as strings (integers as decimal text).
+fn attributes(span: &Value) -> BTreeMap<String, String> {
+    span["attributes"]
+        .as_object()
+        .expect("attributes")
+        .keys()
+        .map(|k| (k.clone(), attribute(span, k).unwrap()))
+        .collect()
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn resource(span: &Value) -> BTreeMap<String, String> {
+    span["resource"]
+        .as_object()
+        .expect("resource")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().expect("string").to_owned()))
+        .collect()
+}
+
+fn host_name() -> String {
+    let out = Command::new("hostname").output().checked("hostname");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn u64_of(span: &Value, key: &str) -> u64 {
+    span[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in {span}"))
+}
+
+/// The spans of one server port, split by kind.
+fn by_kind(spans: &[Value]) -> (Vec<&Value>, Vec<&Value>) {
+    let client = spans.iter().filter(|s| s["kind"] == KIND_CLIENT).collect();
+    let server = spans.iter().filter(|s| s["kind"] == KIND_SERVER).collect();
+    (client, server)
+}
+
+fn on_port(port: u16) -> impl Fn(&Value) -> bool {
+    let port = port.to_string();
+    move |span| attribute(span, "server.port").as_deref() == Some(port.as_str())
+}
+
+#[test]
+fn redis_requests_are_exactly_one_client_and_one_server_span_each_over_http() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let agent = agent_exporting_to(
+        &receiver,
+        &[
+            "--otlp-compression",
+            "gzip",
+            "--otlp-headers",
+            "x-test-token=one%20two",
+        ],
+    );
+    let me = own_process_name();
+    let mut client = RespClient::connect(redis.port);
+    let client_port = client.local_port().to_string();
+    let before = wall_ns();
+    for i in 0..100 {
+        let (reply, _) = client.command(&["SET", &format!("key:{i}"), "value"]);
+        assert_eq!(reply, Reply::Ok("OK".into()));
+    }
+    for i in 0..50 {
+        let (reply, _) = client.command(&["GET", &format!("key:{i}")]);
+        assert_eq!(reply, Reply::Bulk(Some(b"value".to_vec())));
+    }
+    let after = wall_ns();
+
+    let spans = receiver.wait_for(300, Duration::from_secs(30), on_port(redis.port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!(
+        (client_spans.len(), server_spans.len(), spans.len()),
+        (150, 150, 300),
+        "spans of the redis port (agent tier {}):\n{}",
+        agent.tier(),
+        agent.output()
+    );
+    let port = redis.port.to_string();
+    let host = host_name();
+    for (side, list, service) in [
+        ("client", &client_spans, me.as_str()),
+        ("server", &server_spans, "redis-server"),
+    ] {
+        let mut ops = BTreeMap::new();
+        for span in list.iter() {
+            let op = span["name"].as_str().unwrap().to_owned();
+            let statement = if op == "SET" { "SET ? ?" } else { "GET ?" };
+            let mut expected = map(&[
+                ("db.system.name", "redis"),
+                ("db.operation.name", &op),
+                ("db.query.text", statement),
+                ("server.address", "127.0.0.1"),
+                ("server.port", &port),
+            ]);
+            if side == "client" {
+                expected.extend(map(&[
+                    ("network.peer.address", "127.0.0.1"),
+                    ("network.peer.port", &port),
+                ]));
+            } else {
+                expected.extend(map(&[
+                    ("client.address", "127.0.0.1"),
+                    ("client.port", &client_port),
+                    ("network.peer.address", "127.0.0.1"),
+                    ("network.peer.port", &client_port),
+                ]));
+            }
+            assert_eq!(attributes(span), expected, "{side} span {span}");
+            assert_eq!(
+                resource(span),
+                map(&[("service.name", service), ("host.name", &host)]),
+                "{side} span's resource"
+            );
+            assert_eq!(span["status"], 0, "{side} span {span}");
+            assert_eq!(span["scope"], "nodetap");
+            // What the exporter sent: gzip, with the configured header decoded.
+            assert_eq!(
+                (&span["compression"], &span["token"]),
+                (&Value::from("gzip"), &Value::from("one two"))
+            );
+            // Kernel times, turned into wall-clock time once, nest inside this client's
+            // own readings of the wall clock around all its commands.
+            let (start, end) = (u64_of(span, "start"), u64_of(span, "end"));
+            assert!(
+                before <= start && start <= end && end <= after,
+                "{side} span [{start}, {end}] outside the client's [{before}, {after}]"
+            );
+            *ops.entry(op).or_insert(0) += 1;
+        }
+        assert_eq!(
+            ops,
+            BTreeMap::from([("GET".to_owned(), 50), ("SET".to_owned(), 100)]),
+            "{side} span names"
+        );
+    }
+    // Both ends are on this node and the agent saw both connections open: the i-th
+    // server span is the child of the i-th client span, and each pair is a trace of its
+    // own. The truth: the order this client sent its commands in, and each server span
+    // nesting inside its client span on the kernel's clock.
+    let mut client_spans = client_spans;
+    let mut server_spans = server_spans;
+    client_spans.sort_by_key(|s| u64_of(s, "start"));
+    server_spans.sort_by_key(|s| u64_of(s, "start"));
+    for (i, (c, srv)) in client_spans.iter().zip(&server_spans).enumerate() {
+        let op = if i < 100 { "SET" } else { "GET" };
+        assert_eq!(
+            (&c["name"], &srv["name"]),
+            (&Value::from(op), &Value::from(op))
+        );
+        assert_eq!(c["parent_span_id"], "", "client span {i}");
+        assert_eq!(srv["trace_id"], c["trace_id"], "request {i}");
+        assert_eq!(srv["parent_span_id"], c["span_id"], "request {i}");
+        assert!(
+            u64_of(c, "start") <= u64_of(srv, "start") && u64_of(srv, "end") <= u64_of(c, "end"),
+            "server span {i} {srv} not inside its client span {c}"
+        );
+    }
+    let traces: HashSet<&str> = spans
+        .iter()
+        .map(|s| s["trace_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces.len(), 150);
+    let text = agent.scrape();
+    assert_eq!(
+        metric_value(&text, "nodetap_spans_exported_total", &[]),
+        Some(receiver.spans().len() as f64),
+        "exported counter against what the receiver decoded"
+    );
+}
+
+/// A W3C traceparent for request `i` of a test run: trace and parent ids unique per run.
+fn traceparent(run: &str, i: usize) -> (String, String, String) {
+    let trace = format!("{run}{i:08x}");
+    let parent = format!("{:016x}", 0x00f0_0000_0000_0000u64 + i as u64);
+    (format!("00-{trace}-{parent}-01"), trace, parent)
+}
+
+#[test]
+fn http1_spans_join_the_callers_traceparent_over_grpc() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Grpc);
+    let nginx = Nginx::start();
+    let agent = agent_exporting_to(&receiver, &[]);
+    let me = own_process_name();
+    let run = &nodetap_tests::random_token(24)
+        .bytes()
+        .map(|b| format!("{:x}", b % 16))
+        .collect::<String>();
+    let mut client = HttpClient::connect(nginx.http1_port);
+    let mut client_ports = Vec::new();
+    let mut headers = Vec::new();
+    for i in 0..20 {
+        let (tp, trace, parent) = traceparent(run, i);
+        // The query never reaches a span.
+        let response = client.get_with_headers("/api/orders?page=2", &[("traceparent", &tp)]);
+        assert_eq!(response.status, 200);
+        headers.push((trace, parent));
+        client_ports.push(client.local_port().to_string());
+    }
+    // nginx closes the connection after a 500: one connection each.
+    for _ in 0..5 {
+        let mut client = HttpClient::connect(nginx.http1_port);
+        let response = client.request("GET", "/status/500", b"");
+        assert_eq!(response.status, 500);
+        client_ports.push(client.local_port().to_string());
+    }
+
+    let spans = receiver.wait_for(50, Duration::from_secs(30), on_port(nginx.http1_port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!(
+        (client_spans.len(), server_spans.len()),
+        (25, 25),
+        "spans of the nginx port (agent tier {}):\n{}",
+        agent.tier(),
+        agent.output()
+    );
+    let port = nginx.http1_port.to_string();
+    // Requests were made one after the other: the i-th span of each side by start time
+    // is the i-th request.
+    let (mut client_spans, mut server_spans) = (client_spans, server_spans);
+    client_spans.sort_by_key(|s| u64_of(s, "start"));
+    server_spans.sort_by_key(|s| u64_of(s, "start"));
+    for (i, (client_span, server_span)) in client_spans.iter().zip(&server_spans).enumerate() {
+        let traced = i < 20;
+        let client_port = &client_ports[i];
+        let (route, path, status) = if traced {
+            ("/api/orders", "/api/orders", "200")
+        } else {
+            // The agent's default route normalisation (digits are an id).
+            ("/status/{id}", "/status/500", "500")
+        };
+        let mut expected_server = map(&[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", status),
+            ("http.route", route),
+            ("url.path", path),
+            ("server.address", "127.0.0.1"),
+            ("server.port", &port),
+            ("client.address", "127.0.0.1"),
+            ("client.port", client_port),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.peer.port", client_port),
+        ]);
+        let mut expected_client = map(&[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", status),
+            ("http.route", route),
+            ("url.path", path),
+            ("server.address", "127.0.0.1"),
+            ("server.port", &port),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.peer.port", &port),
+        ]);
+        if !traced {
+            expected_server.insert("error.type".into(), "500".into());
+            expected_client.insert("error.type".into(), "500".into());
+        }
+        assert_eq!(attributes(server_span), expected_server, "server span {i}");
+        assert_eq!(attributes(client_span), expected_client, "client span {i}");
+        assert_eq!(server_span["name"], format!("GET {route}"));
+        assert_eq!(client_span["name"], "GET");
+        let error = if traced { 0 } else { 2 };
+        assert_eq!(
+            (&server_span["status"], &client_span["status"]),
+            (&Value::from(error), &Value::from(error)),
+            "span status of request {i}"
+        );
+        assert_eq!(resource(server_span)["service.name"], "nginx");
+        assert_eq!(resource(client_span)["service.name"], me);
+        if traced {
+            let (trace, parent) = &headers[i];
+            // The server span: the caller's trace, the caller's span as parent.
+            assert_eq!(server_span["trace_id"], *trace, "server span {i}");
+            assert_eq!(server_span["parent_span_id"], *parent, "server span {i}");
+            assert_ne!(server_span["span_id"], *parent);
+            // The client span is the caller's span the header names.
+            assert_eq!(client_span["trace_id"], *trace, "client span {i}");
+            assert_eq!(client_span["span_id"], *parent, "client span {i}");
+            assert_eq!(client_span["parent_span_id"], "", "client span {i}");
+        } else {
+            // No header, but both ends on this node: linked by connection and order.
+            assert_eq!(
+                server_span["trace_id"], client_span["trace_id"],
+                "request {i}"
+            );
+            assert_eq!(
+                server_span["parent_span_id"], client_span["span_id"],
+                "request {i}"
+            );
+            assert_eq!(client_span["parent_span_id"], "", "client span {i}");
+        }
+    }
+}
+
+#[test]
+fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let server = GrpcServer::start();
+    let _agent = agent_exporting_to(&receiver, &[]);
+    let out = Command::new("python3")
+        .arg(grpc_peer())
+        .args([
+            "client",
+            &server.port.to_string(),
+            "ok:8",
+            "notfound:4",
+            "traced:4",
+        ])
+        .output()
+        .checked("grpc client");
+    let done: Value = serde_json::from_slice(&out.stdout).expect("grpc client's JSON");
+    let traceparents: Vec<&str> = done["traceparents"]
+        .as_array()
+        .expect("traceparents")
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(traceparents.len(), 4);
+
+    let spans = receiver.wait_for(32, Duration::from_secs(30), on_port(server.port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!((client_spans.len(), server_spans.len()), (16, 16));
+    // traceparent in gRPC metadata (an HTTP/2 header): the server span joins the caller's
+    // trace under the caller's span, and the client span is that span.
+    for tp in &traceparents {
+        let (trace, parent) = (&tp[3..35], &tp[36..52]);
+        let in_trace = |list: &[&Value]| -> Vec<Value> {
+            list.iter()
+                .filter(|s| s["trace_id"] == trace)
+                .map(|s| (*s).clone())
+                .collect()
+        };
+        let (c, srv) = (in_trace(&client_spans), in_trace(&server_spans));
+        assert_eq!((c.len(), srv.len()), (1, 1), "spans of trace {trace}");
+        assert_eq!(c[0]["span_id"], parent);
+        assert_eq!(c[0]["parent_span_id"], "");
+        assert_eq!(srv[0]["parent_span_id"], parent);
+    }
+    let traced: HashSet<&str> = traceparents.iter().map(|tp| &tp[3..35]).collect();
+    let port = server.port.to_string();
+    for (side, list, service) in [
+        ("client", &client_spans, "grpc-client"),
+        ("server", &server_spans, "grpc-server"),
+    ] {
+        let mut outcomes = BTreeMap::new();
+        for span in list.iter() {
+            let code = attribute(span, "rpc.grpc.status_code").expect("status code");
+            assert_eq!(span["name"], "nodetap.test.Echo/Echo");
+            assert_eq!(resource(span)["service.name"], service);
+            let attrs = attributes(span);
+            for (key, value) in [
+                ("rpc.system", "grpc"),
+                ("rpc.service", "nodetap.test.Echo"),
+                ("rpc.method", "Echo"),
+                ("server.address", "127.0.0.1"),
+                ("server.port", port.as_str()),
+            ] {
+                assert_eq!(
+                    attrs.get(key).map(String::as_str),
+                    Some(value),
+                    "{key} of {span}"
+                );
+            }
+            // HTTP/2 streams complete in any order: gRPC spans without a traceparent are
+            // never linked by order.
+            if !traced.contains(span["trace_id"].as_str().unwrap()) {
+                assert_eq!(span["parent_span_id"], "", "{side} span {span}");
+            }
+            // NOT_FOUND is the caller's error, not a failure of the server.
+            let expected_status = if side == "client" && code == "5" {
+                2
+            } else {
+                0
+            };
+            assert_eq!(span["status"], expected_status, "{side} span {span}");
+            *outcomes.entry(code).or_insert(0) += 1;
+        }
+        assert_eq!(
+            outcomes,
+            BTreeMap::from([("0".to_owned(), 12), ("5".to_owned(), 4)]),
+            "{side} status codes"
+        );
+    }
+}
+
+#[test]
+fn a_receiver_that_is_down_costs_counted_spans_never_capture() {
+    let _serial = serial();
+    let mut receiver = OtlpReceiver::stopped(Transport::Http);
+    let redis = RedisServer::start();
+    let queue = 64usize;
+    let agent = agent_exporting_to(&receiver, &["--spans-queue-size", "64"]);
+    let mut client = RespClient::connect(redis.port);
+    for i in 0..1000 {
+        let (reply, _) = client.command(&["SET", &format!("key:{i}"), "v"]);
+        assert_eq!(reply, Reply::Ok("OK".into()));
+    }
+    let port = redis.port.to_string();
+    let set_count = |text: &str, side: &str, service: &str| {
+        metric_value(
+            text,
+            &format!("db_{side}_operation_duration_seconds_count"),
+            &[
+                ("db_system_name", "redis"),
+                ("db_operation_name", "SET"),
+                ("error_type", ""),
+                ("server_address", "127.0.0.1"),
+                ("server_port", &port),
+                ("service_name", service),
+            ],
+        )
+        .unwrap_or(0.0)
+    };
+    let me = own_process_name();
+    // Capture went on at full count while no span could leave.
+    let failures =
+        |t: &str| metric_value(t, "nodetap_spans_export_failures_total", &[]).unwrap_or(0.0);
+    let text = agent.scrape_until(Duration::from_secs(10), |t| {
+        set_count(t, "client", &me) == 1000.0
+            && set_count(t, "server", "redis-server") == 1000.0
+            && failures(t) >= 1.0
+    });
+    assert_eq!(set_count(&text, "client", &me), 1000.0);
+    assert_eq!(set_count(&text, "server", "redis-server"), 1000.0);
+    let dropped = |text: &str, reason: &str| {
+        metric_value(text, "nodetap_spans_dropped_total", &[("reason", reason)]).unwrap_or(0.0)
+    };
+    // 2,000 spans; at most one batch (512) and the queue are held.
+    let full = dropped(&text, "queue_full");
+    assert!(
+        full >= (2000 - 512 - queue) as f64,
+        "{full} spans dropped for a full queue of {queue}"
+    );
+    assert!(metric_value(&text, "nodetap_spans_export_failures_total", &[]).unwrap_or(0.0) >= 1.0);
+    assert_eq!(receiver.spans().len(), 0);
+
+    receiver.resume();
+    // Export resumes at the next retry (backoff at most 5 s): the held batch arrives.
+    let is_set = |s: &Value| on_port(redis.port)(s) && s["name"] == "SET";
+    let held = receiver.wait_for(1, Duration::from_secs(40), is_set);
+    assert!(
+        !held.is_empty(),
+        "no held SET span arrived after the receiver came back; agent metrics:\n{}\nagent output:\n{}",
+        nodetap_tests::lines_with(&agent.scrape(), "nodetap_spans"),
+        agent.output()
+    );
+    // Then new spans flow again: 100 GETs at a pace the queue of 64 absorbs while a
+    // batch is on its way.
+    for i in 0..100 {
+        let (reply, _) = client.command(&["GET", &format!("key:{i}")]);
+        assert_eq!(reply, Reply::Bulk(Some(b"v".to_vec())));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Every SET span is either received or counted as dropped.
+    let is_get = |s: &Value| on_port(redis.port)(s) && s["name"] == "GET";
+    let gets = receiver.wait_for(200, Duration::from_secs(30), is_get);
+    assert_eq!(gets.len(), 200, "GET spans after the receiver came back");
+    let sets = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| on_port(redis.port)(s) && s["name"] == "SET")
+        .count();
+    let text = agent.scrape();
+    let lost = dropped(&text, "queue_full") + dropped(&text, "export_failed");
+    assert!(
+        sets as f64 + lost >= 2000.0 && sets <= 512 + queue,
+        "{sets} SET spans received and {lost} dropped, of 2000"
+    );
+    assert_eq!(
+        metric_value(&text, "nodetap_spans_exported_total", &[]),
+        Some(receiver.spans().len() as f64),
+        "exported counter against what the receiver decoded"
+    );
+}
+
+#[test]
+fn ratio_sampling_keeps_its_share_by_trace_and_every_error_and_slow_request() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let agent = agent_exporting_to(
+        &receiver,
+        &[
+            "--traces-sampler",
+            "traceidratio",
+            "--traces-sampler-arg",
+            "0.1",
+            "--spans-slow-threshold",
+            "200",
+        ],
+    );
+    let mut client = RespClient::connect(redis.port);
+    assert_eq!(client.command(&["SET", "k", "v"]).0, Reply::Ok("OK".into()));
+    for _ in 0..10_000 {
+        assert_eq!(
+            client.command(&["GET", "k"]).0,
+            Reply::Bulk(Some(b"v".to_vec()))
+        );
+    }
+    // Errors: INCR of a value that is no integer.
+    for _ in 0..50 {
+        assert!(
+            matches!(client.command(&["INCR", "k"]).0, Reply::Error(e) if e.starts_with("ERR"))
+        );
+    }
+    // Slow: BLPOP waits 0.3 s on an empty list, then answers nil.
+    for _ in 0..3 {
+        let (_, took) = client.command(&["BLPOP", "empty", "0.3"]);
+        assert!(took >= Duration::from_millis(300));
+    }
+
+    let mine = on_port(redis.port);
+    // Wait for the slow ones (last sent), then for the rest to settle.
+    receiver.wait_for(6, Duration::from_secs(30), |s| {
+        mine(s) && s["name"] == "BLPOP"
+    });
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(&mine).collect();
+    let count = |name: &str, kind: u64| {
+        spans
+            .iter()
+            .filter(|s| s["name"] == name && s["kind"] == kind)
+            .count()
+    };
+    // Every error and every slow request, on both sides.
+    assert_eq!(
+        (count("INCR", KIND_CLIENT), count("INCR", KIND_SERVER)),
+        (50, 50)
+    );
+    assert_eq!(
+        (count("BLPOP", KIND_CLIENT), count("BLPOP", KIND_SERVER)),
+        (3, 3)
+    );
+    assert!(spans
+        .iter()
+        .filter(|s| s["name"] == "INCR")
+        .all(|s| s["status"] == 2));
+    // The GETs: a tenth, within 5 standard deviations (sd of 10,000 draws at 0.1: 30).
+    let (client_gets, server_gets) = (count("GET", KIND_CLIENT), count("GET", KIND_SERVER));
+    assert!(
+        (850..=1150).contains(&client_gets),
+        "{client_gets} of 10,000 GETs kept at ratio 0.1 (agent tier {})",
+        agent.tier()
+    );
+    // Decided by trace id: both ends of a request (one trace) get the same answer.
+    assert_eq!(server_gets, client_gets);
+    let traces = |kind: u64| -> HashSet<String> {
+        spans
+            .iter()
+            .filter(|s| s["name"] == "GET" && s["kind"] == kind)
+            .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(traces(KIND_CLIENT), traces(KIND_SERVER));
+    // And the sampler's own arithmetic: the low 64 bits of every kept trace id are below
+    // 0.1 * 2^64.
+    let bound = (0.1 * 18_446_744_073_709_551_616.0) as u128;
+    for trace in traces(KIND_CLIENT) {
+        let low = u64::from_str_radix(&trace[16..], 16).unwrap();
+        assert!(
+            u128::from(low) < bound,
+            "trace {trace} kept above the ratio"
+        );
+    }
+    let text = agent.scrape();
+    assert!(
+        metric_value(&text, "nodetap_spans_not_sampled_total", &[]).unwrap_or(0.0)
+            >= (2 * (10_000 - client_gets) + 2) as f64,
+        "spans left out are counted"
+    );
+}
+
+#[test]
+fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_class() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let pg = PostgresServer::start();
+    let _agent = agent_exporting_to(&receiver, &[]);
+    let mut db = PgClient::connect(pg.port);
+    db.simple("CREATE TABLE items (id int PRIMARY KEY, v text)")
+        .0
+        .unwrap();
+    for i in 0..20 {
+        db.simple(&format!("INSERT INTO items VALUES ({i}, 'secret {i}')"))
+            .0
+            .unwrap();
+    }
+    assert_eq!(
+        db.simple("SELECT * FROM no_such_table").0,
+        Err(SqlError("42P01".into()))
+    );
+
+    // 22 queries, both sides; the start-up and authentication exchange is no request.
+    let spans = receiver.wait_for(44, Duration::from_secs(30), on_port(pg.port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!(
+        (client_spans.len(), server_spans.len()),
+        (22, 22),
+        "{spans:#?}"
+    );
+    for (side, list) in [("client", &client_spans), ("server", &server_spans)] {
+        let mut names = BTreeMap::new();
+        for span in list.iter() {
+            let name = span["name"].as_str().unwrap();
+            let attrs = attributes(span);
+            let expected: &[(&str, &str)] = match name {
+                "CREATE" => &[
+                    ("db.operation.name", "CREATE"),
+                    (
+                        "db.query.text",
+                        "CREATE TABLE items (id int PRIMARY KEY, v text)",
+                    ),
+                ],
+                "INSERT items" => &[
+                    ("db.operation.name", "INSERT"),
+                    ("db.collection.name", "items"),
+                    ("db.query.text", "INSERT INTO items VALUES (?, ?)"),
+                ],
+                "SELECT no_such_table" => &[
+                    ("db.operation.name", "SELECT"),
+                    ("db.collection.name", "no_such_table"),
+                    ("db.query.text", "SELECT * FROM no_such_table"),
+                    ("error.type", "42"),
+                ],
+                other => panic!("unexpected {side} span {other:?}: {span}"),
+            };
+            for (key, value) in expected.iter().chain(&[("db.system.name", "postgresql")]) {
+                assert_eq!(
+                    attrs.get(*key).map(String::as_str),
+                    Some(*value),
+                    "{key} of {span}"
+                );
+            }
+            // Literals never reach a span.
+            assert!(!span.to_string().contains("secret"), "{span}");
+            let error = name.starts_with("SELECT");
+            assert_eq!(span["status"], if error { 2 } else { 0 }, "{span}");
+            *names.entry(name.to_owned()).or_insert(0) += 1;
+        }
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                ("CREATE".to_owned(), 1),
+                ("INSERT items".to_owned(), 20),
+                ("SELECT no_such_table".to_owned(), 1),
+            ]),
+            "{side} spans"
+        );
+    }
+}
+
+#[test]
+fn spans_still_queued_at_shutdown_are_sent() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    // A batch waits a minute to fill: only the shutdown can send it within the test.
+    let mut agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "60000",
+    ]);
+    let mut client = RespClient::connect(redis.port);
+    for i in 0..10 {
+        let (reply, _) = client.command(&["SET", &format!("key:{i}"), "v"]);
+        assert_eq!(reply, Reply::Ok("OK".into()));
+    }
+    let port = redis.port.to_string();
+    let me = own_process_name();
+    let sets = |text: &str, side: &str, service: &str| {
+        metric_value(
+            text,
+            &format!("db_{side}_operation_duration_seconds_count"),
+            &[
+                ("db_system_name", "redis"),
+                ("db_operation_name", "SET"),
+                ("error_type", ""),
+                ("server_address", "127.0.0.1"),
+                ("server_port", &port),
+                ("service_name", service),
+            ],
+        )
+    };
+    let text = agent.scrape_until(Duration::from_secs(10), |t| {
+        sets(t, "client", &me) == Some(10.0) && sets(t, "server", "redis-server") == Some(10.0)
+    });
+    assert_eq!(sets(&text, "client", &me), Some(10.0));
+    assert_eq!(sets(&text, "server", "redis-server"), Some(10.0));
+    let mine = on_port(redis.port);
+    assert_eq!(receiver.spans().iter().filter(|s| mine(s)).count(), 0);
+
+    agent.process.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.process.wait_timeout(Duration::from_secs(20)),
+        Some(0),
+        "agent exit; its output:\n{}",
+        agent.output()
+    );
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(&mine).collect();
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!((client_spans.len(), server_spans.len()), (10, 10));
+}
+
+#[test]
+fn spans_reach_a_tls_endpoint_over_grpc_and_http_with_the_given_ca() {
+    let _serial = serial();
+    let redis = RedisServer::start();
+    for transport in [Transport::Grpc, Transport::Http] {
+        let receiver = OtlpReceiver::start_tls(transport);
+        let ca = receiver.ca.clone().unwrap();
+        let _agent = agent_exporting_to(&receiver, &["--otlp-certificate", ca.to_str().unwrap()]);
+        let mut client = RespClient::connect(redis.port);
+        for _ in 0..5 {
+            assert_eq!(client.command(&["PING"]).0, Reply::Ok("PONG".into()));
+        }
+        let spans = receiver.wait_for(10, Duration::from_secs(30), on_port(redis.port));
+        assert_eq!(spans.len(), 10, "{transport:?}: PING spans over TLS");
+        assert!(spans.iter().all(|s| s["name"] == "PING"));
+    }
+}
