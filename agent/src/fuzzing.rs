@@ -262,16 +262,21 @@ fn node(data: &[u8]) {
     parse(&String::from_utf8_lossy(rest));
 }
 
-/// Which fixture file seeds each of the collectors' parsers (under tests/fixtures/node/real).
-const NODE_SEED_FILES: [(&str, &str); 8] = [
-    ("cpu", "proc/stat"),
-    ("diskstats", "proc/diskstats"),
-    ("filesystem", "proc/1/mounts"),
-    ("loadavg", "proc/loadavg"),
-    ("meminfo", "proc/meminfo"),
-    ("netdev", "proc/net/dev"),
-    ("pressure", "proc/pressure/cpu"),
-    ("vmstat", "proc/vmstat"),
+/// Which fixture file seeds each of the collectors' parsers (under tests/fixtures/node).
+const NODE_SEED_FILES: [(&str, &str); 13] = [
+    ("cpu", "real/proc/stat"),
+    ("diskstats", "real/proc/diskstats"),
+    ("filesystem", "real/proc/1/mounts"),
+    ("loadavg", "real/proc/loadavg"),
+    ("meminfo", "real/proc/meminfo"),
+    ("netdev", "real/proc/net/dev"),
+    ("pressure", "real/proc/pressure/cpu"),
+    ("vmstat", "real/proc/vmstat"),
+    ("nfsd", "storage/proc/net/rpc/nfsd"),
+    ("xfs", "storage/sys/fs/xfs/sda1/stats/stats"),
+    ("zfs_kstat", "storage/proc/spl/kstat/zfs/arcstats"),
+    ("zfs_pool_io", "storage/proc/spl/kstat/zfs/backup/io"),
+    ("zfs_objset", "storage/proc/spl/kstat/zfs/tank/objset-0x36"),
 ];
 
 fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
@@ -282,7 +287,7 @@ fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
         let mut seed = vec![i as u8];
         match file {
             Some((_, path)) => {
-                let text = std::fs::read(fixtures.join("node/real").join(path)).unwrap_or_default();
+                let text = std::fs::read(fixtures.join("node").join(path)).unwrap_or_default();
                 seed.extend_from_slice(&text[..text.len().min(SEED_BYTES)]);
             }
             None => seed.extend_from_slice(match *name {
@@ -290,6 +295,7 @@ fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
                 "clocksource" => b"tsc hpet acpi_pm\ntsc".as_slice(),
                 "cpu_list" => b"0-3,8,10-11".as_slice(),
                 "octal_escapes" => b"/mnt/a\\040b".as_slice(),
+                "btrfs" => b"a-b/devices/sda/size=8\na-b/label=x\na-b/allocation/data/raid5/used_bytes=1\na-b/allocation/system/bytes_reserved=2\n".as_slice(),
                 _ => b"-0x7fffffff".as_slice(),
             }),
         }

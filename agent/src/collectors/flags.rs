@@ -38,16 +38,12 @@ pub struct NodeFlags {
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 9] = [
+pub const NOT_IMPLEMENTED: [&str; 5] = [
     "bcache",
-    "btrfs",
     "fibrechannel",
     "infiniband",
-    "nfsd",
     "systemd",
     "tapestats",
-    "xfs",
-    "zfs",
 ];
 
 /// Where a filter flag's value goes in [`NodeConfig`].
@@ -201,6 +197,7 @@ mod tests {
             "--collector.nosuch",
             "--path.procfs=/host/proc",
             "--no-collector.zfs",
+            "--no-collector.systemd",
             "--collector.netdev.device-exclude=^(lo|veth.*)$",
             "--collector.filesystem.mount-points-exclude",
             "^/boot",
@@ -221,7 +218,7 @@ mod tests {
             flags,
             NodeFlags {
                 enable: vec!["netstat".into()],
-                disable: vec!["textfile".into()],
+                disable: vec!["textfile".into(), "zfs".into()],
                 disable_defaults: true,
                 netstat_fields: Some("^Tcp_.*$".into()),
                 textfile_directory: Some("/var/lib/node".into()),
@@ -229,7 +226,7 @@ mod tests {
                     ("collector.netdev.device-exclude", "^(lo|veth.*)$".into()),
                     ("collector.filesystem.mount-points-exclude", "^/boot".into()),
                 ],
-                unimplemented: vec!["no-collector.zfs".into()],
+                unimplemented: vec!["no-collector.systemd".into()],
             }
         );
         let mut cfg = NodeConfig::default();

@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 mod arp;
 mod bonding;
+mod btrfs;
 mod conntrack;
 mod cpu;
 mod cpufreq;
@@ -43,6 +44,7 @@ mod netclass;
 mod netdev;
 mod netstat;
 mod nfs;
+mod nfsd;
 mod nvme;
 mod os;
 mod powersupplyclass;
@@ -62,6 +64,8 @@ mod udp_queues;
 mod uname;
 mod util;
 mod vmstat;
+mod xfs;
+mod zfs;
 
 use render::Family;
 
@@ -235,6 +239,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: bonding::collect,
     },
     CollectorSpec {
+        name: "btrfs",
+        default_enabled: true,
+        description: "Btrfs filesystems: label, global reserve, allocation per block group type and profile, device sizes (/sys/fs/btrfs)",
+        collect: btrfs::collect,
+    },
+    CollectorSpec {
         name: "conntrack",
         default_enabled: true,
         description: "netfilter connection tracking entries, limit and statistics (/proc/sys/net/netfilter, /proc/net/stat/nf_conntrack)",
@@ -343,6 +353,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: nfs::collect,
     },
     CollectorSpec {
+        name: "nfsd",
+        default_enabled: true,
+        description: "NFS server reply cache, I/O, threads, network, RPC and per-operation counts (/proc/net/rpc/nfsd)",
+        collect: nfsd::collect,
+    },
+    CollectorSpec {
         name: "nvme",
         default_enabled: true,
         description: "NVMe controllers: model, serial, firmware, state (/sys/class/nvme)",
@@ -443,6 +459,18 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "paging, swapping and OOM kill counters (/proc/vmstat)",
         collect: vmstat::collect,
+    },
+    CollectorSpec {
+        name: "xfs",
+        default_enabled: true,
+        description: "XFS per-filesystem extent, B-tree, block map, directory, inode, read/write and vnode counters (/sys/fs/xfs/*/stats/stats)",
+        collect: xfs::collect,
+    },
+    CollectorSpec {
+        name: "zfs",
+        default_enabled: true,
+        description: "OpenZFS ARC, ABD, dmu_tx, zfetch, ZIL and other kstats, per-pool I/O, dataset and state (/proc/spl/kstat/zfs)",
+        collect: zfs::collect,
     },
 ];
 
@@ -801,6 +829,8 @@ mod tests {
                     | "cpufreq"
                     | "thermal_zone"
                     | "edac"
+                    | "btrfs"
+                    | "xfs"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -855,7 +885,7 @@ mod tests {
     /// for line, except for what depends on the machine or the moment.
     #[test]
     fn fixtures_match_node_exporter_line_for_line() {
-        for case in ["real", "no_pressure", "many_disks_ipv6", "ec2"] {
+        for case in ["real", "no_pressure", "many_disks_ipv6", "ec2", "storage"] {
             let root = testutil::fixture(case);
             // Labels holding a path (rapl's `path`) name the fixture as `@ROOT@`.
             let want = std::fs::read_to_string(root.join("node_exporter-1.5.0.prom"))
@@ -963,7 +993,8 @@ mod tests {
         nc.encode(&mut out);
         for c in COLLECTORS {
             // The fixture of the VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md,
-            // NFS client, hwmon, power supplies or IPVS: `ec2` has those.
+            // NFS client, hwmon, power supplies or IPVS: `ec2` has those; nor NFS server
+            // or ZFS: `storage` has those (and Btrfs and XFS, whose absence is success).
             let ok = !matches!(
                 c.name,
                 "dmi"
@@ -976,6 +1007,8 @@ mod tests {
                     | "hwmon"
                     | "powersupplyclass"
                     | "ipvs"
+                    | "nfsd"
+                    | "zfs"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -1079,5 +1112,42 @@ pub const TEXT_PARSERS: &[(&str, TextParser)] = &[
     }),
     ("go_int", |t| {
         let _ = util::parse_go_int(t);
+    }),
+    ("nfsd", |t| {
+        if let Ok(s) = nfsd::parse(t) {
+            render::write_families(&mut String::new(), nfsd::render(&s));
+        }
+    }),
+    ("xfs", |t| {
+        if let Ok(s) = xfs::parse(t) {
+            render::write_families(&mut String::new(), xfs::render(&[("sda1".into(), s)]));
+        }
+    }),
+    ("zfs_kstat", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_kstat(t) {
+            zfs::render_kstat(&mut out, "zfs_arc", "arcstats", &e);
+        }
+        zfs::render_state(&mut out, "tank", &zfs::parse_state(t));
+        render::write_families(&mut String::new(), out);
+    }),
+    ("zfs_pool_io", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_pool_io(t) {
+            zfs::render_pool_io(&mut out, "tank", &e);
+        }
+        render::write_families(&mut String::new(), out);
+    }),
+    ("zfs_objset", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_objset(t) {
+            zfs::render_objset(&mut out, "tank", &e);
+        }
+        render::write_families(&mut String::new(), out);
+    }),
+    ("btrfs", |t| {
+        if let Ok(f) = btrfs::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), btrfs::render(&f));
+        }
     }),
 ];

@@ -92,6 +92,20 @@ pub(crate) fn parse_u64(token: &str, line: usize, what: &str) -> Result<u64, Par
     })
 }
 
+/// Like Go's `strconv.ParseUint(s, 10, 64)`, which procfs uses for most counters: ASCII
+/// digits only (no sign, no white space, no `_`), at most `u64::MAX`.
+pub(crate) fn parse_go_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Like Go's `strconv.ParseUint(s, 10, 32)` (procfs' `ParseUint32s`).
+pub(crate) fn parse_go_u32(s: &str) -> Option<u32> {
+    parse_go_u64(s).and_then(|v| u32::try_from(v).ok())
+}
+
 /// Like Go's `strconv.ParseFloat(s, 64)` for the inputs /proc holds.
 pub(crate) fn parse_f64(token: &str, line: usize, what: &str) -> Result<f64, ParseError> {
     token
@@ -200,6 +214,108 @@ pub(crate) fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A directory tree of small text files (a part of sysfs), as the sysfs collectors read
+/// it: their parse functions take a `Tree`, so tests and the fuzzer can hand them a
+/// [`MapTree`] instead of files.
+pub(crate) trait Tree {
+    /// The text of the file at `rel` (`a/b/c`), at most [`TREE_FILE_MAX`] bytes; an
+    /// error of kind `NotFound` when there is none.
+    fn read(&self, rel: &str) -> std::io::Result<String>;
+    /// The names in directory `rel` (`""` for the top), each with whether it is a
+    /// directory (not following symbolic links, as Go's `os.ReadDir`), sorted by name.
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, bool)>>;
+}
+
+/// Sysfs attributes are at most a page; more is not an attribute.
+pub(crate) const TREE_FILE_MAX: u64 = 64 * 1024;
+
+/// A [`Tree`] on disk.
+pub(crate) struct DirTree(pub PathBuf);
+
+impl Tree for DirTree {
+    fn read(&self, rel: &str) -> std::io::Result<String> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(join_rooted(&self.0, rel))?
+            .take(TREE_FILE_MAX)
+            .read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, bool)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(join_rooted(&self.0, rel))? {
+            let e = e?;
+            let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            out.push((e.file_name().to_string_lossy().into_owned(), is_dir));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// A [`Tree`] in memory: relative file path to content; directories are implied by the
+/// paths (so an empty directory cannot be written).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MapTree(pub std::collections::BTreeMap<String, String>);
+
+impl MapTree {
+    /// `path=value` lines (the fuzzer's and the tests' shorthand).
+    pub(crate) fn from_lines(text: &str) -> Self {
+        Self(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim_matches('/').to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl Tree for MapTree {
+    fn read(&self, rel: &str) -> std::io::Result<String> {
+        let rel = rel.trim_matches('/');
+        if let Some(v) = self.0.get(rel) {
+            return Ok(v.clone());
+        }
+        let prefix = format!("{rel}/");
+        if self.0.keys().any(|k| k.starts_with(&prefix)) {
+            return Err(std::io::Error::other("is a directory"));
+        }
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, bool)>> {
+        let rel = rel.trim_matches('/');
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        let mut out: Vec<(String, bool)> = Vec::new();
+        for k in self.0.keys() {
+            let Some(rest) = k.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (name, is_dir) = match rest.split_once('/') {
+                Some((n, _)) => (n, true),
+                None => (rest, false),
+            };
+            if name.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 |= is_dir,
+                None => out.push((name.to_string(), is_dir)),
+            }
+        }
+        if out.is_empty() && !rel.is_empty() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +337,17 @@ mod tests {
         assert_eq!(parse_go_int("-"), None);
         assert_eq!(parse_go_int("up"), None);
         assert_eq!(parse_go_int("08"), None);
+    }
+
+    #[test]
+    fn go_uints() {
+        assert_eq!(parse_go_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_go_u64("18446744073709551616"), None);
+        assert_eq!(parse_go_u64("+1"), None);
+        assert_eq!(parse_go_u64(""), None);
+        assert_eq!(parse_go_u64("1_0"), None);
+        assert_eq!(parse_go_u32("4294967295"), Some(u32::MAX));
+        assert_eq!(parse_go_u32("4294967296"), None);
     }
 
     #[test]
