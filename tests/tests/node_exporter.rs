@@ -39,13 +39,7 @@ const NOT_SERVED: [(&str, &str); 2] = [
 /// their `node_scrape_collector_*{collector}` series are missing from nodetap. On this
 /// machine none of them has data except through those series; a collector that gains
 /// data, or that nodetap implements, fails the test until this list is updated.
-const NOT_YET: [&str; 5] = [
-    "bcache",
-    "fibrechannel",
-    "infiniband",
-    "systemd",
-    "tapestats",
-];
+const NOT_YET: [&str; 1] = ["systemd"];
 
 /// Families whose values describe the exporter process itself, so they differ by
 /// design: type, HELP and label names are compared, values not.

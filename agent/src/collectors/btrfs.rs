@@ -19,14 +19,11 @@
 use std::io;
 
 use super::render::Family;
-use super::util::{parse_go_u64, DirTree, Tree};
+use super::util::{parse_go_u64, sys_read_file, DirTree, Kind, Tree};
 use super::{CollectError, Ctx};
 
 /// Sysfs reports device sizes in 512-byte sectors.
 const SECTOR_SIZE: u64 = 512;
-
-/// procfs' `SysReadFile` reads at most this many bytes of a file.
-const SYS_READ_MAX: usize = 128;
 
 /// The block group types, in the order procfs reads them.
 const BLOCK_GROUP_TYPES: [&str; 3] = ["data", "metadata", "system"];
@@ -83,11 +80,8 @@ impl<'a, T: Tree> Reader<'a, T> {
 
     fn read_file(&mut self, n: &str) -> String {
         let rel = self.rel(n);
-        match self.tree.read(&rel) {
-            Ok(text) => {
-                let bytes = &text.as_bytes()[..text.len().min(SYS_READ_MAX)];
-                String::from_utf8_lossy(bytes).trim().to_string()
-            }
+        match sys_read_file(self.tree, &rel) {
+            Ok(text) => text,
             Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
             Err(e) => {
                 self.err = Some((rel, e));
@@ -104,7 +98,7 @@ impl<'a, T: Tree> Reader<'a, T> {
         parse_go_u64(&s).unwrap_or(0)
     }
 
-    fn list(&mut self, n: &str) -> Vec<(String, bool)> {
+    fn list(&mut self, n: &str) -> Vec<(String, Kind)> {
         let rel = if n.is_empty() {
             self.path.clone()
         } else {
@@ -152,8 +146,8 @@ impl<'a, T: Tree> Reader<'a, T> {
             }
         }
         let mut layouts = Vec::new();
-        for (mode, is_dir) in sr.list("") {
-            if is_dir {
+        for (mode, kind) in sr.list("") {
+            if kind == Kind::Dir {
                 layouts.push(Layout {
                     total_bytes: sr.read_value(&format!("{mode}/total_bytes")),
                     used_bytes: sr.read_value(&format!("{mode}/used_bytes")),

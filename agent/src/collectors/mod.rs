@@ -21,6 +21,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 mod arp;
+mod bcache;
 mod bonding;
 mod btrfs;
 mod conntrack;
@@ -31,11 +32,13 @@ mod dmi;
 mod edac;
 mod entropy;
 mod exporter;
+mod fibrechannel;
 mod filefd;
 mod filesystem;
 mod filters;
 pub mod flags;
 mod hwmon;
+mod infiniband;
 mod ipvs;
 mod loadavg;
 mod mdadm;
@@ -56,6 +59,7 @@ mod selinux;
 mod sockstat;
 mod softnet;
 mod stat;
+mod tapestats;
 mod textfile;
 mod thermal_zone;
 mod time;
@@ -104,6 +108,14 @@ pub struct NodeConfig {
     pub netdev_device_exclude: Option<String>,
     pub netdev_device_include: Option<String>,
     pub diskstats_device_exclude: Option<String>,
+    /// Tape drives the tapestats collector leaves out
+    /// (`--collector.tapestats.ignored-devices`), a regular expression. Default: none
+    /// (node_exporter's `^$`).
+    pub tapestats_ignored_devices: Option<String>,
+    /// Whether the bcache collector also reads each cache device's `priority_stats`,
+    /// which the kernel computes by walking every bucket
+    /// (`--collector.bcache.priorityStats`). Default false, as in node_exporter.
+    pub bcache_priority_stats: bool,
 }
 
 impl Default for NodeConfig {
@@ -122,6 +134,8 @@ impl Default for NodeConfig {
             netdev_device_exclude: None,
             netdev_device_include: None,
             diskstats_device_exclude: None,
+            tapestats_ignored_devices: None,
+            bcache_priority_stats: false,
         }
     }
 }
@@ -233,6 +247,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: arp::collect,
     },
     CollectorSpec {
+        name: "bcache",
+        default_enabled: true,
+        description: "bcache cache sets: btree, journal, per backing device dirty data, writeback rate and hit/miss/bypass counts, per cache device errors and writes (/sys/fs/bcache)",
+        collect: bcache::collect,
+    },
+    CollectorSpec {
         name: "bonding",
         default_enabled: true,
         description: "configured and active slaves per bonding master (/sys/class/net/bonding_masters)",
@@ -287,6 +307,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: entropy::collect,
     },
     CollectorSpec {
+        name: "fibrechannel",
+        default_enabled: true,
+        description: "Fibre Channel host adapters: attributes and frame, word and error counters (/sys/class/fc_host)",
+        collect: fibrechannel::collect,
+    },
+    CollectorSpec {
         name: "filefd",
         default_enabled: true,
         description: "allocated and maximum file handles (/proc/sys/fs/file-nr)",
@@ -303,6 +329,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "hardware sensors: temperatures, voltages, fans, power (/sys/class/hwmon)",
         collect: hwmon::collect,
+    },
+    CollectorSpec {
+        name: "infiniband",
+        default_enabled: true,
+        description: "InfiniBand/RoCE ports: state, rate, data, packet and error counters (/sys/class/infiniband)",
+        collect: infiniband::collect,
     },
     CollectorSpec {
         name: "ipvs",
@@ -419,6 +451,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: stat::collect,
     },
     CollectorSpec {
+        name: "tapestats",
+        default_enabled: true,
+        description: "SCSI tape drives: I/Os, bytes, times and residuals (/sys/class/scsi_tape), except --collector.tapestats.ignored-devices",
+        collect: tapestats::collect,
+    },
+    CollectorSpec {
         name: "textfile",
         default_enabled: true,
         description: "metrics from *.prom files in --collector.textfile.directory",
@@ -531,6 +569,8 @@ pub(crate) struct Ctx {
     pub netstat_fields: regex::Regex,
     pub textfile_directory: Option<PathBuf>,
     pub filters: filters::Filters,
+    /// `--collector.bcache.priorityStats`.
+    pub bcache_priority_stats: bool,
 }
 
 impl Ctx {
@@ -545,6 +585,7 @@ impl Ctx {
                 .expect("the default netstat pattern compiles"),
             textfile_directory: None,
             filters: filters::Filters::default(),
+            bcache_priority_stats: false,
         }
     }
 
@@ -599,6 +640,7 @@ impl NodeCollectors {
         }
         ctx.textfile_directory = cfg.textfile_directory.clone();
         ctx.filters = filters::Filters::from_config(cfg).unwrap_or_default();
+        ctx.bcache_priority_stats = cfg.bcache_priority_stats;
         Self { enabled, ctx }
     }
 
@@ -831,6 +873,7 @@ mod tests {
                     | "edac"
                     | "btrfs"
                     | "xfs"
+                    | "bcache"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -993,8 +1036,9 @@ mod tests {
         nc.encode(&mut out);
         for c in COLLECTORS {
             // The fixture of the VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md,
-            // NFS client, hwmon, power supplies or IPVS: `ec2` has those; nor NFS server
-            // or ZFS: `storage` has those (and Btrfs and XFS, whose absence is success).
+            // NFS client, hwmon, power supplies or IPVS: `ec2` has those; nor NFS server,
+            // ZFS, Fibre Channel, InfiniBand or tape drives: `storage` has those (and
+            // bcache, Btrfs and XFS, whose absence is success).
             let ok = !matches!(
                 c.name,
                 "dmi"
@@ -1009,6 +1053,9 @@ mod tests {
                     | "ipvs"
                     | "nfsd"
                     | "zfs"
+                    | "fibrechannel"
+                    | "infiniband"
+                    | "tapestats"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -1149,5 +1196,27 @@ pub const TEXT_PARSERS: &[(&str, TextParser)] = &[
         if let Ok(f) = btrfs::parse(&util::MapTree::from_lines(t)) {
             render::write_families(&mut String::new(), btrfs::render(&f));
         }
+    }),
+    ("infiniband", |t| {
+        if let Ok(d) = infiniband::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), infiniband::render(&d));
+        }
+    }),
+    ("fibrechannel", |t| {
+        if let Ok(h) = fibrechannel::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), fibrechannel::render(&h));
+        }
+    }),
+    ("tapestats", |t| {
+        if let Ok(d) = tapestats::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), tapestats::render(&d, |_| false));
+        }
+    }),
+    ("bcache", |t| {
+        if let Ok(c) = bcache::parse(&util::MapTree::from_lines(t), true) {
+            render::write_families(&mut String::new(), bcache::render(&c));
+        }
+        let _ = bcache::parse_writeback_rate_debug(t);
+        let _ = bcache::parse_priority_stats(t);
     }),
 ];
