@@ -4,7 +4,7 @@
 //! RPC counts, and one `requests_total` series per NFSv2, v3 and v4 operation (zero for
 //! a version the kernel does not report). No file (no nfsd module loaded): no data.
 //!
-//! procfs 0.8 rejects any line it does not know, so on kernels that added one (6.7's
+//! procfs 0.8 rejects any line it does not know, so on kernels that added one (6.6's
 //! `wdeleg_getattr`) node_exporter 1.5 reports the collector failed; so does nodetap,
 //! which keeps the two interchangeable.
 
