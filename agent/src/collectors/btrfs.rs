@@ -10,16 +10,19 @@
 //! group type starts afresh, and only an error within the last one (`system`) fails the
 //! filesystem. That is reproduced here so that values agree with node_exporter's.
 //!
-//! Not done: node_exporter 1.5 also asks a mounted Btrfs filesystem for its devices
-//! through ioctls (BTRFS_IOC_FS_INFO, DEV_INFO, GET_DEV_STATS) and, where that works,
-//! labels `node_btrfs_device_size_bytes` with `btrfs_dev_uuid` and adds
-//! `node_btrfs_device_unused_bytes` and `node_btrfs_device_errors_total`. nodetap serves
-//! the sysfs form, which is what node_exporter serves where the ioctls fail.
+//! For a mounted filesystem, the devices come from its ioctls instead (BTRFS_IOC_FS_INFO,
+//! DEV_INFO, GET_DEV_STATS, include/uapi/linux/btrfs.h), as node_exporter 1.5 gets them
+//! through github.com/dennwc/btrfs: `node_btrfs_device_size_bytes` then also carries
+//! `btrfs_dev_uuid`, and `node_btrfs_device_unused_bytes` and
+//! `node_btrfs_device_errors_total{type}` are added. Where the ioctls fail (the mount
+//! point is not a subvolume root, or opening it with O_NOATIME is refused to a process
+//! that does not own it and lacks CAP_FOWNER), the sysfs form is served, as there.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use super::render::Family;
-use super::util::{parse_go_u64, sys_read_file, DirTree, Kind, Tree};
+use super::util::{join_rooted, parse_go_u64, read, sys_read_file, DirTree, Kind, Tree};
 use super::{CollectError, Ctx};
 
 /// Sysfs reports device sizes in 512-byte sectors.
@@ -214,7 +217,44 @@ pub(crate) fn parse(tree: &impl Tree) -> Result<Vec<FsStats>, (String, io::Error
         .collect()
 }
 
-pub(crate) fn render(filesystems: &[FsStats]) -> Vec<Family> {
+/// A device as a mounted filesystem's ioctls describe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IoctlDevice {
+    /// The last element of the device's path (`/dev/sdb` -> `sdb`).
+    pub name: String,
+    /// Its UUID in the 8-4-4-4-12 form (`<zero>` when all zero, as dennwc/btrfs writes it).
+    pub uuid: String,
+    pub total_bytes: u64,
+    pub bytes_used: u64,
+    /// Write, read, flush, corruption and generation errors.
+    pub errors: [u64; 5],
+}
+
+/// The error types of [`IoctlDevice::errors`], as node_exporter labels them.
+const ERROR_TYPES: [&str; 5] = ["write", "read", "flush", "corruption", "generation"];
+
+/// The mounts node_exporter reads for the ioctls (/proc/1/mounts, or /proc/mounts):
+/// (device, mount point, type), with `\040` and `\011` decoded as node_exporter decodes
+/// them. A line of fewer than four fields makes the whole file unusable, as there.
+pub(crate) fn parse_mounts(text: &str) -> Option<Vec<(String, String, String)>> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.len() < 4 {
+            return None;
+        }
+        let mount_point = parts[1].replace("\\040", " ").replace("\\011", "\t");
+        out.push((parts[0].to_string(), mount_point, parts[2].to_string()));
+    }
+    Some(out)
+}
+
+/// The families of `filesystems`; a filesystem whose UUID (without dashes) is a key of
+/// `ioctl` gets its devices from there.
+pub(crate) fn render(
+    filesystems: &[FsStats],
+    ioctl: &BTreeMap<String, Vec<IoctlDevice>>,
+) -> Vec<Family> {
     let gauge = |name: &str, help: &str| Family::gauge(format!("node_btrfs_{name}"), help);
     let mut info = gauge("info", "Filesystem information");
     let mut rsv = gauge("global_rsv_size_bytes", "Size of global reserve.");
@@ -231,6 +271,14 @@ pub(crate) fn render(filesystems: &[FsStats]) -> Vec<Family> {
     let mut device_size = gauge(
         "device_size_bytes",
         "Size of a device that is part of the filesystem.",
+    );
+    let mut unused = gauge(
+        "device_unused_bytes",
+        "Unused bytes unused on a device that is part of the filesystem.",
+    );
+    let mut errors = Family::counter(
+        "node_btrfs_device_errors_total",
+        "Errors reported for the device",
     );
     for fs in filesystems {
         let uuid = || ("uuid", fs.uuid.clone());
@@ -254,11 +302,78 @@ pub(crate) fn render(filesystems: &[FsStats]) -> Vec<Family> {
                 ratio.push(labels(), l.ratio);
             }
         }
-        for (name, bytes) in &fs.devices {
-            device_size.push(vec![uuid(), ("device", name.clone())], *bytes as f64);
+        match ioctl.get(&fs.uuid.replace('-', "")) {
+            None => {
+                for (name, bytes) in &fs.devices {
+                    device_size.push(vec![uuid(), ("device", name.clone())], *bytes as f64);
+                }
+            }
+            Some(devices) => {
+                for d in devices {
+                    let labels = || {
+                        vec![
+                            uuid(),
+                            ("device", d.name.clone()),
+                            ("btrfs_dev_uuid", d.uuid.clone()),
+                        ]
+                    };
+                    device_size.push(labels(), d.total_bytes as f64);
+                    unused.push(labels(), d.total_bytes.wrapping_sub(d.bytes_used) as f64);
+                    for (t, v) in ERROR_TYPES.iter().zip(d.errors) {
+                        let mut l = labels();
+                        l.push(("type", t.to_string()));
+                        errors.push(l, v as f64);
+                    }
+                }
+            }
         }
     }
-    vec![info, rsv, reserved, used, size, ratio, device_size]
+    vec![
+        info,
+        rsv,
+        reserved,
+        used,
+        size,
+        ratio,
+        device_size,
+        unused,
+        errors,
+    ]
+}
+
+/// The devices of every mounted Btrfs filesystem whose ioctls answer, by filesystem ID
+/// (hexadecimal, no dashes), as node_exporter's `getIoctlStats` collects them. Failures
+/// only leave a filesystem out (node_exporter logs them at debug level).
+fn ioctl_stats(ctx: &Ctx) -> BTreeMap<String, Vec<IoctlDevice>> {
+    let mut out = BTreeMap::new();
+    let text = match read(&ctx.proc("1/mounts")) {
+        Err(CollectError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            read(&ctx.proc("mounts"))
+        }
+        other => other,
+    };
+    let Some(mounts) = text.ok().as_deref().and_then(parse_mounts) else {
+        return out;
+    };
+    let mut devices_done = std::collections::HashSet::new();
+    for (device, mount_point, fs_type) in mounts {
+        if fs_type != "btrfs" || devices_done.contains(&device) {
+            continue;
+        }
+        let mount_point = super::filesystem::strip_rootfs(&ctx.rootfs, &mount_point);
+        let path = join_rooted(&ctx.rootfs, &mount_point);
+        match ioctl::query(&path) {
+            Ok((fsid, devs)) => {
+                if out.contains_key(&fsid) {
+                    continue;
+                }
+                devices_done.insert(device);
+                out.insert(fsid, devs);
+            }
+            Err(e) => log::debug!("btrfs ioctls on {}: {e}", path.display()),
+        }
+    }
+    out
 }
 
 pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
@@ -268,7 +383,205 @@ pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
             path: base.join(rel),
             source,
         })?;
-    Ok(render(&filesystems))
+    // node_exporter reads the mounts at every scrape; with no filesystem in sysfs
+    // nothing would use them.
+    let ioctl = if filesystems.is_empty() {
+        BTreeMap::new()
+    } else {
+        ioctl_stats(ctx)
+    };
+    Ok(render(&filesystems, &ioctl))
+}
+
+/// The three ioctls, with the argument layouts of include/uapi/linux/btrfs.h.
+mod ioctl {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::io::AsRawFd;
+    use std::path::Path;
+
+    use super::IoctlDevice;
+
+    const MAGIC: u64 = 0x94;
+
+    /// `_IOC(dir, 0x94, nr, size)` (include/uapi/asm-generic/ioctl.h).
+    const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
+        (dir << 30) | ((size as u64) << 16) | (MAGIC << 8) | nr
+    }
+    const READ: u64 = 2;
+    const READ_WRITE: u64 = 3;
+
+    /// struct btrfs_ioctl_fs_info_args (1 KiB).
+    #[repr(C)]
+    struct FsInfoArgs {
+        max_id: u64,
+        num_devices: u64,
+        fsid: [u8; 16],
+        rest: [u8; 1024 - 32],
+    }
+
+    /// struct btrfs_ioctl_dev_info_args (4 KiB).
+    #[repr(C)]
+    struct DevInfoArgs {
+        devid: u64,
+        uuid: [u8; 16],
+        bytes_used: u64,
+        total_bytes: u64,
+        fsid: [u8; 16],
+        unused: [u64; 377],
+        path: [u8; 1024],
+    }
+
+    /// struct btrfs_ioctl_get_dev_stats (3 + 5 + 121 u64s).
+    #[repr(C)]
+    struct DevStatsArgs {
+        devid: u64,
+        nr_items: u64,
+        flags: u64,
+        values: [u64; 5],
+        unused: [u64; 121],
+    }
+
+    const FS_INFO: u64 = ioc(READ, 31, std::mem::size_of::<FsInfoArgs>());
+    const DEV_INFO: u64 = ioc(READ_WRITE, 30, std::mem::size_of::<DevInfoArgs>());
+    const GET_DEV_STATS: u64 = ioc(READ_WRITE, 52, std::mem::size_of::<DevStatsArgs>());
+
+    /// The root of a Btrfs subvolume has inode 256 (BTRFS_FIRST_FREE_OBJECTID).
+    const SUBVOLUME_ROOT_INODE: u64 = 256;
+    const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
+
+    fn check(rc: libc::c_int) -> io::Result<()> {
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A zeroed argument block on the heap (up to 4 KiB).
+    fn zeroed<T>() -> Box<T> {
+        // SAFETY: the argument structs are plain integers and byte arrays, for which
+        // all-zero bytes are a valid value.
+        Box::new(unsafe { std::mem::zeroed() })
+    }
+
+    fn is_subvolume(path: &Path) -> io::Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(path)?;
+        if md.ino() != SUBVOLUME_ROOT_INODE || !md.is_dir() {
+            return Ok(false);
+        }
+        let c = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: an all-zero struct statfs is valid; statfs overwrites it.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a NUL-terminated path and `st` a valid out pointer.
+        check(unsafe { libc::statfs(c.as_ptr(), &mut st) })?;
+        Ok(st.f_type as i64 == BTRFS_SUPER_MAGIC)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// dennwc/btrfs' UUID form.
+    pub(super) fn uuid(b: &[u8; 16]) -> String {
+        if b.iter().all(|x| *x == 0) {
+            return "<zero>".into();
+        }
+        format!(
+            "{}-{}-{}-{}-{}",
+            hex(&b[..4]),
+            hex(&b[4..6]),
+            hex(&b[6..8]),
+            hex(&b[8..10]),
+            hex(&b[10..])
+        )
+    }
+
+    /// The filesystem ID and devices of the Btrfs filesystem mounted at `path`: every
+    /// device ID up to `max_id` that answers (ENODEV: a removed device, skipped), until
+    /// `num_devices` are found.
+    pub(super) fn query(path: &Path) -> io::Result<(String, Vec<IoctlDevice>)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        if !is_subvolume(path)? {
+            return Err(io::Error::other("not the root of a Btrfs subvolume"));
+        }
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOATIME)
+            .open(path)?;
+        let fd = dir.as_raw_fd();
+        let mut info = zeroed::<FsInfoArgs>();
+        // SAFETY: FS_INFO fills a btrfs_ioctl_fs_info_args, which `info` is.
+        check(unsafe { libc::ioctl(fd, FS_INFO as _, &mut *info as *mut FsInfoArgs) })?;
+        let mut devices = Vec::new();
+        for devid in 0..=info.max_id {
+            let mut dev = zeroed::<DevInfoArgs>();
+            dev.devid = devid;
+            // SAFETY: DEV_INFO reads and fills a btrfs_ioctl_dev_info_args.
+            let rc = unsafe { libc::ioctl(fd, DEV_INFO as _, &mut *dev as *mut DevInfoArgs) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENODEV) {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut stats = zeroed::<DevStatsArgs>();
+            stats.devid = devid;
+            stats.nr_items = 5;
+            // SAFETY: GET_DEV_STATS reads and fills a btrfs_ioctl_get_dev_stats.
+            check(unsafe {
+                libc::ioctl(fd, GET_DEV_STATS as _, &mut *stats as *mut DevStatsArgs)
+            })?;
+            let end = dev
+                .path
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(dev.path.len());
+            let dev_path = String::from_utf8_lossy(&dev.path[..end]).into_owned();
+            devices.push(IoctlDevice {
+                name: dev_path.rsplit('/').next().unwrap_or("").to_string(),
+                uuid: uuid(&dev.uuid),
+                total_bytes: dev.total_bytes,
+                bytes_used: dev.bytes_used,
+                errors: stats.values,
+            });
+            if devices.len() as u64 == info.num_devices {
+                break;
+            }
+        }
+        Ok((hex(&info.fsid), devices))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn layouts_and_request_numbers_match_the_kernel() {
+            assert_eq!(std::mem::size_of::<FsInfoArgs>(), 1024);
+            assert_eq!(std::mem::size_of::<DevInfoArgs>(), 4096);
+            assert_eq!(std::mem::size_of::<DevStatsArgs>(), 1032);
+            // The values the uapi header's _IOR/_IOWR macros give.
+            assert_eq!(FS_INFO, 0x8400_941f);
+            assert_eq!(DEV_INFO, 0xd000_941e);
+            assert_eq!(GET_DEV_STATS, 0xc408_9434);
+            assert_eq!(uuid(&[0; 16]), "<zero>");
+            let mut b = [0u8; 16];
+            b[0] = 0xab;
+            b[15] = 1;
+            assert_eq!(uuid(&b), "ab000000-0000-0000-0000-000000000001");
+        }
+
+        #[test]
+        fn a_directory_that_is_no_btrfs_subvolume_is_refused() {
+            let e = query(Path::new("/proc")).unwrap_err();
+            assert_eq!(e.to_string(), "not the root of a Btrfs subvolume");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +625,41 @@ mod tests {
     }
 
     #[test]
+    fn mounts_and_the_ioctl_form() {
+        let m = parse_mounts("/dev/sdb /mnt/my\\040data btrfs rw 0 0\nproc /proc proc rw 0 0\n")
+            .unwrap();
+        assert_eq!(
+            m[0],
+            ("/dev/sdb".into(), "/mnt/my data".into(), "btrfs".into())
+        );
+        assert_eq!(parse_mounts("/dev/sdb /mnt btrfs\n"), None);
+        let fss = parse(&DirTree(testutil::fixture("storage").join("sys/fs/btrfs"))).unwrap();
+        let mut ioctl = BTreeMap::new();
+        ioctl.insert(
+            "7f07c59f6136449cab87e1cf2328731b".to_string(),
+            vec![IoctlDevice {
+                name: "loop22".into(),
+                uuid: "0ac1c1a5-0b11-4d7e-a1a4-0b2e1d6b2f01".into(),
+                total_bytes: 10737418240,
+                bytes_used: 1073741824,
+                errors: [1, 2, 3, 4, 5],
+            }],
+        );
+        let out = testutil::render(render(&fss, &ioctl));
+        let raid = "uuid=\"7f07c59f-6136-449c-ab87-e1cf2328731b\"";
+        for line in [
+            format!("node_btrfs_device_size_bytes{{btrfs_dev_uuid=\"0ac1c1a5-0b11-4d7e-a1a4-0b2e1d6b2f01\",device=\"loop22\",{raid}}} 1.073741824e+10\n"),
+            format!("node_btrfs_device_unused_bytes{{btrfs_dev_uuid=\"0ac1c1a5-0b11-4d7e-a1a4-0b2e1d6b2f01\",device=\"loop22\",{raid}}} 9.663676416e+09\n"),
+            format!("node_btrfs_device_errors_total{{btrfs_dev_uuid=\"0ac1c1a5-0b11-4d7e-a1a4-0b2e1d6b2f01\",device=\"loop22\",type=\"corruption\",{raid}}} 4\n"),
+            // The other filesystem keeps the sysfs form.
+            "node_btrfs_device_size_bytes{device=\"sda2\",uuid=\"0abb23a9-9aa3-4df9-b3bb-2f2b4e1d4a6f\"} 3.221225472e+10\n".to_string(),
+        ] {
+            assert!(out.contains(&line), "missing {line:?} in\n{out}");
+        }
+        assert!(!out.contains("device=\"loop23\""), "{out}");
+    }
+
+    #[test]
     fn absent_source_is_success_without_families() {
         let out = testutil::render(collect(&testutil::ctx("real")).unwrap());
         assert_eq!(out, "");
@@ -320,7 +668,7 @@ mod tests {
     proptest! {
         #[test]
         fn parse_never_panics(s in "\\PC*|(a-b/(devices/d[0-9]/size|label|metadata_uuid|allocation/(data|system|metadata)/(raid[56]|dup)/(used|total)_bytes|allocation/global_rsv_size)=[0-9a-z]{0,4}\n){1,12}") {
-            if let Ok(f) = parse(&MapTree::from_lines(&s)) { let _ = render(&f); }
+            if let Ok(f) = parse(&MapTree::from_lines(&s)) { let _ = render(&f, &BTreeMap::new()); }
         }
     }
 }

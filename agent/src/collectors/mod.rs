@@ -1194,7 +1194,8 @@ pub const TEXT_PARSERS: &[(&str, TextParser)] = &[
     }),
     ("btrfs", |t| {
         if let Ok(f) = btrfs::parse(&util::MapTree::from_lines(t)) {
-            render::write_families(&mut String::new(), btrfs::render(&f));
+            render::write_families(&mut String::new(), btrfs::render(&f, &Default::default()));
+            let _ = btrfs::parse_mounts(t);
         }
     }),
     ("infiniband", |t| {
