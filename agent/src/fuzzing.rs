@@ -262,16 +262,21 @@ fn node(data: &[u8]) {
     parse(&String::from_utf8_lossy(rest));
 }
 
-/// Which fixture file seeds each of the collectors' parsers (under tests/fixtures/node/real).
-const NODE_SEED_FILES: [(&str, &str); 8] = [
-    ("cpu", "proc/stat"),
-    ("diskstats", "proc/diskstats"),
-    ("filesystem", "proc/1/mounts"),
-    ("loadavg", "proc/loadavg"),
-    ("meminfo", "proc/meminfo"),
-    ("netdev", "proc/net/dev"),
-    ("pressure", "proc/pressure/cpu"),
-    ("vmstat", "proc/vmstat"),
+/// Which fixture file seeds each of the collectors' parsers (under tests/fixtures/node).
+const NODE_SEED_FILES: [(&str, &str); 13] = [
+    ("cpu", "real/proc/stat"),
+    ("diskstats", "real/proc/diskstats"),
+    ("filesystem", "real/proc/1/mounts"),
+    ("loadavg", "real/proc/loadavg"),
+    ("meminfo", "real/proc/meminfo"),
+    ("netdev", "real/proc/net/dev"),
+    ("pressure", "real/proc/pressure/cpu"),
+    ("vmstat", "real/proc/vmstat"),
+    ("nfsd", "storage/proc/net/rpc/nfsd"),
+    ("xfs", "storage/sys/fs/xfs/sda1/stats/stats"),
+    ("zfs_kstat", "storage/proc/spl/kstat/zfs/arcstats"),
+    ("zfs_pool_io", "storage/proc/spl/kstat/zfs/backup/io"),
+    ("zfs_objset", "storage/proc/spl/kstat/zfs/tank/objset-0x36"),
 ];
 
 fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
@@ -282,7 +287,7 @@ fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
         let mut seed = vec![i as u8];
         match file {
             Some((_, path)) => {
-                let text = std::fs::read(fixtures.join("node/real").join(path)).unwrap_or_default();
+                let text = std::fs::read(fixtures.join("node").join(path)).unwrap_or_default();
                 seed.extend_from_slice(&text[..text.len().min(SEED_BYTES)]);
             }
             None => seed.extend_from_slice(match *name {
@@ -290,6 +295,11 @@ fn node_seeds(fixtures: &Path) -> Vec<Vec<u8>> {
                 "clocksource" => b"tsc hpet acpi_pm\ntsc".as_slice(),
                 "cpu_list" => b"0-3,8,10-11".as_slice(),
                 "octal_escapes" => b"/mnt/a\\040b".as_slice(),
+                "btrfs" => b"a-b/devices/sda/size=8\na-b/label=x\na-b/allocation/data/raid5/used_bytes=1\na-b/allocation/system/bytes_reserved=2\n".as_slice(),
+                "infiniband" => b"mlx5_0/board_id=MT_1\nmlx5_0/fw_ver=1\nmlx5_0/ports/1/state=4: ACTIVE\nmlx5_0/ports/1/phys_state=5: LinkUp\nmlx5_0/ports/1/rate=100 Gb/sec (4X EDR)\nmlx5_0/ports/1/counters/port_rcv_data=9\n".as_slice(),
+                "fibrechannel" => b"host0/speed=16 Gbit\nhost0/port_state=Online\nhost0/port_type=NPort\nhost0/node_name=0x20\nhost0/port_id=0x02\nhost0/port_name=0x10\nhost0/fabric_name=0x0\nhost0/dev_loss_tmo=30\nhost0/symbolic_name=x\nhost0/supported_classes=Class 3\nhost0/supported_speeds=16 Gbit\nhost0/statistics/rx_frames=0x30\n".as_slice(),
+                "tapestats" => b"st0/stats/io_ns=9331400\nst0/stats/read_cnt=0x10\nnst0/stats/io_ns=1\n".as_slice(),
+                "bcache" => b"u-1/btree_cache_size=1.1Mx\nu-1/bdev0/dirty_data=20.4Gx\nu-1/bdev0/writeback_rate_debug=rate: 1.1M/sec\nu-1/cache0/priority_stats=Unused: 99%\n".as_slice(),
                 _ => b"-0x7fffffff".as_slice(),
             }),
         }

@@ -181,6 +181,9 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus-node-exporter",
         "/usr/bin/prometheus-node-exporter",
     ),
+    // The node_exporter test's Btrfs and XFS filesystems on loop devices.
+    ("btrfs-progs", "/usr/sbin/mkfs.btrfs"),
+    ("xfsprogs", "/usr/sbin/mkfs.xfs"),
     ("wrk", "/usr/bin/wrk"),
     ("nghttp2-client", "/usr/bin/h2load"),
     // The network tests switch veth offloads off; the network benchmark's bulk transfer.

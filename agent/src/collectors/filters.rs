@@ -14,6 +14,7 @@ pub(crate) struct Filters {
     pub netdev_device_exclude: Option<Regex>,
     pub netdev_device_include: Option<Regex>,
     pub diskstats_device_exclude: Option<Regex>,
+    pub tapestats_ignored_devices: Option<Regex>,
 }
 
 fn compile(flag: &'static str, pattern: &Option<String>) -> Result<Option<Regex>, NodeConfigError> {
@@ -51,6 +52,10 @@ impl Filters {
                 "collector.diskstats.device-exclude",
                 &cfg.diskstats_device_exclude,
             )?,
+            tapestats_ignored_devices: compile(
+                "collector.tapestats.ignored-devices",
+                &cfg.tapestats_ignored_devices,
+            )?,
         })
     }
 
@@ -76,6 +81,14 @@ impl Filters {
         }
     }
 
+    /// node_exporter's default, `^$`, matches no device name.
+    pub(crate) fn tape_ignored(&self, device: &str) -> bool {
+        match &self.tapestats_ignored_devices {
+            Some(re) => re.is_match(device),
+            None => device.is_empty(),
+        }
+    }
+
     pub(crate) fn disk_excluded(&self, device: &str) -> bool {
         match &self.diskstats_device_exclude {
             Some(re) => re.is_match(device),
@@ -95,15 +108,18 @@ mod tests {
         assert!(!d.fs_type_excluded("tmpfs") && d.fs_type_excluded("overlay"));
         assert!(d.netdev_excluded("lo") && !d.netdev_excluded("eth0"));
         assert!(d.disk_excluded("sda1") && !d.disk_excluded("sda"));
+        assert!(!d.tape_ignored("st0"));
 
         let cfg = NodeConfig {
             filesystem_mount_points_exclude: Some("^/boot".into()),
             filesystem_fs_types_exclude: Some("^tmpfs$".into()),
             netdev_device_include: Some("^eth".into()),
             diskstats_device_exclude: Some("^loop".into()),
+            tapestats_ignored_devices: Some("^st1$".into()),
             ..NodeConfig::default()
         };
         let f = Filters::from_config(&cfg).unwrap();
+        assert!(f.tape_ignored("st1") && !f.tape_ignored("st10"));
         assert!(f.mount_point_excluded("/boot/efi") && !f.mount_point_excluded("/run/user/0"));
         assert!(f.fs_type_excluded("tmpfs") && !f.fs_type_excluded("overlay"));
         assert!(

@@ -20,7 +20,9 @@ pub const HELP: &str = "node_exporter switches (see README, Host metrics):
       --collector.textfile.directory=DIR           directory of *.prom files
       --collector.filesystem.mount-points-exclude=REGEX, --collector.filesystem.fs-types-exclude=REGEX
       --collector.netdev.device-exclude=REGEX, --collector.netdev.device-include=REGEX
-      --collector.diskstats.device-exclude=REGEX";
+      --collector.diskstats.device-exclude=REGEX
+      --collector.tapestats.ignored-devices=REGEX
+      --collector.bcache.priorityStats             read bcache priority_stats (expensive)";
 
 /// The collector switches found on a command line.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -32,29 +34,21 @@ pub struct NodeFlags {
     pub textfile_directory: Option<PathBuf>,
     /// Filter flags by their name without `--` (see [`FILTER_OPTIONS`]).
     pub filters: Vec<(&'static str, String)>,
+    /// `--collector.bcache.priorityStats` (`Some(true)`) or its `--no-` form.
+    pub bcache_priority_stats: Option<bool>,
     /// node_exporter collectors nodetap does not implement, named in a switch: accepted
     /// so that a node_exporter command line still starts nodetap, and logged.
     pub unimplemented: Vec<String>,
 }
 
 /// node_exporter's default Linux collectors that nodetap does not implement (yet).
-pub const NOT_IMPLEMENTED: [&str; 9] = [
-    "bcache",
-    "btrfs",
-    "fibrechannel",
-    "infiniband",
-    "nfsd",
-    "systemd",
-    "tapestats",
-    "xfs",
-    "zfs",
-];
+pub const NOT_IMPLEMENTED: [&str; 1] = ["systemd"];
 
 /// Where a filter flag's value goes in [`NodeConfig`].
 type FieldOf = fn(&mut NodeConfig) -> &mut Option<String>;
 
 /// node_exporter's filter flags and the [`NodeConfig`] field each sets.
-const FILTER_OPTIONS: [(&str, FieldOf); 5] = [
+const FILTER_OPTIONS: [(&str, FieldOf); 6] = [
     ("collector.filesystem.mount-points-exclude", |c| {
         &mut c.filesystem_mount_points_exclude
     }),
@@ -69,6 +63,9 @@ const FILTER_OPTIONS: [(&str, FieldOf); 5] = [
     }),
     ("collector.diskstats.device-exclude", |c| {
         &mut c.diskstats_device_exclude
+    }),
+    ("collector.tapestats.ignored-devices", |c| {
+        &mut c.tapestats_ignored_devices
     }),
 ];
 
@@ -121,6 +118,19 @@ pub fn split(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, NodeFl
             flags.disable_defaults = true;
             continue;
         }
+        if inline.is_none() {
+            match key {
+                "collector.bcache.priorityStats" => {
+                    flags.bcache_priority_stats = Some(true);
+                    continue;
+                }
+                "no-collector.bcache.priorityStats" => {
+                    flags.bcache_priority_stats = Some(false);
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let known = |n: &str| COLLECTORS.iter().any(|c| c.name == n);
         match (
             key.strip_prefix("collector."),
@@ -160,6 +170,9 @@ impl NodeFlags {
             }
         }
         cfg.disable_defaults |= self.disable_defaults;
+        if let Some(b) = self.bcache_priority_stats {
+            cfg.bcache_priority_stats = b;
+        }
         if let Some(f) = &self.netstat_fields {
             cfg.netstat_fields = f.clone();
         }
@@ -201,9 +214,12 @@ mod tests {
             "--collector.nosuch",
             "--path.procfs=/host/proc",
             "--no-collector.zfs",
+            "--no-collector.systemd",
             "--collector.netdev.device-exclude=^(lo|veth.*)$",
             "--collector.filesystem.mount-points-exclude",
             "^/boot",
+            "--collector.bcache.priorityStats",
+            "--collector.tapestats.ignored-devices=^st9$",
         ]));
         assert_eq!(
             rest,
@@ -221,20 +237,24 @@ mod tests {
             flags,
             NodeFlags {
                 enable: vec!["netstat".into()],
-                disable: vec!["textfile".into()],
+                disable: vec!["textfile".into(), "zfs".into()],
                 disable_defaults: true,
                 netstat_fields: Some("^Tcp_.*$".into()),
                 textfile_directory: Some("/var/lib/node".into()),
                 filters: vec![
                     ("collector.netdev.device-exclude", "^(lo|veth.*)$".into()),
                     ("collector.filesystem.mount-points-exclude", "^/boot".into()),
+                    ("collector.tapestats.ignored-devices", "^st9$".into()),
                 ],
-                unimplemented: vec!["no-collector.zfs".into()],
+                bcache_priority_stats: Some(true),
+                unimplemented: vec!["no-collector.systemd".into()],
             }
         );
         let mut cfg = NodeConfig::default();
         flags.apply(&mut cfg).unwrap();
         assert_eq!(cfg.netdev_device_exclude.as_deref(), Some("^(lo|veth.*)$"));
+        assert_eq!(cfg.tapestats_ignored_devices.as_deref(), Some("^st9$"));
+        assert!(cfg.bcache_priority_stats);
         assert_eq!(
             cfg.filesystem_mount_points_exclude.as_deref(),
             Some("^/boot")

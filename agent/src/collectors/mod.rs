@@ -21,7 +21,9 @@ use std::time::Instant;
 use serde::Deserialize;
 
 mod arp;
+mod bcache;
 mod bonding;
+mod btrfs;
 mod conntrack;
 mod cpu;
 mod cpufreq;
@@ -30,11 +32,13 @@ mod dmi;
 mod edac;
 mod entropy;
 mod exporter;
+mod fibrechannel;
 mod filefd;
 mod filesystem;
 mod filters;
 pub mod flags;
 mod hwmon;
+mod infiniband;
 mod ipvs;
 mod loadavg;
 mod mdadm;
@@ -43,6 +47,7 @@ mod netclass;
 mod netdev;
 mod netstat;
 mod nfs;
+mod nfsd;
 mod nvme;
 mod os;
 mod powersupplyclass;
@@ -54,6 +59,7 @@ mod selinux;
 mod sockstat;
 mod softnet;
 mod stat;
+mod tapestats;
 mod textfile;
 mod thermal_zone;
 mod time;
@@ -62,6 +68,8 @@ mod udp_queues;
 mod uname;
 mod util;
 mod vmstat;
+mod xfs;
+mod zfs;
 
 use render::Family;
 
@@ -100,6 +108,14 @@ pub struct NodeConfig {
     pub netdev_device_exclude: Option<String>,
     pub netdev_device_include: Option<String>,
     pub diskstats_device_exclude: Option<String>,
+    /// Tape drives the tapestats collector leaves out
+    /// (`--collector.tapestats.ignored-devices`), a regular expression. Default: none
+    /// (node_exporter's `^$`).
+    pub tapestats_ignored_devices: Option<String>,
+    /// Whether the bcache collector also reads each cache device's `priority_stats`,
+    /// which the kernel computes by walking every bucket
+    /// (`--collector.bcache.priorityStats`). Default false, as in node_exporter.
+    pub bcache_priority_stats: bool,
 }
 
 impl Default for NodeConfig {
@@ -118,6 +134,8 @@ impl Default for NodeConfig {
             netdev_device_exclude: None,
             netdev_device_include: None,
             diskstats_device_exclude: None,
+            tapestats_ignored_devices: None,
+            bcache_priority_stats: false,
         }
     }
 }
@@ -229,10 +247,22 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: arp::collect,
     },
     CollectorSpec {
+        name: "bcache",
+        default_enabled: true,
+        description: "bcache cache sets: btree, journal, per backing device dirty data, writeback rate and hit/miss/bypass counts, per cache device errors and writes (/sys/fs/bcache)",
+        collect: bcache::collect,
+    },
+    CollectorSpec {
         name: "bonding",
         default_enabled: true,
         description: "configured and active slaves per bonding master (/sys/class/net/bonding_masters)",
         collect: bonding::collect,
+    },
+    CollectorSpec {
+        name: "btrfs",
+        default_enabled: true,
+        description: "Btrfs filesystems: label, global reserve, allocation per block group type and profile, device sizes (/sys/fs/btrfs)",
+        collect: btrfs::collect,
     },
     CollectorSpec {
         name: "conntrack",
@@ -277,6 +307,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: entropy::collect,
     },
     CollectorSpec {
+        name: "fibrechannel",
+        default_enabled: true,
+        description: "Fibre Channel host adapters: attributes and frame, word and error counters (/sys/class/fc_host)",
+        collect: fibrechannel::collect,
+    },
+    CollectorSpec {
         name: "filefd",
         default_enabled: true,
         description: "allocated and maximum file handles (/proc/sys/fs/file-nr)",
@@ -293,6 +329,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "hardware sensors: temperatures, voltages, fans, power (/sys/class/hwmon)",
         collect: hwmon::collect,
+    },
+    CollectorSpec {
+        name: "infiniband",
+        default_enabled: true,
+        description: "InfiniBand/RoCE ports: state, rate, data, packet and error counters (/sys/class/infiniband)",
+        collect: infiniband::collect,
     },
     CollectorSpec {
         name: "ipvs",
@@ -341,6 +383,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "NFS client RPC and per-procedure counts (/proc/net/rpc/nfs)",
         collect: nfs::collect,
+    },
+    CollectorSpec {
+        name: "nfsd",
+        default_enabled: true,
+        description: "NFS server reply cache, I/O, threads, network, RPC and per-operation counts (/proc/net/rpc/nfsd)",
+        collect: nfsd::collect,
     },
     CollectorSpec {
         name: "nvme",
@@ -403,6 +451,12 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         collect: stat::collect,
     },
     CollectorSpec {
+        name: "tapestats",
+        default_enabled: true,
+        description: "SCSI tape drives: I/Os, bytes, times and residuals (/sys/class/scsi_tape), except --collector.tapestats.ignored-devices",
+        collect: tapestats::collect,
+    },
+    CollectorSpec {
         name: "textfile",
         default_enabled: true,
         description: "metrics from *.prom files in --collector.textfile.directory",
@@ -443,6 +497,18 @@ pub const COLLECTORS: &[CollectorSpec] = &[
         default_enabled: true,
         description: "paging, swapping and OOM kill counters (/proc/vmstat)",
         collect: vmstat::collect,
+    },
+    CollectorSpec {
+        name: "xfs",
+        default_enabled: true,
+        description: "XFS per-filesystem extent, B-tree, block map, directory, inode, read/write and vnode counters (/sys/fs/xfs/*/stats/stats)",
+        collect: xfs::collect,
+    },
+    CollectorSpec {
+        name: "zfs",
+        default_enabled: true,
+        description: "OpenZFS ARC, ABD, dmu_tx, zfetch, ZIL and other kstats, per-pool I/O, dataset and state (/proc/spl/kstat/zfs)",
+        collect: zfs::collect,
     },
 ];
 
@@ -503,6 +569,8 @@ pub(crate) struct Ctx {
     pub netstat_fields: regex::Regex,
     pub textfile_directory: Option<PathBuf>,
     pub filters: filters::Filters,
+    /// `--collector.bcache.priorityStats`.
+    pub bcache_priority_stats: bool,
 }
 
 impl Ctx {
@@ -517,6 +585,7 @@ impl Ctx {
                 .expect("the default netstat pattern compiles"),
             textfile_directory: None,
             filters: filters::Filters::default(),
+            bcache_priority_stats: false,
         }
     }
 
@@ -571,6 +640,7 @@ impl NodeCollectors {
         }
         ctx.textfile_directory = cfg.textfile_directory.clone();
         ctx.filters = filters::Filters::from_config(cfg).unwrap_or_default();
+        ctx.bcache_priority_stats = cfg.bcache_priority_stats;
         Self { enabled, ctx }
     }
 
@@ -801,6 +871,9 @@ mod tests {
                     | "cpufreq"
                     | "thermal_zone"
                     | "edac"
+                    | "btrfs"
+                    | "xfs"
+                    | "bcache"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -855,7 +928,7 @@ mod tests {
     /// for line, except for what depends on the machine or the moment.
     #[test]
     fn fixtures_match_node_exporter_line_for_line() {
-        for case in ["real", "no_pressure", "many_disks_ipv6", "ec2"] {
+        for case in ["real", "no_pressure", "many_disks_ipv6", "ec2", "storage"] {
             let root = testutil::fixture(case);
             // Labels holding a path (rapl's `path`) name the fixture as `@ROOT@`.
             let want = std::fs::read_to_string(root.join("node_exporter-1.5.0.prom"))
@@ -963,7 +1036,9 @@ mod tests {
         nc.encode(&mut out);
         for c in COLLECTORS {
             // The fixture of the VM has no DMI, CONFIG_SCHEDSTATS, NVMe, RAPL, bonding, md,
-            // NFS client, hwmon, power supplies or IPVS: `ec2` has those.
+            // NFS client, hwmon, power supplies or IPVS: `ec2` has those; nor NFS server,
+            // ZFS, Fibre Channel, InfiniBand or tape drives: `storage` has those (and
+            // bcache, Btrfs and XFS, whose absence is success).
             let ok = !matches!(
                 c.name,
                 "dmi"
@@ -976,6 +1051,11 @@ mod tests {
                     | "hwmon"
                     | "powersupplyclass"
                     | "ipvs"
+                    | "nfsd"
+                    | "zfs"
+                    | "fibrechannel"
+                    | "infiniband"
+                    | "tapestats"
             );
             let line = format!(
                 "node_scrape_collector_success{{collector=\"{}\"}} {}\n",
@@ -1079,5 +1159,65 @@ pub const TEXT_PARSERS: &[(&str, TextParser)] = &[
     }),
     ("go_int", |t| {
         let _ = util::parse_go_int(t);
+    }),
+    ("nfsd", |t| {
+        if let Ok(s) = nfsd::parse(t) {
+            render::write_families(&mut String::new(), nfsd::render(&s));
+        }
+    }),
+    ("xfs", |t| {
+        if let Ok(s) = xfs::parse(t) {
+            render::write_families(&mut String::new(), xfs::render(&[("sda1".into(), s)]));
+        }
+    }),
+    ("zfs_kstat", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_kstat(t) {
+            zfs::render_kstat(&mut out, "zfs_arc", "arcstats", &e);
+        }
+        zfs::render_state(&mut out, "tank", &zfs::parse_state(t));
+        render::write_families(&mut String::new(), out);
+    }),
+    ("zfs_pool_io", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_pool_io(t) {
+            zfs::render_pool_io(&mut out, "tank", &e);
+        }
+        render::write_families(&mut String::new(), out);
+    }),
+    ("zfs_objset", |t| {
+        let mut out = Vec::new();
+        if let Ok(e) = zfs::parse_objset(t) {
+            zfs::render_objset(&mut out, "tank", &e);
+        }
+        render::write_families(&mut String::new(), out);
+    }),
+    ("btrfs", |t| {
+        if let Ok(f) = btrfs::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), btrfs::render(&f, &Default::default()));
+            let _ = btrfs::parse_mounts(t);
+        }
+    }),
+    ("infiniband", |t| {
+        if let Ok(d) = infiniband::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), infiniband::render(&d));
+        }
+    }),
+    ("fibrechannel", |t| {
+        if let Ok(h) = fibrechannel::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), fibrechannel::render(&h));
+        }
+    }),
+    ("tapestats", |t| {
+        if let Ok(d) = tapestats::parse(&util::MapTree::from_lines(t)) {
+            render::write_families(&mut String::new(), tapestats::render(&d, |_| false));
+        }
+    }),
+    ("bcache", |t| {
+        if let Ok(c) = bcache::parse(&util::MapTree::from_lines(t), true) {
+            render::write_families(&mut String::new(), bcache::render(&c));
+        }
+        let _ = bcache::parse_writeback_rate_debug(t);
+        let _ = bcache::parse_priority_stats(t);
     }),
 ];

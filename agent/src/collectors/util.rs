@@ -92,6 +92,29 @@ pub(crate) fn parse_u64(token: &str, line: usize, what: &str) -> Result<u64, Par
     })
 }
 
+/// Like Go's `strconv.ParseUint(s, 10, 64)`, which procfs uses for most counters: ASCII
+/// digits only (no sign, no white space, no `_`), at most `u64::MAX`.
+pub(crate) fn parse_go_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Like Go's `strconv.ParseUint(s, 0, 64)` (procfs' `ValueParser.PUInt64`): no sign,
+/// `0x`/`0o`/`0b` prefixes or a leading `0` for octal, `_` between digits after a prefix.
+pub(crate) fn parse_go_uint(s: &str) -> Option<u64> {
+    if s.starts_with(['+', '-']) {
+        return None;
+    }
+    go_magnitude(s)
+}
+
+/// Like Go's `strconv.ParseUint(s, 10, 32)` (procfs' `ParseUint32s`).
+pub(crate) fn parse_go_u32(s: &str) -> Option<u32> {
+    parse_go_u64(s).and_then(|v| u32::try_from(v).ok())
+}
+
 /// Like Go's `strconv.ParseFloat(s, 64)` for the inputs /proc holds.
 pub(crate) fn parse_f64(token: &str, line: usize, what: &str) -> Result<f64, ParseError> {
     token
@@ -108,6 +131,20 @@ pub(crate) fn parse_go_int(s: &str) -> Option<i64> {
         Some(b'+') => (false, &s[1..]),
         _ => (false, s),
     };
+    let magnitude = go_magnitude(body)?;
+    if neg {
+        if magnitude <= i64::MAX as u64 + 1 {
+            Some((magnitude as i64).wrapping_neg())
+        } else {
+            None
+        }
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+/// The unsigned part of Go's base-0 integer syntax.
+fn go_magnitude(body: &str) -> Option<u64> {
     if body.is_empty() {
         return None;
     }
@@ -135,16 +172,7 @@ pub(crate) fn parse_go_int(s: &str) -> Option<i64> {
     if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
         return None;
     }
-    let magnitude = u64::from_str_radix(&digits, radix).ok()?;
-    if neg {
-        if magnitude <= i64::MAX as u64 + 1 {
-            Some((magnitude as i64).wrapping_neg())
-        } else {
-            None
-        }
-    } else {
-        i64::try_from(magnitude).ok()
-    }
+    u64::from_str_radix(&digits, radix).ok()
 }
 
 /// Parses a kernel CPU list such as `0-3,8,10-11` (see Documentation/admin-guide/cputopology.rst).
@@ -200,6 +228,141 @@ pub(crate) fn unescape_octal(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A directory tree of small text files (a part of sysfs), as the sysfs collectors read
+/// it: their parse functions take a `Tree`, so tests and the fuzzer can hand them a
+/// [`MapTree`] instead of files.
+pub(crate) trait Tree {
+    /// The text of the file at `rel` (`a/b/c`), at most [`TREE_FILE_MAX`] bytes; an
+    /// error of kind `NotFound` when there is none.
+    fn read(&self, rel: &str) -> std::io::Result<String>;
+    /// The names in directory `rel` (`""` for the top), each with its kind (not
+    /// following symbolic links, as Go's `os.ReadDir`), sorted by name.
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, Kind)>>;
+}
+
+/// What a directory entry is, as Go's `fs.DirEntry.Type()` tells (a symbolic link is
+/// neither a directory nor a regular file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Kind {
+    Dir,
+    File,
+    Other,
+}
+
+/// procfs' `SysReadFile`: one read of at most 128 bytes, white space trimmed.
+pub(crate) fn sys_read_file(tree: &impl Tree, rel: &str) -> std::io::Result<String> {
+    const SYS_READ_MAX: usize = 128;
+    let text = tree.read(rel)?;
+    let bytes = &text.as_bytes()[..text.len().min(SYS_READ_MAX)];
+    Ok(String::from_utf8_lossy(bytes).trim().to_string())
+}
+
+/// Whether a sysfs read error is one procfs skips an attribute for (the attribute does
+/// not apply to this device): missing, EOPNOTSUPP or EINVAL, and EACCES where
+/// `permission` is set.
+pub(crate) fn skippable(e: &std::io::Error, permission: bool) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound
+        || (permission && e.kind() == std::io::ErrorKind::PermissionDenied)
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+        )
+}
+
+/// Sysfs attributes are at most a page; more is not an attribute.
+pub(crate) const TREE_FILE_MAX: u64 = 64 * 1024;
+
+/// A [`Tree`] on disk.
+pub(crate) struct DirTree(pub PathBuf);
+
+impl Tree for DirTree {
+    fn read(&self, rel: &str) -> std::io::Result<String> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(join_rooted(&self.0, rel))?
+            .take(TREE_FILE_MAX)
+            .read_to_end(&mut bytes)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, Kind)>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(join_rooted(&self.0, rel))? {
+            let e = e?;
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => Kind::Dir,
+                Ok(t) if t.is_file() => Kind::File,
+                _ => Kind::Other,
+            };
+            out.push((e.file_name().to_string_lossy().into_owned(), kind));
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
+/// A [`Tree`] in memory: relative file path to content; directories are implied by the
+/// paths (so an empty directory cannot be written).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MapTree(pub std::collections::BTreeMap<String, String>);
+
+impl MapTree {
+    /// `path=value` lines (the fuzzer's and the tests' shorthand).
+    pub(crate) fn from_lines(text: &str) -> Self {
+        Self(
+            text.lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.trim_matches('/').to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl Tree for MapTree {
+    fn read(&self, rel: &str) -> std::io::Result<String> {
+        let rel = rel.trim_matches('/');
+        if let Some(v) = self.0.get(rel) {
+            return Ok(v.clone());
+        }
+        let prefix = format!("{rel}/");
+        if self.0.keys().any(|k| k.starts_with(&prefix)) {
+            return Err(std::io::Error::other("is a directory"));
+        }
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+
+    fn list(&self, rel: &str) -> std::io::Result<Vec<(String, Kind)>> {
+        let rel = rel.trim_matches('/');
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        let mut out: Vec<(String, Kind)> = Vec::new();
+        for k in self.0.keys() {
+            let Some(rest) = k.strip_prefix(&prefix) else {
+                continue;
+            };
+            let (name, kind) = match rest.split_once('/') {
+                Some((n, _)) => (n, Kind::Dir),
+                None => (rest, Kind::File),
+            };
+            if name.is_empty() {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some(e) => e.1 = e.1.min(kind),
+                None => out.push((name.to_string(), kind)),
+            }
+        }
+        if out.is_empty() && !rel.is_empty() {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        out.sort();
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +384,27 @@ mod tests {
         assert_eq!(parse_go_int("-"), None);
         assert_eq!(parse_go_int("up"), None);
         assert_eq!(parse_go_int("08"), None);
+    }
+
+    #[test]
+    fn go_base0_uints() {
+        assert_eq!(parse_go_uint("0x000000000000001d"), Some(29));
+        assert_eq!(parse_go_uint("0xffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(parse_go_uint("017"), Some(15));
+        assert_eq!(parse_go_uint("42"), Some(42));
+        assert_eq!(parse_go_uint("+1"), None);
+        assert_eq!(parse_go_uint("N/A (no PMA)"), None);
+    }
+
+    #[test]
+    fn go_uints() {
+        assert_eq!(parse_go_u64("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_go_u64("18446744073709551616"), None);
+        assert_eq!(parse_go_u64("+1"), None);
+        assert_eq!(parse_go_u64(""), None);
+        assert_eq!(parse_go_u64("1_0"), None);
+        assert_eq!(parse_go_u32("4294967295"), Some(u32::MAX));
+        assert_eq!(parse_go_u32("4294967296"), None);
     }
 
     #[test]
