@@ -459,12 +459,12 @@ impl Metrics {
             ),
             ringbuf_waiting: reg.add(
                 "nodetap_ringbuf_waiting_bytes",
-                "Bytes waiting in the event ring buffer when the last event was written",
+                "Bytes waiting in the event ring buffers (all CPUs), read every second",
                 Gauge::default(),
             ),
             ringbuf_size: reg.add(
                 "nodetap_ringbuf_size_bytes",
-                "Size of the event ring buffer",
+                "Size of the event ring buffers (all CPUs) together",
                 Gauge::default(),
             ),
             probe_attached: reg.add(
