@@ -61,8 +61,9 @@ pub struct Settings {
     /// [default: auto].
     #[arg(long, env = "NODETAP_CAPTURE_MODE", value_name = "MODE")]
     pub capture_mode: Option<CaptureMode>,
-    /// Bytes of the kernel-to-agent ring buffers, a power of two split between the CPUs
-    /// (each CPU at least 1 MiB) [default: 16 MiB].
+    /// Bytes of the kernel-to-agent ring buffers, a power of two: one ring per CPU where
+    /// each gets at least 4 MiB, else fewer rings shared by neighbouring CPUs
+    /// [default: 16 MiB].
     #[arg(long, env = "NODETAP_RINGBUF_BYTES", value_name = "BYTES")]
     pub ringbuf_bytes: Option<u32>,
     /// Seconds without traffic after which a connection leaves the table [default: 600].
