@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    config, copy_words, count_drop, read_config_u32, read_config_u64, record, zero_words,
-    INSTRUCTIONS, INSTRUCTION_GEN, REPORT_EPOCH,
+    config, copy_words, count_drop, read_config_u32, record, zero_words, INSTRUCTIONS,
+    INSTRUCTION_GEN, REPORT_EPOCH,
 };
 
 /// Socket tier: the state lives in the socket itself and is freed with it, so a socket

@@ -126,11 +126,6 @@ fn read_config_u32(field: &u32) -> u32 {
 }
 
 #[inline(always)]
-fn read_config_u64(field: &u64) -> u64 {
-    unsafe { core::ptr::read_volatile(field) }
-}
-
-#[inline(always)]
 fn count_drop(reason: DropReason) {
     if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
         unsafe { *slot += 1 };
