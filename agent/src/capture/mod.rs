@@ -483,7 +483,7 @@ impl Tracker {
                 conn,
                 &mut self.done,
                 &self.sessions,
-                &self.signals,
+                &mut self.signals,
                 &self.metrics,
                 common,
                 direction,
@@ -645,13 +645,13 @@ impl Tracker {
 
     /// Records what a connection's session completed (in `self.done`) and its health.
     fn record_results(
-        &self,
+        &mut self,
         conn: &mut Connection,
         protocol: Option<Protocol>,
         health: SessionHealth,
     ) {
         conn.note_health(&health);
-        record_requests(&self.signals, conn, protocol, &self.done);
+        record_requests(&mut self.signals, conn, protocol, &self.done);
         record_health(&self.metrics, protocol, &FeedOutcome::health(health));
     }
 
@@ -769,7 +769,7 @@ fn parse(
     conn: &mut Connection,
     done: &mut Vec<Request>,
     sessions: &SessionOptions,
-    signals: &[Box<dyn Signal>],
+    signals: &mut [Box<dyn Signal>],
     metrics: &Metrics,
     common: &Common,
     direction: Direction,

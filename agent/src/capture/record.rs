@@ -15,7 +15,7 @@ use crate::{
 /// Hands each request a connection's session completed to every signal, with what the
 /// connection knows of itself.
 pub(super) fn record_requests(
-    signals: &[Box<dyn Signal>],
+    signals: &mut [Box<dyn Signal>],
     conn: &mut Connection,
     protocol: Option<Protocol>,
     done: &[Request],
@@ -40,7 +40,7 @@ pub(super) fn record_requests(
             workload: &conn.workload,
             link,
         };
-        for signal in signals {
+        for signal in signals.iter_mut() {
             signal.record(&record);
         }
     }

@@ -66,9 +66,9 @@ pub struct Operation {
     pub end_ns: u64,
     /// Statement text with literals replaced by `?`, bounded in length (for spans only,
     /// never a label).
-    pub statement: String,
+    pub statement: request::Statement,
     /// Collection (table or key-space) name where it is cheap to know.
-    pub collection: Option<String>,
+    pub collection: Option<std::sync::Arc<str>>,
 }
 
 /// Why requests were lost: they happened (or may have), but no operation reports them.

@@ -110,7 +110,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use super::request::{requests, Sink};
+use super::request::{requests, Sink, Statement};
 use super::{Chunk, LostReason, Operation, Request, Session, SessionHealth, SessionOptions};
 
 /// `SSLRequest` code (1234 << 16 | 5679).
@@ -205,8 +205,9 @@ struct StmtInfo {
     name: &'static str,
     /// The name is a guess (`WITH ...` or unknown): the CommandComplete tag may correct it.
     guessed: bool,
-    statement: Box<str>,
-    collection: Option<Box<str>>,
+    /// Shared with every operation that runs it (`Statement::Text`): no copy per execution.
+    statement: Arc<str>,
+    collection: Option<Arc<str>>,
 }
 
 impl StmtInfo {
@@ -215,7 +216,7 @@ impl StmtInfo {
         StmtInfo {
             name,
             guessed,
-            statement: obfuscate_sql(sql, MAX_STATEMENT_LEN).into_boxed_str(),
+            statement: Arc::from(obfuscate_sql(sql, MAX_STATEMENT_LEN)),
             collection: collection_of(sql, name),
         }
     }
@@ -584,7 +585,7 @@ fn classify(sql: &str) -> (&'static str, bool) {
 /// `SELECT ... FROM t`, when the statement names exactly one table: any JOIN, a second
 /// FROM (subqueries, `extract(x FROM y)`), USING, a comma-separated FROM list, set
 /// operations or a function in FROM make it ambiguous, and then there is none.
-fn collection_of(sql: &str, name: &'static str) -> Option<Box<str>> {
+fn collection_of(sql: &str, name: &'static str) -> Option<Arc<str>> {
     if !matches!(name, "SELECT" | "INSERT" | "UPDATE" | "DELETE") {
         return None;
     }
@@ -1643,7 +1644,7 @@ impl PgSession {
                 let lean = Arc::new(StmtInfo {
                     name: info.name,
                     guessed: info.guessed,
-                    statement: Box::from(""),
+                    statement: Arc::from(""),
                     collection: None,
                 });
                 match &mut p {
@@ -2091,8 +2092,8 @@ fn make_op(
         error_type: error.map(ErrClass::label),
         start_ns,
         end_ns: end_ns.max(start_ns),
-        statement: info.map_or_else(String::new, |i| i.statement.to_string()),
-        collection: info.and_then(|i| i.collection.as_deref().map(str::to_string)),
+        statement: info.map_or(Statement::EMPTY, |i| Statement::Text(i.statement.clone())),
+        collection: info.and_then(|i| i.collection.clone()),
     }
 }
 
@@ -2516,10 +2517,12 @@ mod tests {
             replay(&c, &c.chunks, usize::MAX)
         };
         let simple = o("simple");
+        let texts: Vec<String> = simple.ops.iter().map(|o| o.statement.to_string()).collect();
         let st: Vec<_> = simple
             .ops
             .iter()
-            .map(|o| (o.statement.as_str(), o.collection.as_deref()))
+            .zip(&texts)
+            .map(|(o, text)| (text.as_str(), o.collection.as_deref()))
             .collect();
         assert_eq!(
             st,
@@ -3806,7 +3809,7 @@ mod tests {
                     check_bounds(&s);
                 }
                 s.take_completed(&mut out);
-                let got: Vec<_> = out[before..].iter().map(|o| o.collection.clone()).collect();
+                let got: Vec<_> = out[before..].iter().map(|o| o.collection.as_deref().map(str::to_owned)).collect();
                 let want: Vec<_> = (1..n).map(|i| Some(format!("t{i}"))).collect();
                 prop_assert!(got.len() >= n - 1, "{:?}", got);
                 prop_assert_eq!(&got[got.len() - (n - 1)..], &want[..]);

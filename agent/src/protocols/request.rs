@@ -5,6 +5,8 @@
 //! A protocol's parser keeps its own richer result type (its unit tests read those); its
 //! [`Session`](super::Session) implementation converts them into these, once.
 
+use std::{borrow::Cow, fmt, sync::Arc};
+
 use super::http1::HttpExchange;
 use super::Operation;
 
@@ -44,9 +46,69 @@ pub struct DbRequest {
     /// `error.type`: `None` on success; a bounded, low-cardinality value otherwise.
     pub error_type: Option<String>,
     /// Statement text with literals replaced by `?` (for spans only, never a label).
-    pub statement: String,
+    pub statement: Statement,
     /// Collection (table or key-space) name where it is cheap to know.
-    pub collection: Option<String>,
+    pub collection: Option<Arc<str>>,
+}
+
+/// A database statement with its literals replaced by `?` (`db.query.text`), in the form
+/// that costs its protocol nothing per request: only spans read it, so the RED metrics
+/// alone must not pay for writing it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Statement {
+    /// Obfuscated text, shared by every execution of the same statement.
+    Text(Arc<str>),
+    /// A command followed by one `?` per argument (Redis: `SET ? ?`), written out when read.
+    Placeholders { head: &'static str, count: u16 },
+}
+
+impl Statement {
+    pub const EMPTY: Statement = Statement::Placeholders { head: "", count: 0 };
+
+    /// The statement's text.
+    pub fn text(&self) -> Cow<'_, str> {
+        match self {
+            Statement::Text(t) => Cow::Borrowed(t),
+            Statement::Placeholders { head, count: 0 } => Cow::Borrowed(head),
+            Statement::Placeholders { .. } => Cow::Owned(self.to_string()),
+        }
+    }
+
+    /// Length of the text in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Statement::Text(t) => t.len(),
+            Statement::Placeholders { head, count } => head.len() + 2 * usize::from(*count),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::Text(t) => f.write_str(t),
+            Statement::Placeholders { head, count } => {
+                f.write_str(head)?;
+                (0..*count).try_for_each(|_| f.write_str(" ?"))
+            }
+        }
+    }
+}
+
+impl From<&str> for Statement {
+    fn from(text: &str) -> Self {
+        Statement::Text(Arc::from(text))
+    }
+}
+
+impl PartialEq<&str> for Statement {
+    fn eq(&self, other: &&str) -> bool {
+        self.text() == *other
+    }
 }
 
 /// An HTTP request (HTTP/1.x, or HTTP/2 that is not gRPC).
@@ -159,7 +221,11 @@ impl<T, F: FnMut(T) -> Request> Sink<T> for Requests<'_, F> {
     }
 }
 
-/// A sink for results that convert by themselves (`Into<Request>`).
-pub fn requests<T: Into<Request>>(out: &mut Vec<Request>) -> Requests<'_, fn(T) -> Request> {
-    Requests(out, Into::into)
+/// A sink for results that convert by themselves (`Into<Request>`). A closure, not a
+/// function pointer, so the conversion is inlined into the parser (through a pointer it
+/// was a call and a copy of the whole record per request).
+pub fn requests<T: Into<Request>>(
+    out: &mut Vec<Request>,
+) -> Requests<'_, impl FnMut(T) -> Request> {
+    Requests(out, |item: T| item.into())
 }

@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use agent_common::Role;
@@ -23,11 +23,11 @@ pub struct RedMetrics {
     metrics: Arc<Metrics>,
     /// `server.address` label values by address: formatting and allocating one per
     /// request was a tenth of the agent's CPU under pipelined load.
-    addresses: Mutex<HashMap<IpAddr, Name>>,
+    addresses: HashMap<IpAddr, Name>,
     /// Database series by a key that is cheap to hash (shared label values by address):
     /// building the label set and hashing its strings per request was a quarter of the
     /// agent's CPU under pipelined Redis load.
-    db_series: Mutex<IdMap<u64, Vec<(DbSeriesKey, Histogram)>>>,
+    db_series: IdMap<u64, Vec<(DbSeriesKey, Histogram)>>,
 }
 
 /// Most addresses kept in the label cache (it starts over when full).
@@ -108,13 +108,13 @@ impl RedMetrics {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
-            addresses: Mutex::default(),
-            db_series: Mutex::default(),
+            addresses: HashMap::new(),
+            db_series: IdMap::default(),
         }
     }
 
-    fn address(&self, ip: IpAddr) -> Name {
-        let mut cache = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+    fn address(&mut self, ip: IpAddr) -> Name {
+        let cache = &mut self.addresses;
         if cache.len() >= ADDRESS_CACHE && !cache.contains_key(&ip) {
             cache.clear();
         }
@@ -124,7 +124,7 @@ impl RedMetrics {
             .clone()
     }
 
-    fn db(&self, r: &RequestRecord<'_>, db: &DbRequest) {
+    fn db(&mut self, r: &RequestRecord<'_>, db: &DbRequest) {
         let series = DbSeries {
             role: r.role,
             protocol: r.protocol.label(),
@@ -135,8 +135,8 @@ impl RedMetrics {
             workload: r.workload,
         };
         let fingerprint = series.fingerprint();
-        let mut cache = self.db_series.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, histogram)) = cache
+        if let Some((_, histogram)) = self
+            .db_series
             .get(&fingerprint)
             .and_then(|entries| entries.iter().find(|(key, _)| series.is(key)))
         {
@@ -156,10 +156,10 @@ impl RedMetrics {
         family.observe(&labels, r.request.seconds());
         // Cached only once the series exists (past the series limit it does not).
         if let Some(histogram) = family.family.get(&labels) {
-            if cache.len() >= SERIES_CACHE {
-                cache.clear();
+            if self.db_series.len() >= SERIES_CACHE {
+                self.db_series.clear();
             }
-            cache
+            self.db_series
                 .entry(fingerprint)
                 .or_default()
                 .push((series.key(), histogram.clone()));
@@ -205,7 +205,7 @@ impl RedMetrics {
 }
 
 impl Signal for RedMetrics {
-    fn record(&self, r: &RequestRecord<'_>) {
+    fn record(&mut self, r: &RequestRecord<'_>) {
         if r.role == Role::Unknown {
             return;
         }

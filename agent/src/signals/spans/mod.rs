@@ -276,7 +276,7 @@ impl Spans {
 }
 
 impl Signal for Spans {
-    fn record(&self, r: &RequestRecord<'_>) {
+    fn record(&mut self, r: &RequestRecord<'_>) {
         let Some(span) = self.span_of(r) else { return };
         // Capture never waits for the exporter: a full queue loses the span, counted.
         if self.queue.try_send(span).is_err() {
@@ -315,11 +315,14 @@ fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, out: &mut Attrs) -> Stri
     if let Some(collection) = &db.collection {
         out.push((
             "db.collection.name",
-            AttributeValue::Str(collection.clone()),
+            AttributeValue::Str(collection.to_string()),
         ));
     }
     if !db.statement.is_empty() {
-        out.push(("db.query.text", AttributeValue::Str(db.statement.clone())));
+        out.push((
+            "db.query.text",
+            AttributeValue::Str(db.statement.to_string()),
+        ));
     }
     if let Some(error) = &db.error_type {
         out.push(("error.type", AttributeValue::Str(error.clone())));

@@ -286,7 +286,7 @@ fn traceparent_parsing_rejects_what_w3c_rejects() {
 
 #[test]
 fn errors_and_slow_requests_are_kept_when_the_sampler_drops_the_rest() {
-    let (s, mut rx, metrics) = spans(Sampler::AlwaysOff);
+    let (mut s, mut rx, metrics) = spans(Sampler::AlwaysOff);
     let workload = WorkloadLabels::service(Name::new("api"));
     let zone = PeerZone(None);
     let fast_ok = redis_get(None, 1_000);
@@ -311,7 +311,7 @@ fn errors_and_slow_requests_are_kept_when_the_sampler_drops_the_rest() {
 
 #[test]
 fn a_full_queue_drops_and_counts_instead_of_waiting() {
-    let (s, mut rx, metrics) = spans(Sampler::AlwaysOn);
+    let (mut s, mut rx, metrics) = spans(Sampler::AlwaysOn);
     let workload = WorkloadLabels::service(Name::new("api"));
     let zone = PeerZone(None);
     let request = redis_get(None, 1_000);
