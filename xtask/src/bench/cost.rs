@@ -197,12 +197,23 @@ fn measure_all(held: &Held, agent: Option<&RunningAgent>, redis: &Redis) -> Resu
                 .filter_map(|r| r.1.agent.as_ref())
                 .map(|a| a.lost)
                 .sum();
+            // Agent CPU over every repetition: its clock ticks (10 ms) are too coarse for
+            // one repetition's few hundredths of a second.
+            let (cpu_all, events_all) = reps
+                .iter()
+                .filter_map(|r| r.1.agent.as_ref())
+                .fold((0.0, 0.0), |(c, e), a| (c + a.cpu, e + a.events));
             reps.sort_by(|a, b| a.0.total_cmp(&b.0));
             let mid = reps.len().checked_sub(1)? / 2;
             let (_, m) = reps.into_iter().nth(mid)?;
             Some(Measured {
                 tries,
                 lost_all,
+                agent: m.agent.map(|a| AgentDelta {
+                    cpu: cpu_all,
+                    events: events_all,
+                    ..a
+                }),
                 ..m
             })
         })
@@ -701,7 +712,8 @@ fn section(runs: &[Run], notes: &[String]) -> String {
          deflate it when they fall in the idle window; every estimate is listed). ns per \
          packet = cgroup_skb run time / run count over the two TCP workloads. Agent CPU \
          per event = agent utime + stime (/proc/<pid>/stat) / `nodetap_events_total`, \
-         over the kept parsed repetition, including 0.5 s of draining after it. Events \
+         over every repetition of the parsed workload, each with 0.5 s of draining after \
+         it (the agent CPU-s and events columns below are these sums). Events \
          lost: the `nodetap_events_lost_total` delta (every reason but \
          `payload_unreadable` and `call_capped`, records sent without all their payload) over every repetition of every workload. The floor: bpftrace (`tracepoint:<category>:<name> {{}}`) on \
          the tracepoints under the agent's capture programs (a raw or BTF tracepoint as \
