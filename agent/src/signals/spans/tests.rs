@@ -77,6 +77,7 @@ fn record<'a>(
         peer_zone: zone,
         workload,
         link: None,
+        kept_span: Default::default(),
     }
 }
 
