@@ -339,6 +339,7 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabels, Counter>,
     pub spans_not_sampled: Counter,
     pub spans_export_failures: Counter,
+    pub metrics_export_failures: Counter,
 }
 
 /// Registers each family as it is made, so a family's name, help and handle are written
@@ -742,6 +743,11 @@ impl Metrics {
             spans_export_failures: reg.add(
                 "nodetap_spans_export_failures",
                 "Export attempts to the OTLP endpoint that failed (each retry counts)",
+                Counter::default(),
+            ),
+            metrics_export_failures: reg.add(
+                "nodetap_metrics_export_failures",
+                "Metric pushes to the OTLP endpoint that failed (each retry counts)",
                 Counter::default(),
             ),
             registry: Registry::default(),

@@ -3,6 +3,7 @@
 //! hands each as a [`RequestRecord`] to every registered [`Signal`]. A new signal (spans,
 //! say) is one file implementing [`Signal`] and one line in [`registered`].
 
+pub mod otlp_metrics;
 mod red;
 pub mod spans;
 
