@@ -10,6 +10,10 @@ and grpcio: no collector can be installed on the test machines.
 
 With CERT and KEY (PEM files) it serves TLS.
 
+    otlp_receiver.py discard PORT OUT           OTLP/HTTP that accepts every export without
+                                                decoding or recording it (the spans bench:
+                                                a receiver as cheap as can be)
+
 Every span received is appended to OUT as one JSON line (ids in hex, attributes as a
 dict, the resource's attributes, and what the request said of itself: its compression
 and the value of its x-test-token header), and flushed at once; every metric data point
@@ -110,12 +114,18 @@ def record_metrics(out, request):
         out.flush()
 
 
-def serve_http(port, out, metrics_out, tls):
+def serve_http(port, out, metrics_out, tls, discard=False):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if discard:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             encoding = self.headers.get("Content-Encoding", "none")
             if encoding == "gzip":
                 body = gzip.decompress(body)
@@ -198,6 +208,8 @@ if __name__ == "__main__":
     metrics_out = open(path + ".metrics", "a", encoding="utf-8")
     if mode == "http":
         serve_http(port, out, metrics_out, tls)
+    elif mode == "discard":
+        serve_http(port, out, metrics_out, tls, discard=True)
     else:
         import grpc
 
