@@ -307,11 +307,8 @@ fn start_metrics_export(
         metrics.clone(),
     )?;
     let (metrics, node) = (metrics.clone(), node.clone());
-    let scrape: crate::signals::otlp_metrics::Scrape = Arc::new(move || {
-        let mut text = metrics.encode();
-        node.encode(&mut text);
-        text
-    });
+    let scrape: crate::signals::otlp_metrics::Scrape =
+        Arc::new(move || server::scrape_text(&metrics, &node));
     tokio::spawn(exporter.run(scrape));
     Ok(())
 }

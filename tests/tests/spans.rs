@@ -13,7 +13,7 @@ use std::{
 
 use nodetap_tests::{
     http1::HttpClient,
-    metric_value,
+    metric_sum, metric_value,
     otlp::{attribute, OtlpReceiver, Transport, KIND_CLIENT, KIND_SERVER},
     own_process_name,
     pgwire::{PgClient, SqlError},
@@ -856,8 +856,10 @@ fn duration_histograms_carry_the_kept_spans_as_exemplars_prometheus_stores() {
         assert_eq!(
             spans.len(),
             2 * (i + 1),
-            "spans of the redis port after request {i} (tier {}): {:?}",
+            "spans of the redis port after request {i} (tier {}; spans dropped: {:?}, as other \
+             traffic on the machine can fill the queue): {:?}",
             agent.tier(),
+            metric_sum(&agent.scrape(), "nodetap_spans_dropped_total", &[]),
             spans
                 .iter()
                 .map(|s| (s["kind"].clone(), s["name"].clone(), s["start"].clone()))

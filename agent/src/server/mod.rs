@@ -42,11 +42,7 @@ const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// hung mount), so it runs off the async worker threads.
 fn scrape(metrics: &Metrics, node: &NodeCollectors, format: Format) -> String {
     match format {
-        Format::Prometheus => {
-            let mut text = metrics.encode();
-            node.encode(&mut text);
-            text
-        }
+        Format::Prometheus => scrape_text(metrics, node),
         Format::OpenMetrics => {
             let mut text = metrics.encode_open_metrics();
             let mut node_text = String::with_capacity(64 * 1024);
@@ -56,6 +52,13 @@ fn scrape(metrics: &Metrics, node: &NodeCollectors, format: Format) -> String {
             text
         }
     }
+}
+
+/// What `/metrics` serves by default (text 0.0.4): also what the OTLP metrics push sends.
+pub fn scrape_text(metrics: &Metrics, node: &NodeCollectors) -> String {
+    let mut text = metrics.encode();
+    node.encode(&mut text);
+    text
 }
 
 /// The exposition format of one scrape.
