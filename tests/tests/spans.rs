@@ -697,7 +697,11 @@ fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_clas
                 ],
                 other => panic!("unexpected {side} span {other:?}: {span}"),
             };
-            for (key, value) in expected.iter().chain(&[("db.system.name", "postgresql")]) {
+            // The database the client's StartupMessage named (pgwire connects to `postgres`).
+            for (key, value) in expected.iter().chain(&[
+                ("db.system.name", "postgresql"),
+                ("db.namespace", "postgres"),
+            ]) {
                 assert_eq!(
                     attrs.get(*key).map(String::as_str),
                     Some(*value),

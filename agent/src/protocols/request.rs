@@ -47,6 +47,9 @@ pub struct DbRequest {
     pub statement: String,
     /// Collection (table or key-space) name where it is cheap to know.
     pub collection: Option<String>,
+    /// `db.namespace`: the database the connection works in, where the protocol says
+    /// (PostgreSQL: the StartupMessage's database, else its user, as the server does).
+    pub namespace: Option<std::sync::Arc<str>>,
 }
 
 /// An HTTP request (HTTP/1.x, or HTTP/2 that is not gRPC).
@@ -114,6 +117,7 @@ impl From<Operation> for Request {
                 error_type: op.error_type,
                 statement: op.statement,
                 collection: op.collection,
+                namespace: None,
             }),
         }
     }

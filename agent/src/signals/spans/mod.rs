@@ -325,6 +325,12 @@ fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, out: &mut Attrs) -> Stri
             AttributeValue::Str(collection.clone()),
         ));
     }
+    if let Some(namespace) = &db.namespace {
+        out.push((
+            "db.namespace",
+            AttributeValue::Name(Name(namespace.clone())),
+        ));
+    }
     if !db.statement.is_empty() {
         out.push(("db.query.text", AttributeValue::Str(db.statement.clone())));
     }
