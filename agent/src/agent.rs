@@ -210,6 +210,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     );
     let node = Arc::new(crate::collectors::NodeCollectors::new(&config.node));
+    if let Some(push) = &config.metrics_export {
+        start_metrics_export(push, &config, &metrics, &node)
+            .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
+            .context("cannot push metrics (--otlp-metrics-endpoint)")?;
+    }
     let router = server::router(metrics, node, server::Readiness::new(&probes.hooks), &web);
     server::serve(listener, router, &web, shutdown_signal())
         .await
@@ -269,6 +274,43 @@ fn start_spans(
     let exporter = Exporter::new(export, metrics.clone())?;
     let (signal, queue) = Spans::new(spans_config.spans.clone(), metrics.clone());
     Ok((signal, tokio::spawn(exporter.run(queue))))
+}
+
+/// The metrics push task: the families `/metrics` serves, every interval.
+fn start_metrics_export(
+    push: &crate::config::MetricsExportConfig,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    node: &Arc<crate::collectors::NodeCollectors>,
+) -> Result<(), crate::signals::spans::export::ExporterError> {
+    let mut export = push.export.clone();
+    let mut resource = vec![("host.name".to_owned(), host_name())];
+    if config.kubernetes.is_enabled() {
+        resource.push((
+            "k8s.node.name".to_owned(),
+            config.kubernetes.node_name.clone(),
+        ));
+    }
+    resource.append(&mut export.resource);
+    export.resource = resource;
+    log::info!(
+        "pushing metrics to {} ({:?}, every {:?}, {})",
+        export.endpoint,
+        export.protocol,
+        push.interval,
+        if push.delta { "delta" } else { "cumulative" }
+    );
+    let exporter = crate::signals::otlp_metrics::MetricsExporter::new(
+        export,
+        push.interval,
+        push.delta,
+        metrics.clone(),
+    )?;
+    let (metrics, node) = (metrics.clone(), node.clone());
+    let scrape: crate::signals::otlp_metrics::Scrape =
+        Arc::new(move || server::scrape_text(&metrics, &node));
+    tokio::spawn(exporter.run(scrape));
+    Ok(())
 }
 
 /// This host's name (`host.name`), as uname(2) reports it.

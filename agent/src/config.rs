@@ -209,6 +209,23 @@ pub struct Settings {
     /// (`OTEL_BSP_SCHEDULE_DELAY`) [default: 1000].
     #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", value_name = "MS")]
     pub spans_batch_delay: Option<u64>,
+    /// OTLP endpoint for metrics, used as given (`OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`);
+    /// wins over `otlp_endpoint` (which gets `/v1/metrics` for http/protobuf). Metrics are
+    /// pushed whenever either is set [default: none, metrics only scraped].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", value_name = "URL")]
+    pub otlp_metrics_endpoint: Option<String>,
+    /// Milliseconds between metric pushes (`OTEL_METRIC_EXPORT_INTERVAL`) [default: 60000].
+    #[arg(long, env = "OTEL_METRIC_EXPORT_INTERVAL", value_name = "MS")]
+    pub metric_export_interval: Option<u64>,
+    /// `cumulative`, `delta` or `lowmemory` (delta for the agent's counters and
+    /// histograms) (`OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`)
+    /// [default: cumulative].
+    #[arg(
+        long,
+        env = "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        value_name = "TEMPORALITY"
+    )]
+    pub otlp_metrics_temporality: Option<String>,
     /// Host metrics (`[node]` table).
     #[arg(skip)]
     pub node: NodeConfig,
@@ -265,6 +282,11 @@ impl Settings {
             spans_slow_threshold: self.spans_slow_threshold.or(under.spans_slow_threshold),
             spans_queue_size: self.spans_queue_size.or(under.spans_queue_size),
             spans_batch_delay: self.spans_batch_delay.or(under.spans_batch_delay),
+            otlp_metrics_endpoint: self.otlp_metrics_endpoint.or(under.otlp_metrics_endpoint),
+            metric_export_interval: self.metric_export_interval.or(under.metric_export_interval),
+            otlp_metrics_temporality: self
+                .otlp_metrics_temporality
+                .or(under.otlp_metrics_temporality),
             node: under.node,
             zones: under.zones,
             kubernetes: under.kubernetes,
@@ -301,7 +323,20 @@ pub struct Config {
     pub web_config_file: Option<PathBuf>,
     /// Spans and their export, when an OTLP endpoint is set.
     pub spans: Option<SpansConfig>,
+    /// Metrics pushed over OTLP, when a metrics endpoint (or the generic one) is set.
+    pub metrics_export: Option<MetricsExportConfig>,
     pub check_only: bool,
+}
+
+/// Where the metric families are pushed over OTLP, how often, and with which
+/// temporality.
+#[derive(Clone, Debug)]
+pub struct MetricsExportConfig {
+    pub export: ExportOptions,
+    pub interval: Duration,
+    /// Counters and histograms as differences since the previous push (else totals
+    /// since the agent started).
+    pub delta: bool,
 }
 
 /// How spans are made and exported.
@@ -386,6 +421,9 @@ impl Config {
             slow_ms: s.spans_slow_threshold,
             queue_size: s.spans_queue_size,
             batch_delay_ms: s.spans_batch_delay,
+            metrics_endpoint: s.otlp_metrics_endpoint.clone(),
+            metric_export_interval_ms: s.metric_export_interval,
+            metrics_temporality: s.otlp_metrics_temporality.clone(),
         };
         let listen = s
             .listen
@@ -499,8 +537,10 @@ impl Config {
                 .map_err(ConfigError::Kubernetes)?;
         }
         let spans = spans_config(&s_spans)?;
+        let metrics_export = metrics_export_config(&s_spans)?;
         Ok(Config {
             spans,
+            metrics_export,
             listen,
             capture_bytes,
             capture_mode,
@@ -540,11 +580,21 @@ struct SpanSettings {
     slow_ms: Option<u64>,
     queue_size: Option<usize>,
     batch_delay_ms: Option<u64>,
+    metrics_endpoint: Option<String>,
+    metric_export_interval_ms: Option<u64>,
+    metrics_temporality: Option<String>,
 }
 
-/// Spans are on when an endpoint is set; the rest is validated only then, as the
-/// OpenTelemetry SDKs do (a stray variable does not stop an agent that exports nothing).
-fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
+/// Where and how one OTLP signal is exported, when its endpoint (or the generic one) is
+/// set; the rest is validated only then, as the OpenTelemetry SDKs do (a stray variable
+/// does not stop an agent that exports nothing). `specific` is the signal's own endpoint
+/// (`otlp_traces_endpoint`, `otlp_metrics_endpoint`), used as given; the generic one gets
+/// `path` appended for HTTP.
+fn export_options(
+    s: &SpanSettings,
+    specific: (&'static str, &Option<String>),
+    path: &str,
+) -> Result<Option<ExportOptions>, ConfigError> {
     let blank = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -558,8 +608,8 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             problem: format!("{p:?} is not http/protobuf or grpc"),
         })?,
     };
-    let (key, given) = match (blank(&s.traces_endpoint), blank(&s.endpoint)) {
-        (Some(url), _) => ("otlp_traces_endpoint", url),
+    let (key, given) = match (blank(specific.1), blank(&s.endpoint)) {
+        (Some(url), _) => (specific.0, url),
         (None, Some(url)) => ("otlp_endpoint", url),
         (None, None) => return Ok(None),
     };
@@ -575,7 +625,7 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
     // The signal's path is appended to the generic endpoint for HTTP only (OTLP exporter
     // specification, "Endpoint URLs for OTLP/HTTP").
     let endpoint = if key == "otlp_endpoint" && protocol == OtlpProtocol::HttpProtobuf {
-        let url = format!("{}/v1/traces", given.trim_end_matches('/'));
+        let url = format!("{}{path}", given.trim_end_matches('/'));
         url.parse()
             .map_err(|e| bad(format!("{url:?} is not a URL: {e}")))?
     } else {
@@ -590,7 +640,6 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             })?,
         ),
     };
-    let exporter_addresses = endpoint_addresses(&endpoint);
     let headers = key_values(s.headers.as_deref().unwrap_or(""))
         .map_err(|problem| ConfigError::Invalid {
             key: "otlp_headers",
@@ -626,6 +675,39 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             problem,
         }
     })?;
+    let timeout = Duration::from_millis(s.timeout_ms.unwrap_or(10_000).max(1));
+    Ok(Some(ExportOptions {
+        endpoint,
+        protocol,
+        headers,
+        timeout,
+        gzip,
+        batch_size: 512,
+        batch_delay: Duration::from_millis(s.batch_delay_ms.unwrap_or(1000)),
+        retry_budget: Duration::from_secs(30),
+        resource,
+        ca_certificates,
+        local_zone: std::sync::Arc::new(|| None),
+    }))
+}
+
+/// Spans are on when a traces endpoint (or the generic one) is set.
+fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
+    let Some(export) = export_options(
+        s,
+        ("otlp_traces_endpoint", &s.traces_endpoint),
+        "/v1/traces",
+    )?
+    else {
+        return Ok(None);
+    };
+    let blank = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let exporter_addresses = endpoint_addresses(&export.endpoint);
     let sampler = match blank(&s.sampler) {
         None => Sampler::default(),
         Some(name) => Sampler::parse(&name, blank(&s.sampler_arg).as_deref()).map_err(|e| {
@@ -644,7 +726,6 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             problem: "must be at least 1".into(),
         });
     }
-    let timeout = Duration::from_millis(s.timeout_ms.unwrap_or(10_000).max(1));
     Ok(Some(SpansConfig {
         spans: SpanOptions {
             sampler,
@@ -655,19 +736,48 @@ fn spans_config(s: &SpanSettings) -> Result<Option<SpansConfig>, ConfigError> {
             queue_size,
             exporter_addresses,
         },
-        export: ExportOptions {
-            endpoint,
-            protocol,
-            headers,
-            timeout,
-            gzip,
-            batch_size: 512,
-            batch_delay: Duration::from_millis(s.batch_delay_ms.unwrap_or(1000)),
-            retry_budget: Duration::from_secs(30),
-            resource,
-            ca_certificates,
-            local_zone: std::sync::Arc::new(|| None),
-        },
+        export,
+    }))
+}
+
+/// Metrics are pushed when a metrics endpoint (or the generic one) is set.
+fn metrics_export_config(s: &SpanSettings) -> Result<Option<MetricsExportConfig>, ConfigError> {
+    let Some(export) = export_options(
+        s,
+        ("otlp_metrics_endpoint", &s.metrics_endpoint),
+        "/v1/metrics",
+    )?
+    else {
+        return Ok(None);
+    };
+    let interval = s.metric_export_interval_ms.unwrap_or(60_000);
+    if interval == 0 {
+        return Err(ConfigError::Invalid {
+            key: "metric_export_interval",
+            problem: "must be at least 1 millisecond".into(),
+        });
+    }
+    let delta = match s
+        .metrics_temporality
+        .as_deref()
+        .map(|t| t.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("") | Some("cumulative") => false,
+        // Low memory asks for delta on synchronous counters and histograms: every
+        // counter and histogram the agent has (OTLP metrics exporter specification).
+        Some("delta") | Some("lowmemory") => true,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                key: "otlp_metrics_temporality",
+                problem: format!("{other:?} is not cumulative, delta or lowmemory"),
+            })
+        }
+    };
+    Ok(Some(MetricsExportConfig {
+        export,
+        interval: Duration::from_millis(interval),
+        delta,
     }))
 }
 
@@ -877,6 +987,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("--capture-bytes"), "{err}");
+    }
+
+    #[test]
+    fn metrics_are_pushed_with_a_metrics_or_generic_endpoint() {
+        assert!(from_toml("").unwrap().metrics_export.is_none());
+        // A traces endpoint alone pushes no metrics.
+        let c = from_toml("otlp_traces_endpoint = \"http://b:2/v1/traces\"\n").unwrap();
+        assert!(c.metrics_export.is_none() && c.spans.is_some());
+        let c = from_toml("otlp_endpoint = \"http://a:4318/\"\n").unwrap();
+        let push = c.metrics_export.expect("metrics pushed");
+        assert_eq!(push.export.endpoint.to_string(), "http://a:4318/v1/metrics");
+        assert_eq!(
+            (push.interval, push.delta),
+            (Duration::from_secs(60), false)
+        );
+        // The metrics endpoint alone: as given, and spans stay off.
+        let c = from_toml(
+            "otlp_metrics_endpoint = \"http://m:9/push\"\nmetric_export_interval = 500\n\
+             otlp_metrics_temporality = \"Delta\"\n",
+        )
+        .unwrap();
+        assert!(c.spans.is_none());
+        let push = c.metrics_export.expect("metrics pushed");
+        assert_eq!(push.export.endpoint.to_string(), "http://m:9/push");
+        assert_eq!(
+            (push.interval, push.delta),
+            (Duration::from_millis(500), true)
+        );
+        for (text, start) in [
+            (
+                "otlp_endpoint = \"http://x\"\notlp_metrics_temporality = \"sometimes\"",
+                "bad value for otlp_metrics_temporality",
+            ),
+            (
+                "otlp_metrics_endpoint = \"http://x\"\nmetric_export_interval = 0",
+                "bad value for metric_export_interval",
+            ),
+        ] {
+            let e = from_toml(text).unwrap_err().to_string();
+            assert!(e.starts_with(start), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -10,8 +10,11 @@ use crate::metadata::workload::{Name, PeerZone, WorkloadLabels};
 use crate::protocols::route::{RouteBudget, RoutePatterns};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram, info::Info},
+    encoding::{EncodeLabelSet, LabelSetEncoder},
+    metrics::{
+        counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
+        histogram::Histogram, info::Info,
+    },
     registry::{Registry, Unit},
 };
 
@@ -21,8 +24,70 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
     2.5, 5.0, 10.0,
 ];
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS)
+fn latency_histogram() -> DurationHistogram {
+    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+}
+
+/// A request-duration histogram: each bucket keeps the last kept span observed in it as
+/// an OpenMetrics exemplar (one slot per bucket, overwritten: no allocation per request
+/// once the bucket has had one).
+pub type DurationHistogram = HistogramWithExemplars<SpanExemplar>;
+
+/// The span a duration observation belongs to, when the spans signal kept (sampled and
+/// queued) it: exposed as the bucket's exemplar on the OpenMetrics endpoint, so a
+/// dashboard panel links to the trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SpanExemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// When the request ended, wall clock (the exemplar's timestamp).
+    pub end_unix_ns: u64,
+}
+
+impl SpanExemplar {
+    fn timestamp(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.end_unix_ns)
+    }
+}
+
+/// `trace_id` and `span_id` in lower-case hex, the names OpenMetrics exemplars and
+/// Prometheus's trace links use. Written straight from the bytes: nothing allocated.
+impl EncodeLabelSet for SpanExemplar {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), fmt::Error> {
+        fn label(encoder: &mut LabelSetEncoder, key: &str, id: &[u8]) -> fmt::Result {
+            use fmt::Write;
+            let mut label = encoder.encode_label();
+            let mut key_encoder = label.encode_label_key()?;
+            key_encoder.write_str(key)?;
+            let mut value = key_encoder.encode_label_value()?;
+            for byte in id {
+                write!(value, "{byte:02x}")?;
+            }
+            value.finish()
+        }
+        label(encoder, "trace_id", &self.trace_id)?;
+        label(encoder, "span_id", &self.span_id)
+    }
+}
+
+/// One observation, with an exemplar where the histogram keeps them.
+pub trait Observe {
+    fn observe_with(&self, value: f64, exemplar: Option<&SpanExemplar>);
+}
+
+impl Observe for Histogram {
+    fn observe_with(&self, value: f64, _exemplar: Option<&SpanExemplar>) {
+        self.observe(value);
+    }
+}
+
+impl Observe for DurationHistogram {
+    fn observe_with(&self, value: f64, exemplar: Option<&SpanExemplar>) {
+        match exemplar {
+            Some(e) => self.observe(value, Some(*e), Some(e.timestamp())),
+            None => self.observe(value, None, None),
+        }
+    }
 }
 
 /// Body size buckets in bytes: empty, then powers of four from 64 B to 64 MiB.
@@ -35,7 +100,7 @@ fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
-pub type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+pub type Histograms<L, M = Histogram> = Family<L, M, fn() -> M>;
 
 /// Most series one request-metric family may hold, by default. Label values come from
 /// closed sets, but their product (operations x errors x servers x services) is still
@@ -51,22 +116,25 @@ pub struct FamilyLabels {
 /// the check-then-create below does not race with itself.
 pub struct LimitedHistograms<
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+    M = Histogram,
 > {
-    pub family: Histograms<L>,
+    pub family: Histograms<L, M>,
     name: &'static str,
     created: std::sync::atomic::AtomicUsize,
     limit: usize,
     dropped: Family<FamilyLabels, Counter>,
 }
 
-impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static>
-    LimitedHistograms<L>
+impl<L, M> LimitedHistograms<L, M>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+    M: Observe,
 {
     fn new(
         name: &'static str,
         limit: usize,
         dropped: Family<FamilyLabels, Counter>,
-        buckets: fn() -> Histogram,
+        buckets: fn() -> M,
     ) -> Self {
         Self {
             family: Family::new_with_constructor(buckets),
@@ -80,9 +148,14 @@ impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync
     /// Records `value` in the series `labels`, unless that would be a new series past the
     /// limit: then the observation is dropped and counted.
     pub fn observe(&self, labels: &L, value: f64) {
+        self.observe_with(labels, value, None);
+    }
+
+    /// [`Self::observe`] with the kept span the observation belongs to, if any.
+    pub fn observe_with(&self, labels: &L, value: f64, exemplar: Option<&SpanExemplar>) {
         use std::sync::atomic::Ordering::Relaxed;
         if let Some(h) = self.family.get(labels) {
-            h.observe(value);
+            h.observe_with(value, exemplar);
             return;
         }
         if self.created.load(Relaxed) >= self.limit {
@@ -92,7 +165,9 @@ impl<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync
             return;
         }
         self.created.fetch_add(1, Relaxed);
-        self.family.get_or_create(labels).observe(value);
+        self.family
+            .get_or_create(labels)
+            .observe_with(value, exemplar);
     }
 }
 
@@ -230,16 +305,16 @@ pub struct Metrics {
     pub capture_info: Family<TierLabels, Gauge>,
     pub capture_states: Counter,
     pub capture_non_tcp: Counter,
-    pub db_client_duration: LimitedHistograms<DbLabels>,
-    pub db_server_duration: LimitedHistograms<DbLabels>,
-    pub http_client_duration: LimitedHistograms<HttpLabels>,
-    pub http_server_duration: LimitedHistograms<HttpLabels>,
+    pub db_client_duration: LimitedHistograms<DbLabels, DurationHistogram>,
+    pub db_server_duration: LimitedHistograms<DbLabels, DurationHistogram>,
+    pub http_client_duration: LimitedHistograms<HttpLabels, DurationHistogram>,
+    pub http_server_duration: LimitedHistograms<HttpLabels, DurationHistogram>,
     pub http_client_request_size: LimitedHistograms<HttpLabels>,
     pub http_client_response_size: LimitedHistograms<HttpLabels>,
     pub http_server_request_size: LimitedHistograms<HttpLabels>,
     pub http_server_response_size: LimitedHistograms<HttpLabels>,
-    pub rpc_client_duration: LimitedHistograms<RpcLabels>,
-    pub rpc_server_duration: LimitedHistograms<RpcLabels>,
+    pub rpc_client_duration: LimitedHistograms<RpcLabels, DurationHistogram>,
+    pub rpc_server_duration: LimitedHistograms<RpcLabels, DurationHistogram>,
     pub series_dropped: Family<FamilyLabels, Counter>,
     /// Learned route bounds per service (side, server port, workload); see
     /// [`crate::protocols::route`].
@@ -264,6 +339,7 @@ pub struct Metrics {
     pub spans_dropped: Family<ReasonLabels, Counter>,
     pub spans_not_sampled: Counter,
     pub spans_export_failures: Counter,
+    pub metrics_export_failures: Counter,
 }
 
 /// Registers each family as it is made, so a family's name, help and handle are written
@@ -287,15 +363,22 @@ impl Registrar<'_> {
 
     /// A histogram family under the series limit. `name` is the exposed name, unit suffix
     /// included (prometheus-client appends it to what it is given).
-    fn histograms<L>(
+    fn histograms<L, M>(
         &mut self,
         name: &'static str,
         unit: Unit,
         help: &str,
-        buckets: fn() -> Histogram,
-    ) -> LimitedHistograms<L>
+        buckets: fn() -> M,
+    ) -> LimitedHistograms<L, M>
     where
         L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+        M: Observe
+            + prometheus_client::encoding::EncodeMetric
+            + prometheus_client::metrics::TypedMetric
+            + fmt::Debug
+            + Send
+            + Sync
+            + 'static,
     {
         let suffix = format!("_{}", unit.as_str());
         let base = name
@@ -315,7 +398,7 @@ impl Registrar<'_> {
 
 /// The HTTP histograms of one side of the conversation.
 pub struct HttpFamilies<'a> {
-    pub duration: &'a LimitedHistograms<HttpLabels>,
+    pub duration: &'a LimitedHistograms<HttpLabels, DurationHistogram>,
     pub request_size: &'a LimitedHistograms<HttpLabels>,
     pub response_size: &'a LimitedHistograms<HttpLabels>,
 }
@@ -330,12 +413,18 @@ fn by_role<'a, T>(role: agent_common::Role, client: &'a T, server: &'a T) -> &'a
 
 impl Metrics {
     /// `db_{client,server}_operation_duration_seconds` by the observing side's role.
-    pub fn db_duration(&self, role: agent_common::Role) -> &LimitedHistograms<DbLabels> {
+    pub fn db_duration(
+        &self,
+        role: agent_common::Role,
+    ) -> &LimitedHistograms<DbLabels, DurationHistogram> {
         by_role(role, &self.db_client_duration, &self.db_server_duration)
     }
 
     /// `rpc_{client,server}_call_duration_seconds` by the observing side's role.
-    pub fn rpc_duration(&self, role: agent_common::Role) -> &LimitedHistograms<RpcLabels> {
+    pub fn rpc_duration(
+        &self,
+        role: agent_common::Role,
+    ) -> &LimitedHistograms<RpcLabels, DurationHistogram> {
         by_role(role, &self.rpc_client_duration, &self.rpc_server_duration)
     }
 
@@ -656,18 +745,33 @@ impl Metrics {
                 "Export attempts to the OTLP endpoint that failed (each retry counts)",
                 Counter::default(),
             ),
+            metrics_export_failures: reg.add(
+                "nodetap_metrics_export_failures",
+                "Metric pushes to the OTLP endpoint that failed (each retry counts)",
+                Counter::default(),
+            ),
             registry: Registry::default(),
         };
         Metrics { registry, ..m }
     }
 
-    /// The whole exposition in Prometheus text format 0.0.4.
+    /// The whole exposition in Prometheus text format 0.0.4 (no exemplars: the format
+    /// has none).
     pub fn encode(&self) -> String {
+        to_prometheus_text(&self.encode_open_metrics())
+    }
+
+    /// The agent's families in OpenMetrics text 1.0.0, exemplars included, without the
+    /// closing `# EOF` (the endpoint adds the node collectors' families first).
+    pub fn encode_open_metrics(&self) -> String {
         let mut open_metrics = String::with_capacity(16 * 1024);
         // Writing to a String cannot fail.
         let _ =
             prometheus_client::encoding::text::encode_registry(&mut open_metrics, &self.registry);
-        to_prometheus_text(&open_metrics)
+        if let Some(body) = open_metrics.strip_suffix("# EOF\n") {
+            open_metrics.truncate(body.len());
+        }
+        open_metrics
     }
 }
 
@@ -702,10 +806,55 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
         if line.starts_with("# UNIT ") || line == "# EOF" {
             continue;
         }
-        out.push_str(line);
+        out.push_str(without_exemplar(line));
         out.push('\n');
     }
     out
+}
+
+/// A bucket line without its OpenMetrics exemplar (` # {trace_id="..",span_id=".."} value
+/// timestamp`): only the agent's own exemplars are recognised, so a label value that
+/// happens to hold ` # {` is left alone.
+fn without_exemplar(line: &str) -> &str {
+    match line.rfind(" # {trace_id=\"") {
+        Some(at) if line[..at].contains("_bucket{") => &line[..at],
+        _ => line,
+    }
+}
+
+/// The node collectors' Prometheus text 0.0.4 as OpenMetrics 1.0.0 lines: a counter's
+/// HELP/TYPE name loses its `_total` (OpenMetrics names the family, the sample keeps the
+/// suffix), a counter whose samples lack `_total` becomes `unknown` (OpenMetrics would
+/// otherwise rename its samples), `untyped` becomes `unknown`.
+pub fn prometheus_text_to_open_metrics(text: &str, out: &mut String) {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    for line in text.lines() {
+        let (prefix, rest) = if let Some(rest) = line.strip_prefix("# HELP ") {
+            ("# HELP ", rest)
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            ("# TYPE ", rest)
+        } else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+        let counter = counters.contains(name);
+        let (name, tail) = match (counter, name.strip_suffix("_total")) {
+            (true, Some(family)) => (family, tail),
+            (true, None) if prefix == "# TYPE " => (name, "unknown"),
+            _ if prefix == "# TYPE " && tail == "untyped" => (name, "unknown"),
+            _ => (name, tail),
+        };
+        out.push_str(prefix);
+        out.push_str(name);
+        out.push(' ');
+        out.push_str(tail);
+        out.push('\n');
+    }
 }
 
 #[cfg(test)]
@@ -722,6 +871,66 @@ mod tests {
             "# HELP a_bytes_total Bytes.\n# TYPE a_bytes_total counter\na_bytes_total{x=\"1\"} 5\n\
              # HELP b_info Info.\n# TYPE b_info gauge\nb_info{version=\"1\"} 1\n\
              # HELP h Latency.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1\nh_sum 0.5\nh_count 1\n"
+        );
+    }
+
+    #[test]
+    fn exemplars_only_in_open_metrics() {
+        let m = Metrics::new("t");
+        let labels = DbLabels {
+            db_system_name: "redis",
+            db_operation_name: "GET",
+            error_type: None,
+            server_address: Name::new("127.0.0.1"),
+            server_port: 6379,
+            peer: PeerZone::default(),
+            workload: WorkloadLabels::service(Name::new("app")),
+        };
+        let plain = |m: &Metrics| {
+            m.db_client_duration.observe(&labels, 0.0003);
+            m.encode()
+        };
+        let without = plain(&m);
+        let exemplar = SpanExemplar {
+            trace_id: [0xab; 16],
+            span_id: [0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef],
+            end_unix_ns: 1_700_000_000_500_000_000,
+        };
+        m.db_client_duration
+            .observe_with(&labels, 0.0004, Some(&exemplar));
+        let om = m.encode_open_metrics();
+        let line = "db_client_operation_duration_seconds_bucket{le=\"0.0005\",db_system_name=\"redis\",db_operation_name=\"GET\",error_type=\"\",server_address=\"127.0.0.1\",server_port=\"6379\",service_name=\"app\"} 2 # {trace_id=\"abababababababababababababababab\",span_id=\"0123456789abcdef\"} 0.0004 1700000000.5\n";
+        assert!(om.contains(line), "{om}");
+        assert_eq!(om.matches(" # {").count(), 1, "{om}");
+        // The text format is what it was, but for the counts.
+        let with = m.encode();
+        assert!(!with.contains("trace_id"), "{with}");
+        assert_eq!(
+            with.replace("} 2\n", "} 1\n")
+                .lines()
+                .filter(|l| !l.contains("_sum") && !l.contains("_count"))
+                .collect::<Vec<_>>(),
+            without
+                .lines()
+                .filter(|l| !l.contains("_sum") && !l.contains("_count"))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn node_text_becomes_open_metrics() {
+        let text = "# HELP node_a_total A.\n# TYPE node_a_total counter\nnode_a_total 1\n\
+                    # HELP node_b B.\n# TYPE node_b counter\nnode_b 2\n\
+                    # HELP node_c C.\n# TYPE node_c untyped\nnode_c 3\n\
+                    # HELP node_d D.\n# TYPE node_d gauge\nnode_d 4\n";
+        let mut out = String::new();
+        prometheus_text_to_open_metrics(text, &mut out);
+        assert_eq!(
+            out,
+            "# HELP node_a A.\n# TYPE node_a counter\nnode_a_total 1\n\
+             # HELP node_b B.\n# TYPE node_b unknown\nnode_b 2\n\
+             # HELP node_c C.\n# TYPE node_c unknown\nnode_c 3\n\
+             # HELP node_d D.\n# TYPE node_d gauge\nnode_d 4\n"
         );
     }
 

@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""A stand-in OTLP trace receiver for nodetap's integration tests, speaking the real
+"""A stand-in OTLP trace and metrics receiver for nodetap's integration tests, speaking the real
 protocol with the official OpenTelemetry protobuf bindings (PyPI opentelemetry-proto)
 and grpcio: no collector can be installed on the test machines.
 
     otlp_receiver.py http PORT OUT [CERT KEY]   OTLP/HTTP protobuf on 127.0.0.1:PORT/v1/traces
-    otlp_receiver.py grpc PORT OUT [CERT KEY]   OTLP/gRPC (TraceService/Export) on 127.0.0.1:PORT
+                                                and /v1/metrics
+    otlp_receiver.py grpc PORT OUT [CERT KEY]   OTLP/gRPC (TraceService/Export and
+                                                MetricsService/Export) on 127.0.0.1:PORT
 
 With CERT and KEY (PEM files) it serves TLS.
 
+    otlp_receiver.py discard PORT OUT           OTLP/HTTP that accepts every export without
+                                                decoding or recording it (the spans bench:
+                                                a receiver as cheap as can be)
+
 Every span received is appended to OUT as one JSON line (ids in hex, attributes as a
 dict, the resource's attributes, and what the request said of itself: its compression
-and the value of its x-test-token header), and flushed at once. Prints "ready" when it
-listens.
+and the value of its x-test-token header), and flushed at once; every metric data point
+received is one JSON line in OUT.metrics (name, kind, temporality, attributes, times,
+value or count/sum/buckets, the resource). Prints "ready" when it listens.
 """
 
 import concurrent.futures
@@ -22,6 +29,10 @@ import json
 import sys
 import threading
 
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import (
     trace_service_pb2,
     trace_service_pb2_grpc,
@@ -69,15 +80,66 @@ def record(out, request, compression, token):
         out.flush()
 
 
-def serve_http(port, out, tls):
+def record_metrics(out, request):
+    lines = []
+    for resource_metrics in request.resource_metrics:
+        resource = {kv.key: value_of(kv.value) for kv in resource_metrics.resource.attributes}
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                data = getattr(metric, kind)
+                for point in data.data_points:
+                    line = {
+                        "name": metric.name,
+                        "unit": metric.unit,
+                        "kind": kind,
+                        "temporality": getattr(data, "aggregation_temporality", 0),
+                        "monotonic": getattr(data, "is_monotonic", False),
+                        "attributes": {kv.key: value_of(kv.value) for kv in point.attributes},
+                        "start": point.start_time_unix_nano,
+                        "time": point.time_unix_nano,
+                        "resource": resource,
+                        "scope": scope_metrics.scope.name,
+                    }
+                    if kind == "histogram":
+                        line["count"] = point.count
+                        line["sum"] = point.sum
+                        line["bucket_counts"] = list(point.bucket_counts)
+                        line["explicit_bounds"] = list(point.explicit_bounds)
+                    else:
+                        line["value"] = getattr(point, point.WhichOneof("value"))
+                    lines.append(json.dumps(line))
+    with lock:
+        out.write("".join(line + "\n" for line in lines))
+        out.flush()
+
+
+def serve_http(port, out, metrics_out, tls, discard=False):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
+            if discard:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             encoding = self.headers.get("Content-Encoding", "none")
             if encoding == "gzip":
                 body = gzip.decompress(body)
+            if self.path == "/v1/metrics" and self.headers["Content-Type"] == "application/x-protobuf":
+                request = metrics_service_pb2.ExportMetricsServiceRequest()
+                request.ParseFromString(body)
+                record_metrics(metrics_out, request)
+                reply = metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+                return
             if self.path != "/v1/traces" or self.headers["Content-Type"] != "application/x-protobuf":
                 self.send_response(404)
                 self.send_header("Content-Length", "0")
@@ -107,7 +169,7 @@ def serve_http(port, out, tls):
     server.serve_forever()
 
 
-def serve_grpc(port, out, tls):
+def serve_grpc(port, out, metrics_out, tls):
     class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
             metadata = dict(context.invocation_metadata())
@@ -119,8 +181,14 @@ def serve_grpc(port, out, tls):
             )
             return trace_service_pb2.ExportTraceServiceResponse()
 
+    class MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+        def Export(self, request, context):
+            record_metrics(metrics_out, request)
+            return metrics_service_pb2.ExportMetricsServiceResponse()
+
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsService(), server)
     if tls:
         with open(tls[0], "rb") as cert, open(tls[1], "rb") as key:
             credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
@@ -137,9 +205,12 @@ if __name__ == "__main__":
     tls = sys.argv[4:6] if len(sys.argv) >= 6 else None
     ctypes.CDLL(None).prctl(PR_SET_NAME, b"otlp-receiver", 0, 0, 0)
     out = open(path, "a", encoding="utf-8")
+    metrics_out = open(path + ".metrics", "a", encoding="utf-8")
     if mode == "http":
-        serve_http(port, out, tls)
+        serve_http(port, out, metrics_out, tls)
+    elif mode == "discard":
+        serve_http(port, out, metrics_out, tls, discard=True)
     else:
         import grpc
 
-        serve_grpc(port, out, tls)
+        serve_grpc(port, out, metrics_out, tls)

@@ -97,6 +97,17 @@ impl OtlpReceiver {
             .collect()
     }
 
+    /// Every metric data point received so far (one JSON object each; see the receiver).
+    pub fn metric_points(&self) -> Vec<Value> {
+        let path = format!("{}.metrics", self.out.display());
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote {l:?}: {e}"))
+            })
+            .collect()
+    }
+
     /// The spans `pick` selects, once there are at least `n` of them (or `timeout` passed);
     /// then waits a little longer so that a span too many would show.
     pub fn wait_for(

@@ -40,6 +40,20 @@ impl Prometheus {
 
     /// As [`Prometheus::start`], with rule files (evaluated every second).
     pub fn start_with_rules(scrape_configs: &str, rule_files: &[PathBuf]) -> Prometheus {
+        Prometheus::start_with_flags(scrape_configs, rule_files, &[])
+    }
+
+    /// As [`Prometheus::start`], with exemplar storage on (`--enable-feature=exemplar-storage`).
+    pub fn start_with_exemplars(scrape_configs: &str) -> Prometheus {
+        Prometheus::start_with_flags(scrape_configs, &[], &["--enable-feature=exemplar-storage"])
+    }
+
+    /// As [`Prometheus::start_with_rules`], with more command-line flags.
+    pub fn start_with_flags(
+        scrape_configs: &str,
+        rule_files: &[PathBuf],
+        flags: &[&str],
+    ) -> Prometheus {
         assert!(
             Path::new(PROMETHEUS).exists(),
             "{PROMETHEUS} is missing: apt-get install -y prometheus (or cargo xtask setup)"
@@ -65,6 +79,7 @@ impl Prometheus {
                 dir.0.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log);
         let process = ChildGuard::spawn(cmd);
@@ -98,6 +113,77 @@ impl Prometheus {
             .unwrap_or_else(|e| panic!("Prometheus answered {body:?} to {query}: {e}"));
         assert_eq!(v["status"], "success", "query {query}: {body}");
         v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `/api/v1/query_exemplars` for `query` over the last 10 minutes: each exemplar as
+    /// (its series' labels, its labels, value, timestamp in seconds).
+    pub fn query_exemplars(
+        &self,
+        query: &str,
+    ) -> Vec<(
+        serde_json::Value,
+        std::collections::BTreeMap<String, String>,
+        f64,
+        f64,
+    )> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs_f64();
+        let url = format!(
+            "{}/api/v1/query_exemplars?query={}&start={}&end={}",
+            self.url,
+            percent_encode(query),
+            now - 600.0,
+            now + 600.0
+        );
+        let body = try_http_get(&url).unwrap_or_else(|e| panic!("exemplars {query}: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Prometheus answered {body:?} to {query}: {e}"));
+        assert_eq!(v["status"], "success", "exemplars {query}: {body}");
+        let mut out = Vec::new();
+        for series in v["data"].as_array().cloned().unwrap_or_default() {
+            for e in series["exemplars"].as_array().cloned().unwrap_or_default() {
+                let labels = e["labels"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let value = e["value"]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or_else(|| panic!("exemplar value in {e}"));
+                let ts = e["timestamp"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("exemplar timestamp in {e}"));
+                out.push((series["seriesLabels"].clone(), labels, value, ts));
+            }
+        }
+        out
+    }
+
+    /// The scrape targets' health and last error (`/api/v1/targets`), by job.
+    pub fn targets(&self) -> Vec<(String, String, String)> {
+        let body = try_http_get(&format!("{}/api/v1/targets", self.url))
+            .unwrap_or_else(|e| panic!("targets: {e}"));
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Prometheus answered {body:?} to targets: {e}"));
+        v["data"]["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                (
+                    t["labels"]["job"].as_str().unwrap_or_default().to_owned(),
+                    t["health"].as_str().unwrap_or_default().to_owned(),
+                    t["lastError"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
     }
 
     /// Runs an instant query until it returns at least one sample; returns the values.

@@ -32,7 +32,8 @@ impl Drop for TempDir {
     }
 }
 
-pub(crate) fn wait_for_port(port: u16, what: &str, process: &mut ChildGuard) {
+/// Waits until something listens on `port` (at most 30 s); panics if `process` exits first.
+pub fn wait_for_port(port: u16, what: &str, process: &mut ChildGuard) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = process.child.try_wait() {

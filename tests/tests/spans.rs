@@ -13,7 +13,7 @@ use std::{
 
 use nodetap_tests::{
     http1::HttpClient,
-    metric_value,
+    metric_sum, metric_value,
     otlp::{attribute, OtlpReceiver, Transport, KIND_CLIENT, KIND_SERVER},
     own_process_name,
     pgwire::{PgClient, SqlError},
@@ -714,7 +714,11 @@ fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_clas
                 ],
                 other => panic!("unexpected {side} span {other:?}: {span}"),
             };
-            for (key, value) in expected.iter().chain(&[("db.system.name", "postgresql")]) {
+            // The database the client's StartupMessage named (pgwire connects to `postgres`).
+            for (key, value) in expected.iter().chain(&[
+                ("db.system.name", "postgresql"),
+                ("db.namespace", "postgres"),
+            ]) {
                 assert_eq!(
                     attrs.get(*key).map(String::as_str),
                     Some(*value),
@@ -811,4 +815,194 @@ fn spans_reach_a_tls_endpoint_over_grpc_and_http_with_the_given_ca() {
         assert_eq!(spans.len(), 10, "{transport:?}: PING spans over TLS");
         assert!(spans.iter().all(|s| s["name"] == "PING"));
     }
+}
+
+/// GET `path` from the agent with an `Accept` header: (content type, body).
+fn get_accepting(port: u16, path: &str, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect agent");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read response");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("header end");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .expect("content type");
+    let body = if head.to_ascii_lowercase().contains("chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    (content_type, body)
+}
+
+#[test]
+fn duration_histograms_carry_the_kept_spans_as_exemplars_prometheus_stores() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let agent = agent_exporting_to(&receiver, &[]);
+    let prometheus = nodetap_tests::prometheus::Prometheus::start_with_exemplars(&format!(
+        "  - job_name: nodetap\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
+        agent.port
+    ));
+    let mut client = RespClient::connect(redis.port);
+    const N: usize = 5;
+    let mut seen = Vec::new();
+    for i in 0..N {
+        let (reply, _) = client.command(&["SET", &format!("exemplar:{i}"), "v"]);
+        assert_eq!(reply, Reply::Ok("OK".into()));
+        let spans = receiver.wait_for(2 * (i + 1), Duration::from_secs(30), on_port(redis.port));
+        assert_eq!(
+            spans.len(),
+            2 * (i + 1),
+            "spans of the redis port after request {i} (tier {}; spans dropped: {:?}, as other \
+             traffic on the machine can fill the queue): {:?}",
+            agent.tier(),
+            metric_sum(&agent.scrape(), "nodetap_spans_dropped_total", &[]),
+            spans
+                .iter()
+                .map(|s| (s["kind"].clone(), s["name"].clone(), s["start"].clone()))
+                .collect::<Vec<_>>()
+        );
+        let (clients, servers) = by_kind(&spans);
+        // This request's spans: the latest of each kind (one command at a time).
+        for (family, side) in [
+            ("db_client_operation_duration_seconds_bucket", &clients),
+            ("db_server_operation_duration_seconds_bucket", &servers),
+        ] {
+            let span = *side
+                .iter()
+                .max_by_key(|s| u64_of(s, "start"))
+                .expect("a span");
+            let trace = span["trace_id"].as_str().unwrap();
+            // Prometheus scrapes every second; the bucket's slot keeps this span until the
+            // next request, so it must arrive.
+            let query = format!("{family}{{server_port=\"{}\"}}", redis.port);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            let exemplar = loop {
+                let found =
+                    prometheus
+                        .query_exemplars(&query)
+                        .into_iter()
+                        .find(|(_, labels, _, _)| {
+                            labels.get("trace_id").map(String::as_str) == Some(trace)
+                        });
+                if let Some(e) = found {
+                    break e;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no exemplar with trace {trace} for {query}: {:?}\nOpenMetrics:\n{}",
+                    prometheus.query_exemplars(&query),
+                    get_accepting(
+                        agent.port,
+                        "/metrics",
+                        "application/openmetrics-text; version=1.0.0"
+                    )
+                    .1
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            };
+            let (series, labels, value, timestamp) = exemplar;
+            assert_eq!(
+                labels,
+                BTreeMap::from([
+                    ("trace_id".to_owned(), trace.to_owned()),
+                    (
+                        "span_id".to_owned(),
+                        span["span_id"].as_str().unwrap().to_owned()
+                    ),
+                ]),
+                "{family} exemplar of request {i}"
+            );
+            assert_eq!(series["db_operation_name"], "SET", "{series}");
+            // The exemplar is the observation: the span's duration (both from the same
+            // kernel timestamps), stamped with the span's end (Prometheus keeps ms).
+            let (start, end) = (u64_of(span, "start"), u64_of(span, "end"));
+            let duration = (end - start) as f64 / 1e9;
+            assert!(
+                (value - duration).abs() <= duration * 1e-9,
+                "{family} exemplar value {value} against the span's {duration} s"
+            );
+            assert!(
+                (timestamp - end as f64 / 1e9).abs() < 0.001,
+                "{family} exemplar time {timestamp} against the span's end {end}"
+            );
+            seen.push(trace.to_owned());
+        }
+    }
+    // Every exemplar Prometheus stored for the port names a trace the receiver got.
+    let received: HashSet<String> = receiver
+        .spans()
+        .iter()
+        .map(|s| s["trace_id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut stored = HashSet::new();
+    for family in [
+        "db_client_operation_duration_seconds_bucket",
+        "db_server_operation_duration_seconds_bucket",
+    ] {
+        for (_, labels, _, _) in
+            prometheus.query_exemplars(&format!("{family}{{server_port=\"{}\"}}", redis.port))
+        {
+            let trace = labels["trace_id"].clone();
+            assert!(
+                received.contains(&trace),
+                "exemplar trace {trace} never exported"
+            );
+            stored.insert(trace);
+        }
+    }
+    assert_eq!(
+        stored,
+        seen.into_iter().collect::<HashSet<_>>(),
+        "exemplar traces against the requests'"
+    );
+    // Prometheus parsed every scrape (node collectors' families included) as OpenMetrics.
+    assert_eq!(
+        prometheus.targets(),
+        vec![("nodetap".to_owned(), "up".to_owned(), String::new())]
+    );
+    let (om_type, om) = get_accepting(
+        agent.port,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    );
+    assert_eq!(
+        om_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(
+        om.ends_with("# EOF\n") && om.contains(" # {trace_id=\""),
+        "{om}"
+    );
+    // The text format, the default, has none.
+    let (text_type, text) = get_accepting(agent.port, "/metrics", "text/plain;version=0.0.4");
+    assert_eq!(text_type, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(
+        !text.contains("trace_id") && !text.contains("# EOF"),
+        "{text}"
+    );
 }

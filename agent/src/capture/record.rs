@@ -39,6 +39,7 @@ pub(super) fn record_requests(
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
             link,
+            kept_span: Default::default(),
         };
         for signal in signals.iter_mut() {
             signal.record(&record);

@@ -1164,6 +1164,8 @@ pub struct PgSession {
     copy_in: bool,
     user: Option<Box<str>>,
     database: Option<Box<str>>,
+    /// `db.namespace` of every request, made once from `user_and_database`.
+    namespace: Option<Arc<str>>,
 
     queue: VecDeque<Pending>,
     /// Terminators (Query, Func, Sync, Gap) in `queue`.
@@ -1221,6 +1223,7 @@ impl PgSession {
             copy_in: false,
             user: None,
             database: None,
+            namespace: None,
             queue: VecDeque::new(),
             terminators: 0,
             live_ops: 0,
@@ -2104,19 +2107,42 @@ pub fn new_session(_: &SessionOptions) -> Box<dyn Session> {
     Box::new(PgSession::new())
 }
 
+impl PgSession {
+    /// Names the database of the requests `out` gained from `from` on (`db.namespace`).
+    fn name_namespace(&mut self, out: &mut [Request], from: usize) {
+        if out.len() <= from {
+            return;
+        }
+        if self.namespace.is_none() {
+            self.namespace = self.user_and_database().1.map(Arc::from);
+        }
+        for request in &mut out[from..] {
+            if let super::request::Attributes::Db(db) = &mut request.attributes {
+                db.namespace.clone_from(&self.namespace);
+            }
+        }
+    }
+}
+
 impl Session for PgSession {
     fn client_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        let from = out.len();
         self.on_frontend(chunk);
         self.take_completed(&mut requests(out));
+        self.name_namespace(out, from);
     }
 
     fn server_bytes(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Request>) {
+        let from = out.len();
         self.on_backend(chunk, &mut requests(out));
+        self.name_namespace(out, from);
     }
 
     /// What the frontend's last bytes completed (see [`PgSession::take_completed`]).
     fn finish(&mut self, out: &mut Vec<Request>) {
+        let from = out.len();
         self.take_completed(&mut requests(out));
+        self.name_namespace(out, from);
     }
 
     /// Open operations (simple queries, function calls and Executes waiting for their

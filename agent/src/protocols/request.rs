@@ -49,6 +49,9 @@ pub struct DbRequest {
     pub statement: Statement,
     /// Collection (table or key-space) name where it is cheap to know.
     pub collection: Option<Arc<str>>,
+    /// `db.namespace`: the database the connection works in, where the protocol says
+    /// (PostgreSQL: the StartupMessage's database, else its user, as the server does).
+    pub namespace: Option<Arc<str>>,
 }
 
 /// A database statement with its literals replaced by `?` (`db.query.text`), in the form
@@ -176,6 +179,7 @@ impl From<Operation> for Request {
                 error_type: op.error_type,
                 statement: op.statement,
                 collection: op.collection,
+                namespace: None,
             }),
         }
     }

@@ -28,6 +28,10 @@ pub use tls::TlsError;
 use web_config::WebConfig;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// What a scraper that asks for OpenMetrics gets: the same families, plus the exemplars
+/// on the request-duration histograms.
+pub const OPEN_METRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Paths a kubelet or load balancer probes without credentials: they say whether the
 /// agent works, nothing about the node (TLS still applies to them).
@@ -36,10 +40,72 @@ const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 /// One scrape: the agent's families, then the node collectors' (with the agent's own
 /// `process_*`, see `collectors::exporter`). Reading /proc, /sys and statfs can block (a
 /// hung mount), so it runs off the async worker threads.
-fn scrape(metrics: &Metrics, node: &NodeCollectors) -> String {
+fn scrape(metrics: &Metrics, node: &NodeCollectors, format: Format) -> String {
+    match format {
+        Format::Prometheus => scrape_text(metrics, node),
+        Format::OpenMetrics => {
+            let mut text = metrics.encode_open_metrics();
+            let mut node_text = String::with_capacity(64 * 1024);
+            node.encode(&mut node_text);
+            crate::metrics::prometheus_text_to_open_metrics(&node_text, &mut text);
+            text.push_str("# EOF\n");
+            text
+        }
+    }
+}
+
+/// What `/metrics` serves by default (text 0.0.4): also what the OTLP metrics push sends.
+pub fn scrape_text(metrics: &Metrics, node: &NodeCollectors) -> String {
     let mut text = metrics.encode();
     node.encode(&mut text);
     text
+}
+
+/// The exposition format of one scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Text 0.0.4: what node_exporter serves, and the default.
+    Prometheus,
+    /// OpenMetrics 1.0.0, with exemplars.
+    OpenMetrics,
+}
+
+/// Content negotiation (RFC 9110 §12.5.1): OpenMetrics 1.0.0 when the scraper's
+/// `Accept` ranks it at least as high as the text format (Prometheus sends
+/// `application/openmetrics-text;version=1.0.0,...;text/plain;version=0.0.4;q=0.5`),
+/// else text 0.0.4. An OpenMetrics range naming another version (0.0.1) does not count.
+fn negotiate(accept: Option<&str>) -> Format {
+    let Some(accept) = accept else {
+        return Format::Prometheus;
+    };
+    let mut open_metrics = 0.0f32;
+    let mut text = 0.0f32;
+    for range in accept.split(',') {
+        let mut params = range.split(';').map(str::trim);
+        let media = params.next().unwrap_or("").to_ascii_lowercase();
+        let mut q = 1.0f32;
+        let mut version = None;
+        for p in params {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.trim().to_ascii_lowercase().as_str() {
+                "q" => q = v.trim().parse().unwrap_or(0.0),
+                "version" => version = Some(v.trim().to_owned()),
+                _ => {}
+            }
+        }
+        match media.as_str() {
+            "application/openmetrics-text" if version.as_deref().is_none_or(|v| v == "1.0.0") => {
+                open_metrics = open_metrics.max(q)
+            }
+            "text/plain" | "text/*" | "*/*" => text = text.max(q),
+            _ => {}
+        }
+    }
+    if open_metrics > 0.0 && open_metrics >= text {
+        Format::OpenMetrics
+    } else {
+        Format::Prometheus
+    }
 }
 
 /// What `/readyz` reports: each hook's fate at start-up.
@@ -106,12 +172,18 @@ pub fn router(
     let mut router = Router::new()
         .route(
             "/metrics",
-            get(move || {
+            get(move |headers: axum::http::HeaderMap| {
                 let metrics = metrics.clone();
                 let node = node.clone();
+                let format = negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+                let content_type = match format {
+                    Format::Prometheus => CONTENT_TYPE,
+                    Format::OpenMetrics => OPEN_METRICS_CONTENT_TYPE,
+                };
                 async move {
-                    match tokio::task::spawn_blocking(move || scrape(&metrics, &node)).await {
-                        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+                    match tokio::task::spawn_blocking(move || scrape(&metrics, &node, format)).await
+                    {
+                        Ok(text) => ([(header::CONTENT_TYPE, content_type)], text).into_response(),
                         Err(e) => {
                             log::error!("scrape failed: {e}");
                             (StatusCode::INTERNAL_SERVER_ERROR, "scrape failed\n").into_response()
@@ -221,6 +293,37 @@ mod tests {
             need,
             error: error.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn open_metrics_only_when_asked_for_first() {
+        assert_eq!(negotiate(None), Format::Prometheus);
+        assert_eq!(negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(
+            negotiate(Some("text/plain;version=0.0.4;q=1,*/*;q=0.1")),
+            Format::Prometheus
+        );
+        // What Prometheus 2.x sends.
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            negotiate(Some("application/openmetrics-text; version=1.0.0")),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            negotiate(Some(
+                "application/openmetrics-text;version=0.0.1,text/plain;q=0.5"
+            )),
+            Format::Prometheus
+        );
+        assert_eq!(
+            negotiate(Some(
+                "text/plain,application/openmetrics-text;version=1.0.0;q=0.9"
+            )),
+            Format::Prometheus
+        );
     }
 
     #[test]

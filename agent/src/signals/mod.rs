@@ -3,16 +3,17 @@
 //! hands each as a [`RequestRecord`] to every registered [`Signal`]. A new signal (spans,
 //! say) is one file implementing [`Signal`] and one line in [`registered`].
 
+pub mod otlp_metrics;
 mod red;
 pub mod spans;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{cell::Cell, net::SocketAddr, sync::Arc};
 
 use agent_common::Role;
 
 use crate::{
     metadata::workload::{PeerZone, WorkloadLabels},
-    metrics::Metrics,
+    metrics::{Metrics, SpanExemplar},
     protocols::{Protocol, Request},
 };
 
@@ -38,6 +39,10 @@ pub struct RequestRecord<'a> {
     /// The same request's name on both ends, when both ends of the connection are on
     /// this node and their request orders agree (see `capture::record::link_key`).
     pub link: Option<LinkKey>,
+    /// The span made of this request, once the spans signal kept it (sampled and
+    /// queued): the RED signal, registered after it, puts it on the duration histogram
+    /// as an exemplar. Empty when spans are off or the span was left out.
+    pub kept_span: Cell<Option<SpanExemplar>>,
 }
 
 /// Names one request on both ends of a connection whose two ends this node sees: the
@@ -56,12 +61,15 @@ pub trait Signal: Send {
     fn record(&mut self, record: &RequestRecord<'_>);
 }
 
-/// Every signal: the one place they are registered. Spans are on when the agent has
-/// somewhere to send them (the exporter holds the other end of their queue).
+/// Every signal: the one place they are registered, in the order they see each record.
+/// Spans are on when the agent has somewhere to send them (the exporter holds the other
+/// end of their queue); they come first so that the RED histograms can carry the kept
+/// span as an exemplar ([`RequestRecord::kept_span`]).
 pub fn registered(metrics: &Arc<Metrics>, spans: Option<spans::Spans>) -> Vec<Box<dyn Signal>> {
-    let mut signals: Vec<Box<dyn Signal>> = vec![Box::new(red::RedMetrics::new(metrics.clone()))];
+    let mut signals: Vec<Box<dyn Signal>> = Vec::with_capacity(2);
     if let Some(spans) = spans {
         signals.push(Box::new(spans));
     }
+    signals.push(Box::new(red::RedMetrics::new(metrics.clone())));
     signals
 }

@@ -9,13 +9,12 @@ use std::{
 };
 
 use agent_common::Role;
-use prometheus_client::metrics::histogram::Histogram;
 
 use super::{RequestRecord, Signal};
 use crate::{
     capture::id_hash::IdMap,
     metadata::workload::{Name, PeerZone, WorkloadLabels},
-    metrics::{DbLabels, HttpLabels, Metrics, RpcLabels},
+    metrics::{DbLabels, DurationHistogram, HttpLabels, Metrics, Observe, RpcLabels},
     protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
 };
 
@@ -27,7 +26,7 @@ pub struct RedMetrics {
     /// Database series by a key that is cheap to hash (shared label values by address):
     /// building the label set and hashing its strings per request was a quarter of the
     /// agent's CPU under pipelined Redis load.
-    db_series: IdMap<u64, Vec<(DbSeriesKey, Histogram)>>,
+    db_series: IdMap<u64, Vec<(DbSeriesKey, DurationHistogram)>>,
 }
 
 /// Most addresses kept in the label cache (it starts over when full).
@@ -140,7 +139,7 @@ impl RedMetrics {
             .get(&fingerprint)
             .and_then(|entries| entries.iter().find(|(key, _)| series.is(key)))
         {
-            histogram.observe(r.request.seconds());
+            histogram.observe_with(r.request.seconds(), r.kept_span.get().as_ref());
             return;
         }
         let labels = DbLabels {
@@ -153,7 +152,7 @@ impl RedMetrics {
             workload: r.workload.clone(),
         };
         let family = self.metrics.db_duration(r.role);
-        family.observe(&labels, r.request.seconds());
+        family.observe_with(&labels, r.request.seconds(), r.kept_span.get().as_ref());
         // Cached only once the series exists (past the series limit it does not).
         if let Some(histogram) = family.family.get(&labels) {
             if self.db_series.len() >= SERIES_CACHE {
@@ -180,7 +179,9 @@ impl RedMetrics {
             .metrics
             .bound_http_route(r.role == Role::Client, &labels);
         let families = self.metrics.http(r.role);
-        families.duration.observe(&labels, r.request.seconds());
+        families
+            .duration
+            .observe_with(&labels, r.request.seconds(), r.kept_span.get().as_ref());
         families
             .request_size
             .observe(&labels, http.request_body_bytes as f64);
@@ -200,7 +201,7 @@ impl RedMetrics {
             workload: r.workload.clone(),
         };
         let family = self.metrics.rpc_duration(r.role);
-        family.observe(&labels, r.request.seconds());
+        family.observe_with(&labels, r.request.seconds(), r.kept_span.get().as_ref());
     }
 }
 

@@ -89,7 +89,11 @@ fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
 }
 
 /// One redis-benchmark run's CSV rows: (test, requests/s, p50 ms, p99 ms).
-fn redis_benchmark(port: u16, n: u64, extra: &[&str]) -> Result<Vec<(String, f64, f64, f64)>> {
+pub(super) fn redis_benchmark(
+    port: u16,
+    n: u64,
+    extra: &[&str],
+) -> Result<Vec<(String, f64, f64, f64)>> {
     let out = Command::new("redis-benchmark")
         .args([
             "-p",

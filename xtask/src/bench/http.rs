@@ -17,8 +17,13 @@ fn count(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// One wrk run: (requests/s, requests completed).
 fn wrk(port: u16) -> Result<(f64, f64)> {
+    wrk_for(port, 8)
+}
+
+/// One wrk run of `seconds` (2 threads, 32 connections): (requests/s, requests completed).
+pub(super) fn wrk_for(port: u16, seconds: u32) -> Result<(f64, f64)> {
     let out = Command::new("wrk")
-        .args(["-t", "2", "-c", "32", "-d", "8s"])
+        .args(["-t", "2", "-c", "32", "-d", &format!("{seconds}s")])
         .arg(format!("http://127.0.0.1:{port}/api/ping"))
         .output()
         .context("running wrk")?;

@@ -13,6 +13,7 @@ mod http;
 pub mod kernel;
 mod network;
 mod node;
+mod spans;
 mod stats;
 
 pub use stats::median;
@@ -37,6 +38,9 @@ pub enum What {
     Cost,
     /// Pipe I/O of processes that do no networking, with and without the agent.
     Bystander,
+    /// Redis and HTTP loads with spans at 100% against spans off: throughput ratio, agent
+    /// CPU per span, spans per agent core, spans dropped.
+    Spans,
 }
 
 pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
@@ -51,6 +55,7 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Network => ("network", network::run()?),
         What::Cost => ("cost", cost::run()?),
         What::Bystander => ("bystander", bystander::run()?),
+        What::Spans => ("spans", spans::run()?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)

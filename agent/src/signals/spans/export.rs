@@ -100,7 +100,7 @@ impl std::fmt::Debug for ExportOptions {
 
 /// Why one export attempt failed.
 #[derive(Debug, thiserror::Error)]
-enum ExportError {
+pub enum ExportError {
     #[error("cannot reach the endpoint")]
     Connect(#[source] hyper_util::client::legacy::Error),
     #[error("reading the response failed")]
@@ -117,7 +117,7 @@ enum ExportError {
 
 impl ExportError {
     /// Retryable per the OTLP specification ("Failures" under OTLP/gRPC and OTLP/HTTP).
-    fn retryable(&self) -> bool {
+    pub fn retryable(&self) -> bool {
         match self {
             Self::Connect(_) | Self::Body(_) | Self::Timeout(_) => true,
             Self::Http { status } => matches!(status.as_u16(), 429 | 502 | 503 | 504),
@@ -147,15 +147,19 @@ pub enum ExporterError {
     NativeRoots(#[source] std::io::Error),
 }
 
-pub struct Exporter {
+/// An OTLP connection: the pooled hyper client, the export URL, and how a request is
+/// framed, compressed and judged. Spans ([`Exporter`]) and metrics
+/// (`signals::otlp_metrics`) each hold one; neither has a transport of its own.
+pub struct Transport {
     options: ExportOptions,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    metrics: Arc<Metrics>,
     url: Uri,
 }
 
-impl Exporter {
-    pub fn new(options: ExportOptions, metrics: Arc<Metrics>) -> Result<Self, ExporterError> {
+impl Transport {
+    /// A transport to `options.endpoint`; for gRPC the call goes to `grpc_path`
+    /// (the service's Export method).
+    pub fn new(options: ExportOptions, grpc_path: &str) -> Result<Self, ExporterError> {
         let mut builder = Client::builder(TokioExecutor::new());
         if options.protocol == OtlpProtocol::Grpc {
             builder.http2_only(true);
@@ -165,94 +169,28 @@ impl Exporter {
             OtlpProtocol::HttpProtobuf => options.endpoint.clone(),
             OtlpProtocol::Grpc => {
                 let mut parts = options.endpoint.clone().into_parts();
-                parts.path_and_query = Some(GRPC_EXPORT_PATH.parse().expect("a valid path"));
+                parts.path_and_query = Some(grpc_path.parse().expect("a valid path"));
                 Uri::from_parts(parts).unwrap_or_else(|_| options.endpoint.clone())
             }
         };
         Ok(Self {
             client: builder.build(connector),
             options,
-            metrics,
             url,
         })
     }
 
-    /// Takes spans off the queue until it closes (the capture side ended), exporting them
-    /// in batches; what is queued when it closes is still exported.
-    pub async fn run(self, mut queue: mpsc::Receiver<FinishedSpan>) {
-        let batch_size = self.options.batch_size.max(1);
-        let mut batch = Vec::with_capacity(batch_size);
-        loop {
-            if queue.recv_many(&mut batch, batch_size).await == 0 {
-                return;
-            }
-            let deadline = Instant::now() + self.options.batch_delay;
-            while batch.len() < batch_size {
-                let room = batch_size - batch.len();
-                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-            self.export(&batch).await;
-            batch.clear();
-        }
+    pub fn url(&self) -> &Uri {
+        &self.url
     }
 
-    /// Exports one batch, retrying what may succeed later within the retry budget.
-    async fn export(&self, spans: &[FinishedSpan]) {
-        let body = self.encode(spans);
-        let count = spans.len() as u64;
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.send(body.clone()).await {
-                Ok(accepted) => {
-                    self.metrics
-                        .spans_exported
-                        .inc_by(count.saturating_sub(accepted.rejected));
-                    if accepted.rejected > 0 {
-                        self.dropped("rejected", accepted.rejected.min(count));
-                    }
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.spans_export_failures.inc();
-                    let give_up =
-                        !e.retryable() || started.elapsed() + backoff > self.options.retry_budget;
-                    log::warn!(
-                        "OTLP export of {count} spans to {} failed: {}{}",
-                        self.url,
-                        crate::error_chain(&e),
-                        if give_up {
-                            "; dropping them"
-                        } else {
-                            "; retrying"
-                        }
-                    );
-                    if give_up {
-                        self.dropped("export_failed", count);
-                        return;
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+    pub fn options(&self) -> &ExportOptions {
+        &self.options
     }
 
-    fn dropped(&self, reason: &'static str, n: u64) {
-        self.metrics
-            .spans_dropped
-            .get_or_create(&ReasonLabels { reason })
-            .inc_by(n);
-    }
-
-    /// The batch as one export request's body (compressed and framed as the transport
-    /// wants it).
-    fn encode(&self, spans: &[FinishedSpan]) -> Bytes {
-        let request = build_request(spans, &self.options);
-        let message = request.encode_to_vec();
+    /// An export request's body: the message compressed and framed as the transport
+    /// wants it.
+    pub fn frame(&self, message: Vec<u8>) -> Bytes {
         let payload = if self.options.gzip {
             gzip(&message)
         } else {
@@ -271,7 +209,9 @@ impl Exporter {
         }
     }
 
-    async fn send(&self, body: Bytes) -> Result<Accepted, ExportError> {
+    /// One attempt: the response message (empty when the endpoint sent none), or why the
+    /// attempt failed.
+    pub async fn send(&self, body: Bytes) -> Result<Bytes, ExportError> {
         let mut request = Request::post(self.url.clone());
         let headers = request.headers_mut().expect("a fresh builder");
         match self.options.protocol {
@@ -325,7 +265,7 @@ impl Exporter {
                         status: parts.status,
                     });
                 }
-                accepted(&body)
+                Ok(body)
             }
             OtlpProtocol::Grpc => {
                 if parts.status != StatusCode::OK {
@@ -354,12 +294,104 @@ impl Exporter {
                     });
                 }
                 match body.get(5..) {
-                    Some(message) if body[0] == 0 => accepted(message),
+                    Some(message) if body[0] == 0 => Ok(body.slice(5..5 + message.len())),
                     // No message (or a compressed one we did not ask for): accepted whole.
-                    _ => Ok(Accepted { rejected: 0 }),
+                    _ => Ok(Bytes::new()),
                 }
             }
         }
+    }
+}
+
+pub struct Exporter {
+    transport: Transport,
+    metrics: Arc<Metrics>,
+}
+
+impl Exporter {
+    pub fn new(options: ExportOptions, metrics: Arc<Metrics>) -> Result<Self, ExporterError> {
+        Ok(Self {
+            transport: Transport::new(options, GRPC_EXPORT_PATH)?,
+            metrics,
+        })
+    }
+
+    /// Takes spans off the queue until it closes (the capture side ended), exporting them
+    /// in batches; what is queued when it closes is still exported.
+    pub async fn run(self, mut queue: mpsc::Receiver<FinishedSpan>) {
+        let batch_size = self.transport.options.batch_size.max(1);
+        let mut batch = Vec::with_capacity(batch_size);
+        loop {
+            if queue.recv_many(&mut batch, batch_size).await == 0 {
+                return;
+            }
+            let deadline = Instant::now() + self.transport.options.batch_delay;
+            while batch.len() < batch_size {
+                let room = batch_size - batch.len();
+                match tokio::time::timeout_at(deadline, queue.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            self.export(&batch).await;
+            batch.clear();
+        }
+    }
+
+    /// Exports one batch, retrying what may succeed later within the retry budget.
+    async fn export(&self, spans: &[FinishedSpan]) {
+        let body = self
+            .transport
+            .frame(build_request(spans, &self.transport.options).encode_to_vec());
+        let count = spans.len() as u64;
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self
+                .transport
+                .send(body.clone())
+                .await
+                .and_then(|m| accepted(&m))
+            {
+                Ok(accepted) => {
+                    self.metrics
+                        .spans_exported
+                        .inc_by(count.saturating_sub(accepted.rejected));
+                    if accepted.rejected > 0 {
+                        self.dropped("rejected", accepted.rejected.min(count));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.spans_export_failures.inc();
+                    let give_up = !e.retryable()
+                        || started.elapsed() + backoff > self.transport.options.retry_budget;
+                    log::warn!(
+                        "OTLP export of {count} spans to {} failed: {}{}",
+                        self.transport.url,
+                        crate::error_chain(&e),
+                        if give_up {
+                            "; dropping them"
+                        } else {
+                            "; retrying"
+                        }
+                    );
+                    if give_up {
+                        self.dropped("export_failed", count);
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    fn dropped(&self, reason: &'static str, n: u64) {
+        self.metrics
+            .spans_dropped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(n);
     }
 }
 
@@ -396,7 +428,7 @@ fn connector(options: &ExportOptions) -> Result<HttpsConnector<HttpConnector>, E
     })
 }
 
-/// Reads a partial success out of an export response.
+/// Reads a partial success out of an export response (an empty one accepts all).
 fn accepted(body: &[u8]) -> Result<Accepted, ExportError> {
     let response =
         otlp::ExportTraceServiceResponse::decode(body).map_err(|_| ExportError::Decode)?;

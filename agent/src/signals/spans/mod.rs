@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use super::{LinkKey, RequestRecord, Signal};
 use crate::{
     metadata::workload::{Name, WorkloadLabels},
-    metrics::{Metrics, ReasonLabels},
+    metrics::{Metrics, ReasonLabels, SpanExemplar},
     protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
 };
 pub use export::{ExportOptions, OtlpProtocol};
@@ -278,9 +278,16 @@ impl Spans {
 impl Signal for Spans {
     fn record(&mut self, r: &RequestRecord<'_>) {
         let Some(span) = self.span_of(r) else { return };
+        let exemplar = SpanExemplar {
+            trace_id: span.trace_id,
+            span_id: span.span_id,
+            end_unix_ns: span.end_unix_ns,
+        };
         // Capture never waits for the exporter: a full queue loses the span, counted.
         if self.queue.try_send(span).is_err() {
             self.queue_full.inc();
+        } else {
+            r.kept_span.set(Some(exemplar));
         }
     }
 }
@@ -316,6 +323,12 @@ fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, out: &mut Attrs) -> Stri
         out.push((
             "db.collection.name",
             AttributeValue::Str(collection.to_string()),
+        ));
+    }
+    if let Some(namespace) = &db.namespace {
+        out.push((
+            "db.namespace",
+            AttributeValue::Name(Name(namespace.clone())),
         ));
     }
     if !db.statement.is_empty() {

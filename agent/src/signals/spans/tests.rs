@@ -38,6 +38,7 @@ fn redis_get(error: Option<&str>, duration_ns: u64) -> Request {
             error_type: error.map(str::to_owned),
             statement: "GET ?".into(),
             collection: None,
+            namespace: None,
         }),
     }
 }
@@ -77,6 +78,7 @@ fn record<'a>(
         peer_zone: zone,
         workload,
         link: None,
+        kept_span: Default::default(),
     }
 }
 
