@@ -616,6 +616,18 @@ fn ratio_sampling_keeps_its_share_by_trace_and_every_error_and_slow_request() {
         .iter()
         .filter(|s| s["name"] == "INCR")
         .all(|s| s["status"] == 2));
+    // The error's prefix, as redis-server answered it, is its type and its code.
+    for span in spans.iter().filter(|s| s["name"] == "INCR") {
+        let attrs = attributes(span);
+        assert_eq!(
+            (
+                attrs.get("error.type").map(String::as_str),
+                attrs.get("db.response.status_code").map(String::as_str)
+            ),
+            (Some("ERR"), Some("ERR")),
+            "{span}"
+        );
+    }
     // The GETs: a tenth, within 5 standard deviations (sd of 10,000 draws at 0.1: 30).
     let (client_gets, server_gets) = (count("GET", KIND_CLIENT), count("GET", KIND_SERVER));
     assert!(
@@ -711,6 +723,8 @@ fn postgresql_spans_carry_the_collection_the_obfuscated_query_and_the_error_clas
                     ("db.collection.name", "no_such_table"),
                     ("db.query.text", "SELECT * FROM no_such_table"),
                     ("error.type", "42"),
+                    // PostgreSQL's own code for it: undefined_table.
+                    ("db.response.status_code", "42P01"),
                 ],
                 other => panic!("unexpected {side} span {other:?}: {span}"),
             };

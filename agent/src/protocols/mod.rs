@@ -60,6 +60,10 @@ pub struct Operation {
     pub name: &'static str,
     /// `error_type`: `None` on success; a bounded, low-cardinality value otherwise.
     pub error_type: Option<String>,
+    /// `db.response.status_code` (spans only, never a label): the code the server
+    /// answered with, where the protocol has one (PostgreSQL: the error's SQLSTATE;
+    /// Redis: the error's prefix).
+    pub status_code: Option<String>,
     /// Start of the operation (the `start_ns` of the chunk holding its first request byte).
     pub start_ns: u64,
     /// End of the operation (the `end_ns` of the chunk holding its last response byte).

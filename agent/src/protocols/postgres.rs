@@ -728,6 +728,9 @@ fn cstr(b: &[u8]) -> (&[u8], Option<&[u8]>) {
 /// SQLSTATE class of an ErrorResponse, validated (`[0-9A-Z]{2}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ErrClass {
+    /// A SQLSTATE of five digits or upper-case letters; its class is the first two.
+    Code([u8; 5]),
+    /// A code of another length whose first two characters still name a class.
     Class([u8; 2]),
     Other,
 }
@@ -743,6 +746,9 @@ impl ErrClass {
             if field == b'C' {
                 let ok = |c: u8| c.is_ascii_digit() || c.is_ascii_uppercase();
                 return match value {
+                    &[a, b, c, d, e] if [a, b, c, d, e].into_iter().all(ok) => {
+                        ErrClass::Code([a, b, c, d, e])
+                    }
                     [a, b, ..] if ok(*a) && ok(*b) => ErrClass::Class([*a, *b]),
                     _ => ErrClass::Other,
                 };
@@ -757,8 +763,18 @@ impl ErrClass {
 
     fn label(self) -> String {
         match self {
-            ErrClass::Class(c) => String::from_utf8_lossy(&c).into_owned(),
+            ErrClass::Code([a, b, ..]) | ErrClass::Class([a, b]) => {
+                String::from_utf8_lossy(&[a, b]).into_owned()
+            }
             ErrClass::Other => "_OTHER".to_string(),
+        }
+    }
+
+    /// The whole SQLSTATE (`db.response.status_code`), when it is well-formed.
+    fn code(self) -> Option<String> {
+        match self {
+            ErrClass::Code(c) => Some(String::from_utf8_lossy(&c).into_owned()),
+            _ => None,
         }
     }
 }
@@ -2093,6 +2109,7 @@ fn make_op(
     Operation {
         name,
         error_type: error.map(ErrClass::label),
+        status_code: error.and_then(ErrClass::code),
         start_ns,
         end_ns: end_ns.max(start_ns),
         statement: info.map_or(Statement::EMPTY, |i| Statement::Text(i.statement.clone())),
@@ -3212,6 +3229,13 @@ mod tests {
         assert_eq!(class(b"SERROR\0C4"), "_OTHER");
         assert_eq!(class(b""), "_OTHER");
         assert_eq!(class(b"SERR"), "_OTHER");
+        let code = |b: &[u8]| ErrClass::from_error_response(b).code();
+        assert_eq!(
+            code(b"SERROR\0VERROR\0C42P01\0Mx\0\0").as_deref(),
+            Some("42P01")
+        );
+        assert_eq!(code(b"C4200\0\0"), None, "not five characters");
+        assert_eq!(code(b"C42p01\0\0"), None, "not a SQLSTATE's characters");
     }
 
     #[test]

@@ -1954,6 +1954,8 @@ impl RedisSession {
     ) {
         out.push(Operation {
             name: open.name(),
+            // Redis's error prefix is both the error type and the code the server answered.
+            status_code: error_type.clone(),
             error_type,
             start_ns: open.start_ns,
             end_ns,

@@ -45,6 +45,9 @@ pub struct DbRequest {
     pub operation: &'static str,
     /// `error.type`: `None` on success; a bounded, low-cardinality value otherwise.
     pub error_type: Option<String>,
+    /// `db.response.status_code`: the server's code for the outcome, where the protocol
+    /// has one (PostgreSQL: the SQLSTATE of an error; Redis: an error's prefix).
+    pub status_code: Option<String>,
     /// Statement text with literals replaced by `?` (for spans only, never a label).
     pub statement: Statement,
     /// Collection (table or key-space) name where it is cheap to know.
@@ -177,6 +180,7 @@ impl From<Operation> for Request {
             attributes: Attributes::Db(DbRequest {
                 operation: op.name,
                 error_type: op.error_type,
+                status_code: op.status_code,
                 statement: op.statement,
                 collection: op.collection,
                 namespace: None,

@@ -337,6 +337,9 @@ fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, out: &mut Attrs) -> Stri
             AttributeValue::Str(db.statement.to_string()),
         ));
     }
+    if let Some(code) = &db.status_code {
+        out.push(("db.response.status_code", AttributeValue::Str(code.clone())));
+    }
     if let Some(error) = &db.error_type {
         out.push(("error.type", AttributeValue::Str(error.clone())));
     }

@@ -36,6 +36,7 @@ fn redis_get(error: Option<&str>, duration_ns: u64) -> Request {
         attributes: Attributes::Db(DbRequest {
             operation: "GET",
             error_type: error.map(str::to_owned),
+            status_code: error.map(str::to_owned),
             statement: "GET ?".into(),
             collection: None,
             namespace: None,
