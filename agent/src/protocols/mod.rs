@@ -73,6 +73,8 @@ pub struct Operation {
     pub statement: request::Statement,
     /// Collection (table or key-space) name where it is cheap to know.
     pub collection: Option<std::sync::Arc<str>>,
+    /// `db.namespace`, where the session knows it (Redis: the SELECTed index).
+    pub namespace: Option<std::sync::Arc<str>>,
 }
 
 /// Why requests were lost: they happened (or may have), but no operation reports them.

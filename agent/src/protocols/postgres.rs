@@ -2114,6 +2114,8 @@ fn make_op(
         end_ns: end_ns.max(start_ns),
         statement: info.map_or(Statement::EMPTY, |i| Statement::Text(i.statement.clone())),
         collection: info.and_then(|i| i.collection.clone()),
+        // Named per session once the request is made (`name_namespace`).
+        namespace: None,
     }
 }
 

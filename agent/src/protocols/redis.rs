@@ -85,7 +85,7 @@
 //! Streamed RESP3 strings and aggregates (`$?`, `*?`), which redis-server never sends, are
 //! framing errors.
 
-use std::collections::VecDeque;
+use std::{collections::VecDeque, sync::Arc};
 
 use super::request::{requests, Sink, Statement};
 use super::{
@@ -266,6 +266,8 @@ enum CommandKind {
     Client,
     Monitor,
     Reset,
+    /// SELECT: the database later commands work in (`db.namespace`).
+    Select,
     /// SYNC, PSYNC: the connection becomes a replication stream.
     Sync,
     PubSub(PubSub),
@@ -284,6 +286,8 @@ const fn kinds() -> [CommandKind; COMMANDS.len()] {
             CommandKind::Monitor
         } else if str_eq(name, "RESET") {
             CommandKind::Reset
+        } else if str_eq(name, "SELECT") {
+            CommandKind::Select
         } else if str_eq(name, "SYNC") || str_eq(name, "PSYNC") {
             CommandKind::Sync
         } else if str_eq(name, "SUBSCRIBE") {
@@ -614,6 +618,14 @@ struct Tok {
     in_token: bool,
     quote: u8,
     escape: bool,
+}
+
+/// SELECT's argument as a database index (decimal, as redis-server reads it).
+fn database_index(arg: &[u8]) -> Option<u32> {
+    if arg.is_empty() || arg.len() > 9 || !arg.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(arg).ok()?.parse().ok()
 }
 
 /// A length (`123\r\n`, at most 12 digits as the byte-by-byte parse accepts) whole at
@@ -1370,6 +1382,8 @@ enum Special {
     Gap(LostReason),
     Monitor,
     Reset,
+    /// SELECT of this database index: the connection's namespace once answered `+OK`.
+    Select(u32),
     PubSub(PubSub),
 }
 
@@ -1523,6 +1537,10 @@ pub struct RedisSession {
     /// The client spoke since the reply direction lost its framing: the server's next chunk
     /// may start a reply.
     resp_armed: bool,
+    /// `db.namespace`: the database index a SELECT (or RESET: 0) last chose, as answered;
+    /// unknown before either (0 unless the connection predates the agent, which the
+    /// session cannot tell). A SELECT queued in a transaction is not followed.
+    namespace: Option<Arc<str>>,
 }
 
 impl Default for RedisSession {
@@ -1550,6 +1568,7 @@ impl RedisSession {
             stopped: false,
             resp_lost: LostReason::Unparsable,
             resp_armed: false,
+            namespace: None,
         }
     }
 
@@ -1753,6 +1772,9 @@ impl RedisSession {
             special: match command_kind {
                 CommandKind::Monitor => Special::Monitor,
                 CommandKind::Reset => Special::Reset,
+                CommandKind::Select if r.argc == 2 && r.a1.complete() => {
+                    database_index(r.a1.bytes()).map_or(Special::None, Special::Select)
+                }
                 CommandKind::PubSub(k) => Special::PubSub(k),
                 _ => Special::None,
             },
@@ -1876,17 +1898,27 @@ impl RedisSession {
             return;
         };
         let ok = !matches!(r.top, b'-' | b'!');
+        let mut chosen = None;
         match open.special {
             Special::Monitor if ok => self.set_monitor(true),
             Special::Reset if ok => {
                 self.set_monitor(false);
                 self.channels = 0;
                 self.shard_channels = 0;
+                chosen = Some(Arc::from("0"));
+            }
+            // `+OK`, not `+QUEUED`: a SELECT inside MULTI takes effect only at EXEC.
+            Special::Select(index) if r.top == b'+' && r.word.bytes() == b"OK" => {
+                chosen = Some(Arc::from(index.to_string()));
             }
             _ => {}
         }
         let error = (!ok).then(|| error_type(&r.word));
+        // The command itself ran in the database chosen before it.
         self.emit(open, error, end_ns, out);
+        if chosen.is_some() {
+            self.namespace = chosen;
+        }
     }
 
     fn set_monitor(&mut self, on: bool) {
@@ -1954,6 +1986,7 @@ impl RedisSession {
     ) {
         out.push(Operation {
             name: open.name(),
+            namespace: self.namespace.clone(),
             // Redis's error prefix is both the error type and the code the server answered.
             status_code: error_type.clone(),
             error_type,
@@ -2669,6 +2702,52 @@ mod tests {
             v.extend_from_slice(b"\r\n");
         }
         v
+    }
+
+    #[test]
+    fn namespace_follows_answered_selects() {
+        let mut d = Driver::new();
+        let namespaces = |d: &Driver| -> Vec<Option<String>> {
+            d.ops
+                .iter()
+                .map(|o| o.namespace.as_deref().map(str::to_owned))
+                .collect()
+        };
+        // Unknown before any SELECT; a pipelined SELECT changes what follows its reply.
+        d.req(
+            &[
+                cmd(&[b"GET", b"k"]),
+                cmd(&[b"SELECT", b"3"]),
+                cmd(&[b"GET", b"k"]),
+            ]
+            .concat(),
+        );
+        d.resp(b"$-1\r\n+OK\r\n$-1\r\n");
+        // A refused SELECT changes nothing; nor does one queued in a transaction that
+        // is discarded.
+        d.req(&cmd(&[b"SELECT", b"99"]))
+            .resp(b"-ERR DB index is out of range\r\n");
+        d.req(&cmd(&[b"MULTI"])).resp(b"+OK\r\n");
+        d.req(&cmd(&[b"SELECT", b"5"])).resp(b"+QUEUED\r\n");
+        d.req(&cmd(&[b"DISCARD"])).resp(b"+OK\r\n");
+        // RESET goes back to database 0 (itself still ran in 3).
+        d.req(&cmd(&[b"RESET"])).resp(b"+RESET\r\n");
+        d.req(&cmd(&[b"GET", b"k"])).resp(b"$-1\r\n");
+        let three = Some("3".to_owned());
+        assert_eq!(
+            namespaces(&d),
+            [
+                None,
+                None,
+                three.clone(),
+                three.clone(),
+                three.clone(),
+                three.clone(),
+                three.clone(),
+                three,
+                Some("0".to_owned()),
+            ]
+        );
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl From<Operation> for Request {
                 status_code: op.status_code,
                 statement: op.statement,
                 collection: op.collection,
-                namespace: None,
+                namespace: op.namespace,
             }),
         }
     }
