@@ -3,6 +3,7 @@
 //! what to copy of each connection. What the sessions produce leaves through
 //! `record.rs`: requests to the signals, health to the protocol counters.
 
+pub mod budget;
 pub mod event;
 pub(crate) mod id_hash;
 pub mod instructions;
@@ -341,6 +342,8 @@ pub struct Tracker {
     /// Boxed: a table of connections inline is sized in whole powers of two of the
     /// connection's size, and when it grows the old and the new table live at once.
     conns: IdMap<u64, Box<Connection>>,
+    /// Over the CPU budget: connections new to the table are counted, not parsed.
+    degraded: bool,
     fds: IdMap<(u32, i32), u64>,
     /// Connection ids by (local, remote) address: finds the other end of a connection
     /// whose two ends are both on this node.
@@ -385,6 +388,7 @@ impl Tracker {
         let signals = crate::signals::registered(&metrics, opts.spans.take());
         Self {
             conns: IdMap::default(),
+            degraded: false,
             fds: IdMap::default(),
             by_endpoints: HashMap::new(),
             listeners: Listeners::new(procfs),
@@ -524,6 +528,13 @@ impl Tracker {
         }
     }
 
+    /// Over the CPU budget or not (see `budget`): while over, connections new to the
+    /// table are counts-only.
+    pub fn set_degraded(&mut self, degraded: bool) {
+        self.degraded = degraded;
+        self.metrics.capture_degraded.set(i64::from(degraded));
+    }
+
     /// Makes sure the record's connection is in the table; false if the table is full
     /// (its counters are then counted on a connection made for this record alone).
     fn ensure(&mut self, common: &Common) -> bool {
@@ -551,7 +562,13 @@ impl Tracker {
             (Role::Unknown, Some(_)) => Role::Client,
             (role, _) => role,
         };
-        let conn = Connection::new(common, role, workload, peer_zone);
+        let mut conn = Connection::new(common, role, workload, peer_zone);
+        if self.degraded {
+            // Counts only: its first record's instruction tells the kernel to copy
+            // nothing of it from then on.
+            conn.protocol = ConnectionProtocol::Ignored;
+            self.metrics.capture_degraded_connections.inc();
+        }
         if conn.seen_open {
             self.metrics
                 .tcp_opened

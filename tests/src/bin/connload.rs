@@ -15,6 +15,9 @@
 //!   an HTTP/1.1 server on each of PORTS ports, and a client on one keep-alive
 //!   connection to each that sends STATUSES requests, answered with the statuses 200,
 //!   201, ... in turn: PORTS x STATUSES distinct series of each `http_*` family.
+//! usage: connload NAME redis PORT CONNECTIONS
+//!   CONNECTIONS connections to the Redis server on PORT one after another, each sending
+//!   10 SETs one at a time; `server_sent` is what the server answered.
 //!
 //! The JSON line: {"connections":N,"client_sent":BYTES,"server_sent":BYTES}.
 
@@ -156,6 +159,30 @@ fn http(ports: usize, statuses: u16) {
     );
 }
 
+/// Commands per connection of the `redis` mode.
+const REDIS_SETS: usize = 10;
+
+fn redis(port: u16, connections: usize) {
+    let (mut client_sent, mut server_sent) = (0, 0);
+    for c in 0..connections {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to Redis");
+        for i in 0..REDIS_SETS {
+            let key = format!("connload:{c}:{i}");
+            let command = format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n$5\r\nvalue\r\n",
+                key.len()
+            );
+            s.write_all(command.as_bytes()).expect("send SET");
+            client_sent += command.len();
+            let mut reply = [0u8; 5];
+            s.read_exact(&mut reply).expect("read the reply");
+            assert_eq!(&reply, b"+OK\r\n", "Redis answered");
+            server_sent += reply.len();
+        }
+    }
+    report(connections, client_sent, server_sent);
+}
+
 /// Reads one request or response head (none here has a body), which the peer wrote with
 /// one call.
 fn read_head(s: &mut TcpStream, buf: &mut [u8]) {
@@ -169,7 +196,7 @@ fn read_head(s: &mut TcpStream, buf: &mut [u8]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: connload NAME hold|churn N PAYLOAD, or connload NAME http PORTS STATUSES";
+    let usage = "usage: connload NAME hold|churn N PAYLOAD, connload NAME http PORTS STATUSES, or connload NAME redis PORT CONNECTIONS";
     let [_, name, mode, n, payload] = args.as_slice() else {
         panic!("{usage}");
     };
@@ -180,6 +207,7 @@ fn main() {
         "hold" => hold(n, payload),
         "churn" => churn(n, payload),
         "http" => http(n, payload.try_into().expect("STATUSES fits u16")),
+        "redis" => redis(n.try_into().expect("PORT fits u16"), payload),
         _ => panic!("{usage}"),
     }
 }
