@@ -196,3 +196,51 @@ fn pod_labels_survive_the_api_down_and_flapping_and_the_watch_resumes() {
     sent += traffic(&first_cgroup);
     assert_pod_bytes(&agent, first.name, sent, "API back");
 }
+
+/// A pod that ends as its last connections close: its container's cgroup is removed and
+/// the pod deleted from the API right after its process exits, while the agent may still
+/// have the connection's records to drain. Its bytes stay exact and under its labels.
+#[test]
+#[ignore = "fails today in both tiers: the bytes are exact but labelled by process name, not by the pod. The cgroup resolver (metadata/cgroup.rs) rescans on a miss at most so often and replaces its whole id-to-path cache, so a cgroup removed before the agent first looks it up is never found; deleted pods now label records for 60 s, which this does not reach"]
+fn a_pods_counts_stay_with_it_when_its_cgroup_goes_while_they_drain() {
+    let _serial = nodetap_tests::serial();
+    let kube = FakeKube::start();
+    kube.add_node(node_json(
+        NODE,
+        Some("zone-a"),
+        "192.0.2.10",
+        "10.201.1.0/24",
+    ));
+    let pod = Pod::new("batch-0", "6c2e0d4f-2e3b-4d7c-8f90-000000000c03", 'd');
+    kube.add_pod(pod.json());
+    let lab = NetLab::new("kubegone");
+
+    let dir = TempDir::new("nodetap-kubegone");
+    let config = dir.0.join("nodetap.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kubernetes]\napi_url = \"{}\"\nnode_name = \"{NODE}\"\n\n[zones]\nimds_endpoint = \"\"\n",
+            kube.url()
+        ),
+    )
+    .expect("write the agent's config");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    let text = agent.scrape_until(Duration::from_secs(20), |t| {
+        metric_value(t, "nodetap_kubernetes_pods", &[]) == Some(1.0)
+    });
+    assert_eq!(
+        metric_value(&text, "nodetap_kubernetes_pods", &[]),
+        Some(1.0),
+        "the agent lists the node's pod"
+    );
+
+    let container = lab.cgroup(&kubelet_cgroup(pod.uid, &pod.container_id));
+    let sent = traffic(&container);
+    // The process has exited: the container's cgroup is empty and goes at once, the pod
+    // with it (the kubelet removes the cgroup, the API server the pod).
+    std::fs::remove_dir(&container.path)
+        .unwrap_or_else(|e| panic!("remove {}: {e}", container.path.display()));
+    assert!(kube.delete_pod(NAMESPACE, pod.name), "pod deleted");
+    assert_pod_bytes(&agent, pod.name, sent, "cgroup removed and pod deleted");
+}
