@@ -451,10 +451,15 @@ async fn read_events(
                 drain_closed(&mut closed, &mut tracker, &metrics);
             }
             _ = budget_tick.tick() => {
+                // Whole windows only: an interval's first tick is immediate, and a
+                // window of microseconds makes any CPU time look like many cores.
                 let now = (process_cpu_seconds(), std::time::Instant::now());
-                let degraded = budget.update(now.0 - cpu_seen.0, (now.1 - cpu_seen.1).as_secs_f64());
-                cpu_seen = now;
-                tracker.set_degraded(degraded);
+                let wall = now.1 - cpu_seen.1;
+                if wall >= BUDGET_INTERVAL / 2 {
+                    let degraded = budget.update(now.0 - cpu_seen.0, wall.as_secs_f64());
+                    cpu_seen = now;
+                    tracker.set_degraded(degraded);
+                }
             }
             _ = sweep_tick.tick() => {
                 tracker.sweep(monotonic_ns());
