@@ -306,7 +306,10 @@ fn assert_exact_counts(agent: &Agent, name: &str, sent: &Sent, open: u64, what: 
 /// the three steady points (series limits reached, connections open, after the churn).
 fn scenario(enforce_rss: bool) -> [u64; 3] {
     let _serial = nodetap_tests::serial();
-    let agent = Agent::start(&[]);
+    // Every connection parsed, whatever the agent's CPU use: the point is the memory of
+    // parsed state at its limits, and at the default budget (half a core) this load
+    // would rightly make new connections counts-only (tests/tests/overload.rs).
+    let agent = Agent::start(&["--cpu-budget", "2"]);
     let started = Instant::now();
 
     // 1. Every request-metric family of HTTP at its series limit.
@@ -318,6 +321,15 @@ fn scenario(enforce_rss: bool) -> [u64; 3] {
         .checked("connload http");
     add_report(&http, &String::from_utf8_lossy(&out.stdout));
     let text = assert_exact_counts(&agent, &http_name, &http, 0, "after the HTTP series");
+    assert_eq!(
+        value(
+            &own_families(&text),
+            "nodetap_capture_degraded_connections_total",
+            &[]
+        ),
+        0.0,
+        "no connection left unparsed for the CPU budget"
+    );
     let wanted = HTTP_PORTS * HTTP_STATUSES;
     let families = own_families(&text);
     for family in [

@@ -6,7 +6,7 @@
 //! usage: connload NAME hold N PAYLOAD
 //!   opens N connections, the client of each sends PAYLOAD bytes and the server reads
 //!   them; prints one JSON line when all are open, holds them until stdin has a line (or
-//!   ends), closes them all and exits.
+//!   ends), closes them all (the clients with a reset) and exits.
 //! usage: connload NAME churn N PAYLOAD
 //!   opens and closes N connections one after another: the client sends PAYLOAD bytes,
 //!   the server answers as many and closes first (its side keeps the TIME_WAIT, so the
@@ -75,6 +75,26 @@ fn hold(n: usize, payload: usize) {
     report(n, n * payload, 0);
     let mut line = String::new();
     let _ = std::io::stdin().lock().read_line(&mut line);
+    // Closed with a reset (SO_LINGER 0): a client that closes first otherwise waits in
+    // TIME_WAIT for a minute, and the socket tier counts its close only when that ends
+    // (when the system's TIME_WAIT table is full the kernel skips the wait: so it
+    // depended on what else the machine had closed lately).
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    for c in &clients {
+        let rc = unsafe {
+            libc::setsockopt(
+                c.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    }
     drop(clients);
     drop(servers);
 }
