@@ -8,8 +8,12 @@ use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind, sync:
 
 use crate::{
     capture::{
-        event::decode, instructions::InstructionSink, monotonic_ns, rings::Rings, Tracker,
-        TrackerOptions,
+        budget::{process_cpu_seconds, CpuBudget},
+        event::decode,
+        instructions::InstructionSink,
+        monotonic_ns,
+        rings::Rings,
+        Tracker, TrackerOptions,
     },
     config::Config,
     metadata::{
@@ -30,6 +34,8 @@ use crate::{
 /// `wakeup_bytes` are waiting, so quiet periods are picked up by this timer.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
 /// Also the report interval of counts-only connections (see `MAP_REPORT_EPOCH`).
+/// The window over which the agent's CPU time is compared with its budget.
+const BUDGET_INTERVAL: Duration = Duration::from_secs(1);
 const STATS_INTERVAL: Duration = Duration::from_nanos(agent_common::DEFAULT_REPORT_INTERVAL_NS);
 const SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -196,6 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         flow_tables,
         tracker,
         metrics.clone(),
+        config.cpu_budget,
     ));
 
     let listener = listener.expect("bound above");
@@ -427,6 +434,7 @@ async fn read_events(
     mut flow_tables: Option<FlowTables>,
     mut tracker: Tracker,
     metrics: Arc<Metrics>,
+    cpu_budget: f64,
 ) {
     let woken = Arc::new(Notify::new());
     let watchers = match watch_rings(&rings, &woken) {
@@ -451,6 +459,10 @@ async fn read_events(
     let mut sweep_tick = tokio::time::interval(SWEEP_INTERVAL);
     let mut network_tick = tokio::time::interval(crate::network::DRAIN_INTERVAL);
     network_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The CPU budget is checked once a second from the process's CPU time, never per record.
+    let mut budget_tick = tokio::time::interval(BUDGET_INTERVAL);
+    let mut budget = CpuBudget::new(cpu_budget);
+    let mut cpu_seen = (process_cpu_seconds(), std::time::Instant::now());
     let mut lost_seen = [0u64; agent_common::DROP_REASONS];
     let mut states_seen = (0u64, 0u64);
     loop {
@@ -479,6 +491,17 @@ async fn read_events(
                 // the connection's other records.
                 drain(ring, &mut tracker, &metrics);
                 drain_closed(&mut closed, &mut tracker, &metrics);
+            }
+            _ = budget_tick.tick() => {
+                // Whole windows only: an interval's first tick is immediate, and a
+                // window of microseconds makes any CPU time look like many cores.
+                let now = (process_cpu_seconds(), std::time::Instant::now());
+                let wall = now.1 - cpu_seen.1;
+                if wall >= BUDGET_INTERVAL / 2 {
+                    let degraded = budget.update(now.0 - cpu_seen.0, wall.as_secs_f64());
+                    cpu_seen = now;
+                    tracker.set_degraded(degraded);
+                }
             }
             _ = sweep_tick.tick() => {
                 tracker.sweep(monotonic_ns());

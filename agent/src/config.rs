@@ -76,6 +76,11 @@ pub struct Settings {
     /// [default: 10000].
     #[arg(long, env = "NODETAP_MAX_SERIES", value_name = "N")]
     pub max_series: Option<usize>,
+    /// The agent's CPU budget, a fraction of one core (0.5 is half a core); above it new
+    /// connections are counted but not parsed until it has been back under for 5 s
+    /// [default: 0.5].
+    #[arg(long, env = "NODETAP_CPU_BUDGET", value_name = "CORES")]
+    pub cpu_budget: Option<f64>,
     /// Seconds a request may wait for its response before it is counted as timed out
     /// [default: 300].
     #[arg(long, env = "NODETAP_REQUEST_TIMEOUT", value_name = "SECONDS")]
@@ -255,6 +260,7 @@ impl Settings {
                 .or(under.connection_idle_timeout),
             max_connections: self.max_connections.or(under.max_connections),
             max_series: self.max_series.or(under.max_series),
+            cpu_budget: self.cpu_budget.or(under.cpu_budget),
             request_timeout: self.request_timeout.or(under.request_timeout),
             log_level: self.log_level.or(under.log_level),
             http_routes: list(under.http_routes, self.http_routes),
@@ -306,6 +312,8 @@ pub struct Config {
     pub max_connections: usize,
     pub request_timeout: Duration,
     pub max_series: usize,
+    /// Fraction of one core (see `capture::budget`).
+    pub cpu_budget: f64,
     pub log_level: log::LevelFilter,
     /// The user's HTTP route patterns.
     pub http_routes: std::sync::Arc<crate::protocols::http1::RoutePatterns>,
@@ -480,6 +488,15 @@ impl Config {
                 problem: "must be at least 1".into(),
             });
         }
+        let cpu_budget = s
+            .cpu_budget
+            .unwrap_or(crate::capture::budget::DEFAULT_CPU_BUDGET);
+        if !(cpu_budget > 0.0 && cpu_budget <= 1024.0) {
+            return Err(ConfigError::Invalid {
+                key: "cpu_budget",
+                problem: format!("{cpu_budget} is not a fraction of cores from above 0 to 1024"),
+            });
+        }
         let http_routes = crate::protocols::http1::RoutePatterns::new(s.http_routes.iter())
             .map_err(|e| ConfigError::Invalid {
                 key: "http_routes",
@@ -551,6 +568,7 @@ impl Config {
             max_connections,
             request_timeout: Duration::from_secs(request_timeout),
             max_series,
+            cpu_budget,
             log_level,
             http_routes: std::sync::Arc::new(http_routes),
             http_route_limit,

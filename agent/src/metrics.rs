@@ -299,6 +299,8 @@ pub struct Metrics {
     pub connections_tracked: Gauge,
     pub connections_expired: Counter,
     pub connections_untracked: Counter,
+    pub capture_degraded: Gauge,
+    pub capture_degraded_connections: Counter,
     pub ringbuf_waiting: Gauge,
     pub ringbuf_size: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
@@ -544,6 +546,16 @@ impl Metrics {
             connections_untracked: reg.add(
                 "nodetap_connections_untracked",
                 "Connections not added to the table because it was full (their bytes are still counted)",
+                Counter::default(),
+            ),
+            capture_degraded: reg.add(
+                "nodetap_capture_degraded",
+                "1 while the agent is over its CPU budget and new connections are counted, not parsed",
+                Gauge::default(),
+            ),
+            capture_degraded_connections: reg.add(
+                "nodetap_capture_degraded_connections",
+                "Connections counted but not parsed because the agent was over its CPU budget (their bytes are still counted)",
                 Counter::default(),
             ),
             ringbuf_waiting: reg.add(

@@ -122,6 +122,14 @@ pub struct LabCgroup {
 }
 
 impl LabCgroup {
+    /// `program` run inside this cgroup, in the host's network namespace (add its
+    /// arguments to the returned command).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        enter_cgroup(&mut cmd, &self.path);
+        cmd
+    }
+
     /// The pids in this cgroup (not its descendants).
     pub fn procs(&self) -> Vec<i32> {
         read_procs(&self.path)

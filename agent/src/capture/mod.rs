@@ -3,6 +3,7 @@
 //! what to copy of each connection. What the sessions produce leaves through
 //! `record.rs`: requests to the signals, health to the protocol counters.
 
+pub mod budget;
 pub mod event;
 pub(crate) mod id_hash;
 pub mod instructions;
@@ -55,13 +56,15 @@ pub struct Connection {
     /// totals as of the latest record.
     pub bytes: [u64; 2],
     pub calls: [u64; 2],
-    /// The kernel's call counters by kind as of the latest record (u32, wrapping).
-    kinds: [[u32; CALL_KINDS]; 2],
-    /// What the metrics have of `bytes` and `kinds`: they are brought up to date once
-    /// per drain, not per record (an atomic add per record and counter waited for the
-    /// record's stores each time).
+    /// The kernel's call counters of the kinds this connection used (one or two per
+    /// direction, so a short list rather than a table of every kind: with 50,000
+    /// connections tracked the table's 512 bytes a connection were most of the agent's
+    /// memory).
+    kinds: Vec<KindCalls>,
+    /// What the metrics have of `bytes`: they are brought up to date once per drain, not
+    /// per record (an atomic add per record and counter waited for the record's stores
+    /// each time).
     reported_bytes: [u64; 2],
-    reported_kinds: [[u32; CALL_KINDS]; 2],
     /// Whether the connection is on the tracker's list of counters to report.
     unreported: bool,
     /// Its key in the (pid, fd) index, if it has one.
@@ -85,14 +88,36 @@ pub struct Connection {
     pub order_broken: bool,
 }
 
-/// A connection's TCP counter handles, resolved on first use: a record then costs a few
-/// atomic adds instead of label-set lookups that hash the workload labels.
+/// A connection's TCP byte counter handles, resolved on first use: a record then costs
+/// an atomic add instead of a label-set lookup that hashes the workload labels.
 #[derive(Default)]
 struct ConnCounters {
     /// By `Direction as usize`.
     bytes: [Option<Counter>; 2],
-    /// By `Direction as usize`, then `Syscall as usize`.
-    calls: [[Option<Counter>; CALL_KINDS]; 2],
+}
+
+/// One call kind of one direction of a connection: the kernel's total (u32, wrapping),
+/// what the metrics have of it, and the metric's handle once resolved.
+struct KindCalls {
+    direction: Direction,
+    syscall: Syscall,
+    total: u32,
+    reported: u32,
+    counter: Option<Counter>,
+}
+
+impl KindCalls {
+    fn counter(&mut self, metrics: &Metrics, role: Role, workload: &WorkloadLabels) -> &Counter {
+        let (direction, syscall) = (self.direction, self.syscall);
+        self.counter.get_or_insert_with(|| {
+            metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
+                direction: direction.label(),
+                role: role.label(),
+                syscall: syscall.name(),
+                workload: workload.clone(),
+            })
+        })
+    }
 }
 
 impl ConnCounters {
@@ -107,24 +132,6 @@ impl ConnCounters {
             metrics.tcp_bytes.get_or_create_owned(&TcpBytesLabels {
                 direction: direction.label(),
                 role: role.label(),
-                workload: workload.clone(),
-            })
-        })
-    }
-
-    fn calls(
-        &mut self,
-        metrics: &Metrics,
-        role: Role,
-        workload: &WorkloadLabels,
-        direction: Direction,
-        syscall: Syscall,
-    ) -> &Counter {
-        self.calls[direction as usize][syscall as usize % CALL_KINDS].get_or_insert_with(|| {
-            metrics.tcp_syscalls.get_or_create_owned(&TcpSyscallLabels {
-                direction: direction.label(),
-                role: role.label(),
-                syscall: syscall.name(),
                 workload: workload.clone(),
             })
         })
@@ -145,9 +152,8 @@ impl Connection {
             last_ns: common.exit_ns,
             bytes: [0; 2],
             calls: [0; 2],
-            kinds: [[0; CALL_KINDS]; 2],
+            kinds: Vec::new(),
             reported_bytes: [0; 2],
-            reported_kinds: [[0; CALL_KINDS]; 2],
             unreported: false,
             fd_key: None,
             protocol: ConnectionProtocol::default(),
@@ -207,14 +213,33 @@ impl Connection {
     }
 
     fn account_calls(&mut self, direction: Direction, syscall: Syscall, total: u32) {
-        let (d, k) = (direction as usize, syscall as usize % CALL_KINDS);
-        let diff = total.wrapping_sub(self.kinds[d][k]);
+        let k = syscall as usize % CALL_KINDS;
+        let known = self
+            .kinds
+            .iter()
+            .position(|c| c.direction == direction && c.syscall as usize % CALL_KINDS == k);
+        let kind = match known {
+            Some(i) => &mut self.kinds[i],
+            // A kind the connection has not used (every total starts at 0).
+            None if total == 0 => return,
+            None => {
+                self.kinds.push(KindCalls {
+                    direction,
+                    syscall,
+                    total: 0,
+                    reported: 0,
+                    counter: None,
+                });
+                self.kinds.last_mut().expect("just pushed")
+            }
+        };
+        let diff = total.wrapping_sub(kind.total);
         // A total older than one already counted: never count backwards.
         if diff == 0 || diff >= 1 << 31 {
             return;
         }
-        self.kinds[d][k] = total;
-        self.calls[d] += u64::from(diff);
+        kind.total = total;
+        self.calls[direction as usize] += u64::from(diff);
     }
 
     /// Brings the TCP metrics up to the counters.
@@ -228,15 +253,13 @@ impl Connection {
                     .inc_by(self.bytes[d] - self.reported_bytes[d]);
                 self.reported_bytes[d] = self.bytes[d];
             }
-            for syscall in Syscall::ALL {
-                let k = syscall as usize % CALL_KINDS;
-                let diff = self.kinds[d][k].wrapping_sub(self.reported_kinds[d][k]);
-                if diff != 0 {
-                    self.counters
-                        .calls(metrics, self.role, &self.workload, direction, syscall)
-                        .inc_by(u64::from(diff));
-                    self.reported_kinds[d][k] = self.kinds[d][k];
-                }
+        }
+        for kind in &mut self.kinds {
+            let diff = kind.total.wrapping_sub(kind.reported);
+            if diff != 0 {
+                kind.counter(metrics, self.role, &self.workload)
+                    .inc_by(u64::from(diff));
+                kind.reported = kind.total;
             }
         }
     }
@@ -276,7 +299,8 @@ impl Connection {
 /// (they are in the ring buffer already; a drain or two picks them up).
 const CLOSE_GRACE_NS: u64 = 100_000_000;
 
-/// The last few thousand closed connection ids.
+/// The last closed connection ids, so that a record trailing its connection's close is
+/// not taken for a new connection.
 #[derive(Default)]
 struct RecentlyClosed {
     ids: std::collections::HashSet<u64, id_hash::IdBuildHasher>,
@@ -284,7 +308,11 @@ struct RecentlyClosed {
 }
 
 impl RecentlyClosed {
-    const CAPACITY: usize = 4096;
+    /// Records trail a close by up to a drain or a ring merge; at 20,000 closes a second
+    /// (both ends of 10,000 loopback connections) 4,096 ids covered 0.2 s, and the
+    /// syscall tier counted a few connections twice in a million. 65,536 ids (about
+    /// 1.5 MiB) cover 3 s at that rate.
+    const CAPACITY: usize = 65_536;
 
     fn contains(&self, id: u64) -> bool {
         self.ids.contains(&id)
@@ -316,7 +344,11 @@ pub struct TrackerOptions {
 /// The connection table: connection id to connection, and (pid, fd) to connection.
 pub struct Tracker {
     metrics: Arc<Metrics>,
-    conns: IdMap<u64, Connection>,
+    /// Boxed: a table of connections inline is sized in whole powers of two of the
+    /// connection's size, and when it grows the old and the new table live at once.
+    conns: IdMap<u64, Box<Connection>>,
+    /// Over the CPU budget: connections new to the table are counted, not parsed.
+    degraded: bool,
     fds: IdMap<(u32, i32), u64>,
     /// Connection ids by (local, remote) address: finds the other end of a connection
     /// whose two ends are both on this node.
@@ -361,6 +393,7 @@ impl Tracker {
         let signals = crate::signals::registered(&metrics, opts.spans.take());
         Self {
             conns: IdMap::default(),
+            degraded: false,
             fds: IdMap::default(),
             by_endpoints: HashMap::new(),
             listeners: Listeners::new(procfs),
@@ -393,12 +426,15 @@ impl Tracker {
     }
 
     pub fn get(&self, conn_id: u64) -> Option<&Connection> {
-        self.conns.get(&conn_id)
+        self.conns.get(&conn_id).map(|c| &**c)
     }
 
     /// The connection behind a process's file descriptor, if it is a tracked TCP connection.
     pub fn by_fd(&self, pid: u32, fd: i32) -> Option<&Connection> {
-        self.fds.get(&(pid, fd)).and_then(|id| self.conns.get(id))
+        self.fds
+            .get(&(pid, fd))
+            .and_then(|id| self.conns.get(id))
+            .map(|c| &**c)
     }
 
     /// Name of a process the agent got no open record from: read it once from procfs.
@@ -497,6 +533,13 @@ impl Tracker {
         }
     }
 
+    /// Over the CPU budget or not (see `budget`): while over, connections new to the
+    /// table are counts-only.
+    pub fn set_degraded(&mut self, degraded: bool) {
+        self.degraded = degraded;
+        self.metrics.capture_degraded.set(i64::from(degraded));
+    }
+
     /// Makes sure the record's connection is in the table; false if the table is full
     /// (its counters are then counted on a connection made for this record alone).
     fn ensure(&mut self, common: &Common) -> bool {
@@ -524,7 +567,13 @@ impl Tracker {
             (Role::Unknown, Some(_)) => Role::Client,
             (role, _) => role,
         };
-        let conn = Connection::new(common, role, workload, peer_zone);
+        let mut conn = Connection::new(common, role, workload, peer_zone);
+        if self.degraded {
+            // Counts only: its first record's instruction tells the kernel to copy
+            // nothing of it from then on.
+            conn.protocol = ConnectionProtocol::Ignored;
+            self.metrics.capture_degraded_connections.inc();
+        }
         if conn.seen_open {
             self.metrics
                 .tcp_opened
@@ -562,7 +611,7 @@ impl Tracker {
             conn.fd_key = Some((common.pid, common.fd));
             self.fds.insert((common.pid, common.fd), common.conn_id);
         }
-        self.conns.insert(common.conn_id, conn);
+        self.conns.insert(common.conn_id, Box::new(conn));
         true
     }
 

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -176,7 +177,15 @@ pub struct KubeIndex {
     nodes: BTreeMap<String, NodeInfo>,
     pods_generation: u64,
     nodes_generation: u64,
+    /// Pods deleted lately, by UID (and mirror alias), with when: a pod's last
+    /// connections close as it goes, and their records are drained after the API has
+    /// already said it is gone. They still answer [`KubeIndex::pod`] for
+    /// [`DELETED_POD_GRACE`] so those counts keep the pod's labels.
+    deleted: HashMap<String, (Arc<PodInfo>, Instant)>,
 }
+
+/// How long a deleted pod still labels its connections' last records.
+pub const DELETED_POD_GRACE: Duration = Duration::from_secs(60);
 
 /// The handle the agent shares between the watcher task and its readers.
 pub type SharedIndex = Arc<RwLock<KubeIndex>>;
@@ -190,6 +199,17 @@ impl KubeIndex {
     /// it (lowercase; see [`canonical_pod_uid`] for cgroup path spellings).
     pub fn pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
         self.pods_by_uid.get(uid).cloned()
+    }
+
+    /// As [`KubeIndex::pod`], or a pod deleted less than [`DELETED_POD_GRACE`] ago: what
+    /// labels a connection's records.
+    pub fn pod_or_recently_deleted(&self, uid: &str) -> Option<Arc<PodInfo>> {
+        self.pod(uid).or_else(|| {
+            self.deleted
+                .get(uid)
+                .filter(|(_, at)| at.elapsed() < DELETED_POD_GRACE)
+                .map(|(pod, _)| pod.clone())
+        })
     }
 
     /// Number of pods (mirror aliases not counted).
@@ -246,9 +266,23 @@ impl KubeIndex {
     }
 
     fn delete_pod(&mut self, uid: &str) {
-        if self.remove_pod(uid).is_some() {
+        let alias = self.mirror_aliases.get(uid).cloned();
+        if let Some(pod) = self.remove_pod(uid) {
+            self.remember_deleted(uid, alias, pod);
             self.pods_generation += 1;
         }
+    }
+
+    /// Keeps a deleted pod for [`DELETED_POD_GRACE`], and forgets those kept longer
+    /// (so the list holds at most the pods deleted within the grace period).
+    fn remember_deleted(&mut self, uid: &str, alias: Option<String>, pod: Arc<PodInfo>) {
+        let now = Instant::now();
+        self.deleted
+            .retain(|_, (_, at)| now.duration_since(*at) < DELETED_POD_GRACE);
+        if let Some(alias) = alias {
+            self.deleted.insert(alias, (pod.clone(), now));
+        }
+        self.deleted.insert(uid.to_owned(), (pod, now));
     }
 
     fn remove_pod(&mut self, uid: &str) -> Option<Arc<PodInfo>> {
@@ -261,6 +295,18 @@ impl KubeIndex {
     }
 
     fn replace_pods(&mut self, pods: Vec<(PodInfo, Option<String>)>) {
+        // Pods missing from a relist were deleted while the watch was away: kept for
+        // the grace period like any deleted pod (those in the list are found first).
+        let known: Vec<(String, Arc<PodInfo>)> = self
+            .pods_by_uid
+            .iter()
+            .filter(|(uid, _)| !self.mirror_aliases.values().any(|a| a == *uid))
+            .map(|(uid, pod)| (uid.clone(), pod.clone()))
+            .collect();
+        for (uid, pod) in known {
+            let alias = self.mirror_aliases.get(&uid).cloned();
+            self.remember_deleted(&uid, alias, pod);
+        }
         self.pods_by_uid.clear();
         self.mirror_aliases.clear();
         self.pod_count = 0;
@@ -616,7 +662,7 @@ impl super::identity::PodDirectory for KubePods {
     ) -> Option<crate::metadata::workload::PodLabels> {
         use crate::metadata::workload::Name;
         let index = self.0.read().unwrap_or_else(|e| e.into_inner());
-        let pod = index.pod(&canonical_pod_uid(pod_uid))?;
+        let pod = index.pod_or_recently_deleted(&canonical_pod_uid(pod_uid))?;
         let container = container_id
             .and_then(|id| pod.containers.get(id))
             .map(String::as_str)
@@ -856,6 +902,14 @@ mod tests {
         assert!(index.pod("0123456789abcdef0123456789abcdef").is_none());
         assert!(index.pod("api-uid").is_none());
         assert_eq!(index.pod_count(), 0);
+        // Records drained after the deletion still get the pod's labels, by either UID.
+        for uid in ["api-uid", "0123456789abcdef0123456789abcdef"] {
+            assert_eq!(
+                index.pod_or_recently_deleted(uid).map(|p| p.name.clone()),
+                Some("p-api-uid".to_owned()),
+                "{uid} within the grace period"
+            );
+        }
     }
 
     fn node(value: serde_json::Value) -> Node {
@@ -956,6 +1010,10 @@ mod tests {
         assert!(index.pod("a").is_none());
         assert!(index.pod("c").is_some());
         assert_eq!(index.pod_count(), 1);
+        // Deleted, by an event or a relist: still labels records for the grace period.
+        assert!(index.pod_or_recently_deleted("a").is_some());
+        assert!(index.pod_or_recently_deleted("b").is_some());
+        assert!(index.pod_or_recently_deleted("nosuch").is_none());
     }
 
     #[test]
