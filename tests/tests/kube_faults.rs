@@ -125,25 +125,7 @@ fn pod_labels_survive_the_api_down_and_flapping_and_the_watch_resumes() {
     let first_cgroup = lab.cgroup(&kubelet_cgroup(first.uid, &first.container_id));
     let later_cgroup = lab.cgroup(&kubelet_cgroup(later.uid, &later.container_id));
 
-    let dir = TempDir::new("nodetap-kubedown");
-    let config = dir.0.join("nodetap.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[kubernetes]\napi_url = \"{}\"\nnode_name = \"{NODE}\"\n\n[zones]\nimds_endpoint = \"\"\n",
-            kube.url()
-        ),
-    )
-    .expect("write the agent's config");
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
-    let text = agent.scrape_until(Duration::from_secs(20), |t| {
-        metric_value(t, "nodetap_kubernetes_pods", &[]) == Some(1.0)
-    });
-    assert_eq!(
-        metric_value(&text, "nodetap_kubernetes_pods", &[]),
-        Some(1.0),
-        "the agent lists the node's pod"
-    );
+    let (_dir, agent) = agent_listing_one_pod(&kube, "kubedown");
 
     // Up: the pod's traffic carries its labels.
     let mut sent = traffic(&first_cgroup);
@@ -215,7 +197,22 @@ fn a_pods_counts_stay_with_it_when_its_cgroup_goes_while_they_drain() {
     kube.add_pod(pod.json());
     let lab = NetLab::new("kubegone");
 
-    let dir = TempDir::new("nodetap-kubegone");
+    let (_dir, agent) = agent_listing_one_pod(&kube, "kubegone");
+
+    let container = lab.cgroup(&kubelet_cgroup(pod.uid, &pod.container_id));
+    let sent = traffic(&container);
+    // The process has exited: the container's cgroup is empty and goes at once, the pod
+    // with it (the kubelet removes the cgroup, the API server the pod).
+    std::fs::remove_dir(&container.path)
+        .unwrap_or_else(|e| panic!("remove {}: {e}", container.path.display()));
+    assert!(kube.delete_pod(NAMESPACE, pod.name), "pod deleted");
+    assert_pod_bytes(&agent, pod.name, sent, "cgroup removed and pod deleted");
+}
+
+/// The agent watching the stand-in API for this node's pods, once it lists the one pod
+/// there (the config's directory lives as long as the agent).
+fn agent_listing_one_pod(kube: &FakeKube, name: &str) -> (TempDir, Agent) {
+    let dir = TempDir::new(&format!("nodetap-{name}"));
     let config = dir.0.join("nodetap.toml");
     std::fs::write(
         &config,
@@ -234,13 +231,5 @@ fn a_pods_counts_stay_with_it_when_its_cgroup_goes_while_they_drain() {
         Some(1.0),
         "the agent lists the node's pod"
     );
-
-    let container = lab.cgroup(&kubelet_cgroup(pod.uid, &pod.container_id));
-    let sent = traffic(&container);
-    // The process has exited: the container's cgroup is empty and goes at once, the pod
-    // with it (the kubelet removes the cgroup, the API server the pod).
-    std::fs::remove_dir(&container.path)
-        .unwrap_or_else(|e| panic!("remove {}: {e}", container.path.display()));
-    assert!(kube.delete_pod(NAMESPACE, pod.name), "pod deleted");
-    assert_pod_bytes(&agent, pod.name, sent, "cgroup removed and pod deleted");
+    (dir, agent)
 }

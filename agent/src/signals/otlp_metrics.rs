@@ -220,7 +220,7 @@ impl MetricsExporter {
                         .iter()
                         .map(|(labels, series)| {
                             // OTLP counts per bucket, Prometheus cumulatively.
-                            let mut counts: Vec<u64> = series
+                            let per_bucket: Vec<u64> = series
                                 .buckets
                                 .iter()
                                 .scan(0u64, |below, (_, c)| {
@@ -229,6 +229,7 @@ impl MetricsExporter {
                                     Some(n)
                                 })
                                 .collect();
+                            let mut counts = per_bucket.clone();
                             let (mut count, mut sum) = (series.count, series.sum);
                             if self.delta {
                                 let key = (family.name.clone(), labels.clone());
@@ -242,15 +243,7 @@ impl MetricsExporter {
                                 }
                                 prev.count = series.count;
                                 prev.sum = series.sum;
-                                prev.buckets = series
-                                    .buckets
-                                    .iter()
-                                    .scan(0u64, |below, (_, c)| {
-                                        let n = c.saturating_sub(*below);
-                                        *below = *c;
-                                        Some(n)
-                                    })
-                                    .collect();
+                                prev.buckets = per_bucket;
                             }
                             otlp::HistogramDataPoint {
                                 attributes: attributes(labels),
