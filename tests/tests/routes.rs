@@ -68,8 +68,12 @@ fn random_paths_stay_within_the_route_limit_and_real_routes_stay_distinct() {
     assert_eq!(
         seen.values().sum::<f64>(),
         total,
-        "requests counted on the client side (tier {}): {seen:?}",
-        agent.tier()
+        "requests counted on the client side (tier {}): {seen:?}; records lost {}, requests \
+         lost {}, degraded connections {}",
+        agent.tier(),
+        metric_sum(&text, "nodetap_events_lost_total", &[]),
+        metric_sum(&text, "nodetap_protocol_requests_lost_total", &[]),
+        metric_sum(&text, "nodetap_capture_degraded_connections_total", &[]),
     );
     assert!(
         seen.len() <= LIMIT,
