@@ -10,7 +10,9 @@
 use std::io;
 
 use super::render::Family;
-use super::util::{parse_go_uint, skippable, sys_read_file, DirTree, Kind, Tree};
+use super::util::{
+    parse_go_uint, skippable, sys_read_file, ClassReadError as ReadError, DirTree, Kind, Tree,
+};
 use super::{CollectError, Ctx};
 
 /// `statistics/` files: (file, metric after `node_fibrechannel_`, help).
@@ -123,28 +125,11 @@ pub(crate) struct Host {
     pub counters: [u64; 14],
 }
 
-/// Why a host could not be read; `no_data` where node_exporter reports no data (the
-/// class or a `statistics` directory missing).
-#[derive(Debug)]
-pub(crate) struct ReadError {
-    pub rel: String,
-    pub source: io::Error,
-    pub no_data: bool,
-}
-
-fn err(rel: &str, source: io::Error, no_data: bool) -> ReadError {
-    ReadError {
-        no_data: no_data && source.kind() == io::ErrorKind::NotFound,
-        rel: rel.to_string(),
-        source,
-    }
-}
-
 fn parse_host(tree: &impl Tree, name: &str) -> Result<Host, ReadError> {
     let mut attributes = Vec::new();
     for (f, strip) in ATTRIBUTES {
         let rel = format!("{name}/{f}");
-        let v = sys_read_file(tree, &rel).map_err(|e| err(&rel, e, false))?;
+        let v = sys_read_file(tree, &rel).map_err(|e| ReadError::new(&rel, e, false))?;
         attributes.push(if strip && v.len() > 2 {
             String::from_utf8_lossy(&v.as_bytes()[2..]).into_owned()
         } else {
@@ -153,7 +138,7 @@ fn parse_host(tree: &impl Tree, name: &str) -> Result<Host, ReadError> {
     }
     let dir = format!("{name}/statistics");
     let mut counters = [0u64; 14];
-    for (file, kind) in tree.list(&dir).map_err(|e| err(&dir, e, true))? {
+    for (file, kind) in tree.list(&dir).map_err(|e| ReadError::new(&dir, e, true))? {
         if kind != Kind::File || file == "reset_statistics" {
             continue;
         }
@@ -161,11 +146,11 @@ fn parse_host(tree: &impl Tree, name: &str) -> Result<Host, ReadError> {
         let value = match sys_read_file(tree, &rel) {
             Ok(v) => v,
             Err(e) if skippable(&e, false) => continue,
-            Err(e) => return Err(err(&rel, e, false)),
+            Err(e) => return Err(ReadError::new(&rel, e, false)),
         };
         if let Some(i) = COUNTERS.iter().position(|(f, ..)| *f == file) {
             counters[i] = parse_go_uint(&value).ok_or_else(|| {
-                err(
+                ReadError::new(
                     &rel,
                     io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -185,7 +170,7 @@ fn parse_host(tree: &impl Tree, name: &str) -> Result<Host, ReadError> {
 
 /// Every adapter in `tree` (/sys/class/fc_host).
 pub(crate) fn parse(tree: &impl Tree) -> Result<Vec<Host>, ReadError> {
-    let names = tree.list("").map_err(|e| err("", e, true))?;
+    let names = tree.list("").map_err(|e| ReadError::new("", e, true))?;
     names.iter().map(|(n, _)| parse_host(tree, n)).collect()
 }
 
@@ -222,13 +207,10 @@ pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let base = ctx.sys("class/fc_host");
     match parse(&DirTree(base.clone())) {
         Ok(hosts) => Ok(render(&hosts)),
-        Err(e) if e.no_data => Err(CollectError::NoData {
-            reason: "no /sys/class/fc_host (or an adapter without statistics)",
-        }),
-        Err(e) => Err(CollectError::Read {
-            path: base.join(e.rel),
-            source: e.source,
-        }),
+        Err(e) => Err(e.into_collect_error(
+            &base,
+            "no /sys/class/fc_host (or an adapter without statistics)",
+        )),
     }
 }
 

@@ -8,7 +8,10 @@
 use std::io;
 
 use super::render::Family;
-use super::util::{parse_go_u64, parse_go_uint, skippable, sys_read_file, DirTree, Kind, Tree};
+use super::util::{
+    parse_go_u64, parse_go_uint, skippable, sys_read_file, ClassReadError as ReadError, DirTree,
+    Kind, Tree,
+};
 use super::{CollectError, Ctx};
 
 /// `counters/` files: (file, metric after `node_infiniband_`, help, multiplier).
@@ -111,25 +114,6 @@ pub(crate) struct Device {
     pub ports: Vec<Port>,
 }
 
-/// Why a device could not be read: a missing file (node_exporter then reports no data)
-/// or another error.
-#[derive(Debug)]
-pub(crate) struct ReadError {
-    pub rel: String,
-    pub source: io::Error,
-}
-
-fn err(rel: &str, source: io::Error) -> ReadError {
-    ReadError {
-        rel: rel.to_string(),
-        source,
-    }
-}
-
-fn invalid(rel: &str, what: String) -> ReadError {
-    err(rel, io::Error::new(io::ErrorKind::InvalidData, what))
-}
-
 /// `state` and `phys_state`: `<id>: <NAME>`.
 pub(crate) fn parse_state(s: &str) -> Option<u32> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -151,12 +135,15 @@ fn counter(tree: &impl Tree, rel: &str, mult: u64) -> Result<Option<u64>, ReadEr
     let value = match sys_read_file(tree, rel) {
         Ok(v) => v,
         Err(e) if skippable(&e, true) => return Ok(None),
-        Err(e) => return Err(err(rel, e)),
+        Err(e) => return Err(ReadError::new(rel, e, true)),
     };
     match parse_go_uint(&value) {
         Some(v) => Ok(Some(v.wrapping_mul(mult))),
         None if value.contains("N/A (no PMA)") => Ok(None),
-        None => Err(invalid(rel, format!("{value:?} is not a counter"))),
+        None => Err(ReadError::invalid(
+            rel,
+            format!("{value:?} is not a counter"),
+        )),
     }
 }
 
@@ -172,7 +159,7 @@ fn counters(
     let files = match tree.list(dir) {
         Ok(f) => f,
         Err(e) if !required && e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(err(dir, e)),
+        Err(e) => return Err(ReadError::new(dir, e, true)),
     };
     for (name, kind) in files {
         if kind != Kind::File {
@@ -182,7 +169,7 @@ fn counters(
         match table.iter().position(|(f, ..)| *f == name) {
             Some(i) => out[i] = counter(tree, &rel, table[i].3)?,
             None => match sys_read_file(tree, &rel) {
-                Err(e) if !skippable(&e, true) => return Err(err(&rel, e)),
+                Err(e) if !skippable(&e, true) => return Err(ReadError::new(&rel, e, true)),
                 _ => {}
             },
         }
@@ -194,19 +181,22 @@ fn parse_port(tree: &impl Tree, dev: &str, port: &str) -> Result<Port, ReadError
     let base = format!("{dev}/ports/{port}");
     let number = parse_go_u64(port)
         .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| invalid(&base, format!("port {port:?} is not a number")))?;
+        .ok_or_else(|| ReadError::invalid(&base, format!("port {port:?} is not a number")))?;
     let read = |f: &str| {
         let rel = format!("{base}/{f}");
-        tree.read(&rel).map_err(|e| err(&rel, e)).map(|t| (rel, t))
+        tree.read(&rel)
+            .map_err(|e| ReadError::new(&rel, e, true))
+            .map(|t| (rel, t))
     };
     let (rel, text) = read("state")?;
-    let state_id =
-        parse_state(&text).ok_or_else(|| invalid(&rel, format!("bad state {text:?}")))?;
+    let state_id = parse_state(&text)
+        .ok_or_else(|| ReadError::invalid(&rel, format!("bad state {text:?}")))?;
     let (rel, text) = read("phys_state")?;
-    let phys_state_id =
-        parse_state(&text).ok_or_else(|| invalid(&rel, format!("bad phys_state {text:?}")))?;
+    let phys_state_id = parse_state(&text)
+        .ok_or_else(|| ReadError::invalid(&rel, format!("bad phys_state {text:?}")))?;
     let (rel, text) = read("rate")?;
-    let rate = parse_rate(&text).ok_or_else(|| invalid(&rel, format!("bad rate {text:?}")))?;
+    let rate =
+        parse_rate(&text).ok_or_else(|| ReadError::invalid(&rel, format!("bad rate {text:?}")))?;
     let mut values = vec![None; COUNTERS.len() + COUNTERS_EXT.len()];
     let (main, ext) = values.split_at_mut(COUNTERS.len());
     counters(tree, &format!("{base}/counters"), &COUNTERS, main, true)?;
@@ -232,7 +222,7 @@ fn parse_device(tree: &impl Tree, name: &str) -> Result<Device, ReadError> {
         match sys_read_file(tree, &rel) {
             Ok(v) => Ok(v),
             Err(e) if optional && e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
-            Err(e) => Err(err(&rel, e)),
+            Err(e) => Err(ReadError::new(&rel, e, true)),
         }
     };
     let board_id = attr("board_id", false)?;
@@ -240,7 +230,10 @@ fn parse_device(tree: &impl Tree, name: &str) -> Result<Device, ReadError> {
     let hca_type = attr("hca_type", true)?;
     let ports_dir = format!("{name}/ports");
     let mut ports = Vec::new();
-    for (port, _) in tree.list(&ports_dir).map_err(|e| err(&ports_dir, e))? {
+    for (port, _) in tree
+        .list(&ports_dir)
+        .map_err(|e| ReadError::new(&ports_dir, e, true))?
+    {
         ports.push(parse_port(tree, name, &port)?);
     }
     Ok(Device {
@@ -254,7 +247,7 @@ fn parse_device(tree: &impl Tree, name: &str) -> Result<Device, ReadError> {
 
 /// Every device in `tree` (/sys/class/infiniband).
 pub(crate) fn parse(tree: &impl Tree) -> Result<Vec<Device>, ReadError> {
-    let names = tree.list("").map_err(|e| err("", e))?;
+    let names = tree.list("").map_err(|e| ReadError::new("", e, true))?;
     names.iter().map(|(n, _)| parse_device(tree, n)).collect()
 }
 
@@ -312,14 +305,10 @@ pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     match parse(&DirTree(base.clone())) {
         Ok(devices) => Ok(render(&devices)),
         // node_exporter reports no data for a missing file anywhere (errors.Is(err,
-        // fs.ErrNotExist) sees through procfs' wrapping).
-        Err(e) if e.source.kind() == io::ErrorKind::NotFound => Err(CollectError::NoData {
-            reason: "no /sys/class/infiniband (or a device lacks a file)",
-        }),
-        Err(e) => Err(CollectError::Read {
-            path: base.join(e.rel),
-            source: e.source,
-        }),
+        // fs.ErrNotExist) sees through procfs' wrapping): every ReadError::new here says so.
+        Err(e) => {
+            Err(e.into_collect_error(&base, "no /sys/class/infiniband (or a device lacks a file)"))
+        }
     }
 }
 

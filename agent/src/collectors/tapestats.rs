@@ -12,7 +12,7 @@
 use std::io;
 
 use super::render::Family;
-use super::util::{parse_go_uint, sys_read_file, DirTree, Tree};
+use super::util::{parse_go_uint, sys_read_file, ClassReadError as ReadError, DirTree, Tree};
 use super::{CollectError, Ctx};
 
 /// `stats/` files, in the order of [`Tape::counters`].
@@ -51,23 +51,6 @@ pub(crate) struct Tape {
     pub counters: [u64; 10],
 }
 
-/// Why a drive could not be read; `no_data` where node_exporter reports no data (the
-/// class or a drive's `stats` directory missing).
-#[derive(Debug)]
-pub(crate) struct ReadError {
-    pub rel: String,
-    pub source: io::Error,
-    pub no_data: bool,
-}
-
-fn err(rel: &str, source: io::Error, no_data: bool) -> ReadError {
-    ReadError {
-        no_data: no_data && source.kind() == io::ErrorKind::NotFound,
-        rel: rel.to_string(),
-        source,
-    }
-}
-
 /// `st<digits>`: the rewinding device of a drive, one per drive.
 fn is_drive(name: &str) -> bool {
     name.strip_prefix("st")
@@ -77,13 +60,13 @@ fn is_drive(name: &str) -> bool {
 fn parse_tape(tree: &impl Tree, name: &str) -> Result<Tape, ReadError> {
     let dir = format!("{name}/stats");
     let mut counters = [0u64; 10];
-    for (file, _) in tree.list(&dir).map_err(|e| err(&dir, e, true))? {
+    for (file, _) in tree.list(&dir).map_err(|e| ReadError::new(&dir, e, true))? {
         let rel = format!("{dir}/{file}");
         // procfs reads every entry, and any read error fails the drive.
-        let value = sys_read_file(tree, &rel).map_err(|e| err(&rel, e, false))?;
+        let value = sys_read_file(tree, &rel).map_err(|e| ReadError::new(&rel, e, false))?;
         if let Some(i) = FILES.iter().position(|f| *f == file) {
             counters[i] = parse_go_uint(&value).ok_or_else(|| {
-                err(
+                ReadError::new(
                     &rel,
                     io::Error::new(
                         io::ErrorKind::InvalidData,
@@ -102,7 +85,7 @@ fn parse_tape(tree: &impl Tree, name: &str) -> Result<Tape, ReadError> {
 
 /// Every drive in `tree` (/sys/class/scsi_tape).
 pub(crate) fn parse(tree: &impl Tree) -> Result<Vec<Tape>, ReadError> {
-    let names = tree.list("").map_err(|e| err("", e, true))?;
+    let names = tree.list("").map_err(|e| ReadError::new("", e, true))?;
     names
         .iter()
         .filter(|(n, _)| is_drive(n))
@@ -136,13 +119,9 @@ pub(crate) fn collect(ctx: &Ctx) -> Result<Vec<Family>, CollectError> {
     let base = ctx.sys("class/scsi_tape");
     match parse(&DirTree(base.clone())) {
         Ok(tapes) => Ok(render(&tapes, |n| ctx.filters.tape_ignored(n))),
-        Err(e) if e.no_data => Err(CollectError::NoData {
-            reason: "no /sys/class/scsi_tape (or a drive without stats)",
-        }),
-        Err(e) => Err(CollectError::Read {
-            path: base.join(e.rel),
-            source: e.source,
-        }),
+        Err(e) => {
+            Err(e.into_collect_error(&base, "no /sys/class/scsi_tape (or a drive without stats)"))
+        }
     }
 }
 

@@ -424,3 +424,45 @@ mod tests {
         assert_eq!(unescape_octal(r"\"), r"\");
     }
 }
+
+/// Why a sysfs class directory (`/sys/class/<name>`) could not be read: the file, relative
+/// to the class directory, and the error. `no_data` where node_exporter reports no data
+/// instead of an error (a file missing where its collector treats that as absence).
+#[derive(Debug)]
+pub(crate) struct ClassReadError {
+    pub rel: String,
+    pub source: std::io::Error,
+    pub no_data: bool,
+}
+
+impl ClassReadError {
+    /// `missing_is_no_data`: a missing file here means no data, as node_exporter has it.
+    pub(crate) fn new(rel: &str, source: std::io::Error, missing_is_no_data: bool) -> Self {
+        ClassReadError {
+            no_data: missing_is_no_data && source.kind() == std::io::ErrorKind::NotFound,
+            rel: rel.to_string(),
+            source,
+        }
+    }
+
+    /// A file whose text is not what the collector expects.
+    pub(crate) fn invalid(rel: &str, what: String) -> Self {
+        Self::new(
+            rel,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, what),
+            false,
+        )
+    }
+
+    /// The collector's error for it: no data (with `reason`), or the file that failed.
+    pub(crate) fn into_collect_error(self, base: &Path, reason: &'static str) -> CollectError {
+        if self.no_data {
+            CollectError::NoData { reason }
+        } else {
+            CollectError::Read {
+                path: base.join(self.rel),
+                source: self.source,
+            }
+        }
+    }
+}
