@@ -9,13 +9,13 @@ use super::util::read_source;
 use super::{CollectError, Ctx, ParseError};
 
 /// NFSv2 procedures, in the kernel's order, named as procfs names them.
-const V2: [&str; 18] = [
+pub(super) const V2: [&str; 18] = [
     "Null", "GetAttr", "SetAttr", "Root", "Lookup", "ReadLink", "Read", "WrCache", "Write",
     "Create", "Remove", "Rename", "Link", "SymLink", "MkDir", "RmDir", "ReadDir", "FsStat",
 ];
 
 /// NFSv3 procedures.
-const V3: [&str; 22] = [
+pub(super) const V3: [&str; 22] = [
     "Null",
     "GetAttr",
     "SetAttr",

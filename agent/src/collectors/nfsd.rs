@@ -12,36 +12,10 @@ use super::render::Family;
 use super::util::{parse_go_u64, read_source};
 use super::{CollectError, Ctx, ParseError};
 
-/// NFSv2 procedures after `Null`, in the kernel's order (fs/nfsd/nfsproc.c).
-const V2: [&str; 17] = [
-    "GetAttr", "SetAttr", "Root", "Lookup", "ReadLink", "Read", "WrCache", "Write", "Create",
-    "Remove", "Rename", "Link", "SymLink", "MkDir", "RmDir", "ReadDir", "FsStat",
-];
-
-/// NFSv3 procedures after `Null` (fs/nfsd/nfs3proc.c).
-const V3: [&str; 21] = [
-    "GetAttr",
-    "SetAttr",
-    "Lookup",
-    "Access",
-    "ReadLink",
-    "Read",
-    "Write",
-    "Create",
-    "MkDir",
-    "SymLink",
-    "MkNod",
-    "Remove",
-    "RmDir",
-    "Rename",
-    "Link",
-    "ReadDir",
-    "ReadDirPlus",
-    "FsStat",
-    "FsInfo",
-    "PathConf",
-    "Commit",
-];
+/// NFSv2 and NFSv3 procedures after `Null` (fs/nfsd/nfsproc.c, nfs3proc.c): the client's
+/// lists (`nfs.rs`), whose first entry the server's statistics leave out.
+const V2: &[&str] = super::nfs::V2.split_at(1).1;
+const V3: &[&str] = super::nfs::V3.split_at(1).1;
 
 /// The NFSv4 operations node_exporter serves and the position procfs 0.8 reads each from
 /// in the `proc4ops` values (position = operation number, RFC 7530 section 16). procfs
