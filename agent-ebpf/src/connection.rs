@@ -40,38 +40,60 @@ pub static SOCK_STATES: SkStorage<SockState> = SkStorage::new();
 pub static SYS_STATES: LruHashMap<u64, SockState> =
     LruHashMap::with_max_entries(SYSCALL_SOCKETS, 0);
 
-/// Per-CPU room to build a new syscall-tier state in before it is inserted: a 248-byte
-/// struct on the BPF stack would leave too little for the calls below it (Linux 6.1
-/// counts the stack of bpf_loop's callback into the 512-byte limit).
+/// Which kind of program takes a per-CPU slot. A program can be interrupted on its CPU
+/// by a softirq that runs another of the agent's programs: `inet_sock_set_state` fires
+/// in softirq for a handshake or a reset that arrives while a data-path program (a
+/// syscall exit, a socket send or receive) is between reading a per-CPU slot and writing
+/// it back. Each kind has its own slot, so the two never share one. Programs of one kind
+/// do not nest: a BTF tracepoint program is skipped while it already runs on that CPU,
+/// syscall tracepoints never run in interrupt context, and the data-path programs of the
+/// socket tier run only in a task.
+#[derive(Clone, Copy)]
+pub enum Slot {
+    /// The data path: syscall exits (syscall tier), socket sends and receives (socket
+    /// tier).
+    DataPath = 0,
+    /// The connection life cycle (`inet_sock_set_state`), also in softirq.
+    Lifecycle = 1,
+}
+
+const SLOTS: u32 = 2;
+
+/// Per-CPU room to build a new syscall-tier state in before it is inserted, one per
+/// [`Slot`]: a 248-byte struct on the BPF stack would leave too little for the calls
+/// below it (Linux 6.1 counts the stack of bpf_loop's callback into the 512-byte limit).
 #[map(name = "NEW_STATE")]
-static NEW_STATE: PerCpuArray<SockState> = PerCpuArray::with_max_entries(1, 0);
+static NEW_STATE: PerCpuArray<SockState> = PerCpuArray::with_max_entries(SLOTS, 0);
 
 /// A zeroed per-CPU state to build a new connection in (then copied by a map insert).
 #[inline(always)]
-pub fn scratch_state() -> Option<&'static mut SockState> {
-    let state = NEW_STATE.get_ptr_mut(0)?;
+pub fn scratch_state(slot: Slot) -> Option<&'static mut SockState> {
+    let state = NEW_STATE.get_ptr_mut(slot as u32)?;
     unsafe {
         core::ptr::write_bytes(state, 0, 1);
         Some(&mut *state)
     }
 }
 
-/// Per-CPU counters behind connection ids.
+/// Per-CPU counters behind connection ids, one per [`Slot`]. (A fetching atomic add on
+/// one counter would do, but needs the v3 instruction set: see `on_call`.)
 #[map(name = "CONN_IDS")]
-static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static CONN_IDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SLOTS, 0);
 
-/// A new connection id: unique for the life of the kernel (a per-CPU counter and the CPU).
+/// A new connection id, unique for the life of the kernel: a counter of the CPU and
+/// slot, the slot, and the CPU. One counter shared by a program and the softirq that
+/// interrupts it could hand both the same id.
 #[inline(always)]
-pub fn new_conn_id() -> u64 {
+pub fn new_conn_id(slot: Slot) -> u64 {
     let cpu = unsafe { bpf_get_smp_processor_id() } as u64 & 0xfff;
-    let n = match CONN_IDS.get_ptr_mut(0) {
-        Some(slot) => unsafe {
-            *slot += 1;
-            *slot
+    let n = match CONN_IDS.get_ptr_mut(slot as u32) {
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
         },
         None => 0,
     };
-    (n << 12) | cpu
+    (n << 13) | ((slot as u64) << 12) | cpu
 }
 
 /// The socket tier's state of `sk`, created (zeroed) when `create` is set.
@@ -95,9 +117,9 @@ pub fn socket_state(sk: *mut c_void, create: bool) -> Option<&'static mut SockSt
 
 /// Starts a connection in `state` (fresh or reused): a new id, zero counters.
 #[inline(always)]
-pub fn reset(state: &mut SockState, role: u8) {
+pub fn reset(state: &mut SockState, role: u8, slot: Slot) {
     zero_words(state);
-    state.conn_id = new_conn_id();
+    state.conn_id = new_conn_id(slot);
     state.fd = FD_UNCHECKED;
     state.kind = agent_common::STATE_TCP;
     state.role = role;

@@ -8,12 +8,14 @@
 
 use core::ffi::c_void;
 
-use agent_common::{Role, SockState, Tier, STATE_TCP, TCP_CLOSE, TCP_SYN_RECV, TCP_SYN_SENT};
+use agent_common::{
+    Role, SockState, Tier, STATE_TCP, TCP_CLOSE, TCP_LISTEN, TCP_SYN_RECV, TCP_SYN_SENT,
+};
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 
 use crate::{
     config,
-    connection::{reset, scratch_state, socket_state, SYS_STATES},
+    connection::{reset, scratch_state, socket_state, Slot, SYS_STATES},
     read_config_u32, record, socket,
 };
 
@@ -36,6 +38,18 @@ fn on_state(ctx: &BtfTracePointContext) {
     };
     let sk: *mut c_void = ctx.arg(0);
     let socket_tier = read_config_u32(&config().tier) == Tier::Socket as u32;
+    let oldstate: i32 = ctx.arg(1);
+    if newstate == TCP_CLOSE && oldstate == TCP_LISTEN {
+        // A listener is not a connection (and its TCP_LISTEN came without this
+        // tracepoint). In the syscall tier, a state at its address is an earlier
+        // socket's, kept for calls that return after that one's close: the listener's
+        // close must not send that connection's close again, long after the agent
+        // stopped remembering it as closed. That socket is gone, so its state goes too.
+        if !socket_tier {
+            let _ = SYS_STATES.remove(&(sk as u64));
+        }
+        return;
+    }
     if newstate == TCP_CLOSE {
         if socket_tier {
             if let Some(state) = socket_state(sk, false) {
@@ -57,11 +71,11 @@ fn on_state(ctx: &BtfTracePointContext) {
     }
     if socket_tier {
         if let Some(state) = socket_state(sk, true) {
-            reset(state, role as u8);
+            reset(state, role as u8, Slot::Lifecycle);
         }
     } else {
-        if let Some(fresh) = scratch_state() {
-            reset(fresh, role as u8);
+        if let Some(fresh) = scratch_state(Slot::Lifecycle) {
+            reset(fresh, role as u8, Slot::Lifecycle);
             let _ = SYS_STATES.insert(&(sk as u64), fresh, 0);
         }
     }

@@ -31,6 +31,8 @@ use agent_common::{
     Config, DropReason, Instruction, SummaryRecord, CLOSED_ENTRIES, DROP_REASONS,
     INSTRUCTION_ENTRIES, STATS_SLOTS, SYSCALL_TABLE_ENTRIES,
 };
+use core::intrinsics::{atomic_xadd, AtomicOrdering::Relaxed};
+
 use aya_ebpf::{
     btf_maps::{ArrayOfMaps, RingBuf},
     helpers::bpf_get_smp_processor_id,
@@ -128,14 +130,17 @@ fn read_config_u32(field: &u32) -> u32 {
 #[inline(always)]
 fn count_drop(reason: DropReason) {
     if let Some(slot) = DROPS.get_ptr_mut(reason as u32) {
-        unsafe { *slot += 1 };
+        // Atomic: a softirq running another of the agent's programs on this CPU may
+        // count between this program's read and write (see `connection::Slot`).
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(slot, 1) };
     }
 }
 
 #[inline(always)]
 fn bump_stat(slot: u32) {
     if let Some(slot) = STATS.get_ptr_mut(slot) {
-        unsafe { *slot += 1 };
+        // Atomic, as in `count_drop`.
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(slot, 1) };
     }
 }
 

@@ -26,7 +26,7 @@ use aya_ebpf::{
 
 use crate::{
     bump_stat,
-    connection::{on_call, reset, socket_state, Call, Payload},
+    connection::{on_call, reset, socket_state, Call, Payload, Slot},
     count_drop, is_agent, socket, SYSCALL_TABLE,
 };
 
@@ -70,7 +70,7 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
             return;
         }
         match socket::is_tcp(sk as u64) {
-            Ok(true) => reset(state, Role::Unknown as u8),
+            Ok(true) => reset(state, Role::Unknown as u8, Slot::DataPath),
             Ok(false) => {
                 state.kind = STATE_IGNORED;
                 bump_stat(STAT_STATES_IGNORED);

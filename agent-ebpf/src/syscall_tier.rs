@@ -22,7 +22,7 @@ use aya_ebpf::{
 
 use crate::{
     bump_stat,
-    connection::{on_call, reset, scratch_state, Call, Payload, SYS_STATES},
+    connection::{on_call, reset, scratch_state, Call, Payload, Slot, SYS_STATES},
     count_drop,
     fd_cache::{self, Lookup, Walk},
     is_agent, socket,
@@ -218,9 +218,9 @@ fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
             return Some(state);
         }
     }
-    let fresh = scratch_state()?;
+    let fresh = scratch_state(Slot::DataPath)?;
     match socket::is_tcp(key) {
-        Ok(true) => reset(fresh, agent_common::Role::Unknown as u8),
+        Ok(true) => reset(fresh, agent_common::Role::Unknown as u8, Slot::DataPath),
         Ok(false) => {
             fresh.kind = STATE_IGNORED;
             bump_stat(STAT_STATES_IGNORED);

@@ -246,6 +246,64 @@ fn connections_ending_in_rst_then_new_ones_keep_their_endpoints_and_roles() {
     );
 }
 
+/// A listener that takes the address of a closed connection's socket is not that
+/// connection: its close sends nothing. (The syscall tier keeps a connection's state by
+/// socket address after its close, for calls that return after it; a listener's close
+/// once sent that state's close again, and the agent counted a connection it had
+/// forgotten a second time.)
+#[test]
+fn listeners_at_closed_connections_addresses_are_not_connections() {
+    let _serial = serial();
+    let agent = Agent::start(&[]);
+    let name = unique_name("ntlsn");
+    // The churn closes more connections (two ends each) than the agent remembers as
+    // closed (65,536), as a long-running node does between a socket's close and the
+    // close of a listener at its address.
+    let (conns, churn, listeners) = (1_000, 40_000, 100);
+    let report = edgegen(
+        &name,
+        &[
+            "relisten",
+            &conns.to_string(),
+            &churn.to_string(),
+            &listeners.to_string(),
+        ],
+    );
+    let made = (conns + churn) as f64;
+    let want: BTreeMap<_, _> = [(key(&["client"]), made), (key(&["server"]), made)].into();
+    let check = |text: &str| -> Vec<String> {
+        ["opened", "closed"]
+            .iter()
+            .flat_map(|which| {
+                map_differences(
+                    &format!("connections {which} by role"),
+                    &series_by(
+                        text,
+                        &format!("nodetap_tcp_connections_{which}_total"),
+                        &[("service_name", &name)],
+                        &["role"],
+                    ),
+                    &want,
+                )
+            })
+            .collect()
+    };
+    agent.scrape_until(Duration::from_secs(15), |t| check(t).is_empty());
+    // The listeners closed after the connections: what they would add comes later.
+    std::thread::sleep(Duration::from_secs(1));
+    let (text, mut wrong) = bytes_differences(&agent, &name, &report, Duration::ZERO);
+    wrong.extend(check(&text));
+    assert!(
+        wrong.is_empty(),
+        "capture tier {}: {name} made {conns} connections, reset by the client, then opened \
+         {listeners} listeners, made {churn} more connections one after another and closed \
+         the listeners ({report}):\n{}\n--- scrape (this process) ---\n{}",
+        capture_tier(&text),
+        wrong.join("\n"),
+        lines_with(&text, &name)
+    );
+}
+
 #[test]
 fn sendmmsg_recvmmsg_of_32_messages_exact_bytes() {
     let _serial = serial();

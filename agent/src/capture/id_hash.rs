@@ -3,7 +3,8 @@
 //! The standard library's SipHash resists hash flooding by outside input; these keys come
 //! from the kernel, not from the network, and with SipHash the table's lookups were an
 //! eighth of the agent's CPU per record. A multiply-and-rotate per word spreads the
-//! connection id's counter bits (its low 12 bits are a CPU number) over the whole hash.
+//! connection id's counter bits (its low 12 bits are a CPU number, the next a slot) over
+//! the whole hash.
 
 use std::{
     collections::HashMap,

@@ -11,6 +11,12 @@
 //!   edgegen NAME mmsg ROUNDS        ROUNDS of sendmmsg/recvmmsg of 32 messages each way
 //!   edgegen NAME bystander OPS      OPS pipe writes and reads, and file I/O; no sockets
 //!   edgegen NAME load CONNS ROUNDS  CONNS connections of RESP PINGs, 16 writes per round
+//!   edgegen NAME relisten CONNS CHURN LISTENERS
+//!                                   CONNS connections that each carry 16 bytes to a
+//!                                   server that answers nothing, reset by the client;
+//!                                   then LISTENERS listeners, which take the freed
+//!                                   sockets' addresses, closed after CHURN more such
+//!                                   connections one after another
 
 use std::{
     io::{self, Read, Write},
@@ -175,6 +181,64 @@ fn rst_run(redis_port: u16, n: usize) -> io::Result<serde_json::Value> {
     Ok(json!({
         "client": m.json(), "server": s.json(), "fake_port": port,
         "resets_seen": resets_seen, "requests": n,
+    }))
+}
+
+/// Connections whose sockets are freed, then listening sockets that take their addresses,
+/// closed only after so many other connections that the agent no longer remembers the
+/// first ones. The kernel's TCP socket cache hands back the memory it freed last, so the
+/// listeners opened right after land where the first connections' server sockets were.
+/// A listener is not a connection: its close must not be taken for the close of the
+/// socket that had its address before.
+fn relisten_run(conns: usize, churn: usize, listeners: usize) -> io::Result<serde_json::Value> {
+    let first = TcpListener::bind("127.0.0.1:0")?;
+    let port = first.local_addr()?.port();
+    let (mut client, mut server) = (Moved::default(), Moved::default());
+    let mut pairs = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let mut c = TcpStream::connect(("127.0.0.1", port))?;
+        let (mut s, _) = first.accept()?;
+        write_all(&mut c, &[b'c'; 16], &mut client)?;
+        read_exact(&mut s, 16, &mut server)?;
+        pairs.push((c, s));
+    }
+    drop(first);
+    let mut servers = Vec::with_capacity(conns);
+    for (c, mut s) in pairs {
+        linger_zero(&c);
+        drop(c);
+        // The server's end sees the reset (its TCP_CLOSE) while it holds its descriptor.
+        let mut buf = [0u8; 16];
+        match s.read(&mut buf) {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {}
+            Ok(0) => {}
+            other => panic!("expected a reset, got {other:?}"),
+        }
+        servers.push(s);
+    }
+    // Freed last: theirs are the addresses the listeners take.
+    drop(servers);
+    let held = (0..listeners)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    // One after another, so they reuse a handful of addresses, and each closed at both
+    // ends with a reset (nothing left in TIME_WAIT).
+    let churn_port = held[0].local_addr()?.port();
+    for _ in 0..churn {
+        let mut c = TcpStream::connect(("127.0.0.1", churn_port))?;
+        let (mut s, _) = held[0].accept()?;
+        write_all(&mut c, &[b'c'; 16], &mut client)?;
+        read_exact(&mut s, 16, &mut server)?;
+        linger_zero(&c);
+        drop(c);
+        let mut buf = [0u8; 16];
+        let _ = s.read(&mut buf);
+        drop(s);
+    }
+    drop(held);
+    Ok(json!({
+        "client": client.json(), "server": server.json(),
+        "connections": conns + churn, "listeners": listeners,
     }))
 }
 
@@ -394,7 +458,7 @@ fn load_run(conns: usize, rounds: usize) -> io::Result<serde_json::Value> {
 fn main() -> io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: edgegen NAME peek N | rst REDIS_PORT N | mmsg ROUNDS | bystander OPS | load CONNS ROUNDS");
+        eprintln!("usage: edgegen NAME peek N | rst REDIS_PORT N | mmsg ROUNDS | bystander OPS | load CONNS ROUNDS | relisten CONNS CHURN LISTENERS");
         std::process::exit(2)
     };
     if args.len() < 4 {
@@ -408,6 +472,7 @@ fn main() -> io::Result<()> {
         ("mmsg", 4) => mmsg_run(num(3))?,
         ("bystander", 4) => bystander_run(num(3))?,
         ("load", 5) => load_run(num(3), num(4))?,
+        ("relisten", 6) => relisten_run(num(3), num(4), num(5))?,
         _ => usage(),
     };
     println!("{report}");
