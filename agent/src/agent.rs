@@ -498,8 +498,21 @@ async fn read_events(
                 let now = (process_cpu_seconds(), std::time::Instant::now());
                 let wall = now.1 - cpu_seen.1;
                 if wall >= BUDGET_INTERVAL / 2 {
+                    let was_degraded = budget.degraded();
+                    let used = (now.0 - cpu_seen.0) / wall.as_secs_f64();
                     let degraded = budget.update(now.0 - cpu_seen.0, wall.as_secs_f64());
                     cpu_seen = now;
+                    if degraded != was_degraded {
+                        // Said once per change, beside nodetap_capture_degraded: a user
+                        // whose request metrics thin out must find why in the log too.
+                        if degraded {
+                            log::warn!(
+                                "over the CPU budget ({used:.2} of {cpu_budget} cores): connections new to the agent are counted, not parsed (--cpu-budget)"
+                            );
+                        } else {
+                            log::info!("back under the CPU budget: new connections are parsed again");
+                        }
+                    }
                     tracker.set_degraded(degraded);
                 }
             }

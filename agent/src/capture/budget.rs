@@ -34,6 +34,11 @@ impl CpuBudget {
         }
     }
 
+    /// Whether the agent is over its budget now.
+    pub fn degraded(&self) -> bool {
+        self.degraded
+    }
+
     /// Takes one window (`cpu_s` of CPU time over `wall_s` seconds) and returns whether
     /// the agent is degraded from now on.
     pub fn update(&mut self, cpu_s: f64, wall_s: f64) -> bool {
