@@ -1,8 +1,9 @@
 //! The Kubernetes API down and flapping, against the real agent and its real watch
 //! client (kube-rs) on a stand-in API server: pods' labels stay on their series while
 //! the API is unreachable, and when it is back the watch resumes and picks up a pod
-//! created meanwhile. Pods are kubelet-named cgroups on this host; their traffic is
-//! tcpgen on loopback, so every byte is known.
+//! created meanwhile; and a pod whose cgroup is removed (and the pod deleted) right after
+//! its last connection keeps its bytes under its labels. Pods are kubelet-named cgroups
+//! on this host; their traffic is tcpgen on loopback, so every byte is known.
 
 use std::time::Duration;
 
