@@ -688,6 +688,33 @@ pub struct FlowCache {
 const _: () = assert!(core::mem::size_of::<FlowSlot>() == 64);
 const _: () = assert!(NET_CACHE_SLOTS.is_power_of_two());
 
+// ---------------------------------------------------------------------------------------
+// Cgroups as they are created (tracepoint cgroup:cgroup_mkdir)
+
+/// cgroup v2 id to [`CgroupPath`], written when the cgroup is created: userspace asks it
+/// for an id its walk of the hierarchy does not know, so a cgroup removed before the
+/// agent first looked at it (a pod whose last connections are still being drained) keeps
+/// its name.
+pub const MAP_CGROUP_PATHS: &str = "CGROUP_PATHS";
+/// Cgroups remembered (LRU): those created since userspace last needed one.
+pub const CGROUP_PATH_ENTRIES: u32 = 4096;
+/// Longest path kept, with its NUL (the tracepoint's own buffer holds 1,024 bytes,
+/// `TRACE_CGROUP_PATH_LEN` in kernel/cgroup/cgroup.c; a kubelet container's path is about
+/// 230). A longer path is not stored.
+pub const CGROUP_PATH_BYTES: usize = 512;
+
+/// A cgroup's path relative to the v2 root (`/kubepods.slice/...`), NUL-terminated.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CgroupPath {
+    /// Bytes of `path` before the NUL.
+    pub len: u32,
+    pub _pad: u32,
+    pub path: [u8; CGROUP_PATH_BYTES],
+}
+
+const _: () = assert!(core::mem::size_of::<CgroupPath>() == 8 + CGROUP_PATH_BYTES);
+
 // SAFETY: plain old data: repr(C), Copy, no implicit padding (checked above).
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowSlot {}
@@ -708,4 +735,5 @@ mod pod {
     unsafe impl aya::Pod for FlowCounters {}
     unsafe impl aya::Pod for fd_cache::FdEntry {}
     unsafe impl aya::Pod for fd_cache::FdProc {}
+    unsafe impl aya::Pod for CgroupPath {}
 }

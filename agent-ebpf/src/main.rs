@@ -11,13 +11,15 @@
 //! - `connection.rs`: the per-connection state both tiers share, and one call's handling;
 //! - `record.rs`: ring buffer records (open, data segments, counts, close);
 //! - `socket.rs`: reading `struct sock` and the fd table with offsets from BTF;
-//! - `network.rs`: IP byte accounting per workload (cgroup_skb).
+//! - `network.rs`: IP byte accounting per workload (cgroup_skb);
+//! - `cgroups.rs`: cgroup ids and paths as cgroups are created (`cgroup:cgroup_mkdir`).
 #![no_std]
 // The BPF target lacks AtomicU64::fetch_add; the counters use the intrinsic.
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 #![no_main]
 
+mod cgroups;
 mod connection;
 mod fd_cache;
 mod lifecycle;

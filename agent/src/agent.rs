@@ -17,7 +17,7 @@ use crate::{
     },
     config::Config,
     metadata::{
-        cgroup::CgroupResolver,
+        cgroup::{CgroupResolver, CreatedCgroups},
         identity::{Identity, PodDirectory, SharedZones},
         kubernetes::{self, KubeIndex, KubePods, KubeStats},
         local_zone::{LocalZoneSettings, ZoneReport},
@@ -176,12 +176,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         None => (None, None),
     };
-    let identity = Identity::new(
-        report.cgroup.v2_root().map(CgroupResolver::new),
-        pods,
-        zones,
-    )
-    .with_procfs(&config.node.procfs);
+    let created = match probes.take_cgroup_paths() {
+        Some(Ok(map)) => Some(Box::new(KernelCgroupPaths(map)) as Box<dyn CreatedCgroups>),
+        Some(Err(e)) => {
+            log::warn!(
+                "cgroups created after each walk of the hierarchy are named only if still there: {}",
+                crate::error_chain(&e)
+            );
+            None
+        }
+        None => None,
+    };
+    let resolver = report.cgroup.v2_root().map(|root| {
+        let mut resolver = CgroupResolver::new(root);
+        // Now, not at the first record: a cgroup that goes before then was still seen
+        // (those created from here on, the kernel reports as they are created).
+        if let Err(e) = resolver.rescan() {
+            log::warn!("{}", crate::error_chain(&e));
+        }
+        match created {
+            Some(created) => resolver.with_created(created),
+            None => resolver,
+        }
+    });
+    let identity = Identity::new(resolver, pods, zones).with_procfs(&config.node.procfs);
     let tracker = Tracker::new(
         metrics.clone(),
         &config.node.procfs,
@@ -570,6 +588,23 @@ fn drain_closed(closed: &mut ClosedMap, tracker: &mut Tracker, metrics: &Metrics
                 metrics.events_undecodable.inc();
             }
         }
+    }
+}
+
+/// The paths the kernel recorded as cgroups were created (`CGROUP_PATHS`).
+struct KernelCgroupPaths(probes::CgroupPathsMap);
+
+impl std::fmt::Debug for KernelCgroupPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCgroupPaths")
+    }
+}
+
+impl CreatedCgroups for KernelCgroupPaths {
+    fn path_of(&mut self, id: u64) -> Option<String> {
+        let entry = self.0.get(&id, 0).ok()?;
+        let path = entry.path.get(..entry.len as usize)?;
+        Some(String::from_utf8_lossy(path).into_owned())
     }
 }
 

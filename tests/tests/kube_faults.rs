@@ -1,8 +1,9 @@
 //! The Kubernetes API down and flapping, against the real agent and its real watch
 //! client (kube-rs) on a stand-in API server: pods' labels stay on their series while
 //! the API is unreachable, and when it is back the watch resumes and picks up a pod
-//! created meanwhile. Pods are kubelet-named cgroups on this host; their traffic is
-//! tcpgen on loopback, so every byte is known.
+//! created meanwhile; and a pod whose cgroup is removed (and the pod deleted) right after
+//! its last connection keeps its bytes under its labels. Pods are kubelet-named cgroups
+//! on this host; their traffic is tcpgen on loopback, so every byte is known.
 
 use std::time::Duration;
 
@@ -183,7 +184,6 @@ fn pod_labels_survive_the_api_down_and_flapping_and_the_watch_resumes() {
 /// the pod deleted from the API right after its process exits, while the agent may still
 /// have the connection's records to drain. Its bytes stay exact and under its labels.
 #[test]
-#[ignore = "fails today in both tiers: the bytes are exact but labelled by process name, not by the pod. The cgroup resolver (metadata/cgroup.rs) rescans on a miss at most so often and replaces its whole id-to-path cache, so a cgroup removed before the agent first looks it up is never found; deleted pods now label records for 60 s, which this does not reach"]
 fn a_pods_counts_stay_with_it_when_its_cgroup_goes_while_they_drain() {
     let _serial = nodetap_tests::serial();
     let kube = FakeKube::start();

@@ -72,6 +72,9 @@ enum Task {
     Bench {
         #[arg(value_enum)]
         what: bench::What,
+        /// How long `bench soak` runs its load.
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
     },
 }
 
@@ -114,11 +117,11 @@ fn main() -> Result<()> {
             }
             fuzz::check(&root(), &outcomes)
         }
-        Task::Bench { what } => {
+        Task::Bench { what, minutes } => {
             setup()?;
             let bin = build()?;
             require_root("benchmarks run the agent")?;
-            bench::run(what, &bin, &root())
+            bench::run(what, minutes, &bin, &root())
         }
     }
 }
@@ -197,6 +200,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("binutils", "/usr/bin/objcopy"),
     // bench cost: no-op programs on the agent's hooks, the floor its numbers stand on.
     ("bpftrace", "/usr/bin/bpftrace"),
+    // bench soak: the plot of the agent's RSS and CPU over time.
+    ("gnuplot-nox", "/usr/bin/gnuplot"),
     // The endpoint security test: certificates, and bcrypt hashes as users make them.
     ("openssl", "/usr/bin/openssl"),
     ("apache2-utils", "/usr/bin/htpasswd"),

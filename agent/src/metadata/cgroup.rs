@@ -348,13 +348,32 @@ pub struct ResolverStats {
     pub truncated: u64,
     /// Walks that failed (the root could not be read).
     pub failures: u64,
+    /// Ids the walks did not know, found among the cgroups the kernel saw created.
+    pub created: u64,
 }
 
-/// Cgroup v2 id to path, cached; a miss rescans the hierarchy, at most once per
-/// `min_rescan_interval` (default 1 s), and not at all for ids known to be gone.
+/// Cgroups the kernel reported as they were created (the agent's `cgroup:cgroup_mkdir`
+/// hook): asked for an id the walks do not know, e.g. a cgroup created and removed
+/// between two walks.
+pub trait CreatedCgroups: Send + std::fmt::Debug {
+    /// The path (relative to the v2 root) cgroup `id` was created with.
+    fn path_of(&mut self, id: u64) -> Option<String>;
+}
+
+/// How long a removed cgroup's path is kept: as long as a deleted pod keeps labelling
+/// its last records (`metadata::kubernetes`), so what a pod's cgroup sent before it went
+/// is still named when it is drained (connections' records, the byte accounting's
+/// flows every 2 s).
+pub const DEFAULT_REMOVED_RETENTION: Duration = Duration::from_secs(60);
+
+/// Cgroup v2 id to path, cached; a miss asks the cgroups the kernel saw created (if
+/// given), then rescans the hierarchy, at most once per `min_rescan_interval` (default
+/// 1 s), and not at all for ids known to be gone.
 ///
 /// Ids are never reused, so a cached entry is never wrong, only stale once its cgroup is
-/// removed; each rescan replaces the cache, which bounds it by the live cgroups. Ids grow
+/// removed; each rescan replaces the cache, which bounds it by the live cgroups, and
+/// keeps what it no longer finds for `removed_retention` (default 60 s) beside it, so
+/// the last records of a removed cgroup are still named. Ids grow
 /// monotonically, so an id no larger than the largest one seen by the walk before the
 /// latest, and not found by the latest, belonged to a cgroup that was already gone: such
 /// ids (short-lived processes whose events arrive after their cgroup was removed) cost no
@@ -363,6 +382,10 @@ pub struct ResolverStats {
 pub struct CgroupResolver {
     root: PathBuf,
     cache: HashMap<u64, String>,
+    /// Cgroups the latest walks no longer found, with when that was noticed.
+    removed: HashMap<u64, (String, Instant)>,
+    removed_retention: Duration,
+    created: Option<Box<dyn CreatedCgroups>>,
     last_scan: Option<Instant>,
     min_rescan_interval: Duration,
     max_cgroups: usize,
@@ -380,6 +403,9 @@ impl CgroupResolver {
         Self {
             root: root.into(),
             cache: HashMap::new(),
+            removed: HashMap::new(),
+            removed_retention: DEFAULT_REMOVED_RETENTION,
+            created: None,
             last_scan: None,
             min_rescan_interval: Duration::from_secs(1),
             max_cgroups: DEFAULT_MAX_CGROUPS,
@@ -395,6 +421,19 @@ impl CgroupResolver {
         self
     }
 
+    /// Also ask `created` (cgroups as the kernel created them) for ids the walks miss.
+    pub fn with_created(mut self, created: Box<dyn CreatedCgroups>) -> Self {
+        self.created = Some(created);
+        self
+    }
+
+    /// How long a removed cgroup's path stays known (default
+    /// [`DEFAULT_REMOVED_RETENTION`]).
+    pub fn with_removed_retention(mut self, retention: Duration) -> Self {
+        self.removed_retention = retention;
+        self
+    }
+
     /// Most cgroups one walk records (default [`DEFAULT_MAX_CGROUPS`]).
     pub fn with_max_cgroups(mut self, max: usize) -> Self {
         self.max_cgroups = max.max(1);
@@ -407,9 +446,21 @@ impl CgroupResolver {
 
     /// The path of cgroup `id`, relative to the root (`/kubepods.slice/...`).
     pub fn resolve(&mut self, id: u64) -> Option<String> {
-        if let Some(path) = self.cache.get(&id) {
+        let known = self
+            .cache
+            .get(&id)
+            .or_else(|| self.removed.get(&id).map(|(path, _)| path));
+        if let Some(path) = known {
             self.stats.hits += 1;
             return Some(path.clone());
+        }
+        // Created since the latest walk, and maybe removed already: the kernel said so
+        // when it was created. Kept in the cache until a walk finds it gone.
+        if let Some(path) = self.created.as_mut().and_then(|c| c.path_of(id)) {
+            self.stats.hits += 1;
+            self.stats.created += 1;
+            self.cache.insert(id, path.clone());
+            return Some(path);
         }
         let gone = id <= self.settled_max_id;
         let too_soon = self
@@ -434,7 +485,8 @@ impl CgroupResolver {
         }
     }
 
-    /// Walks the hierarchy now and replaces the cache; returns how many cgroups it holds.
+    /// Walks the hierarchy now and replaces the cache (what the walk no longer finds is
+    /// kept for `removed_retention`); returns how many cgroups the walk found.
     pub fn rescan(&mut self) -> Result<usize, CgroupError> {
         self.last_scan = Some(Instant::now());
         self.stats.rescans += 1;
@@ -453,7 +505,17 @@ impl CgroupResolver {
             self.settled_max_id = self.last_max_id;
         }
         self.last_max_id = scan.max_id;
-        self.cache = scan.paths;
+        let old = std::mem::replace(&mut self.cache, scan.paths);
+        let now = Instant::now();
+        let retention = self.removed_retention;
+        self.removed
+            .retain(|_, (_, since)| now.duration_since(*since) < retention);
+        for (id, path) in old {
+            // Bounded as the walks are: past it, removed cgroups are forgotten at once.
+            if !self.cache.contains_key(&id) && self.removed.len() < self.max_cgroups {
+                self.removed.insert(id, (path, now));
+            }
+        }
         Ok(self.cache.len())
     }
 
@@ -815,6 +877,65 @@ mod tests {
         ));
     }
 
+    /// Cgroups "the kernel reported" created, for the resolver.
+    #[derive(Debug)]
+    struct Created(HashMap<u64, String>);
+
+    impl CreatedCgroups for Created {
+        fn path_of(&mut self, id: u64) -> Option<String> {
+            self.0.get(&id).cloned()
+        }
+    }
+
+    #[test]
+    fn created_and_removed_cgroups_stay_named() {
+        let base = std::env::temp_dir().join(format!("nodetap-cggone-{}", std::process::id()));
+        let a = base.join("a.scope");
+        let _guard = RemoveTree(base.clone());
+        for dir in [&base, &a] {
+            fs::create_dir(dir).unwrap();
+        }
+        let a_id = fs::metadata(&a).unwrap().ino();
+        // An id no walk can see: created and removed between two walks.
+        let gone = u64::MAX - 1;
+        let mut resolver = CgroupResolver::new(&base)
+            .with_min_rescan_interval(Duration::from_secs(3600))
+            .with_created(Box::new(Created(HashMap::from([(
+                gone,
+                "/kubepods/pod-gone/c".to_owned(),
+            )]))));
+        resolver.rescan().unwrap();
+        assert_eq!(resolver.resolve(a_id).as_deref(), Some("/a.scope"));
+        assert_eq!(
+            resolver.resolve(gone).as_deref(),
+            Some("/kubepods/pod-gone/c"),
+            "a cgroup the kernel reported created is named without a walk"
+        );
+        let stats = resolver.stats();
+        assert_eq!((stats.created, stats.rescans), (1, 1), "{stats:?}");
+
+        // Removed after a walk saw it: a later walk keeps both names for the retention.
+        fs::remove_dir(&a).unwrap();
+        resolver.rescan().unwrap();
+        assert_eq!(resolver.len(), 1, "the live cache holds the root alone");
+        assert_eq!(resolver.resolve(a_id).as_deref(), Some("/a.scope"));
+        assert_eq!(
+            resolver.resolve(gone).as_deref(),
+            Some("/kubepods/pod-gone/c")
+        );
+        assert_eq!(resolver.stats().created, 1, "the learned path was kept");
+
+        // Past the retention they are forgotten: the next walk after the one that noticed.
+        let mut resolver = resolver.with_removed_retention(Duration::ZERO);
+        resolver.rescan().unwrap();
+        assert_eq!(resolver.resolve(a_id), None);
+        assert_eq!(
+            resolver.resolve(gone).as_deref(),
+            Some("/kubepods/pod-gone/c"),
+            "still reported by the kernel's record"
+        );
+    }
+
     /// Where cgroup v2 is mounted (`/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).
     fn cgroup2_mount() -> PathBuf {
         let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
@@ -839,7 +960,9 @@ mod tests {
             guard.0.push(dir.clone());
         }
         let id = fs::metadata(&child).unwrap().ino();
-        let mut resolver = CgroupResolver::new(&root).with_min_rescan_interval(Duration::ZERO);
+        let mut resolver = CgroupResolver::new(&root)
+            .with_min_rescan_interval(Duration::ZERO)
+            .with_removed_retention(Duration::ZERO);
         let path = resolver
             .resolve(id)
             .unwrap_or_else(|| panic!("cgroup id {id} of {} not resolved", child.display()));

@@ -132,7 +132,22 @@ pub const HOOKS: &[Hook] = &[
     syscall_hook("sys_enter_sendmmsg", Need::Optional),
     syscall_hook("sys_exit_sendfile64", Need::Optional),
     syscall_hook("sys_enter_sendfile64", Need::Optional),
+    // Cgroups as they are created (agent-ebpf/src/cgroups.rs): without it, a cgroup
+    // removed before the agent's walk of the hierarchy saw it leaves its last traffic
+    // labelled by process name.
+    Hook {
+        program: CGROUP_MKDIR_PROGRAM,
+        attach: Attach::Tracepoint("cgroup", "cgroup_mkdir"),
+        need: Need::Optional,
+        tier: None,
+    },
 ];
+
+/// The program that records cgroups as they are created.
+const CGROUP_MKDIR_PROGRAM: &str = "nodetap_cgroup_mkdir";
+
+/// Paths of cgroups as they were created, by cgroup v2 id.
+pub type CgroupPathsMap = HashMap<MapData, u64, agent_common::CgroupPath>;
 
 /// The hooks of `tier` (and those every tier uses).
 pub fn hooks_of(tier: Tier) -> impl Iterator<Item = &'static Hook> {
@@ -569,6 +584,22 @@ impl Probes {
             .filter(|h| NETWORK_HOOKS.iter().any(|(p, _, _)| *p == h.program))
             .any(|h| h.error.is_none());
         attached.then(|| crate::network::FlowTables::take(&mut self.ebpf, capacity))
+    }
+
+    /// The cgroups the kernel saw created (id to path), if their hook attached.
+    pub fn take_cgroup_paths(&mut self) -> Option<Result<CgroupPathsMap, ProbeError>> {
+        let attached = self
+            .hooks
+            .iter()
+            .any(|h| h.program == CGROUP_MKDIR_PROGRAM && h.error.is_none());
+        let name = agent_common::MAP_CGROUP_PATHS;
+        attached.then(|| {
+            let map = self
+                .ebpf
+                .take_map(name)
+                .ok_or(ProbeError::MissingMap { name })?;
+            HashMap::try_from(map).map_err(|source| ProbeError::Map { name, source })
+        })
     }
 
     /// Takes the ring buffer of records, the kernel counters, the instruction maps and

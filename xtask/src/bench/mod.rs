@@ -13,6 +13,7 @@ mod http;
 pub mod kernel;
 mod network;
 mod node;
+mod soak;
 mod spans;
 mod stats;
 
@@ -41,9 +42,14 @@ pub enum What {
     /// Redis and HTTP loads with spans at 100% against spans off: throughput ratio, agent
     /// CPU per span, spans per agent core, spans dropped.
     Spans,
+    /// Mixed Redis, PostgreSQL, HTTP and short-connection load for `--minutes`: the
+    /// agent's RSS, descriptors and CPU over time (CSV and PNG), events lost and exact
+    /// counts at the end.
+    Soak,
 }
 
-pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
+/// Runs one benchmark; `minutes` is how long the soak runs (the others ignore it).
+pub fn run(what: What, minutes: u64, nodetap: &Path, root: &Path) -> Result<()> {
     // The harness starts the agent from NODETAP_BIN.
     std::env::set_var("NODETAP_BIN", nodetap);
     let (key, section) = match what {
@@ -56,6 +62,7 @@ pub fn run(what: What, nodetap: &Path, root: &Path) -> Result<()> {
         What::Cost => ("cost", cost::run()?),
         What::Bystander => ("bystander", bystander::run()?),
         What::Spans => ("spans", spans::run()?),
+        What::Soak => ("soak", soak::run(minutes, root)?),
     };
     println!("{section}");
     write_section(&root.join("BENCHMARKS.md"), key, &section)
