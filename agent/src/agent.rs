@@ -23,7 +23,7 @@ use crate::{
         local_zone::{LocalZoneSettings, ZoneReport},
         zones::ZoneSource,
     },
-    metrics::{Metrics, ProbeLabels, ReasonLabels, TierLabels, ZoneInfoLabels},
+    metrics::{Metrics, ProbeLabels, ProbeRunLabels, ReasonLabels, TierLabels, ZoneInfoLabels},
     network::FlowTables,
     preflight,
     probes::{self, ClosedMap, HookStatus, InstructionMaps, KernelCounters, LoadOptions, Need},
@@ -482,6 +482,7 @@ async fn read_events(
     let mut budget = CpuBudget::new(cpu_budget);
     let mut cpu_seen = (process_cpu_seconds(), std::time::Instant::now());
     let mut lost_seen = [0u64; agent_common::DROP_REASONS];
+    let mut missed_seen: std::collections::HashMap<String, u64> = Default::default();
     let mut states_seen = (0u64, 0u64);
     loop {
         tokio::select! {
@@ -499,6 +500,16 @@ async fn read_events(
                         }
                     }
                     metrics.events_lost.get_or_create(&ReasonLabels { reason: reason.label() }).inc_by(delta);
+                }
+                for (probe, total) in counters.runs_missed() {
+                    let seen = missed_seen.entry(probe.to_owned()).or_default();
+                    let counter = metrics.probe_runs_missed.get_or_create(&ProbeRunLabels { probe: probe.to_owned() });
+                    let delta = total.saturating_sub(*seen);
+                    if delta > 0 {
+                        *seen = total;
+                        counter.inc_by(delta);
+                        log::warn!("the kernel skipped {delta} runs of the {probe} hook (another tracing program held the CPU)");
+                    }
                 }
                 metrics.ringbuf_waiting.set(ring.waiting() as i64);
                 let states = counters.states();

@@ -281,6 +281,11 @@ pub struct TierLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeRunLabels {
+    pub probe: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
     pub probe: String,
     pub required: &'static str,
@@ -304,6 +309,7 @@ pub struct Metrics {
     pub ringbuf_waiting: Gauge,
     pub ringbuf_size: Gauge,
     pub probe_attached: Family<ProbeLabels, Gauge>,
+    pub probe_runs_missed: Family<ProbeRunLabels, Counter>,
     pub capture_info: Family<TierLabels, Gauge>,
     pub capture_states: Counter,
     pub capture_non_tcp: Counter,
@@ -571,6 +577,11 @@ impl Metrics {
             probe_attached: reg.add(
                 "nodetap_probe_attached",
                 "1 if the kernel hook attached at start-up, 0 if not",
+                Family::default(),
+            ),
+            probe_runs_missed: reg.add(
+                "nodetap_probe_runs_missed",
+                "Runs of the kernel hook's program that the kernel skipped because another tracing program was running on that CPU (a skipped syscall exit loses that call's bytes; a skipped inet_sock_set_state a role or a close)",
                 Family::default(),
             ),
             db_client_duration: reg.histograms(

@@ -196,6 +196,17 @@ fn start_up_report_names_every_check_and_hook() {
         not_attached.is_empty(),
         "hooks reported as not attached: {not_attached:?}"
     );
+    // Every attached hook says how many of its runs the kernel skipped (read from the
+    // program's fdinfo once a second).
+    let text = agent.scrape_until(Duration::from_secs(10), |t| {
+        t.matches("nodetap_probe_runs_missed_total{").count() == hooks
+    });
+    assert_eq!(
+        text.matches("nodetap_probe_runs_missed_total{").count(),
+        hooks,
+        "{}",
+        nodetap_tests::lines_with(&text, "nodetap_probe_")
+    );
 }
 
 #[test]

@@ -232,6 +232,9 @@ pub struct KernelCounters {
     stats: PerCpuArray<MapData, u64>,
     report_epoch: Array<MapData, u64>,
     epoch: u64,
+    /// Each attached hook's program (its `HookStatus::tracepoint`), to read how many of
+    /// its runs the kernel skipped.
+    programs: Vec<(String, aya::programs::ProgramFd)>,
 }
 
 impl KernelCounters {
@@ -256,6 +259,20 @@ impl KernelCounters {
         })
     }
 
+    /// Runs of each attached hook's program that the kernel skipped, so far: a classic
+    /// tracepoint's program is skipped while another tracing program runs on its CPU,
+    /// a BTF tracepoint's while it already runs there (the kernel's `recursion_misses`,
+    /// from the program's fdinfo; Linux 5.12+, absent before). A skipped syscall exit
+    /// loses that call's bytes; a skipped `inet_sock_set_state` a role or a close.
+    pub fn runs_missed(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.programs.iter().filter_map(|(hook, fd)| {
+            use std::os::fd::{AsFd, AsRawFd};
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            let text = std::fs::read_to_string(path).ok()?;
+            Some((hook.as_str(), recursion_misses(&text)?))
+        })
+    }
+
     /// Connection states created, and non-TCP sockets marked, summed over CPUs.
     pub fn states(&self) -> (u64, u64) {
         let sum = |slot| {
@@ -266,6 +283,14 @@ impl KernelCounters {
         };
         (sum(STAT_STATES_CREATED), sum(STAT_STATES_IGNORED))
     }
+}
+
+/// The `recursion_misses:` line of a program's fdinfo.
+pub fn recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The agent's side of the instructions: what to copy of each connection.
@@ -605,6 +630,15 @@ impl Probes {
     /// Takes the ring buffer of records, the kernel counters, the instruction maps and
     /// the table of close records that found the ring full out of the object.
     pub fn take_maps(&mut self) -> Result<CaptureMaps, ProbeError> {
+        let programs = self
+            .hooks
+            .iter()
+            .filter(|h| h.error.is_none())
+            .filter_map(|h| {
+                let fd = self.ebpf.program(h.program)?.fd().ok()?.try_clone().ok()?;
+                Some((h.tracepoint.clone(), fd))
+            })
+            .collect();
         let mut take = |name: &'static str| {
             self.ebpf
                 .take_map(name)
@@ -625,6 +659,7 @@ impl Probes {
                 stats: PerCpuArray::try_from(stats).map_err(map_err(MAP_STATS))?,
                 report_epoch: Array::try_from(report_epoch).map_err(map_err(MAP_REPORT_EPOCH))?,
                 epoch: 0,
+                programs,
             },
             instructions: InstructionMaps {
                 instructions: HashMap::try_from(instructions).map_err(map_err(MAP_INSTRUCTIONS))?,
@@ -740,5 +775,24 @@ mod power_tests {
         ] {
             assert_eq!(super::prev_power_of_two(n), p, "{n}");
         }
+    }
+}
+
+#[cfg(test)]
+mod fdinfo_tests {
+    use super::recursion_misses;
+
+    /// A program's /proc/<pid>/fdinfo on Linux 6.18 (the agent's inet_sock_set_state).
+    const FDINFO_6_18: &str = "pos:\t0\nflags:\t02000002\nmnt_id:\t17\nino:\t1039\n\
+        prog_type:\t26\nprog_jited:\t1\nprog_tag:\t8898d8f0e260e378\nmemlock:\t8192\n\
+        prog_id:\t50903\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t17\n\
+        verified_insns:\t1266\n";
+
+    #[test]
+    fn skipped_runs_come_from_the_fdinfo_line_and_are_absent_before_linux_5_12() {
+        assert_eq!(recursion_misses(FDINFO_6_18), Some(17));
+        let before = FDINFO_6_18.replace("recursion_misses:\t17\n", "");
+        assert_eq!(recursion_misses(&before), None);
+        assert_eq!(recursion_misses("recursion_misses:\tlots\n"), None);
     }
 }
