@@ -12,12 +12,15 @@ pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const TRACEFS_PATHS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 const BPFFS_PATH: &str = "/sys/fs/bpf";
 
-/// Capabilities that matter to an eBPF agent (include/uapi/linux/capability.h).
-const CAPS: [(u32, &str); 7] = [
+/// Capabilities the agent uses (include/uapi/linux/capability.h): CAP_BPF and
+/// CAP_PERFMON (or CAP_SYS_ADMIN) to load and attach; CAP_NET_ADMIN for the cgroup_skb
+/// byte accounting; CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for other processes'
+/// /proc entries. Not CAP_SYS_RESOURCE: since Linux 5.11 (older than MIN_KERNEL) eBPF
+/// memory is charged to the cgroup, not to RLIMIT_MEMLOCK.
+const CAPS: [(u32, &str); 6] = [
     (12, "CAP_NET_ADMIN"),
     (19, "CAP_SYS_PTRACE"),
     (21, "CAP_SYS_ADMIN"),
-    (24, "CAP_SYS_RESOURCE"),
     (38, "CAP_PERFMON"),
     (39, "CAP_BPF"),
     (2, "CAP_DAC_READ_SEARCH"),
@@ -41,7 +44,7 @@ pub enum PreflightError {
     OldKernel { release: String },
     #[error("kernel BTF is missing ({BTF_PATH}): nodetap needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (any EKS AMI or distribution kernel since 5.8 has it)")]
     NoBtf,
-    #[error("missing capabilities {missing}: run nodetap as root, or grant CAP_BPF, CAP_PERFMON, CAP_SYS_RESOURCE and CAP_DAC_READ_SEARCH (or CAP_SYS_ADMIN); in Kubernetes set them in the container's securityContext")]
+    #[error("missing capabilities {missing}: run nodetap as root, or grant CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load the kernel programs, CAP_NET_ADMIN for the network byte accounting, and CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to read other processes' /proc entries (the systemd unit's AmbientCapabilities; in Kubernetes the container's securityContext capabilities)")]
     Capabilities { missing: String },
     #[error("tracefs is not mounted and could not be mounted at /sys/kernel/tracing: run `mount -t tracefs nodev /sys/kernel/tracing` (in a container, mount the host's /sys/kernel/tracing)")]
     NoTracefs,
@@ -298,6 +301,28 @@ mod tests {
             err.starts_with("missing capabilities CAP_PERFMON: run nodetap as root"),
             "{err}"
         );
+        // The fix names exactly the capabilities the systemd unit grants, and nothing
+        // the agent does not use (CAP_SYS_RESOURCE was once named here).
+        let unit = include_str!("../../deploy/systemd/nodetap.service");
+        let granted: Vec<&str> = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+            .expect("the unit sets AmbientCapabilities")
+            .split_whitespace()
+            .collect();
+        let named: Vec<&str> = err
+            .split(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .filter(|w| w.starts_with("CAP_"))
+            .collect();
+        for cap in &granted {
+            assert!(named.contains(cap), "{cap} not named in: {err}");
+        }
+        for cap in &named {
+            assert!(
+                granted.contains(cap) || *cap == "CAP_SYS_ADMIN",
+                "{cap} named but the unit does not grant it: {err}"
+            );
+        }
         let no_btf = Report {
             btf: false,
             ..report

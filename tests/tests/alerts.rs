@@ -130,3 +130,63 @@ fn every_alert_has_severity_text_and_a_runbook() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// Every `nodetap_*` metric (and recording rule input) an alert reads is one the agent
+/// registers (a `"nodetap_..."` name in agent/src, `_total` added to counters) and README
+/// documents: an alert on a misspelt or renamed metric would never fire.
+#[test]
+fn alerts_read_metrics_the_agent_exports() {
+    let mut registered = BTreeSet::new();
+    let mut stack = vec![repository().join("agent/src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for piece in text.split('"').skip(1).step_by(2) {
+                    if piece.starts_with("nodetap_")
+                        && piece.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    {
+                        registered.insert(piece.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    let readme = std::fs::read_to_string(repository().join("README.md")).expect("README.md");
+    let mut used = BTreeSet::new();
+    for alert in alerts() {
+        let expr = alert["expr"].as_str().expect("expr");
+        let mut rest = expr;
+        while let Some(at) = rest.find("nodetap_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Recording rules (nodetap:...) are not metric names; "nodetap_" after a colon is.
+            let recorded = at > 0 && rest.as_bytes()[at - 1] == b':';
+            if !recorded {
+                used.insert(name.clone());
+            }
+            rest = &rest[at + name.len()..];
+        }
+    }
+    assert!(
+        used.len() >= 10,
+        "only {} agent metrics in alerts: {used:?}",
+        used.len()
+    );
+    let mut problems = Vec::new();
+    for name in &used {
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        if !registered.contains(base) {
+            problems.push(format!("{name}: the agent registers no {base}"));
+        }
+        if !readme.contains(&format!("`{name}`")) {
+            problems.push(format!("{name}: not in README's metric reference"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -3,6 +3,9 @@
 //! panel's query, with the variables set to match all, parses and returns data from a
 //! real Prometheus that scrapes the real agent while this test drives Redis, PostgreSQL,
 //! HTTP and gRPC traffic and a cross-zone transfer between two network namespaces.
+//! Every latency panel asks for exemplars, and Prometheus (exemplar storage on) answers
+//! each such panel's query with exemplars whose `trace_id` names a trace the agent
+//! exported to an OTLP receiver: the trace a Grafana exemplar link opens exists.
 
 use std::{
     net::Ipv4Addr,
@@ -12,8 +15,9 @@ use std::{
 };
 
 use nodetap_tests::{
-    helper_bin,
+    helper_bin, metric_sum,
     netlab::NetLab,
+    otlp::{OtlpReceiver, Transport},
     prometheus::Prometheus,
     run_ok,
     servers::{grpc_peer, GrpcServer, Nginx, PostgresServer, RedisServer, TempDir},
@@ -37,8 +41,8 @@ fn dashboards() -> Vec<(String, Value)> {
     out
 }
 
-/// (dashboard, panel title, query) for every target of every panel.
-fn queries() -> Vec<(String, String, String)> {
+/// (dashboard, panel title, query, exemplars asked for) for every target of every panel.
+fn queries() -> Vec<(String, String, String, bool)> {
     let mut out = Vec::new();
     for (file, board) in dashboards() {
         for panel in board["panels"].as_array().unwrap() {
@@ -50,11 +54,31 @@ fn queries() -> Vec<(String, String, String)> {
                     file.clone(),
                     panel["title"].as_str().unwrap().to_owned(),
                     target["expr"].as_str().unwrap().to_owned(),
+                    target["exemplar"].as_bool().unwrap_or(false),
                 ));
             }
         }
     }
     out
+}
+
+/// The request-duration families, which carry exemplars.
+const DURATION_FAMILIES: [&str; 6] = [
+    "http_server_request_duration_seconds",
+    "http_client_request_duration_seconds",
+    "rpc_server_call_duration_seconds",
+    "rpc_client_call_duration_seconds",
+    "db_server_operation_duration_seconds",
+    "db_client_operation_duration_seconds",
+];
+
+/// A latency panel's query: a quantile over a request-duration family's buckets (by name
+/// or in a `__name__` regex).
+fn is_latency_query(query: &str) -> bool {
+    query.contains("histogram_quantile(")
+        && DURATION_FAMILIES
+            .iter()
+            .any(|f| query.contains(&format!("{f}_bucket")))
 }
 
 /// The query as Grafana sends it with every variable at "All".
@@ -108,8 +132,38 @@ fn dashboards_are_importable() {
                 targets.iter().all(|t| !expr(t).is_empty()),
                 "{file}: {title}"
             );
+            // Exemplars exactly where there are request durations to link to traces.
+            for target in targets {
+                assert_eq!(
+                    target["exemplar"].as_bool(),
+                    Some(is_latency_query(&expr(target))),
+                    "{file}: {title}: exemplar flag of {}",
+                    expr(target)
+                );
+            }
         }
     }
+}
+
+/// The provisioned Prometheus data source links the exemplars' `trace_id` label (the
+/// one the agent writes) to a tracing data source chosen at deploy time.
+#[test]
+fn datasource_links_exemplar_trace_ids() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/datasource.yml");
+    let text = std::fs::read_to_string(&path).expect("deploy/grafana/datasource.yml");
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("datasource.yml");
+    let sources = v["datasources"].as_sequence().expect("datasources");
+    assert_eq!(sources.len(), 1, "{text}");
+    assert_eq!(sources[0]["type"].as_str(), Some("prometheus"));
+    let destinations = sources[0]["jsonData"]["exemplarTraceIdDestinations"]
+        .as_sequence()
+        .expect("exemplarTraceIdDestinations");
+    assert_eq!(destinations.len(), 1, "{text}");
+    assert_eq!(destinations[0]["name"].as_str(), Some("trace_id"));
+    assert_eq!(
+        destinations[0]["datasourceUid"].as_str(),
+        Some("${TRACING_DATASOURCE_UID}")
+    );
 }
 
 /// One round of every kind of traffic the dashboards show, errors included.
@@ -202,15 +256,30 @@ fn every_panel_returns_data_from_the_real_agent() {
          [[zones.subnets]]\ncidr = \"10.203.2.0/24\"\nzone = \"use1-az2\"\n",
     )
     .unwrap();
-    let agent = Agent::start(&["--config", config.to_str().unwrap()]);
+    // Spans on (every request kept) so the duration histograms carry exemplars.
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let endpoint = receiver.endpoint();
+    let agent = Agent::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "http/protobuf",
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "200",
+    ]);
 
     let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/rules.yml");
-    let prometheus = Prometheus::start_with_rules(
+    let prometheus = Prometheus::start_with_flags(
         &format!(
             "  - job_name: nodetap\n    static_configs:\n      - targets: ['127.0.0.1:{}']\n",
             agent.port
         ),
         &[rules],
+        &["--enable-feature=exemplar-storage"],
     );
 
     // Traffic for a while, so every rate has samples on both sides of an increase.
@@ -238,7 +307,7 @@ fn every_panel_returns_data_from_the_real_agent() {
 
     let mut empty = Vec::new();
     let all = queries();
-    for (file, title, query) in &all {
+    for (file, title, query, _) in &all {
         let expanded = expand(query);
         // Query errors (a parse error) panic inside `query` with the query named.
         let result = prometheus.query(&expanded);
@@ -252,4 +321,72 @@ fn every_panel_returns_data_from_the_real_agent() {
         "panel queries with no data while traffic ran:\n{}",
         empty.join("\n")
     );
+
+    // What Grafana asks for an exemplar-enabled query (`/api/v1/query_exemplars` with the
+    // panel's expression): exemplars of the panel's own family, each naming a span the
+    // agent exported. The exemplars are read first: a span an exemplar names was queued
+    // before the scrape that carried it, so 3 s later (batch delay 200 ms) it has been
+    // exported unless the exporter dropped it (the agent sees the whole machine's
+    // traffic, which can fill the queue: then only unexported exemplars are excused).
+    let mut answers = Vec::new();
+    for (file, title, query, exemplars) in &all {
+        if *exemplars {
+            let expanded = expand(query);
+            let found = prometheus.query_exemplars(&expanded);
+            answers.push((file, title, expanded, found));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let exported: std::collections::HashSet<(String, String)> = receiver
+        .spans()
+        .iter()
+        .map(|s| {
+            (
+                s["trace_id"].as_str().unwrap().to_owned(),
+                s["span_id"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert!(!exported.is_empty(), "no spans reached the OTLP receiver");
+    let dropped = metric_sum(&agent.scrape(), "nodetap_spans_dropped_total", &[]);
+    let mut problems = Vec::new();
+    for (file, title, expanded, found) in &answers {
+        let mut linked = 0;
+        for (series, labels, value, _) in found {
+            let name = series["__name__"].as_str().unwrap_or("");
+            if name.is_empty() || !expanded.contains(name) || !name.ends_with("_bucket") {
+                problems.push(format!("{file}: {title}: exemplar of {series}"));
+            }
+            match (labels.get("trace_id"), labels.get("span_id")) {
+                (Some(trace), Some(span)) if exported.contains(&(trace.clone(), span.clone())) => {
+                    linked += 1
+                }
+                _ if dropped > 0.0 => {}
+                _ => problems.push(format!(
+                    "{file}: {title}: exemplar {labels:?} on {series} names no exported span \
+                     (none dropped)"
+                )),
+            }
+            if !(*value > 0.0 && *value < 10.0) {
+                problems.push(format!("{file}: {title}: exemplar value {value}"));
+            }
+        }
+        if linked == 0 {
+            problems.push(format!(
+                "{file}: {title}: none of {} exemplars names an exported span: {expanded}",
+                found.len()
+            ));
+        }
+    }
+    println!(
+        "{} exemplar queries checked ({} spans exported, {dropped} dropped)",
+        answers.len(),
+        exported.len()
+    );
+    assert!(
+        answers.len() >= 8,
+        "only {} panel queries ask for exemplars",
+        answers.len()
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

@@ -64,6 +64,52 @@ fn binary_needs_nothing_newer_than_glibc_2_17() {
     assert_eq!(version.trim(), format!("nodetap {VERSION}"));
 }
 
+/// The arm64 (Graviton) binary: an aarch64 executable for the same glibc floor, which
+/// runs (`--version`, `--help`) under qemu-user with Debian's arm64 glibc. Loading the
+/// kernel programs cannot be tried here: qemu-user does not implement bpf(2) (ENOSYS).
+#[test]
+fn arm64_binary_is_aarch64_for_glibc_2_17_and_runs_under_qemu() {
+    let bin = dist(&format!("nodetap-{VERSION}-aarch64-linux-gnu"));
+    let header = std::fs::read(&bin).expect("read the arm64 binary");
+    // ELF64, little-endian, e_machine EM_AARCH64 (183) at offset 18.
+    assert_eq!(
+        &header[..6],
+        b"\x7fELF\x02\x01",
+        "{} is not ELF64 LE",
+        bin.display()
+    );
+    assert_eq!(
+        u16::from_le_bytes([header[18], header[19]]),
+        183,
+        "{} is not aarch64",
+        bin.display()
+    );
+    let versions = glibc_versions(&bin);
+    assert!(
+        !versions.is_empty(),
+        "no GLIBC_ symbol versions read from {}",
+        bin.display()
+    );
+    let newest = *versions.last().unwrap();
+    assert!(
+        newest <= GLIBC_FLOOR,
+        "{} needs GLIBC_{}.{} (all: {versions:?})",
+        bin.display(),
+        newest.0,
+        newest.1
+    );
+    let qemu = |arg: &str| {
+        run_ok(
+            Command::new("qemu-aarch64")
+                .args(["-L", "/usr/aarch64-linux-gnu"])
+                .arg(&bin)
+                .arg(arg),
+        )
+    };
+    assert_eq!(qemu("--version").trim(), format!("nodetap {VERSION}"));
+    assert!(qemu("--help").contains("--capture-mode"));
+}
+
 #[test]
 fn rpm_has_the_binary_unit_config_and_user() {
     let rpm = dist(&format!("nodetap-{VERSION}-1.x86_64.rpm"));

@@ -8,6 +8,10 @@
 //!   the `nodetap` system user created at install.
 //! - `nodetap-<version>-oci.tar`: an OCI image archive built by buildah from
 //!   deploy/container/Containerfile: the binary and the shared libraries it links.
+//! - `nodetap-<version>-aarch64-linux-gnu`: the same for arm64 (Graviton), cross-linked by
+//!   cargo-zigbuild against glibc 2.17 with rustup's aarch64 standard library. The eBPF
+//!   object is the same bytecode; its socket tier reads x86-64 registers, so on arm64
+//!   the agent counts and does not parse (README "Deploy"). No package or image yet.
 //!
 //! tests/tests/dist.rs checks what this writes (symbol versions, package contents, the
 //! .deb installed and its unit verified, the image's binary run).
@@ -25,6 +29,7 @@ use crate::run_cmd;
 /// Oldest glibc the binary must run on (RHEL 7, Amazon Linux 2: 2.17 and 2.26).
 pub const GLIBC_FLOOR: &str = "2.17";
 const TRIPLE: &str = "x86_64-unknown-linux-gnu";
+pub const ARM64_TRIPLE: &str = "aarch64-unknown-linux-gnu";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub fn run(root: &Path) -> Result<()> {
@@ -79,11 +84,35 @@ pub fn run(root: &Path) -> Result<()> {
     )?;
 
     let archive = image(root, &dist, &bin)?;
+
+    // arm64: the binary alone (the .deb, .rpm and image above are x86_64).
+    run_cmd(Command::new("cargo").current_dir(root).args([
+        "zigbuild",
+        "--release",
+        "--package",
+        "nodetap",
+        "--target",
+        &format!("{ARM64_TRIPLE}.{GLIBC_FLOOR}"),
+    ]))?;
+    let built = root
+        .join("target")
+        .join(ARM64_TRIPLE)
+        .join("release/nodetap");
+    let arm64 = dist.join(format!("nodetap-{VERSION}-aarch64-linux-gnu"));
+    // Debian's x86_64 objcopy does not know aarch64; LLVM's (installed for bpf-linker)
+    // knows every target.
+    run_cmd(
+        Command::new("/usr/lib/llvm-22/bin/llvm-objcopy")
+            .arg("--strip-debug")
+            .arg(&built)
+            .arg(&arm64),
+    )?;
     eprintln!(
-        "xtask: dist ready in {}:\n  {}\n  .deb, .rpm\n  {}",
+        "xtask: dist ready in {}:\n  {}\n  .deb, .rpm\n  {}\n  {}",
         dist.display(),
         bin.display(),
-        archive.display()
+        archive.display(),
+        arm64.display()
     );
     Ok(())
 }

@@ -209,6 +209,13 @@ const PACKAGES: &[(&str, &str)] = &[
     ("buildah", "/usr/bin/buildah"),
     ("umoci", "/usr/bin/umoci"),
     ("rpm", "/usr/bin/rpm"),
+    // dist's arm64 binary: the dist test runs its --version under qemu-user with
+    // Debian's arm64 glibc as the sysroot (/usr/aarch64-linux-gnu).
+    ("qemu-user", "/usr/bin/qemu-aarch64"),
+    (
+        "libc6-arm64-cross",
+        "/usr/aarch64-linux-gnu/lib/ld-linux-aarch64.so.1",
+    ),
 ];
 
 /// Cargo subcommands `cargo xtask dist` packages with: (crate, version), installed with
@@ -319,6 +326,15 @@ fn setup() -> Result<()> {
                 .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
                 .env("PATH", path),
         )?;
+    }
+    // dist cross-links an arm64 binary: rustup's prebuilt standard library for it
+    // (zig, above, is the linker and C compiler).
+    let targets = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .context("run rustup")?;
+    if !String::from_utf8_lossy(&targets.stdout).contains(dist::ARM64_TRIPLE) {
+        run_cmd(Command::new("rustup").args(["target", "add", dist::ARM64_TRIPLE]))?;
     }
     fuzz::setup()?;
     eprintln!("xtask: setup complete");

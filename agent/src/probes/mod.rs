@@ -438,7 +438,18 @@ fn load_object(config: &Config, opts: &LoadOptions<'_>, cpus: u32) -> Result<Ebp
 /// x86-64 syscall number (arch/x86/entry/syscalls/syscall_64.tbl): (number, syscall,
 /// payload class). Others that reach a socket (splice, sendfile, io_uring) are named
 /// but have no payload in their arguments.
-const SYSCALL_TABLE: &[(u32, Syscall, u32)] = &[
+///
+/// The kernel program reads the number and arguments at x86-64's `struct pt_regs`
+/// offsets; on any other architecture those words are other registers, so the table is
+/// left empty there and every call is counted (bytes, calls) with no payload, never
+/// parsed from a wrong register (docs/capture.md, "Limits").
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_TABLE: &[(u32, Syscall, u32)] = X86_64_SYSCALLS;
+#[cfg(not(target_arch = "x86_64"))]
+const SYSCALL_TABLE: &[(u32, Syscall, u32)] = &[];
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const X86_64_SYSCALLS: &[(u32, Syscall, u32)] = &[
     (0, Syscall::Read, PAYLOAD_BUFFER),
     (1, Syscall::Write, PAYLOAD_BUFFER),
     (19, Syscall::Readv, PAYLOAD_IOVEC),
