@@ -5,17 +5,28 @@ use std::net::SocketAddr;
 
 use agent_common::Role;
 
-use super::Connection;
+use super::{threads::Threads, Connection};
 use crate::{
     metrics::{Metrics, ProtocolLabels, ProtocolReasonLabels},
     protocols::{FeedOutcome, Protocol, Request},
-    signals::{LinkKey, RequestRecord, Signal},
+    signals::{LinkKey, RequestRecord, Signal, ThreadContext},
 };
+
+/// Where a connection's completed requests go: the signals, and thread-based linking
+/// when spans are on (with the thread whose call completed them, `None` when the
+/// connection ended, and its process).
+pub(super) struct Recorder<'a> {
+    pub signals: &'a mut [Box<dyn Signal>],
+    pub threads: Option<&'a mut Threads>,
+    pub contexts: &'a mut Vec<Option<ThreadContext>>,
+    pub tid: Option<u32>,
+    pub pid: u32,
+}
 
 /// Hands each request a connection's session completed to every signal, with what the
 /// connection knows of itself.
 pub(super) fn record_requests(
-    signals: &mut [Box<dyn Signal>],
+    to: &mut Recorder<'_>,
     conn: &mut Connection,
     protocol: Option<Protocol>,
     done: &[Request],
@@ -26,7 +37,12 @@ pub(super) fn record_requests(
     let (Some(protocol), Some((server, client))) = (protocol, ends(conn)) else {
         return;
     };
-    for request in done {
+    to.contexts.clear();
+    if let Some(threads) = to.threads.as_deref_mut() {
+        let first = conn.requests_done;
+        threads.completed(conn, first, done.len(), to.tid, to.pid, to.contexts);
+    }
+    for (i, request) in done.iter().enumerate() {
         let sequence = conn.requests_done;
         conn.requests_done += 1;
         let link = link_key(conn, protocol, sequence);
@@ -39,9 +55,10 @@ pub(super) fn record_requests(
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
             link,
+            thread: to.contexts.get(i).copied().flatten(),
             kept_span: Default::default(),
         };
-        for signal in signals.iter_mut() {
+        for signal in to.signals.iter_mut() {
             signal.record(&record);
         }
     }
@@ -51,7 +68,7 @@ pub(super) fn record_requests(
 /// node and the two ends' request orders agree: both were seen from their first request
 /// (the handshake), neither lost or mis-framed one, and the protocol answers requests in
 /// the order they came (not HTTP/2, whose streams complete in any order).
-fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
+pub(super) fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
     let peer = conn.peer?;
     if !conn.seen_open || conn.order_broken || !protocol.in_order() {
         return None;

@@ -79,6 +79,7 @@ fn record<'a>(
         peer_zone: zone,
         workload,
         link: None,
+        thread: None,
         kept_span: Default::default(),
     }
 }
