@@ -45,7 +45,7 @@ pub(super) fn record_requests(
     for (i, request) in done.iter().enumerate() {
         let sequence = conn.requests_done;
         conn.requests_done += 1;
-        let link = link_key(conn, protocol, sequence);
+        let link = link_key(conn, protocol, sequence, request.stream);
         let record = RequestRecord {
             protocol,
             role: conn.role,
@@ -65,14 +65,26 @@ pub(super) fn record_requests(
 }
 
 /// What names this request on both ends, when both ends of its connection are on this
-/// node and the two ends' request orders agree: both were seen from their first request
-/// (the handshake), neither lost or mis-framed one, and the protocol answers requests in
-/// the order they came (not HTTP/2, whose streams complete in any order).
-pub(super) fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
+/// node: its place in the connection's order where the protocol answers in order and the
+/// two ends' orders agree (both were seen from their first request, the handshake, and
+/// neither lost or mis-framed one); its HTTP/2 stream id otherwise (streams complete in
+/// any order, but both ends see the same ids, whatever either lost).
+pub(super) fn link_key(
+    conn: &Connection,
+    protocol: Protocol,
+    sequence: u64,
+    stream: Option<u32>,
+) -> Option<LinkKey> {
     let peer = conn.peer?;
-    if !conn.seen_open || conn.order_broken || !protocol.in_order() {
-        return None;
-    }
+    let sequence = if protocol.in_order() {
+        if !conn.seen_open || conn.order_broken {
+            return None;
+        }
+        sequence
+    } else {
+        // Apart from every place in an order (no connection completes 2^63 requests).
+        STREAM_KEY | u64::from(stream?)
+    };
     let (client_conn, server_conn) = match conn.role {
         Role::Client => (conn.id, peer),
         Role::Server => (peer, conn.id),
@@ -84,6 +96,9 @@ pub(super) fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> 
         sequence,
     })
 }
+
+/// Marks a [`LinkKey`]'s sequence as an HTTP/2 stream id.
+const STREAM_KEY: u64 = 1 << 63;
 
 /// The server and client ends of a connection: (remote, local) for a client, (local,
 /// remote) for a server.

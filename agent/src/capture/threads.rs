@@ -175,7 +175,7 @@ impl Threads {
                                 .and_then(|t| std::str::from_utf8(t).ok())
                                 .and_then(TraceParent::parse);
                             let (trace, parent) =
-                                match (traceparent, link_key(conn, protocol, sequence)) {
+                                match (traceparent, link_key(conn, protocol, sequence, None)) {
                                     (Some(tp), _) => (
                                         TraceSource::Header {
                                             trace_id: tp.trace_id,

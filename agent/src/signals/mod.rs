@@ -37,7 +37,8 @@ pub struct RequestRecord<'a> {
     /// The workload on this node that owns the connection.
     pub workload: &'a WorkloadLabels,
     /// The same request's name on both ends, when both ends of the connection are on
-    /// this node and their request orders agree (see `capture::record::link_key`).
+    /// this node and their request orders agree, or by its HTTP/2 stream (see
+    /// `capture::record::link_key`).
     pub link: Option<LinkKey>,
     /// What the span takes from another request on this node through the thread that
     /// handled it (see `capture::threads`): a server request whose thread made client
@@ -51,7 +52,8 @@ pub struct RequestRecord<'a> {
 }
 
 /// Names one request on both ends of a connection whose two ends this node sees: the
-/// two connections' ids (never reused) and the request's place in their order.
+/// two connections' ids (never reused) and the request's place in their order, or (top
+/// bit set) its HTTP/2 stream id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LinkKey {
     pub client_conn: u64,
