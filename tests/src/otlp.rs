@@ -102,7 +102,8 @@ impl OtlpReceiver {
     pub fn metric_points(&self) -> Vec<Value> {
         let path = format!("{}.metrics", self.out.display());
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines()
+        text.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote {l:?}: {e}"))
             })

@@ -272,3 +272,56 @@ fn delta_pushes_sum_to_the_commands_sent() {
         "spans are off without a traces endpoint"
     );
 }
+
+/// SIGTERM right after the last request: the agent reads what the rings still hold,
+/// exports every span and pushes its metrics a last time before it exits. Neither the
+/// batch delay nor the push interval (a minute each) comes due within the test: what
+/// arrives, the shutdown sent.
+#[test]
+fn sigterm_right_after_traffic_exports_every_span_and_the_last_metrics() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    let mut agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "60000",
+        "--metric-export-interval",
+        "60000",
+    ]);
+    let port = redis.port.to_string();
+    let mut client = RespClient::connect(redis.port);
+    const N: usize = 50;
+    set(&mut client, N, "last");
+    agent.process.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.process.wait_timeout(Duration::from_secs(30)),
+        Some(0),
+        "agent exit; its output:\n{}",
+        agent.output()
+    );
+
+    let on_redis = |s: &Value| s["attributes"]["server.port"] == redis.port;
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(on_redis).collect();
+    let kinds = |kind: u64| spans.iter().filter(|s| s["kind"] == kind).count();
+    assert_eq!(
+        (
+            kinds(nodetap_tests::otlp::KIND_CLIENT),
+            kinds(nodetap_tests::otlp::KIND_SERVER)
+        ),
+        (N, N),
+        "spans of the redis port; agent:\n{}",
+        agent.output()
+    );
+    let all = receiver.metric_points();
+    let labels = [("server_port", port.as_str()), ("db_operation_name", "SET")];
+    for family in DURATION {
+        let pushed = points(&all, family, &labels);
+        assert_eq!(pushed.len(), 1, "one push of {family}: {pushed:?}");
+        assert_eq!(pushed[0]["count"], N, "{family}: {}", pushed[0]);
+    }
+}

@@ -91,14 +91,19 @@ impl MetricsExporter {
         })
     }
 
-    /// Pushes every `interval` until the task is dropped.
-    pub async fn run(self, scrape: Scrape) {
+    /// Pushes every `interval`, and a last time when `stop` is notified (at shutdown),
+    /// then returns.
+    pub async fn run(self, scrape: Scrape, stop: Arc<tokio::sync::Notify>) {
         let mut previous = PreviousPush::new();
         let mut last_push_ns = self.start_unix_ns;
         let mut ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
+        let mut last = false;
+        while !last {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.notified() => last = true,
+            }
             let scrape = scrape.clone();
             let Ok(text) = tokio::task::spawn_blocking(move || scrape()).await else {
                 continue;
