@@ -349,7 +349,7 @@ fn start_metrics_export(
     )?;
     let (metrics, node) = (metrics.clone(), node.clone());
     let scrape: crate::signals::otlp_metrics::Scrape =
-        Arc::new(move || server::scrape_text(&metrics, &node));
+        Arc::new(move || server::scrape_for_push(&metrics, &node));
     let stop = Arc::new(Notify::new());
     let task = tokio::spawn(exporter.run(scrape, stop.clone()));
     Ok(MetricsPush { stop, task })

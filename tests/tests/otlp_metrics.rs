@@ -325,3 +325,72 @@ fn sigterm_right_after_traffic_exports_every_span_and_the_last_metrics() {
         assert_eq!(pushed[0]["count"], N, "{family}: {}", pushed[0]);
     }
 }
+
+/// With spans on, the pushed request-duration histograms carry the kept spans as
+/// exemplars, like the OpenMetrics endpoint: each names a span the receiver got, of the
+/// same side and server, and its value is that span's duration.
+#[test]
+fn pushed_histograms_carry_exported_spans_as_exemplars() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Grpc);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "200",
+        "--metric-export-interval",
+        "500",
+    ]);
+    let port = redis.port.to_string();
+    let mut client = RespClient::connect(redis.port);
+    const N: usize = 30;
+    set(&mut client, N, "exemplar");
+    scrape_counting(&agent, &port, N);
+    let labels = [("server_port", port.as_str()), ("db_operation_name", "SET")];
+    for (family, kind) in [
+        (DURATION[0], nodetap_tests::otlp::KIND_CLIENT),
+        (DURATION[1], nodetap_tests::otlp::KIND_SERVER),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let point = loop {
+            let all = receiver.metric_points();
+            match points(&all, family, &labels).last().cloned().cloned() {
+                Some(p) if p["count"] == N => break p,
+                latest => assert!(
+                    Instant::now() < deadline,
+                    "no push of {family} counting {N}; latest {latest:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let spans: Vec<Value> = receiver
+            .wait_for(2 * N, Duration::from_secs(30), |s| {
+                s["attributes"]["server.port"] == redis.port
+            })
+            .into_iter()
+            .filter(|s| s["kind"] == kind)
+            .collect();
+        assert_eq!(spans.len(), N, "{family}: spans of its side");
+        let exemplars = point["exemplars"].as_array().expect("exemplars");
+        assert!(!exemplars.is_empty(), "{family}: no exemplar in {point}");
+        for e in exemplars {
+            let span = spans
+                .iter()
+                .find(|s| s["trace_id"] == e["trace_id"] && s["span_id"] == e["span_id"])
+                .unwrap_or_else(|| panic!("{family}: exemplar {e} names no exported span"));
+            let duration =
+                (span["end"].as_u64().unwrap() - span["start"].as_u64().unwrap()) as f64 / 1e9;
+            let value = e["value"].as_f64().unwrap();
+            assert!(
+                (value - duration).abs() <= 1e-9,
+                "{family}: exemplar value {value}, span duration {duration}"
+            );
+        }
+    }
+}
