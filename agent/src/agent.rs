@@ -462,6 +462,9 @@ fn watch_rings(
         .collect()
 }
 
+/// The capture task: drains the rings into the tracker, reads the kernel's counters, and
+/// at `stop` takes what the rings still hold and ends. Everything it owns is moved in.
+#[allow(clippy::too_many_arguments)]
 async fn read_events(
     mut rings: Rings,
     mut counters: KernelCounters,
