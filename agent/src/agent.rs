@@ -30,6 +30,10 @@ use crate::{
     server,
 };
 
+/// At shutdown, how long the reader waits for records still on their way into the rings
+/// before its last drain.
+const FINAL_DRAIN_DELAY: Duration = Duration::from_millis(20);
+
 /// The reader drains the ring buffer at least this often: the kernel wakes it only when
 /// `wakeup_bytes` are waiting, so quiet periods are picked up by this timer.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(20);
@@ -213,7 +217,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         identity,
         Box::new(KernelInstructions::new(maps.instructions)),
     );
-    let reader = tokio::spawn(read_events(
+    let stop_reader = Arc::new(Notify::new());
+    let mut reader = tokio::spawn(read_events(
         rings,
         maps.counters,
         maps.closed,
@@ -221,6 +226,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker,
         metrics.clone(),
         config.cpu_budget,
+        stop_reader.clone(),
     ));
 
     let listener = listener.expect("bound above");
@@ -235,27 +241,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     );
     let node = Arc::new(crate::collectors::NodeCollectors::new(&config.node));
-    if let Some(push) = &config.metrics_export {
-        start_metrics_export(push, &config, &metrics, &node)
-            .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
-            .context("cannot push metrics (--otlp-metrics-endpoint)")?;
-    }
+    let metrics_push = match &config.metrics_export {
+        Some(push) => Some(
+            start_metrics_export(push, &config, &metrics, &node)
+                .map_err(|e| anyhow::anyhow!(crate::error_chain(&e)))
+                .context("cannot push metrics (--otlp-metrics-endpoint)")?,
+        ),
+        None => None,
+    };
     let router = server::router(metrics, node, server::Readiness::new(&probes.hooks), &web);
     server::serve(listener, router, &web, shutdown_signal())
         .await
         .context("metrics endpoint failed")?;
 
-    log::info!("shutting down: detaching kernel programs");
-    reader.abort();
-    let _ = reader.await;
+    log::info!("shutting down: last records, spans and metrics, then detaching kernel programs");
+    // The reader takes what the rings still hold (the last requests' spans and counts)
+    // and stops; the tracker, and with it the span queue's sender, goes with it.
+    stop_reader.notify_one();
+    if tokio::time::timeout(SHUTDOWN_STEP, &mut reader)
+        .await
+        .is_err()
+    {
+        log::warn!("the last kernel records were not all read at shutdown");
+        reader.abort();
+        let _ = reader.await;
+    }
     if let Some(exporter) = exporter {
-        // The reader's end of the span queue is gone with it: the exporter sends what is
-        // queued and stops, or is left behind after a few seconds.
-        if tokio::time::timeout(Duration::from_secs(5), exporter)
+        // The exporter sends what is queued and stops, or is left behind.
+        if tokio::time::timeout(SHUTDOWN_STEP, exporter).await.is_err() {
+            log::warn!("spans still queued at shutdown were not exported");
+        }
+    }
+    if let Some(push) = metrics_push {
+        // One last push, with the last requests and the spans' own counters in it.
+        push.stop.notify_one();
+        if tokio::time::timeout(SHUTDOWN_STEP, push.task)
             .await
             .is_err()
         {
-            log::warn!("spans still queued at shutdown were not exported");
+            log::warn!("the last metrics push did not finish at shutdown");
         }
     }
     // Dropping the programs closes their links: nothing stays attached.
@@ -301,13 +325,23 @@ fn start_spans(
     Ok((signal, tokio::spawn(exporter.run(queue))))
 }
 
+/// How long each shutdown step (the last records, the queued spans, the last metrics
+/// push) may take before the agent goes on without it.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+
+/// The metrics push task, and what tells it to push a last time and stop.
+struct MetricsPush {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
 /// The metrics push task: the families `/metrics` serves, every interval.
 fn start_metrics_export(
     push: &crate::config::MetricsExportConfig,
     config: &Config,
     metrics: &Arc<Metrics>,
     node: &Arc<crate::collectors::NodeCollectors>,
-) -> Result<(), crate::signals::spans::export::ExporterError> {
+) -> Result<MetricsPush, crate::signals::spans::export::ExporterError> {
     let mut export = push.export.clone();
     let mut resource = vec![("host.name".to_owned(), host_name())];
     if config.kubernetes.is_enabled() {
@@ -333,9 +367,10 @@ fn start_metrics_export(
     )?;
     let (metrics, node) = (metrics.clone(), node.clone());
     let scrape: crate::signals::otlp_metrics::Scrape =
-        Arc::new(move || server::scrape_text(&metrics, &node));
-    tokio::spawn(exporter.run(scrape));
-    Ok(())
+        Arc::new(move || server::scrape_for_push(&metrics, &node));
+    let stop = Arc::new(Notify::new());
+    let task = tokio::spawn(exporter.run(scrape, stop.clone()));
+    Ok(MetricsPush { stop, task })
 }
 
 /// This host's name (`host.name`), as uname(2) reports it.
@@ -445,6 +480,9 @@ fn watch_rings(
         .collect()
 }
 
+/// The capture task: drains the rings into the tracker, reads the kernel's counters, and
+/// at `stop` takes what the rings still hold and ends. Everything it owns is moved in.
+#[allow(clippy::too_many_arguments)]
 async fn read_events(
     mut rings: Rings,
     mut counters: KernelCounters,
@@ -453,6 +491,7 @@ async fn read_events(
     mut tracker: Tracker,
     metrics: Arc<Metrics>,
     cpu_budget: f64,
+    stop: Arc<Notify>,
 ) {
     let woken = Arc::new(Notify::new());
     let watchers = match watch_rings(&rings, &woken) {
@@ -486,6 +525,14 @@ async fn read_events(
     let mut states_seen = (0u64, 0u64);
     loop {
         tokio::select! {
+            _ = stop.notified() => {
+                // Records of calls that returned just now may still be on their way into
+                // the rings: a moment for them, then everything the rings hold.
+                tokio::time::sleep(FINAL_DRAIN_DELAY).await;
+                drain_closed(&mut closed, &mut tracker, &metrics);
+                drain_at(ring, &mut tracker, &metrics, u64::MAX);
+                return;
+            }
             _ = woken.notified() => drain(ring, &mut tracker, &metrics),
             _ = drain_tick.tick() => drain(ring, &mut tracker, &metrics),
             _ = stats_tick.tick() => {
@@ -567,7 +614,11 @@ async fn read_events(
 }
 
 fn drain(rings: &mut Rings, tracker: &mut Tracker, metrics: &Metrics) {
-    let now = monotonic_ns();
+    drain_at(rings, tracker, metrics, monotonic_ns());
+}
+
+/// Drains the rings as of `now` (`u64::MAX`: every record they hold, at shutdown).
+fn drain_at(rings: &mut Rings, tracker: &mut Tracker, metrics: &Metrics, now: u64) {
     rings.drain(now, |record| match decode(record) {
         Ok(event) => tracker.handle(&event),
         Err(e) => {

@@ -106,6 +106,15 @@ def record_metrics(out, request):
                         line["sum"] = point.sum
                         line["bucket_counts"] = list(point.bucket_counts)
                         line["explicit_bounds"] = list(point.explicit_bounds)
+                        line["exemplars"] = [
+                            {
+                                "trace_id": e.trace_id.hex(),
+                                "span_id": e.span_id.hex(),
+                                "value": e.as_double,
+                                "time": e.time_unix_nano,
+                            }
+                            for e in point.exemplars
+                        ]
                     else:
                         line["value"] = getattr(point, point.WhichOneof("value"))
                     lines.append(json.dumps(line))

@@ -87,10 +87,11 @@ impl OtlpReceiver {
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
-    /// Every span received so far.
+    /// Every span received so far (whole lines only: the receiver may be writing one).
     pub fn spans(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
-        text.lines()
+        text.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote {l:?}: {e}"))
             })
@@ -101,7 +102,8 @@ impl OtlpReceiver {
     pub fn metric_points(&self) -> Vec<Value> {
         let path = format!("{}.metrics", self.out.display());
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        text.lines()
+        text.split_inclusive('\n')
+            .filter_map(|l| l.strip_suffix('\n'))
             .map(|l| {
                 serde_json::from_str(l).unwrap_or_else(|e| panic!("receiver wrote {l:?}: {e}"))
             })

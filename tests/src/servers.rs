@@ -267,3 +267,73 @@ impl GrpcServer {
         }
     }
 }
+
+/// How the test proxy (tests/peers/http_proxy.py) serves its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// One thread, an asyncio event loop: every connection on the same thread.
+    Loop,
+    /// A thread per connection.
+    Threads,
+}
+
+/// The test proxy: `GET /r/<n>` on 127.0.0.1:<port> becomes `GET /api/up/<n>` to a
+/// backend (nginx); each request's truth (path in, path out, serving thread) is a JSON
+/// line in its truth file.
+pub struct HttpProxy {
+    pub port: u16,
+    truth: PathBuf,
+    _process: ChildGuard,
+    _dir: TempDir,
+}
+
+/// One request as the proxy served it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProxiedRequest {
+    pub path_in: String,
+    pub path_out: String,
+    pub thread: u64,
+}
+
+impl HttpProxy {
+    pub fn start(mode: ProxyMode, backend_port: u16) -> HttpProxy {
+        let dir = TempDir::new("nodetap-proxy");
+        let truth = dir.0.join("truth.jsonl");
+        let port = free_port();
+        let mut cmd = Command::new("python3");
+        cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/http_proxy.py"))
+            .arg(match mode {
+                ProxyMode::Loop => "loop",
+                ProxyMode::Threads => "threads",
+            })
+            .arg(port.to_string())
+            .arg(backend_port.to_string())
+            .arg(&truth)
+            .stdout(Stdio::null());
+        let mut process = ChildGuard::spawn(cmd);
+        wait_for_port(port, "http proxy", &mut process);
+        HttpProxy {
+            port,
+            truth,
+            _process: process,
+            _dir: dir,
+        }
+    }
+
+    /// What the proxy served so far, in the order it served it.
+    pub fn truth(&self) -> Vec<ProxiedRequest> {
+        std::fs::read_to_string(&self.truth)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("proxy truth {line:?}: {e}"));
+                ProxiedRequest {
+                    path_in: v["in"].as_str().expect("in").to_owned(),
+                    path_out: v["out"].as_str().expect("out").to_owned(),
+                    thread: v["thread"].as_u64().expect("thread"),
+                }
+            })
+            .collect()
+    }
+}

@@ -272,3 +272,125 @@ fn delta_pushes_sum_to_the_commands_sent() {
         "spans are off without a traces endpoint"
     );
 }
+
+/// SIGTERM right after the last request: the agent reads what the rings still hold,
+/// exports every span and pushes its metrics a last time before it exits. Neither the
+/// batch delay nor the push interval (a minute each) comes due within the test: what
+/// arrives, the shutdown sent.
+#[test]
+fn sigterm_right_after_traffic_exports_every_span_and_the_last_metrics() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    let mut agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "60000",
+        "--metric-export-interval",
+        "60000",
+    ]);
+    let port = redis.port.to_string();
+    let mut client = RespClient::connect(redis.port);
+    const N: usize = 50;
+    set(&mut client, N, "last");
+    agent.process.signal(libc::SIGTERM);
+    assert_eq!(
+        agent.process.wait_timeout(Duration::from_secs(30)),
+        Some(0),
+        "agent exit; its output:\n{}",
+        agent.output()
+    );
+
+    let on_redis = |s: &Value| s["attributes"]["server.port"] == redis.port;
+    let spans: Vec<Value> = receiver.spans().into_iter().filter(on_redis).collect();
+    let kinds = |kind: u64| spans.iter().filter(|s| s["kind"] == kind).count();
+    assert_eq!(
+        (
+            kinds(nodetap_tests::otlp::KIND_CLIENT),
+            kinds(nodetap_tests::otlp::KIND_SERVER)
+        ),
+        (N, N),
+        "spans of the redis port; agent:\n{}",
+        agent.output()
+    );
+    let all = receiver.metric_points();
+    let labels = [("server_port", port.as_str()), ("db_operation_name", "SET")];
+    for family in DURATION {
+        let pushed = points(&all, family, &labels);
+        assert_eq!(pushed.len(), 1, "one push of {family}: {pushed:?}");
+        assert_eq!(pushed[0]["count"], N, "{family}: {}", pushed[0]);
+    }
+}
+
+/// With spans on, the pushed request-duration histograms carry the kept spans as
+/// exemplars, like the OpenMetrics endpoint: each names a span the receiver got, of the
+/// same side and server, and its value is that span's duration.
+#[test]
+fn pushed_histograms_carry_exported_spans_as_exemplars() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Grpc);
+    let redis = RedisServer::start();
+    let endpoint = receiver.endpoint();
+    let agent = Agent::start(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        "grpc",
+        "--traces-sampler",
+        "always_on",
+        "--spans-batch-delay",
+        "200",
+        "--metric-export-interval",
+        "500",
+    ]);
+    let port = redis.port.to_string();
+    let mut client = RespClient::connect(redis.port);
+    const N: usize = 30;
+    set(&mut client, N, "exemplar");
+    scrape_counting(&agent, &port, N);
+    let labels = [("server_port", port.as_str()), ("db_operation_name", "SET")];
+    for (family, kind) in [
+        (DURATION[0], nodetap_tests::otlp::KIND_CLIENT),
+        (DURATION[1], nodetap_tests::otlp::KIND_SERVER),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let point = loop {
+            let all = receiver.metric_points();
+            match points(&all, family, &labels).last().cloned().cloned() {
+                Some(p) if p["count"] == N => break p,
+                latest => assert!(
+                    Instant::now() < deadline,
+                    "no push of {family} counting {N}; latest {latest:?}"
+                ),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let spans: Vec<Value> = receiver
+            .wait_for(2 * N, Duration::from_secs(30), |s| {
+                s["attributes"]["server.port"] == redis.port
+            })
+            .into_iter()
+            .filter(|s| s["kind"] == kind)
+            .collect();
+        assert_eq!(spans.len(), N, "{family}: spans of its side");
+        let exemplars = point["exemplars"].as_array().expect("exemplars");
+        assert!(!exemplars.is_empty(), "{family}: no exemplar in {point}");
+        for e in exemplars {
+            let span = spans
+                .iter()
+                .find(|s| s["trace_id"] == e["trace_id"] && s["span_id"] == e["span_id"])
+                .unwrap_or_else(|| panic!("{family}: exemplar {e} names no exported span"));
+            let duration =
+                (span["end"].as_u64().unwrap() - span["start"].as_u64().unwrap()) as f64 / 1e9;
+            let value = e["value"].as_f64().unwrap();
+            assert!(
+                (value - duration).abs() <= 1e-9,
+                "{family}: exemplar value {value}, span duration {duration}"
+            );
+        }
+    }
+}

@@ -19,7 +19,10 @@ use nodetap_tests::{
     pgwire::{PgClient, SqlError},
     resp::{Reply, RespClient},
     serial,
-    servers::{grpc_peer, GrpcServer, Nginx, PostgresServer, RedisServer},
+    servers::{
+        grpc_peer, GrpcServer, HttpProxy, Nginx, PostgresServer, ProxiedRequest, ProxyMode,
+        RedisServer,
+    },
     Agent, Checked,
 };
 use serde_json::Value;
@@ -443,11 +446,6 @@ fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
                     "{key} of {span}"
                 );
             }
-            // HTTP/2 streams complete in any order: gRPC spans without a traceparent are
-            // never linked by order.
-            if !traced.contains(span["trace_id"].as_str().unwrap()) {
-                assert_eq!(span["parent_span_id"], "", "{side} span {span}");
-            }
             // NOT_FOUND is the caller's error, not a failure of the server.
             let expected_status = if side == "client" && code == "5" {
                 2
@@ -463,6 +461,39 @@ fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
             "{side} status codes"
         );
     }
+    // Without a traceparent, both ends on this node: the server span is the child of the
+    // client span of the same call, paired by the HTTP/2 stream (not by order, which
+    // streams do not keep). The client made its calls one after the other: the i-th
+    // client span by start time is the i-th server span's call.
+    let untraced = |list: &[&Value]| -> Vec<Value> {
+        let mut spans: Vec<Value> = list
+            .iter()
+            .filter(|s| !traced.contains(s["trace_id"].as_str().unwrap()))
+            .map(|s| (*s).clone())
+            .collect();
+        spans.sort_by_key(|s| u64_of(s, "start"));
+        spans
+    };
+    let (calls, served) = (untraced(&client_spans), untraced(&server_spans));
+    assert_eq!((calls.len(), served.len()), (12, 12));
+    for (i, (call, served)) in calls.iter().zip(&served).enumerate() {
+        assert_eq!(call["parent_span_id"], "", "client span {i}: {call}");
+        assert_eq!(
+            served["parent_span_id"], call["span_id"],
+            "server span {i}: {served}"
+        );
+        assert_eq!(served["trace_id"], call["trace_id"], "server span {i}");
+        assert_eq!(
+            attribute(served, "rpc.grpc.status_code"),
+            attribute(call, "rpc.grpc.status_code"),
+            "call {i}"
+        );
+    }
+    let traces: HashSet<&str> = calls
+        .iter()
+        .map(|c| c["trace_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(traces.len(), 12, "each call a trace of its own");
 }
 
 #[test]
@@ -1019,4 +1050,238 @@ fn duration_histograms_carry_the_kept_spans_as_exemplars_prometheus_stores() {
         !text.contains("trace_id") && !text.contains("# EOF"),
         "{text}"
     );
+}
+
+/// The spans of a proxied request: the caller's, the proxy's server and client spans,
+/// the backend's, by the paths the proxy's truth names.
+struct Proxied<'a> {
+    /// By `url.path`, for each of the four sides.
+    caller: BTreeMap<String, &'a Value>,
+    served: BTreeMap<String, &'a Value>,
+    call: BTreeMap<String, &'a Value>,
+    backend: BTreeMap<String, &'a Value>,
+}
+
+fn by_path<'a>(spans: &[&'a Value], what: &str) -> BTreeMap<String, &'a Value> {
+    let mut out = BTreeMap::new();
+    for span in spans {
+        let path = attribute(span, "url.path").unwrap_or_else(|| panic!("url.path of {span}"));
+        assert!(
+            out.insert(path.clone(), *span).is_none(),
+            "two {what} spans of {path}"
+        );
+    }
+    out
+}
+
+/// Waits for `n` requests' four spans each through `proxy` to `nginx`.
+fn proxied_spans(
+    receiver: &OtlpReceiver,
+    proxy_port: u16,
+    nginx_port: u16,
+    n: usize,
+) -> Vec<Value> {
+    let (on_proxy, on_nginx) = (on_port(proxy_port), on_port(nginx_port));
+    receiver.wait_for(4 * n, Duration::from_secs(30), |s| {
+        on_proxy(s) || on_nginx(s)
+    })
+}
+
+fn split_proxied<'a>(spans: &'a [Value], proxy_port: u16, nginx_port: u16) -> Proxied<'a> {
+    let on_proxy: Vec<&Value> = spans.iter().filter(|s| on_port(proxy_port)(s)).collect();
+    let on_nginx: Vec<&Value> = spans.iter().filter(|s| on_port(nginx_port)(s)).collect();
+    let kind = |list: &[&'a Value], kind: u64| -> Vec<&'a Value> {
+        list.iter().copied().filter(|s| s["kind"] == kind).collect()
+    };
+    Proxied {
+        caller: by_path(&kind(&on_proxy, KIND_CLIENT), "caller"),
+        served: by_path(&kind(&on_proxy, KIND_SERVER), "proxy server"),
+        call: by_path(&kind(&on_nginx, KIND_CLIENT), "proxy client"),
+        backend: by_path(&kind(&on_nginx, KIND_SERVER), "nginx server"),
+    }
+}
+
+/// Every thread link the spans show (a proxy client span with a parent) is the truth:
+/// its parent is the proxy's server span of the request that made the call, in the same
+/// trace; every backend span is its caller's child in the caller's trace. Returns how
+/// many calls were linked to their request.
+fn check_links(p: &Proxied<'_>, truth: &[ProxiedRequest]) -> usize {
+    let made_by: BTreeMap<&str, &str> = truth
+        .iter()
+        .map(|t| (t.path_out.as_str(), t.path_in.as_str()))
+        .collect();
+    let served_by_id: BTreeMap<&str, &Value> = p
+        .served
+        .values()
+        .map(|s| (s["span_id"].as_str().unwrap(), *s))
+        .collect();
+    let mut linked = 0;
+    for (path_out, call) in &p.call {
+        let backend = p.backend[path_out];
+        assert_eq!(
+            backend["parent_span_id"], call["span_id"],
+            "backend span of {path_out}"
+        );
+        assert_eq!(
+            backend["trace_id"], call["trace_id"],
+            "backend span of {path_out}"
+        );
+        let parent = call["parent_span_id"].as_str().unwrap();
+        if parent.is_empty() {
+            continue;
+        }
+        let served = served_by_id.get(parent).unwrap_or_else(|| {
+            panic!("the call {path_out} names a parent {parent} that is no proxy server span")
+        });
+        let path_in = attribute(served, "url.path").unwrap();
+        assert_eq!(
+            Some(path_in.as_str()),
+            made_by.get(path_out.as_str()).copied(),
+            "the call {path_out} is linked under the request {path_in}; the proxy says otherwise"
+        );
+        assert_eq!(call["trace_id"], served["trace_id"], "call {path_out}");
+        linked += 1;
+    }
+    linked
+}
+
+#[test]
+fn a_proxy_on_one_thread_serving_requests_one_by_one_links_its_calls_under_them() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let nginx = Nginx::start();
+    let proxy = HttpProxy::start(ProxyMode::Loop, nginx.http1_port);
+    let agent = agent_exporting_to(&receiver, &[]);
+    let n = 20;
+    let mut client = HttpClient::connect(proxy.port);
+    for i in 0..n {
+        let response = client.request("GET", &format!("/r/{i}"), b"");
+        assert_eq!(response.status, 200);
+    }
+    let truth = proxy.truth();
+    assert_eq!(truth.len(), n);
+    // The premise: one thread served them all.
+    let threads: HashSet<u64> = truth.iter().map(|t| t.thread).collect();
+    assert_eq!(threads.len(), 1, "proxy threads {threads:?}");
+
+    let spans = proxied_spans(&receiver, proxy.port, nginx.http1_port, n);
+    let p = split_proxied(&spans, proxy.port, nginx.http1_port);
+    assert_eq!(
+        (
+            p.caller.len(),
+            p.served.len(),
+            p.call.len(),
+            p.backend.len()
+        ),
+        (n, n, n, n),
+        "spans of the proxy and nginx ports (agent tier {}):\n{}",
+        agent.tier(),
+        agent.output()
+    );
+    let mut traces = HashSet::new();
+    for t in &truth {
+        let (caller, served) = (p.caller[&t.path_in], p.served[&t.path_in]);
+        let (call, backend) = (p.call[&t.path_out], p.backend[&t.path_out]);
+        // One trace: caller -> proxy (same node, by connection) -> its call (by thread)
+        // -> nginx (same node, by connection).
+        assert_eq!(caller["parent_span_id"], "", "caller span of {}", t.path_in);
+        assert_eq!(
+            served["parent_span_id"], caller["span_id"],
+            "proxy span of {}",
+            t.path_in
+        );
+        assert_eq!(
+            call["parent_span_id"], served["span_id"],
+            "proxy call {}",
+            t.path_out
+        );
+        assert_eq!(
+            backend["parent_span_id"], call["span_id"],
+            "nginx span of {}",
+            t.path_out
+        );
+        for span in [served, call, backend] {
+            assert_eq!(span["trace_id"], caller["trace_id"], "{span}");
+        }
+        assert_eq!(resource(served)["service.name"], "http-proxy");
+        assert_eq!(resource(call)["service.name"], "http-proxy");
+        assert!(traces.insert(caller["trace_id"].as_str().unwrap().to_owned()));
+    }
+    assert_eq!(check_links(&p, &truth), n);
+}
+
+/// Requests `/r/<tag>-<i>` from `clients` connections at once, `each` per connection.
+fn concurrently(port: u16, tag: &str, clients: usize, each: usize) {
+    std::thread::scope(|scope| {
+        for c in 0..clients {
+            scope.spawn(move || {
+                let mut client = HttpClient::connect(port);
+                for i in 0..each {
+                    let path = format!("/r/{tag}-{}", c * each + i);
+                    let response = client.request("GET", &path, b"");
+                    assert_eq!(response.status, 200);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn the_same_proxy_under_concurrency_makes_no_wrong_link() {
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let nginx = Nginx::start();
+    let event_loop = HttpProxy::start(ProxyMode::Loop, nginx.http1_port);
+    let threaded = HttpProxy::start(ProxyMode::Threads, nginx.http1_port);
+    let agent = agent_exporting_to(&receiver, &[]);
+    let (clients, each) = (8, 25);
+    let n = clients * each;
+    for (proxy, tag) in [(&event_loop, "loop"), (&threaded, "threads")] {
+        concurrently(proxy.port, tag, clients, each);
+        assert_eq!(proxy.truth().len(), n);
+    }
+    let loop_threads: HashSet<u64> = event_loop.truth().iter().map(|t| t.thread).collect();
+    assert_eq!(loop_threads.len(), 1, "event loop threads {loop_threads:?}");
+
+    let spans = receiver.wait_for(8 * n, Duration::from_secs(30), |s| {
+        [event_loop.port, threaded.port, nginx.http1_port]
+            .iter()
+            .any(|port| on_port(*port)(s))
+    });
+    let mut linked = BTreeMap::new();
+    for (name, proxy, tag) in [
+        ("event loop", &event_loop, "loop"),
+        ("threaded", &threaded, "threads"),
+    ] {
+        let truth = proxy.truth();
+        // Each proxy's calls to nginx by their paths (/api/up/<tag>-<i>).
+        let its_call = format!("/api/up/{tag}-");
+        let proxy_spans: Vec<Value> = spans
+            .iter()
+            .filter(|s| {
+                on_port(proxy.port)(s)
+                    || (on_port(nginx.http1_port)(s)
+                        && attribute(s, "url.path").is_some_and(|p| p.starts_with(&its_call)))
+            })
+            .cloned()
+            .collect();
+        let p = split_proxied(&proxy_spans, proxy.port, nginx.http1_port);
+        assert_eq!(
+            (
+                p.caller.len(),
+                p.served.len(),
+                p.call.len(),
+                p.backend.len()
+            ),
+            (n, n, n, n),
+            "{name}: spans (agent tier {}):\n{}",
+            agent.tier(),
+            agent.output()
+        );
+        linked.insert(name, check_links(&p, &truth));
+    }
+    eprintln!("calls linked to their request: {linked:?}");
+    // A thread per connection has one request open at a time: every call is linked.
+    assert_eq!(linked["threaded"], n, "links {linked:?}");
+    assert!(linked["event loop"] <= n, "links {linked:?}");
 }

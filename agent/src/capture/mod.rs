@@ -11,8 +11,12 @@ pub mod listeners;
 mod record;
 pub mod rings;
 pub mod stream;
+mod threads;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 use agent_common::{Direction, Role, Syscall, Totals, CALL_KINDS};
 use event::Counted;
@@ -34,8 +38,9 @@ use event::{Common, Endpoints, Event};
 use id_hash::IdMap;
 use instructions::{InstructionSink, Wanted};
 use listeners::Listeners;
-use record::{record_health, record_requests};
+use record::{record_health, record_requests, Recorder};
 use stream::Stream;
+use threads::Threads;
 
 /// A TCP connection as the agent knows it.
 pub struct Connection {
@@ -86,6 +91,11 @@ pub struct Connection {
     /// A request may have been lost or mis-framed on it: its order no longer matches
     /// the other end's, so its requests are not linked to the other end's.
     pub order_broken: bool,
+    /// Its open requests as thread-based linking follows them (see `threads`).
+    opened: VecDeque<threads::Opened>,
+    /// Thread-based linking stopped following it (its order broke, or it fell out of
+    /// step with the session).
+    threads_off: bool,
 }
 
 /// A connection's TCP byte counter handles, resolved on first use: a record then costs
@@ -164,6 +174,8 @@ impl Connection {
             peer: None,
             requests_done: 0,
             order_broken: false,
+            opened: VecDeque::new(),
+            threads_off: false,
         }
     }
 
@@ -371,6 +383,10 @@ pub struct Tracker {
     sessions: SessionOptions,
     /// Where completed requests go (see [`crate::signals::registered`]).
     signals: Vec<Box<dyn Signal>>,
+    /// Thread-based linking, when spans are on.
+    threads: Option<Threads>,
+    /// Reused buffer of the thread contexts of what sessions completed.
+    contexts: Vec<Option<crate::signals::ThreadContext>>,
     /// Reused buffer of what sessions completed.
     done: Vec<Request>,
     /// `nodetap_events_total` by kind, resolved once, and the records counted since the
@@ -390,6 +406,7 @@ impl Tracker {
         identity: Identity,
         instructions: Box<dyn InstructionSink>,
     ) -> Self {
+        let threads = opts.spans.is_some().then(Threads::default);
         let signals = crate::signals::registered(&metrics, opts.spans.take());
         Self {
             conns: IdMap::default(),
@@ -408,6 +425,8 @@ impl Tracker {
             },
             opts,
             signals,
+            threads,
+            contexts: Vec::new(),
             done: Vec::new(),
             events_pending: [0; event::EVENT_KINDS.len()],
             unreported: Vec::new(),
@@ -515,11 +534,18 @@ impl Tracker {
                 payload,
                 last,
             };
+            let mut to = Recorder {
+                signals: &mut self.signals,
+                threads: self.threads.as_mut(),
+                contexts: &mut self.contexts,
+                tid: Some(common.tid),
+                pid: common.pid,
+            };
             parse(
                 conn,
                 &mut self.done,
                 &self.sessions,
-                &mut self.signals,
+                &mut to,
                 &self.metrics,
                 common,
                 direction,
@@ -653,6 +679,14 @@ impl Tracker {
         }
     }
 
+    /// Ends a removed connection's session, and what thread-based linking held of it.
+    fn end_session(&mut self, conn: &mut Connection) {
+        self.finish_session(conn);
+        if let Some(threads) = self.threads.as_mut() {
+            threads.ended(conn);
+        }
+    }
+
     /// Ends a connection's protocol session: the bytes still held of calls whose last
     /// segment never came are fed, what the session still completes is recorded, what
     /// stays open never got a response.
@@ -700,7 +734,14 @@ impl Tracker {
         health: SessionHealth,
     ) {
         conn.note_health(&health);
-        record_requests(&mut self.signals, conn, protocol, &self.done);
+        let mut to = Recorder {
+            signals: &mut self.signals,
+            threads: self.threads.as_mut(),
+            contexts: &mut self.contexts,
+            tid: None,
+            pid: conn.pid,
+        };
+        record_requests(&mut to, conn, protocol, &self.done);
         record_health(&self.metrics, protocol, &FeedOutcome::health(health));
     }
 
@@ -748,7 +789,7 @@ impl Tracker {
             };
             conn.report(&self.metrics);
             self.forget_endpoints(id, &conn);
-            self.finish_session(&mut conn);
+            self.end_session(&mut conn);
             self.metrics
                 .tcp_closed
                 .get_or_create(&ConnectionLabels {
@@ -794,7 +835,7 @@ impl Tracker {
             if let Some(mut conn) = self.conns.remove(id) {
                 conn.report(&self.metrics);
                 self.forget_endpoints(*id, &conn);
-                self.finish_session(&mut conn);
+                self.end_session(&mut conn);
             }
         }
         let expired = idle.len();
@@ -818,7 +859,7 @@ fn parse(
     conn: &mut Connection,
     done: &mut Vec<Request>,
     sessions: &SessionOptions,
-    signals: &mut [Box<dyn Signal>],
+    to: &mut Recorder<'_>,
     metrics: &Metrics,
     common: &Common,
     direction: Direction,
@@ -871,7 +912,10 @@ fn parse(
         );
     }
     conn.note_health(&outcome.health);
-    record_requests(signals, conn, protocol, done);
+    record_requests(to, conn, protocol, done);
+    if let (Some(threads), Some(protocol)) = (to.threads.as_deref_mut(), protocol) {
+        threads.opened(conn, protocol, common.tid, common.pid);
+    }
     record_health(metrics, protocol, &outcome);
 }
 
@@ -1242,6 +1286,289 @@ mod tests {
             assert_eq!(s.parent, None, "{s:?}");
             assert!(client.iter().all(|c| c.trace_id != s.trace_id));
         }
+    }
+
+    /// A tracker with spans on (always sampled) and thread-based linking, and the
+    /// receiving end of its span queue.
+    fn tracker_with_spans() -> (
+        Tracker,
+        tokio::sync::mpsc::Receiver<crate::signals::spans::FinishedSpan>,
+    ) {
+        use crate::signals::spans::{Sampler, SpanOptions, Spans};
+        let (mut t, m, _) = tracker(20);
+        let (spans, rx) = Spans::new(
+            SpanOptions {
+                sampler: Sampler::AlwaysOn,
+                slow_threshold: std::time::Duration::ZERO,
+                queue_size: 100,
+                exporter_addresses: Vec::new(),
+            },
+            m,
+        );
+        t.signals.insert(0, Box::new(spans));
+        t.threads = Some(Threads::default());
+        (t, rx)
+    }
+
+    /// A connection from `local` to `remote` (ports on 127.0.0.1), made by thread `tid`
+    /// of process 100, seen from its handshake.
+    fn conn_between(id: u64, role: Role, local: u16, remote: u16, tid: u32) -> Conn {
+        let mut c = Conn::new(id, role);
+        let tuple = &mut c.header.tuple;
+        tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        tuple.local_port = local;
+        tuple.remote_port = remote;
+        c.header.tid = tid;
+        c.header.fd = id as i32;
+        c
+    }
+
+    /// One call of `c` on thread `tid` moving `bytes`.
+    fn on(t: &mut Tracker, c: &mut Conn, tid: u32, direction: Direction, bytes: &[u8]) {
+        c.header.tid = tid;
+        let syscall = match direction {
+            Direction::Transmit => Syscall::Write,
+            Direction::Receive => Syscall::Read,
+        };
+        let h = c.call(syscall, direction, bytes);
+        feed(t, &h, bytes);
+    }
+
+    fn drain(
+        rx: &mut tokio::sync::mpsc::Receiver<crate::signals::spans::FinishedSpan>,
+    ) -> Vec<crate::signals::spans::FinishedSpan> {
+        let mut out = Vec::new();
+        while let Ok(span) = rx.try_recv() {
+            out.push(span);
+        }
+        out
+    }
+
+    const GET_K: &[u8] = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    const REPLY_V: &[u8] = b"$1\r\nv\r\n";
+
+    fn http_get(path: &str) -> Vec<u8> {
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
+    }
+
+    const HTTP_OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+
+    /// A proxy's thread 500 serves HTTP (its caller on this node, thread 300) and calls
+    /// Redis (the server on this node, thread 900) for each request, one at a time.
+    #[test]
+    fn a_thread_serving_one_request_at_a_time_links_its_calls_under_it() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut caller = conn_between(1, Role::Client, 41000, 8080, 300);
+        let mut proxy_in = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut proxy_out = conn_between(3, Role::Client, 42000, 6379, 500);
+        let mut redis = conn_between(4, Role::Server, 6379, 42000, 900);
+        for c in [&caller, &proxy_in, &proxy_out, &redis] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        for i in 0..2 {
+            let get = http_get(&format!("/r/{i}"));
+            on(&mut t, &mut caller, 300, Direction::Transmit, &get);
+            on(&mut t, &mut proxy_in, 500, Direction::Receive, &get);
+            on(&mut t, &mut proxy_out, 500, Direction::Transmit, GET_K);
+            on(&mut t, &mut redis, 900, Direction::Receive, GET_K);
+            on(&mut t, &mut redis, 900, Direction::Transmit, REPLY_V);
+            on(&mut t, &mut proxy_out, 500, Direction::Receive, REPLY_V);
+            on(&mut t, &mut proxy_in, 500, Direction::Transmit, HTTP_OK);
+            on(&mut t, &mut caller, 300, Direction::Receive, HTTP_OK);
+        }
+        let spans = drain(&mut rx);
+        assert_eq!(spans.len(), 8, "{spans:#?}");
+        // In the order they ended: redis server, proxy's client, proxy's server, caller.
+        let mut traces = Vec::new();
+        for request in spans.chunks(4) {
+            let [redis, call, served, caller] = request else {
+                unreachable!()
+            };
+            assert_eq!(
+                (redis.kind, call.kind, served.kind, caller.kind),
+                (Role::Server, Role::Client, Role::Server, Role::Client)
+            );
+            assert_eq!(caller.parent, None);
+            assert_eq!(served.parent, Some((caller.span_id, true)), "{served:?}");
+            assert_eq!(call.parent, Some((served.span_id, false)), "{call:?}");
+            assert_eq!(redis.parent, Some((call.span_id, true)), "{redis:?}");
+            for span in [redis, call, served] {
+                assert_eq!(span.trace_id, caller.trace_id, "{span:?}");
+            }
+            traces.push(caller.trace_id);
+        }
+        assert_ne!(traces[0], traces[1]);
+        assert_eq!(t.threads.as_ref().unwrap().held(), (0, 0, 0));
+    }
+
+    /// An event loop (thread 500) with two requests open at once: its calls are not
+    /// linked, then or later; the caller-to-server links by connection still are.
+    #[test]
+    fn a_thread_with_two_requests_open_links_nothing_then_or_later() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut in_a = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut in_b = conn_between(5, Role::Server, 8080, 41001, 500);
+        let mut out = conn_between(3, Role::Client, 42000, 6379, 500);
+        for c in [&in_a, &in_b, &out] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        on(&mut t, &mut in_a, 500, Direction::Receive, &http_get("/a"));
+        on(&mut t, &mut in_b, 500, Direction::Receive, &http_get("/b"));
+        on(&mut t, &mut out, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut out, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut in_a, 500, Direction::Transmit, HTTP_OK);
+        on(&mut t, &mut in_b, 500, Direction::Transmit, HTTP_OK);
+        // Later, one request open at a time: the thread is known to multiplex.
+        on(&mut t, &mut in_a, 500, Direction::Receive, &http_get("/c"));
+        on(&mut t, &mut out, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut out, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut in_a, 500, Direction::Transmit, HTTP_OK);
+        let spans = drain(&mut rx);
+        assert_eq!(spans.len(), 5, "{spans:#?}");
+        for span in &spans {
+            assert_eq!(span.parent, None, "{span:?}");
+        }
+        let traces: std::collections::HashSet<_> = spans.iter().map(|s| s.trace_id).collect();
+        assert_eq!(traces.len(), 5);
+    }
+
+    /// A call made while its thread had one request open is that request's child, even
+    /// when the thread opens a second request before either ends (from then on the
+    /// thread links nothing).
+    #[test]
+    fn a_call_keeps_its_parent_when_its_thread_opens_another_request_after_it() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut in_a = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut in_b = conn_between(5, Role::Server, 8080, 41001, 500);
+        let mut out_a = conn_between(3, Role::Client, 42000, 6379, 500);
+        let mut out_b = conn_between(6, Role::Client, 42001, 6379, 500);
+        for c in [&in_a, &in_b, &out_a, &out_b] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        on(&mut t, &mut in_a, 500, Direction::Receive, &http_get("/a"));
+        on(&mut t, &mut out_a, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut in_b, 500, Direction::Receive, &http_get("/b"));
+        on(&mut t, &mut out_b, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut out_a, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut out_b, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut in_b, 500, Direction::Transmit, HTTP_OK);
+        on(&mut t, &mut in_a, 500, Direction::Transmit, HTTP_OK);
+        let spans = drain(&mut rx);
+        let [call_a, call_b, served_b, served_a] = &spans[..] else {
+            panic!("{spans:#?}")
+        };
+        assert_eq!(call_a.parent, Some((served_a.span_id, false)));
+        assert_eq!(call_a.trace_id, served_a.trace_id);
+        assert_eq!(
+            (call_b.parent, served_b.parent, served_a.parent),
+            (None, None, None)
+        );
+        // The thread, marked; the call's claim, until its grace ends.
+        assert_eq!(t.threads.as_ref().unwrap().held(), (1, 1, 0));
+    }
+
+    /// On loopback the client's read of a response can be stamped before the server's
+    /// write of it: the server end still joins the call's trace.
+    #[test]
+    fn a_calls_server_end_seen_after_the_call_ended_joins_its_trace() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut served = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut out = conn_between(3, Role::Client, 42000, 6379, 500);
+        let mut redis = conn_between(4, Role::Server, 6379, 42000, 900);
+        for c in [&served, &out, &redis] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        on(
+            &mut t,
+            &mut served,
+            500,
+            Direction::Receive,
+            &http_get("/a"),
+        );
+        on(&mut t, &mut out, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut redis, 900, Direction::Receive, GET_K);
+        on(&mut t, &mut out, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut redis, 900, Direction::Transmit, REPLY_V);
+        on(&mut t, &mut served, 500, Direction::Transmit, HTTP_OK);
+        let spans = drain(&mut rx);
+        let [call, redis, served] = &spans[..] else {
+            panic!("{spans:#?}")
+        };
+        assert_eq!(call.parent, Some((served.span_id, false)));
+        assert_eq!(redis.parent, Some((call.span_id, true)));
+        assert_eq!(
+            (call.trace_id, redis.trace_id),
+            (served.trace_id, served.trace_id)
+        );
+        // The claim was used.
+        assert_eq!(t.threads.as_ref().unwrap().held(), (0, 0, 0));
+    }
+
+    /// A process that answered a request on another thread than the one that read it
+    /// (a thread pool): its threads say nothing, none of its calls are linked after.
+    #[test]
+    fn a_process_that_hands_requests_between_threads_is_not_linked() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut served = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut out = conn_between(3, Role::Client, 42000, 6379, 500);
+        for c in [&served, &out] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        on(
+            &mut t,
+            &mut served,
+            500,
+            Direction::Receive,
+            &http_get("/a"),
+        );
+        on(&mut t, &mut served, 501, Direction::Transmit, HTTP_OK);
+        on(
+            &mut t,
+            &mut served,
+            500,
+            Direction::Receive,
+            &http_get("/b"),
+        );
+        on(&mut t, &mut out, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut out, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut served, 500, Direction::Transmit, HTTP_OK);
+        let spans = drain(&mut rx);
+        assert_eq!(spans.len(), 3, "{spans:#?}");
+        for span in &spans {
+            assert_eq!(span.parent, None, "{span:?}");
+        }
+    }
+
+    /// A server request carrying a traceparent: its span and its thread's calls are in
+    /// the caller's trace, the server span under the caller's span.
+    #[test]
+    fn a_threads_calls_join_the_trace_of_its_requests_traceparent() {
+        let (mut t, mut rx) = tracker_with_spans();
+        let mut served = conn_between(2, Role::Server, 8080, 41000, 500);
+        let mut out = conn_between(3, Role::Client, 42000, 6379, 500);
+        for c in [&served, &out] {
+            feed(&mut t, &c.with_kind(EventKind::Open), b"");
+        }
+        let get = b"GET /t HTTP/1.1\r\nHost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n";
+        on(&mut t, &mut served, 500, Direction::Receive, get);
+        on(&mut t, &mut out, 500, Direction::Transmit, GET_K);
+        on(&mut t, &mut out, 500, Direction::Receive, REPLY_V);
+        on(&mut t, &mut served, 500, Direction::Transmit, HTTP_OK);
+        let spans = drain(&mut rx);
+        let [call, server] = &spans[..] else {
+            panic!("{spans:#?}")
+        };
+        let trace = [
+            0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d, 0x0e, 0x0e,
+            0x47, 0x36,
+        ];
+        assert_eq!((call.trace_id, server.trace_id), (trace, trace));
+        assert_eq!(
+            server.parent,
+            Some(([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7], true))
+        );
+        assert_eq!(call.parent, Some((server.span_id, false)));
     }
 
     #[test]

@@ -5,17 +5,28 @@ use std::net::SocketAddr;
 
 use agent_common::Role;
 
-use super::Connection;
+use super::{threads::Threads, Connection};
 use crate::{
     metrics::{Metrics, ProtocolLabels, ProtocolReasonLabels},
     protocols::{FeedOutcome, Protocol, Request},
-    signals::{LinkKey, RequestRecord, Signal},
+    signals::{LinkKey, RequestRecord, Signal, ThreadContext},
 };
+
+/// Where a connection's completed requests go: the signals, and thread-based linking
+/// when spans are on (with the thread whose call completed them, `None` when the
+/// connection ended, and its process).
+pub(super) struct Recorder<'a> {
+    pub signals: &'a mut [Box<dyn Signal>],
+    pub threads: Option<&'a mut Threads>,
+    pub contexts: &'a mut Vec<Option<ThreadContext>>,
+    pub tid: Option<u32>,
+    pub pid: u32,
+}
 
 /// Hands each request a connection's session completed to every signal, with what the
 /// connection knows of itself.
 pub(super) fn record_requests(
-    signals: &mut [Box<dyn Signal>],
+    to: &mut Recorder<'_>,
     conn: &mut Connection,
     protocol: Option<Protocol>,
     done: &[Request],
@@ -26,10 +37,15 @@ pub(super) fn record_requests(
     let (Some(protocol), Some((server, client))) = (protocol, ends(conn)) else {
         return;
     };
-    for request in done {
+    to.contexts.clear();
+    if let Some(threads) = to.threads.as_deref_mut() {
+        let first = conn.requests_done;
+        threads.completed(conn, first, done.len(), to.tid, to.pid, to.contexts);
+    }
+    for (i, request) in done.iter().enumerate() {
         let sequence = conn.requests_done;
         conn.requests_done += 1;
-        let link = link_key(conn, protocol, sequence);
+        let link = link_key(conn, protocol, sequence, request.stream);
         let record = RequestRecord {
             protocol,
             role: conn.role,
@@ -39,23 +55,36 @@ pub(super) fn record_requests(
             peer_zone: &conn.peer_zone,
             workload: &conn.workload,
             link,
+            thread: to.contexts.get(i).copied().flatten(),
             kept_span: Default::default(),
         };
-        for signal in signals.iter_mut() {
+        for signal in to.signals.iter_mut() {
             signal.record(&record);
         }
     }
 }
 
 /// What names this request on both ends, when both ends of its connection are on this
-/// node and the two ends' request orders agree: both were seen from their first request
-/// (the handshake), neither lost or mis-framed one, and the protocol answers requests in
-/// the order they came (not HTTP/2, whose streams complete in any order).
-fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<LinkKey> {
+/// node: its place in the connection's order where the protocol answers in order and the
+/// two ends' orders agree (both were seen from their first request, the handshake, and
+/// neither lost or mis-framed one); its HTTP/2 stream id otherwise (streams complete in
+/// any order, but both ends see the same ids, whatever either lost).
+pub(super) fn link_key(
+    conn: &Connection,
+    protocol: Protocol,
+    sequence: u64,
+    stream: Option<u32>,
+) -> Option<LinkKey> {
     let peer = conn.peer?;
-    if !conn.seen_open || conn.order_broken || !protocol.in_order() {
-        return None;
-    }
+    let sequence = if protocol.in_order() {
+        if !conn.seen_open || conn.order_broken {
+            return None;
+        }
+        sequence
+    } else {
+        // Apart from every place in an order (no connection completes 2^63 requests).
+        STREAM_KEY | u64::from(stream?)
+    };
     let (client_conn, server_conn) = match conn.role {
         Role::Client => (conn.id, peer),
         Role::Server => (peer, conn.id),
@@ -67,6 +96,9 @@ fn link_key(conn: &Connection, protocol: Protocol, sequence: u64) -> Option<Link
         sequence,
     })
 }
+
+/// Marks a [`LinkKey`]'s sequence as an HTTP/2 stream id.
+const STREAM_KEY: u64 = 1 << 63;
 
 /// The server and client ends of a connection: (remote, local) for a client, (local,
 /// remote) for a server.

@@ -1968,6 +1968,11 @@ impl Session for Http1Session {
         std::mem::take(&mut self.health)
     }
 
+    fn newest_traceparent(&self) -> Option<&[u8]> {
+        let open = self.open.back().filter(|o| !o.is_gap())?;
+        open.extra.as_ref()?.traceparent.as_ref().map(|t| &t[..])
+    }
+
     /// How many of the next bytes in that direction the session will skip without looking
     /// at them: the rest of a body of known length, or of the data of a chunk (not the CRLF
     /// after it, which is checked). 0 when unsure.

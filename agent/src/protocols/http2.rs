@@ -143,6 +143,8 @@ pub struct H2Exchange {
     pub end_ns: u64,
     /// The request's W3C `traceparent`, when it had exactly one and it was valid.
     pub traceparent: Option<String>,
+    /// The stream's id: the request's name on both ends of the connection.
+    pub stream_id: u32,
 }
 
 /// gRPC details of an exchange.
@@ -360,8 +362,8 @@ impl H2Session {
     pub fn finish(&mut self, out: &mut impl Sink<H2Exchange>) {
         if let Some(s) = &mut self.state {
             let end = s.last_end_ns;
-            for (_, st) in std::mem::take(&mut s.streams) {
-                out.push(exchange(st, end, true));
+            for (id, st) in std::mem::take(&mut s.streams) {
+                out.push(exchange(id, st, end, true));
             }
         }
     }
@@ -500,7 +502,7 @@ impl State {
                         st.response_body_bytes += body;
                         if f.flags & END_STREAM != 0 {
                             let st = self.streams.remove(&f.stream).expect("present");
-                            out.push(exchange(st, end_ns, false));
+                            out.push(exchange(f.stream, st, end_ns, false));
                         }
                     }
                 }
@@ -523,7 +525,7 @@ impl State {
             }
             RST_STREAM => {
                 if let Some(st) = self.streams.remove(&f.stream) {
-                    out.push(exchange(st, end_ns, true));
+                    out.push(exchange(f.stream, st, end_ns, true));
                 }
             }
             SETTINGS => {
@@ -612,7 +614,7 @@ impl State {
             }
             if block.end_stream {
                 let st = self.streams.remove(&block.stream).expect("present");
-                out.push(exchange(st, end_ns, false));
+                out.push(exchange(block.stream, st, end_ns, false));
             }
         }
     }
@@ -837,7 +839,7 @@ pub fn grpc_names(path: &str) -> (String, String) {
     parsed.unwrap_or_else(|| (OTHER.to_string(), OTHER.to_string()))
 }
 
-fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
+fn exchange(stream_id: u32, st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
     let grpc = st.grpc.then(|| {
         let (service, method) = if st.path_truncated {
             (OTHER.to_string(), OTHER.to_string())
@@ -863,6 +865,7 @@ fn exchange(st: Stream, end_ns: u64, reset: bool) -> H2Exchange {
         traceparent: st
             .traceparent
             .map(|t| String::from_utf8_lossy(&t[..]).into_owned()),
+        stream_id,
     }
 }
 
@@ -910,6 +913,7 @@ impl H2Exchange {
             start_ns: self.start_ns,
             end_ns: self.end_ns,
             attributes,
+            stream: Some(self.stream_id),
         }
     }
 }
@@ -2599,6 +2603,7 @@ mod tests {
                 traceparent: None,
                 start_ns: 0,
                 end_ns: 0,
+                stream_id: id,
             };
             want.push(summary(&e));
         }

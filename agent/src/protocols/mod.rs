@@ -346,6 +346,13 @@ pub trait Session: Send {
     /// copy them, and hands them over as a gap chunk (`data` empty, `len` the count). 0
     /// when unsure; never a byte the session needs.
     fn skip_hint(&self, from_client: bool) -> u64;
+
+    /// The W3C `traceparent` of the newest request waiting for its response, when it had
+    /// exactly one and it was valid (thread-based linking decides a server request's
+    /// trace when it opens). `None` where the protocol carries none.
+    fn newest_traceparent(&self) -> Option<&[u8]> {
+        None
+    }
 }
 
 /// An HTTP/2 server's connection preface is a SETTINGS frame on stream 0 (RFC 9113

@@ -20,6 +20,9 @@ pub struct Request {
     pub end_ns: u64,
     /// What was asked and how it went, in the protocol family's terms.
     pub attributes: Attributes,
+    /// HTTP/2: the stream's id, the request's name on both ends of its connection
+    /// (streams complete in any order, so their place in it names nothing).
+    pub stream: Option<u32>,
 }
 
 impl Request {
@@ -185,6 +188,7 @@ impl From<Operation> for Request {
                 collection: op.collection,
                 namespace: op.namespace,
             }),
+            stream: None,
         }
     }
 }
@@ -203,6 +207,7 @@ impl From<HttpExchange> for Request {
                 response_body_bytes: ex.response_body_bytes,
                 traceparent: ex.traceparent,
             }),
+            stream: None,
         }
     }
 }

@@ -61,6 +61,19 @@ pub fn scrape_text(metrics: &Metrics, node: &NodeCollectors) -> String {
     text
 }
 
+/// What the OTLP metrics push reads: the text 0.0.4 `/metrics` serves by default, and
+/// the agent's own families in OpenMetrics (the same encoding, before its conversion to
+/// 0.0.4 drops the exemplars).
+pub fn scrape_for_push(
+    metrics: &Metrics,
+    node: &NodeCollectors,
+) -> crate::signals::otlp_metrics::Exposition {
+    let open_metrics = metrics.encode_open_metrics();
+    let mut text = crate::metrics::to_prometheus_text(&open_metrics);
+    node.encode(&mut text);
+    crate::signals::otlp_metrics::Exposition { text, open_metrics }
+}
+
 /// The exposition format of one scrape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Format {

@@ -28,8 +28,29 @@ use crate::metrics::Metrics;
 /// The gRPC method OTLP metric export calls.
 const GRPC_EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-/// The exposition text 0.0.4 `/metrics` serves (a blocking read of /proc and /sys).
-pub type Scrape = Arc<dyn Fn() -> String + Send + Sync>;
+/// One scrape (a blocking read of /proc and /sys): the exposition text 0.0.4 `/metrics`
+/// serves, and the agent's own families in OpenMetrics text, for their exemplars.
+pub type Scrape = Arc<dyn Fn() -> Exposition + Send + Sync>;
+
+/// What a push reads.
+pub struct Exposition {
+    /// Text 0.0.4: every family.
+    pub text: String,
+    /// OpenMetrics 1.0.0 of the agent's own families: the histograms' exemplars.
+    pub open_metrics: String,
+}
+
+/// One exemplar of a histogram bucket, as OpenMetrics writes it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketExemplar {
+    pub trace_id: Vec<u8>,
+    pub span_id: Vec<u8>,
+    pub value: f64,
+    pub time_unix_nano: u64,
+}
+
+/// Exemplars by histogram family and series (labels without `le`).
+pub type Exemplars = HashMap<(String, Labels), Vec<BucketExemplar>>;
 
 pub struct MetricsExporter {
     transport: Transport,
@@ -91,26 +112,32 @@ impl MetricsExporter {
         })
     }
 
-    /// Pushes every `interval` until the task is dropped.
-    pub async fn run(self, scrape: Scrape) {
+    /// Pushes every `interval`, and a last time when `stop` is notified (at shutdown),
+    /// then returns.
+    pub async fn run(self, scrape: Scrape, stop: Arc<tokio::sync::Notify>) {
         let mut previous = PreviousPush::new();
         let mut last_push_ns = self.start_unix_ns;
         let mut ticker = tokio::time::interval_at(Instant::now() + self.interval, self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
+        let mut last = false;
+        while !last {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.notified() => last = true,
+            }
             let scrape = scrape.clone();
-            let Ok(text) = tokio::task::spawn_blocking(move || scrape()).await else {
+            let Ok(exposition) = tokio::task::spawn_blocking(move || scrape()).await else {
                 continue;
             };
             let now = unix_ns();
-            let families = parse(&text);
+            let families = parse(&exposition.text);
+            let exemplars = exemplars(&exposition.open_metrics);
             let start = if self.delta {
                 last_push_ns
             } else {
                 self.start_unix_ns
             };
-            let request = self.build(&families, start, now, &mut previous);
+            let request = self.build(&families, &exemplars, start, now, &mut previous);
             last_push_ns = now;
             self.push(request.encode_to_vec()).await;
         }
@@ -168,6 +195,7 @@ impl MetricsExporter {
     fn build(
         &self,
         families: &[Family],
+        exemplars: &Exemplars,
         start: u64,
         now: u64,
         previous: &mut PreviousPush,
@@ -257,6 +285,20 @@ impl MetricsExporter {
                                     .iter()
                                     .map(|(le, _)| *le)
                                     .filter(|le| le.is_finite())
+                                    .collect(),
+                                // The kept spans' exemplars; with delta, those of this
+                                // interval only (a bucket's slot keeps its last one).
+                                exemplars: exemplars
+                                    .get(&(family.name.clone(), labels.clone()))
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|e| !self.delta || e.time_unix_nano > start)
+                                    .map(|e| otlp::Exemplar {
+                                        time_unix_nano: e.time_unix_nano,
+                                        as_double: Some(e.value),
+                                        span_id: e.span_id.clone(),
+                                        trace_id: e.trace_id.clone(),
+                                    })
                                     .collect(),
                             }
                         })
@@ -398,6 +440,82 @@ pub fn parse(text: &str) -> Vec<Family> {
     families
 }
 
+/// The exemplars of an OpenMetrics exposition's histogram buckets:
+/// `name_bucket{k="v",...,le="0.5"} 3 # {trace_id="...",span_id="..."} 0.31 1764510000.123`.
+/// Lines that do not parse are skipped.
+pub fn exemplars(open_metrics: &str) -> Exemplars {
+    let mut out = Exemplars::new();
+    for line in open_metrics.lines() {
+        let Some((sample_part, exemplar)) = line.split_once(" # ") else {
+            continue;
+        };
+        if sample_part.starts_with('#') {
+            continue;
+        }
+        let Some((name, mut labels, _)) = sample(sample_part) else {
+            continue;
+        };
+        let Some(family) = name.strip_suffix("_bucket") else {
+            continue;
+        };
+        labels.retain(|(k, _)| k != "le");
+        let Some((ids, rest)) = sample(&format!("e{exemplar}")).and_then(|(_, ids, _)| {
+            let rest = exemplar.split_once("} ")?.1;
+            Some((ids, rest.to_owned()))
+        }) else {
+            continue;
+        };
+        let id = |key: &str| -> Option<Vec<u8>> {
+            let hex = &ids.iter().find(|(k, _)| k == key)?.1;
+            (hex.len() % 2 == 0)
+                .then(|| {
+                    (0..hex.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                        .collect::<Option<Vec<u8>>>()
+                })
+                .flatten()
+        };
+        let mut numbers = rest.split_whitespace();
+        let (Some(trace_id), Some(span_id), Some(Ok(value))) = (
+            id("trace_id"),
+            id("span_id"),
+            numbers.next().map(str::parse::<f64>),
+        ) else {
+            continue;
+        };
+        let time_unix_nano = numbers.next().and_then(seconds_to_ns).unwrap_or(0);
+        out.entry((family.to_owned(), labels))
+            .or_default()
+            .push(BucketExemplar {
+                trace_id,
+                span_id,
+                value,
+                time_unix_nano,
+            });
+    }
+    out
+}
+
+/// A timestamp in decimal seconds (`1764510000.123`) as ns, digit for digit (through a
+/// double it would move by up to a microsecond).
+fn seconds_to_ns(text: &str) -> Option<u64> {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, ""));
+    if fraction.len() > 9 || !fraction.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let fraction_ns = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u64>().ok()? * 10u64.pow(9 - fraction.len() as u32)
+    };
+    whole
+        .parse::<u64>()
+        .ok()?
+        .checked_mul(1_000_000_000)?
+        .checked_add(fraction_ns)
+}
+
 /// `name{k="v",...} value`: the name, labels (unescaped) and value.
 fn sample(line: &str) -> Option<(&str, Labels, f64)> {
     let name_end = line.find(['{', ' '])?;
@@ -441,6 +559,46 @@ fn sample(line: &str) -> Option<(&str, Labels, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exemplars_come_from_the_buckets_of_the_open_metrics_text() {
+        let text = "# TYPE db_client_operation_duration_seconds histogram\n\
+            db_client_operation_duration_seconds_sum{db_system_name=\"redis\",service_name=\"a\"} 0.5\n\
+            db_client_operation_duration_seconds_bucket{db_system_name=\"redis\",service_name=\"a\",le=\"0.0005\"} 42 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\",span_id=\"00f067aa0ba902b7\"} 0.000312 1764510000.125\n\
+            db_client_operation_duration_seconds_bucket{db_system_name=\"redis\",service_name=\"a\",le=\"0.001\"} 43\n\
+            db_client_operation_duration_seconds_bucket{db_system_name=\"redis\",service_name=\"a\",le=\"+Inf\"} 44 # {trace_id=\"0af7651916cd43dd8448eb211c80319c\",span_id=\"b7ad6b7169203331\"} 2.5 1764510001.5\n\
+            db_client_operation_duration_seconds_bucket{db_system_name=\"redis\",service_name=\"b\",le=\"0.001\"} 1 # {trace_id=\"xyz\",span_id=\"00f067aa0ba902b7\"} 0.0001 1764510000\n\
+            # EOF\n";
+        let got = exemplars(text);
+        let labels: Labels = vec![
+            ("db_system_name".into(), "redis".into()),
+            ("service_name".into(), "a".into()),
+        ];
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(
+            got[&("db_client_operation_duration_seconds".to_owned(), labels)],
+            vec![
+                BucketExemplar {
+                    trace_id: vec![
+                        0x4b, 0xf9, 0x2f, 0x35, 0x77, 0xb3, 0x4d, 0xa6, 0xa3, 0xce, 0x92, 0x9d,
+                        0x0e, 0x0e, 0x47, 0x36
+                    ],
+                    span_id: vec![0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+                    value: 0.000312,
+                    time_unix_nano: 1_764_510_000_125_000_000,
+                },
+                BucketExemplar {
+                    trace_id: vec![
+                        0x0a, 0xf7, 0x65, 0x19, 0x16, 0xcd, 0x43, 0xdd, 0x84, 0x48, 0xeb, 0x21,
+                        0x1c, 0x80, 0x31, 0x9c
+                    ],
+                    span_id: vec![0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31],
+                    value: 2.5,
+                    time_unix_nano: 1_764_510_001_500_000_000,
+                },
+            ]
+        );
+    }
 
     #[test]
     fn parses_what_the_endpoint_serves() {

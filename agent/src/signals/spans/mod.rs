@@ -25,7 +25,7 @@ use std::{
 use agent_common::Role;
 use tokio::sync::mpsc;
 
-use super::{LinkKey, RequestRecord, Signal};
+use super::{LinkKey, ParentRef, RequestKey, RequestRecord, Signal, ThreadContext, TraceSource};
 use crate::{
     metadata::workload::{Name, WorkloadLabels},
     metrics::{Metrics, ReasonLabels, SpanExemplar},
@@ -209,6 +209,28 @@ impl Spans {
         id.max(1)
     }
 
+    /// The trace id a thread-linked request's trace source names.
+    fn trace_of(&self, source: &TraceSource) -> [u8; 16] {
+        let mut trace_id = [0u8; 16];
+        let (high, low) = match source {
+            TraceSource::Header { trace_id, .. } => return *trace_id,
+            TraceSource::Link(link) => (self.linked_id(link, 0), self.linked_id(link, 1)),
+            TraceSource::Own(key) => (
+                self.link_ids.hash_one((key, 0u8)).max(1),
+                self.link_ids.hash_one((key, 1u8)),
+            ),
+        };
+        trace_id[..8].copy_from_slice(&high.to_be_bytes());
+        trace_id[8..].copy_from_slice(&low.to_be_bytes());
+        trace_id
+    }
+
+    /// The span id of a server request whose thread made client requests: derived from
+    /// its key, so its children (which end first) name it.
+    fn request_span_id(&self, key: &RequestKey) -> [u8; 8] {
+        self.link_ids.hash_one((key, 2u8)).max(1).to_be_bytes()
+    }
+
     /// Builds the span of a record, or `None` where the record makes no span (unknown role).
     pub fn span_of(&self, r: &RequestRecord<'_>) -> Option<FinishedSpan> {
         let role = r.role;
@@ -221,29 +243,62 @@ impl Spans {
             Attributes::Db(_) => None,
         }
         .and_then(TraceParent::parse);
-        let (trace_id, span_id, parent, parent_sampled) = match (traceparent, role) {
-            (Some(tp), Role::Server) => (
+        let (trace_id, span_id, parent, parent_sampled) = match (traceparent, role, r.thread) {
+            // A server request whose thread made client requests: ids decided when it
+            // opened (its own traceparent among them), which its children already name.
+            (_, Role::Server, Some(ThreadContext::Parent { key, trace, parent })) => {
+                let parent = parent.map(|p| match p {
+                    ParentRef::Remote(id) => (id, true),
+                    ParentRef::Client(link) => (self.linked_id(&link, 2).to_be_bytes(), true),
+                });
+                (
+                    self.trace_of(&trace),
+                    self.request_span_id(&key),
+                    parent,
+                    trace.sampled(),
+                )
+            }
+            (Some(tp), Role::Server, _) => (
                 tp.trace_id,
                 self.span_id(),
                 Some((tp.parent_id, true)),
                 Some(tp.sampled),
             ),
             // The caller's header names the client side of this call: this span.
-            (Some(tp), _) => (tp.trace_id, tp.parent_id, None, Some(tp.sampled)),
+            (Some(tp), _, _) => (tp.trace_id, tp.parent_id, None, Some(tp.sampled)),
+            // A client request the thread handling a server request made: that server
+            // span's child, in its trace; its own id from its link key when its server
+            // end is on this node too (that end names it as parent).
+            (None, Role::Client, Some(ThreadContext::Child { parent, trace })) => {
+                let span_id = match &r.link {
+                    Some(link) => self.linked_id(link, 2).to_be_bytes(),
+                    None => self.span_id(),
+                };
+                (
+                    self.trace_of(&trace),
+                    span_id,
+                    Some((self.request_span_id(&parent), false)),
+                    trace.sampled(),
+                )
+            }
             // Both ends on this node: the client span's ids come from the request's link
             // key, so the server span names it as parent without waiting for it.
-            (None, _) if r.link.is_some() => {
+            (None, _, _) if r.link.is_some() => {
                 let link = r.link.as_ref().expect("checked");
-                let mut trace_id = [0u8; 16];
-                trace_id[..8].copy_from_slice(&self.linked_id(link, 0).to_be_bytes());
-                trace_id[8..].copy_from_slice(&self.linked_id(link, 1).to_be_bytes());
                 let client_span = self.linked_id(link, 2).to_be_bytes();
+                let (trace_id, sampled) = match (role, r.thread) {
+                    // The client end is a thread's child: its trace, not the link's.
+                    (Role::Server, Some(ThreadContext::Downstream { trace })) => {
+                        (self.trace_of(&trace), trace.sampled())
+                    }
+                    _ => (self.trace_of(&TraceSource::Link(*link)), None),
+                };
                 match role {
-                    Role::Server => (trace_id, self.span_id(), Some((client_span, true)), None),
-                    _ => (trace_id, client_span, None, None),
+                    Role::Server => (trace_id, self.span_id(), Some((client_span, true)), sampled),
+                    _ => (trace_id, client_span, None, sampled),
                 }
             }
-            (None, _) => (self.trace_id(), self.span_id(), None, None),
+            (None, _, _) => (self.trace_id(), self.span_id(), None, None),
         };
         let duration = r.request.end_ns.saturating_sub(r.request.start_ns);
         let error = is_error(role, &r.request.attributes);

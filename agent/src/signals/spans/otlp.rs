@@ -293,4 +293,20 @@ pub struct HistogramDataPoint {
     pub bucket_counts: Vec<u64>,
     #[prost(double, repeated, tag = "7")]
     pub explicit_bounds: Vec<f64>,
+    #[prost(message, repeated, tag = "8")]
+    pub exemplars: Vec<Exemplar>,
+}
+
+/// `Exemplar`: one measurement with the span it was made in (`as_double`, a member of
+/// the `value` oneof).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Exemplar {
+    #[prost(fixed64, tag = "2")]
+    pub time_unix_nano: u64,
+    #[prost(double, optional, tag = "3")]
+    pub as_double: Option<f64>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub span_id: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub trace_id: Vec<u8>,
 }

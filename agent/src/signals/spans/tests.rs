@@ -41,6 +41,7 @@ fn redis_get(error: Option<&str>, duration_ns: u64) -> Request {
             collection: None,
             namespace: None,
         }),
+        stream: None,
     }
 }
 
@@ -57,6 +58,7 @@ fn http_get(status: u16, traceparent: Option<&str>) -> Request {
             response_body_bytes: 10,
             traceparent: traceparent.map(str::to_owned),
         }),
+        stream: None,
     }
 }
 
@@ -79,6 +81,7 @@ fn record<'a>(
         peer_zone: zone,
         workload,
         link: None,
+        thread: None,
         kept_span: Default::default(),
     }
 }
