@@ -258,7 +258,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The reader takes what the rings still hold (the last requests' spans and counts)
     // and stops; the tracker, and with it the span queue's sender, goes with it.
     stop_reader.notify_one();
-    if tokio::time::timeout(SHUTDOWN_STEP, &mut reader)
+    // One deadline for all the steps: SIGTERM under load must end within 5 s (a
+    // DaemonSet's rollout and systemd's stop wait on it), whatever the endpoints do.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+    if tokio::time::timeout_at(deadline, &mut reader)
         .await
         .is_err()
     {
@@ -268,17 +271,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     if let Some(exporter) = exporter {
         // The exporter sends what is queued and stops, or is left behind.
-        if tokio::time::timeout(SHUTDOWN_STEP, exporter).await.is_err() {
+        if tokio::time::timeout_at(deadline, exporter).await.is_err() {
             log::warn!("spans still queued at shutdown were not exported");
         }
     }
     if let Some(push) = metrics_push {
         // One last push, with the last requests and the spans' own counters in it.
         push.stop.notify_one();
-        if tokio::time::timeout(SHUTDOWN_STEP, push.task)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, push.task).await.is_err() {
             log::warn!("the last metrics push did not finish at shutdown");
         }
     }
@@ -325,9 +325,10 @@ fn start_spans(
     Ok((signal, tokio::spawn(exporter.run(queue))))
 }
 
-/// How long each shutdown step (the last records, the queued spans, the last metrics
-/// push) may take before the agent goes on without it.
-const SHUTDOWN_STEP: Duration = Duration::from_secs(5);
+/// How long the shutdown steps together (the last records, the queued spans, the last
+/// metrics push) may take before the agent goes on without what is left: under the 5 s
+/// a clean exit must take, with room for detaching the programs.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(4);
 
 /// The metrics push task, and what tells it to push a last time and stop.
 struct MetricsPush {
