@@ -162,6 +162,18 @@ pub use nodetap_tests::metric_sum;
 /// Kernel records the agent lost, every reason but `payload_unreadable` and
 /// `call_capped` (records sent without all of their payload, not lost), so reasons added
 /// later are counted too.
+/// A helper program of the tests crate (tests/src/bin), built for release if needed.
+pub fn test_helper(name: &str) -> Result<std::path::PathBuf> {
+    crate::run_cmd(
+        std::process::Command::new("cargo")
+            .current_dir(crate::root())
+            .args(["build", "--release", "-p", "nodetap-tests", "--bin", name]),
+    )?;
+    let path = nodetap_tests::target_dir().join("release").join(name);
+    anyhow::ensure!(path.exists(), "{} not built", path.display());
+    Ok(path)
+}
+
 pub fn events_lost(text: &str) -> f64 {
     let sent_anyway = ["payload_unreadable", "call_capped"]
         .iter()

@@ -25,7 +25,7 @@ use nodetap_tests::{
 
 use crate::bench::{
     kernel::{Group, Held, Sample, StatsEnabled},
-    machine, median, RunningAgent,
+    machine, median, test_helper, RunningAgent,
 };
 
 /// Alternating rounds of each load, without and with the agent.
@@ -314,21 +314,6 @@ fn churn(s: &Setup, netxfer: &Path, port: u16) -> Result<f64> {
     Ok(CONNS as f64 / elapsed.as_secs_f64())
 }
 
-/// The netxfer helper (release), built if needed.
-fn netxfer() -> Result<PathBuf> {
-    crate::run_cmd(Command::new("cargo").current_dir(crate::root()).args([
-        "build",
-        "--release",
-        "-p",
-        "nodetap-tests",
-        "--bin",
-        "netxfer",
-    ]))?;
-    let path = nodetap_tests::target_dir().join("release/netxfer");
-    ensure!(path.exists(), "{} not built", path.display());
-    Ok(path)
-}
-
 /// A workload's network (bytes, packets) by direction [transmit, receive].
 fn totals(text: &str, service: &str) -> [(f64, f64); 2] {
     let mut out = [(0.0, 0.0); 2];
@@ -417,7 +402,7 @@ struct Check {
 }
 
 pub fn run() -> Result<String> {
-    let netxfer = netxfer()?;
+    let netxfer = test_helper("netxfer")?;
     let s = setup()?;
     let mut iperf_server = s.b.command("iperf3");
     iperf_server

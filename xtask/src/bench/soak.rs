@@ -9,7 +9,7 @@
 //! was lost or a count differs.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     sync::atomic::{AtomicBool, Ordering::Relaxed},
     time::{Duration, Instant},
@@ -20,7 +20,7 @@ use nodetap_tests::servers::{postgres_bin, Nginx, PostgresServer, RedisServer};
 
 use crate::bench::{
     db::redis_benchmark, events_lost, events_total, machine, metric_sum, stats::percentile,
-    RunningAgent,
+    test_helper, RunningAgent,
 };
 
 /// Seconds between two samples of the agent's resources.
@@ -178,21 +178,6 @@ fn churn(connload: &Path) -> Result<u64> {
         .context("connload report lacks connections")
 }
 
-/// The connload helper (release), built if needed.
-fn connload() -> Result<PathBuf> {
-    crate::run_cmd(Command::new("cargo").current_dir(crate::root()).args([
-        "build",
-        "--release",
-        "-p",
-        "nodetap-tests",
-        "--bin",
-        "connload",
-    ]))?;
-    let path = nodetap_tests::target_dir().join("release/connload");
-    ensure!(path.exists(), "{} not built", path.display());
-    Ok(path)
-}
-
 /// Runs `round` until `stop`, pausing between rounds; the first error stops everything.
 fn repeat(stop: &AtomicBool, what: &str, mut round: impl FnMut() -> Result<()>) -> Result<()> {
     while !stop.load(Relaxed) {
@@ -219,7 +204,7 @@ struct Check {
 
 pub fn run(minutes: u64, root: &Path) -> Result<String> {
     ensure!(minutes > 0, "--minutes must be at least 1");
-    let connload = connload()?;
+    let connload = test_helper("connload")?;
     let redis = RedisServer::start();
     let pg = PostgresServer::start();
     let nginx = Nginx::start();
