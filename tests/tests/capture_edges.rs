@@ -138,6 +138,30 @@ fn map_differences(
     lines
 }
 
+/// Connections opened and closed by process `name`, by role, against `want` (the same
+/// for both).
+fn connection_differences(
+    text: &str,
+    name: &str,
+    want: &BTreeMap<Vec<String>, f64>,
+) -> Vec<String> {
+    ["opened", "closed"]
+        .iter()
+        .flat_map(|which| {
+            map_differences(
+                &format!("connections {which} by role"),
+                &series_by(
+                    text,
+                    &format!("nodetap_tcp_connections_{which}_total"),
+                    &[("service_name", name)],
+                    &["role"],
+                ),
+                want,
+            )
+        })
+        .collect()
+}
+
 fn key(values: &[&str]) -> Vec<String> {
     values.iter().map(|v| v.to_string()).collect()
 }
@@ -217,18 +241,7 @@ fn connections_ending_in_rst_then_new_ones_keep_their_endpoints_and_roles() {
             &ops("server", "redis-server", Some(&redis_port)),
             &redis_want,
         ));
-        for which in ["opened", "closed"] {
-            wrong.extend(map_differences(
-                &format!("connections {which} by role"),
-                &series_by(
-                    text,
-                    &format!("nodetap_tcp_connections_{which}_total"),
-                    &[("service_name", &name)],
-                    &["role"],
-                ),
-                &conns_want,
-            ));
-        }
+        wrong.extend(connection_differences(text, &name, &conns_want));
         wrong
     };
     let text = agent.scrape_until(Duration::from_secs(15), |t| check(t).is_empty());
@@ -271,23 +284,7 @@ fn listeners_at_closed_connections_addresses_are_not_connections() {
     );
     let made = (conns + churn) as f64;
     let want: BTreeMap<_, _> = [(key(&["client"]), made), (key(&["server"]), made)].into();
-    let check = |text: &str| -> Vec<String> {
-        ["opened", "closed"]
-            .iter()
-            .flat_map(|which| {
-                map_differences(
-                    &format!("connections {which} by role"),
-                    &series_by(
-                        text,
-                        &format!("nodetap_tcp_connections_{which}_total"),
-                        &[("service_name", &name)],
-                        &["role"],
-                    ),
-                    &want,
-                )
-            })
-            .collect()
-    };
+    let check = |text: &str| connection_differences(text, &name, &want);
     agent.scrape_until(Duration::from_secs(15), |t| check(t).is_empty());
     // The listeners closed after the connections: what they would add comes later.
     std::thread::sleep(Duration::from_secs(1));
