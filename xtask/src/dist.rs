@@ -32,28 +32,34 @@ const TRIPLE: &str = "x86_64-unknown-linux-gnu";
 pub const ARM64_TRIPLE: &str = "aarch64-unknown-linux-gnu";
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-pub fn run(root: &Path) -> Result<()> {
-    let dist = root.join("target/dist");
-    fs::create_dir_all(&dist).with_context(|| format!("create {}", dist.display()))?;
-
-    // The eBPF object is built by agent/build.rs for the host as before; only the
-    // userspace link changes target.
+/// The agent for `triple` against glibc [`GLIBC_FLOOR`] (cargo-zigbuild), copied to
+/// `out` without its debug info by `objcopy`.
+fn build_stripped(root: &Path, triple: &str, objcopy: &str, out: &Path) -> Result<()> {
     run_cmd(Command::new("cargo").current_dir(root).args([
         "zigbuild",
         "--release",
         "--package",
         "nodetap",
         "--target",
-        &format!("{TRIPLE}.{GLIBC_FLOOR}"),
+        &format!("{triple}.{GLIBC_FLOOR}"),
     ]))?;
-    let built = root.join("target").join(TRIPLE).join("release/nodetap");
-    let bin = dist.join(format!("nodetap-{VERSION}-x86_64-linux-gnu"));
+    let built = root.join("target").join(triple).join("release/nodetap");
     run_cmd(
-        Command::new("objcopy")
+        Command::new(objcopy)
             .arg("--strip-debug")
             .arg(&built)
-            .arg(&bin),
-    )?;
+            .arg(out),
+    )
+}
+
+pub fn run(root: &Path) -> Result<()> {
+    let dist = root.join("target/dist");
+    fs::create_dir_all(&dist).with_context(|| format!("create {}", dist.display()))?;
+
+    // The eBPF object is built by agent/build.rs for the host as before; only the
+    // userspace link changes target.
+    let bin = dist.join(format!("nodetap-{VERSION}-x86_64-linux-gnu"));
+    build_stripped(root, TRIPLE, "objcopy", &bin)?;
 
     run_cmd(
         Command::new("cargo")
@@ -86,26 +92,14 @@ pub fn run(root: &Path) -> Result<()> {
     let archive = image(root, &dist, &bin)?;
 
     // arm64: the binary alone (the .deb, .rpm and image above are x86_64).
-    run_cmd(Command::new("cargo").current_dir(root).args([
-        "zigbuild",
-        "--release",
-        "--package",
-        "nodetap",
-        "--target",
-        &format!("{ARM64_TRIPLE}.{GLIBC_FLOOR}"),
-    ]))?;
-    let built = root
-        .join("target")
-        .join(ARM64_TRIPLE)
-        .join("release/nodetap");
     let arm64 = dist.join(format!("nodetap-{VERSION}-aarch64-linux-gnu"));
     // Debian's x86_64 objcopy does not know aarch64; LLVM's (installed for bpf-linker)
     // knows every target.
-    run_cmd(
-        Command::new("/usr/lib/llvm-22/bin/llvm-objcopy")
-            .arg("--strip-debug")
-            .arg(&built)
-            .arg(&arm64),
+    build_stripped(
+        root,
+        ARM64_TRIPLE,
+        "/usr/lib/llvm-22/bin/llvm-objcopy",
+        &arm64,
     )?;
     eprintln!(
         "xtask: dist ready in {}:\n  {}\n  .deb, .rpm\n  {}\n  {}",
