@@ -95,8 +95,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let metrics = Arc::new(
-        Metrics::with_series_limit(env!("CARGO_PKG_VERSION"), config.max_series)
-            .with_route_limit(config.http_route_limit, config.http_routes.clone()),
+        Metrics::with_options(
+            env!("CARGO_PKG_VERSION"),
+            config.max_series,
+            config.spans.is_some(),
+        )
+        .with_route_limit(config.http_route_limit, config.http_routes.clone()),
     );
     for hook in &probes.hooks {
         metrics

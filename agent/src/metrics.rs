@@ -13,7 +13,7 @@ use prometheus_client::{
     encoding::{EncodeLabelSet, LabelSetEncoder},
     metrics::{
         counter::Counter, exemplar::HistogramWithExemplars, family::Family, gauge::Gauge,
-        histogram::Histogram, info::Info,
+        info::Info,
     },
     registry::{Registry, Unit},
 };
@@ -24,14 +24,19 @@ pub const LATENCY_BUCKETS: [f64; 17] = [
     2.5, 5.0, 10.0,
 ];
 
+mod histogram;
+
+pub use histogram::{AtomicHistogram, DurationHistogram};
+
+/// Request durations without exemplars (the agent keeps no spans).
 fn latency_histogram() -> DurationHistogram {
-    HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter())
+    DurationHistogram::Atomic(AtomicHistogram::new(&LATENCY_BUCKETS))
 }
 
-/// A request-duration histogram: each bucket keeps the last kept span observed in it as
-/// an OpenMetrics exemplar (one slot per bucket, overwritten: no allocation per request
-/// once the bucket has had one).
-pub type DurationHistogram = HistogramWithExemplars<SpanExemplar>;
+/// Request durations whose buckets keep the kept spans' exemplars.
+fn latency_histogram_with_exemplars() -> DurationHistogram {
+    DurationHistogram::WithExemplars(HistogramWithExemplars::new(LATENCY_BUCKETS.into_iter()))
+}
 
 /// The span a duration observation belongs to, when the spans signal kept (sampled and
 /// queued) it: exposed as the bucket's exemplar on the OpenMetrics endpoint, so a
@@ -45,7 +50,7 @@ pub struct SpanExemplar {
 }
 
 impl SpanExemplar {
-    fn timestamp(&self) -> std::time::SystemTime {
+    pub(crate) fn timestamp(&self) -> std::time::SystemTime {
         std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.end_unix_ns)
     }
 }
@@ -75,32 +80,17 @@ pub trait Observe {
     fn observe_with(&self, value: f64, exemplar: Option<&SpanExemplar>);
 }
 
-impl Observe for Histogram {
-    fn observe_with(&self, value: f64, _exemplar: Option<&SpanExemplar>) {
-        self.observe(value);
-    }
-}
-
-impl Observe for DurationHistogram {
-    fn observe_with(&self, value: f64, exemplar: Option<&SpanExemplar>) {
-        match exemplar {
-            Some(e) => self.observe(value, Some(*e), Some(e.timestamp())),
-            None => self.observe(value, None, None),
-        }
-    }
-}
-
 /// Body size buckets in bytes: empty, then powers of four from 64 B to 64 MiB.
 pub const SIZE_BUCKETS: [f64; 12] = [
     0.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
     67108864.0,
 ];
 
-fn size_histogram() -> Histogram {
-    Histogram::new(SIZE_BUCKETS)
+fn size_histogram() -> AtomicHistogram {
+    AtomicHistogram::new(&SIZE_BUCKETS)
 }
 
-pub type Histograms<L, M = Histogram> = Family<L, M, fn() -> M>;
+pub type Histograms<L, M = AtomicHistogram> = Family<L, M, fn() -> M>;
 
 /// Most series one request-metric family may hold, by default. Label values come from
 /// closed sets, but their product (operations x errors x servers x services) is still
@@ -116,7 +106,7 @@ pub struct FamilyLabels {
 /// the check-then-create below does not race with itself.
 pub struct LimitedHistograms<
     L: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
-    M = Histogram,
+    M = AtomicHistogram,
 > {
     pub family: Histograms<L, M>,
     name: &'static str,
@@ -489,7 +479,19 @@ impl Metrics {
         Self::with_series_limit(version, DEFAULT_SERIES_LIMIT)
     }
 
+    /// With exemplars on the duration histograms (see [`Self::with_options`]).
     pub fn with_series_limit(version: &str, series_limit: usize) -> Self {
+        Self::with_options(version, series_limit, true)
+    }
+
+    /// `exemplars`: whether the duration histograms keep the kept spans' exemplars (the
+    /// agent keeps spans); without, they take no lock per observation.
+    pub fn with_options(version: &str, series_limit: usize, exemplars: bool) -> Self {
+        let latency: fn() -> DurationHistogram = if exemplars {
+            latency_histogram_with_exemplars
+        } else {
+            latency_histogram
+        };
         let mut registry = Registry::default();
         let series_dropped = Family::<FamilyLabels, Counter>::default();
         registry.register(
@@ -588,25 +590,25 @@ impl Metrics {
                 "db_client_operation_duration_seconds",
                 Unit::Seconds,
                 "Duration of database operations seen from the client: first request byte written to last response byte read",
-                latency_histogram,
+                latency,
             ),
             db_server_duration: reg.histograms(
                 "db_server_operation_duration_seconds",
                 Unit::Seconds,
                 "Duration of database operations seen from the server: first request byte read to last response byte written",
-                latency_histogram,
+                latency,
             ),
             http_client_duration: reg.histograms(
                 "http_client_request_duration_seconds",
                 Unit::Seconds,
                 "Duration of HTTP requests seen from the client: first request byte written to last response byte read",
-                latency_histogram,
+                latency,
             ),
             http_server_duration: reg.histograms(
                 "http_server_request_duration_seconds",
                 Unit::Seconds,
                 "Duration of HTTP requests seen from the server: first request byte read to last response byte written",
-                latency_histogram,
+                latency,
             ),
             http_client_request_size: reg.histograms(
                 "http_client_request_body_size_bytes",
@@ -636,13 +638,13 @@ impl Metrics {
                 "rpc_client_call_duration_seconds",
                 Unit::Seconds,
                 "Duration of gRPC calls seen from the client: stream open to stream end",
-                latency_histogram,
+                latency,
             ),
             rpc_server_duration: reg.histograms(
                 "rpc_server_call_duration_seconds",
                 Unit::Seconds,
                 "Duration of gRPC calls seen from the server: stream open to stream end",
-                latency_histogram,
+                latency,
             ),
             capture_info: reg.add(
                 "nodetap_capture_info",
