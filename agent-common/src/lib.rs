@@ -116,8 +116,6 @@ impl RingLayout {
     }
 }
 
-/// Entries in the map of syscalls in flight (one per thread blocked in a traced call).
-pub const PENDING_ENTRIES: u32 = 16384;
 /// Connections the syscall tier keeps state for (the socket tier's state lives in the
 /// socket itself and has no bound).
 pub const SYSCALL_SOCKETS: u32 = 65536;
@@ -295,8 +293,9 @@ pub enum DropReason {
     /// The ring buffer had no room: a record is lost (the connection's counters are not:
     /// the next record, or the close, carries them).
     RingbufFull = 0,
-    /// The map of syscalls in flight was full at syscall entry (syscall tier): the
-    /// call is not seen.
+    /// The map of syscalls in flight was full at syscall entry. No longer produced: the
+    /// syscall tier reads a call's arguments at its exit and keeps no such map; the
+    /// reason stays so the `reason` values of `nodetap_events_lost_total` do not change.
     PendingFull = 1,
     /// Copying the payload from user memory failed: the record was sent without it.
     PayloadUnreadable = 2,
@@ -580,24 +579,6 @@ pub struct Config {
     pub kernel: KernelOffsets,
 }
 
-/// Pending syscall state, saved at entry and used at exit (syscall tier).
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct PendingCall {
-    /// The socket's kernel address.
-    pub sk: u64,
-    /// The socket's inode number.
-    pub ino: u64,
-    /// User pointer: the buffer, the iovec array, the msghdr or the mmsghdr array.
-    pub arg_ptr: u64,
-    /// Entry count for iovec/mmsghdr arrays.
-    pub arg_count: u64,
-    pub enter_ns: u64,
-    pub fd: i32,
-    pub syscall: u8,
-    pub _pad: [u8; 3],
-}
-
 /// TCP states used by the kernel side (include/net/tcp_states.h).
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_SYN_SENT: i32 = 2;
@@ -611,7 +592,6 @@ const _: () = assert!(HEADER_LEN == 128);
 const _: () = assert!(SUMMARY_RECORD_LEN == 288);
 const _: () = assert!(core::mem::size_of::<SockState>() == 280);
 const _: () = assert!(core::mem::size_of::<Instruction>() == 24);
-const _: () = assert!(core::mem::size_of::<PendingCall>() == 48);
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 80);
 const _: () = assert!(core::mem::size_of::<Config>() == 104);
 
@@ -726,7 +706,6 @@ mod pod {
     use super::*;
     // SAFETY: plain old data: repr(C), Copy, no implicit padding (checked above).
     unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for PendingCall {}
     unsafe impl aya::Pod for Instruction {}
     unsafe impl aya::Pod for Totals {}
     unsafe impl aya::Pod for EventHeader {}

@@ -10,6 +10,7 @@
 //! - `lifecycle.rs`: `inet_sock_set_state` for role, and the close with final counters;
 //! - `connection.rs`: the per-connection state both tiers share, and one call's handling;
 //! - `record.rs`: ring buffer records (open, data segments, counts, close);
+//! - `regs.rs`: the syscall in progress, from the task's saved user registers;
 //! - `socket.rs`: reading `struct sock` and the fd table with offsets from BTF;
 //! - `network.rs`: IP byte accounting per workload (cgroup_skb);
 //! - `cgroups.rs`: cgroup ids and paths as cgroups are created (`cgroup:cgroup_mkdir`).
@@ -25,6 +26,7 @@ mod fd_cache;
 mod lifecycle;
 mod network;
 mod record;
+mod regs;
 mod socket;
 mod socket_tier;
 mod syscall_tier;

@@ -4,7 +4,7 @@
 //! writev, send*, recv*, read on a socket, each message of *mmsg, io_uring, splice) and
 //! never for files or pipes, so a process that does no networking runs none of this. The
 //! socket comes with the event; its state lives in socket storage. The payload is read
-//! from the arguments of the syscall in progress (its registers, `bpf_task_pt_regs`),
+//! from the arguments of the syscall in progress (its registers, `regs.rs`),
 //! and only once the syscall's fd is proven to be this socket (a kernel socket used on
 //! behalf of a file write, e.g. NFS, gets no payload). Timing: the tracepoint fires at the
 //! socket operation's return, so both `enter_ns` and `exit_ns` are that instant.
@@ -16,10 +16,7 @@ use agent_common::{
     STAT_STATES_IGNORED, SYSCALL_TABLE_ENTRIES,
 };
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        generated::bpf_task_pt_regs,
-    },
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -27,7 +24,9 @@ use aya_ebpf::{
 use crate::{
     bump_stat,
     connection::{on_call, reset, socket_state, Call, Payload, Slot},
-    count_drop, is_agent, socket, SYSCALL_TABLE,
+    count_drop, is_agent,
+    regs::{syscall_args, SyscallArgs},
+    socket, SYSCALL_TABLE,
 };
 
 const MSG_PEEK: i32 = 2;
@@ -144,19 +143,15 @@ fn on_socket_call(ctx: &BtfTracePointContext, direction: Direction) {
 }
 
 /// The syscall in progress (`Syscall as u8`), where its bytes are, and its fd: from the
-/// task's saved user registers (x86-64 `struct pt_regs`: dx at 96, si at 104, di at 112,
-/// orig_ax at 120) and the syscall table. Anything the table does not know (io_uring,
-/// splice, sendfile, a kernel socket's user) has no payload there.
+/// task's saved user registers and the syscall table. Anything the table does not know
+/// (io_uring, splice, sendfile, a kernel socket's user) has no payload there.
 #[inline(always)]
 fn syscall_in_progress() -> (u8, Payload, i32) {
     let other = (Syscall::Other as u8, Payload::NONE, -1);
-    // A BTF pointer (struct pt_regs): its fields are read by plain loads, which the JIT
-    // guards, instead of a helper call and a copy.
-    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
-    if regs.is_null() {
+    let Some(SyscallArgs { nr, args }) = syscall_args() else {
         return other;
-    }
-    let (dx, si, di, nr) = unsafe { (*regs.add(12), *regs.add(13), *regs.add(14), *regs.add(15)) };
+    };
+    let [di, si, dx, _] = args;
     // An io_uring worker's registers are zeroed: no user buffer.
     if si == 0 || nr >= SYSCALL_TABLE_ENTRIES as u64 {
         return other;

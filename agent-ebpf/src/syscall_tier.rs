@@ -1,21 +1,22 @@
-//! The syscall tier (kernels before 6.3, e.g. EKS's 6.1 nodes): syscall tracepoints on
-//! the data syscalls. The entry finds the fd's socket (in the fd cache, `fd_cache.rs`;
-//! on a miss by a walk of the task's fd table) and saves the arguments; the exit hands the call to the shared connection code, whose
-//! state is kept by socket address (classic tracepoints cannot reach socket storage).
+//! The syscall tier (kernels before 6.3, e.g. EKS's 6.1 nodes): a tracepoint on the exit
+//! of each data syscall. A call that moved nothing returns at once; otherwise the exit
+//! reads the call's fd and buffer from the task's saved registers (`regs.rs`), finds the
+//! fd's socket (in the fd cache, `fd_cache.rs`; on a miss by a walk of the task's fd
+//! table), and hands the call to the shared connection code, whose state is kept by
+//! socket address (classic tracepoints cannot reach socket storage).
 //!
-//! Arguments and return values are read as plain loads from the tracepoint record
-//! (`.../syscalls/sys_enter_*/format`: arguments after the common header and
-//! `__syscall_nr`, at 16 + 8 * n; `ret` at 16), not through a helper.
+//! No entry programs: the registers still hold the arguments at the exit, so a pipe or
+//! file read pays one program and one cache lookup, and a socket call no table of calls
+//! in flight. Timing is the socket tier's: both `enter_ns` and `exit_ns` are the exit.
+//! The return value is a plain load from the tracepoint record (`ret` at 16).
 
 use agent_common::{
-    Direction, DropReason, PendingCall, SockState, Syscall, FD_UNCHECKED, PAYLOAD_BUFFER,
-    PAYLOAD_IOVEC, PAYLOAD_MSGHDR, PAYLOAD_NONE, PENDING_ENTRIES, STATE_IGNORED, STATE_TCP,
-    STAT_STATES_IGNORED,
+    Direction, DropReason, SockState, Syscall, FD_UNCHECKED, PAYLOAD_BUFFER, PAYLOAD_IOVEC,
+    PAYLOAD_MSGHDR, PAYLOAD_NONE, STATE_IGNORED, STATE_TCP, STAT_STATES_IGNORED,
 };
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
-    macros::{map, tracepoint},
-    maps::HashMap,
+    macros::tracepoint,
     programs::TracePointContext,
     EbpfContext,
 };
@@ -25,22 +26,14 @@ use crate::{
     connection::{on_call, reset, scratch_state, Call, Payload, Slot, SYS_STATES},
     count_drop,
     fd_cache::{self, Lookup, Walk},
-    is_agent, socket,
+    is_agent,
+    regs::syscall_args,
+    socket,
 };
-
-/// Syscalls in flight on a socket, keyed by pid_tgid (one per thread at a time).
-#[map(name = "PENDING")]
-static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(PENDING_ENTRIES, 0);
 
 const MSG_PEEK: u64 = 2;
 /// The kernel's limit on *mmsg vectors (UIO_MAXIOV).
 const MAX_MMSG: u32 = 1024;
-
-#[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: the record of every sys_enter_* tracepoint holds six argument slots.
-    unsafe { *((ctx.as_ptr() as *const u8).add(16 + 8 * n) as *const u64) }
-}
 
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
@@ -49,13 +42,7 @@ fn ret(ctx: &TracePointContext) -> i64 {
 }
 
 macro_rules! data_syscall {
-    ($enter:ident, $exit:ident, $syscall:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            on_enter(&ctx, $syscall);
-            0
-        }
-
+    ($exit:ident, $syscall:expr) => {
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
             on_exit(&ctx, $syscall);
@@ -64,17 +51,17 @@ macro_rules! data_syscall {
     };
 }
 
-data_syscall!(sys_enter_read, sys_exit_read, Syscall::Read);
-data_syscall!(sys_enter_write, sys_exit_write, Syscall::Write);
-data_syscall!(sys_enter_readv, sys_exit_readv, Syscall::Readv);
-data_syscall!(sys_enter_writev, sys_exit_writev, Syscall::Writev);
-data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, Syscall::Recvfrom);
-data_syscall!(sys_enter_sendto, sys_exit_sendto, Syscall::Sendto);
-data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, Syscall::Recvmsg);
-data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, Syscall::Sendmsg);
-data_syscall!(sys_enter_recvmmsg, sys_exit_recvmmsg, Syscall::Recvmmsg);
-data_syscall!(sys_enter_sendmmsg, sys_exit_sendmmsg, Syscall::Sendmmsg);
-data_syscall!(sys_enter_sendfile64, sys_exit_sendfile64, Syscall::Sendfile);
+data_syscall!(sys_exit_read, Syscall::Read);
+data_syscall!(sys_exit_write, Syscall::Write);
+data_syscall!(sys_exit_readv, Syscall::Readv);
+data_syscall!(sys_exit_writev, Syscall::Writev);
+data_syscall!(sys_exit_recvfrom, Syscall::Recvfrom);
+data_syscall!(sys_exit_sendto, Syscall::Sendto);
+data_syscall!(sys_exit_recvmsg, Syscall::Recvmsg);
+data_syscall!(sys_exit_sendmsg, Syscall::Sendmsg);
+data_syscall!(sys_exit_recvmmsg, Syscall::Recvmmsg);
+data_syscall!(sys_exit_sendmmsg, Syscall::Sendmmsg);
+data_syscall!(sys_exit_sendfile64, Syscall::Sendfile);
 
 /// Where a syscall's bytes are, and which way they go.
 #[inline(always)]
@@ -91,85 +78,63 @@ fn shape(syscall: Syscall) -> (u8, Direction) {
     }
 }
 
+/// The exit of `syscall` (known to each program, so the verifier follows one path per
+/// program rather than one per syscall and direction).
 #[inline(always)]
-fn on_enter(ctx: &TracePointContext, syscall: Syscall) {
+fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
+    let ret = ret(ctx);
+    if ret <= 0 {
+        return;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     if is_agent(pid_tgid) {
         return;
     }
+    let Some(regs) = syscall_args() else {
+        return;
+    };
+    let [fd, arg_ptr, arg_count, arg3] = regs.args;
     // A peek moves nothing: the same bytes are read again, and counted then.
     let flags = match syscall {
-        Syscall::Recvfrom => arg(ctx, 3),
-        Syscall::Recvmsg => arg(ctx, 2),
+        Syscall::Recvfrom => arg3,
+        Syscall::Recvmsg => arg_count,
         _ => 0,
     };
     if flags & MSG_PEEK != 0 {
         return;
     }
-    let fd = arg(ctx, 0) as i32;
-    // Most calls are answered by the fd cache: a pipe or file costs its lookups and
+    let fd = fd as i32;
+    let tgid = (pid_tgid >> 32) as u32;
+    // Most calls are answered by the fd cache: a pipe or file costs its lookup and
     // nothing more; a miss walks the fd table and caches what it found.
-    let found = match fd_cache::lookup((pid_tgid >> 32) as u32, fd) {
+    let found = match fd_cache::lookup(tgid, fd) {
         Lookup::Socket(found) => found,
         Lookup::NotSocket => return,
         Lookup::Miss(before) => match fd_cache::walk(fd) {
             Walk::Socket(found) => {
                 if let Some(before) = before {
-                    fd_cache::fill((pid_tgid >> 32) as u32, fd, &before, found.sk, found.ino);
+                    fd_cache::fill(tgid, fd, &before, found.sk, found.ino);
                 }
                 found
             }
             Walk::NotSocket => {
                 if let Some(before) = before {
-                    fd_cache::fill((pid_tgid >> 32) as u32, fd, &before, 0, 0);
+                    fd_cache::fill(tgid, fd, &before, 0, 0);
                 }
                 return;
             }
             Walk::Unknown => return,
         },
     };
-    // A socket already known not to be TCP costs this one lookup from now on.
-    if let Some(state) = SYS_STATES.get_ptr(&found.sk) {
-        if unsafe { (*state).kind } == STATE_IGNORED {
-            return;
-        }
-    }
-    let pending = PendingCall {
-        sk: found.sk,
-        ino: found.ino,
-        arg_ptr: arg(ctx, 1),
-        arg_count: arg(ctx, 2),
-        enter_ns: unsafe { bpf_ktime_get_ns() },
-        fd,
-        syscall: syscall as u8,
-        _pad: [0; 3],
-    };
-    if PENDING.insert(&pid_tgid, &pending, 0).is_err() {
-        count_drop(DropReason::PendingFull);
-    }
-}
-
-/// The exit of `syscall` (known to each program, so the verifier follows one path per
-/// program rather than one per syscall and direction).
-#[inline(always)]
-fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let Some(pending) = (unsafe { PENDING.get(&pid_tgid) }).copied() else {
-        return;
-    };
-    let _ = PENDING.remove(&pid_tgid);
-    let ret = ret(ctx);
-    if ret <= 0 {
-        return;
-    }
-    let Some(state) = state_of(&pending) else {
+    // A socket known not to be TCP costs this one lookup from now on.
+    let Some(state) = state_of(found.sk, found.ino) else {
         return;
     };
     if state.kind == STATE_IGNORED {
         return;
     }
     if state.tuple.family == 0 {
-        match socket::read_tuple(pending.sk) {
+        match socket::read_tuple(found.sk) {
             Ok(tuple) => state.tuple = tuple,
             Err(_) => {
                 count_drop(DropReason::SocketUnreadable);
@@ -179,23 +144,24 @@ fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
     }
     // *mmsg return a message count: their bytes are the entries' msg_len.
     let bytes = if matches!(syscall, Syscall::Recvmmsg | Syscall::Sendmmsg) {
-        mmsg_bytes(pending.arg_ptr, ret as u64)
+        mmsg_bytes(arg_ptr, ret as u64)
     } else {
         ret as u64
     };
     let (payload, direction) = shape(syscall);
+    let now = unsafe { bpf_ktime_get_ns() };
     let mut call = Call {
         direction: direction as usize,
         syscall: syscall as u8,
         bytes,
-        fd: pending.fd,
+        fd,
         pid_tgid,
-        enter_ns: pending.enter_ns,
-        exit_ns: unsafe { bpf_ktime_get_ns() },
+        enter_ns: now,
+        exit_ns: now,
         payload: Payload {
             class: payload as u32,
-            ptr: pending.arg_ptr,
-            count: pending.arg_count,
+            ptr: arg_ptr,
+            count: arg_count,
         },
         call_offset: 0,
         kind_calls: 0,
@@ -206,15 +172,15 @@ fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
 /// The connection state of the call's socket, created on first sight; a state left by an
 /// earlier socket at the same address (its close was not seen) is replaced.
 #[inline(always)]
-fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
-    let key = pending.sk;
+fn state_of(sk: u64, ino: u64) -> Option<&'static mut SockState> {
+    let key = sk;
     if let Some(state) = SYS_STATES.get_ptr_mut(&key) {
         let state = unsafe { &mut *state };
         if state.ino == 0 {
             // Created at the handshake, before any fd named it.
-            state.ino = pending.ino;
+            state.ino = ino;
         }
-        if state.ino == pending.ino {
+        if state.ino == ino {
             return Some(state);
         }
     }
@@ -230,7 +196,7 @@ fn state_of(pending: &PendingCall) -> Option<&'static mut SockState> {
             return None;
         }
     }
-    fresh.ino = pending.ino;
+    fresh.ino = ino;
     fresh.fd = FD_UNCHECKED;
     if SYS_STATES.insert(&key, fresh, 0).is_err() {
         count_drop(DropReason::StateFull);

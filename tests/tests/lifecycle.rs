@@ -43,15 +43,15 @@ fn ids_in(what: &str, field: &str) -> BTreeSet<u64> {
 }
 
 /// Every hook the agent attaches here, by capture tier: `inet_sock_set_state` (tp_btf),
-/// the tier's data hooks (2 tp_btf, or 22 syscall tracepoints and the fd cache's 17
-/// tracepoints), `cgroup:cgroup_mkdir` (cgroups as they are created), and the 2
+/// the tier's data hooks (2 tp_btf, or the exits of 11 data syscalls and the fd cache's
+/// 17 tracepoints), `cgroup:cgroup_mkdir` (cgroups as they are created), and the 2
 /// cgroup_skb programs of the byte accounting.
 fn hooks_of(agent: &Agent) -> usize {
     let text = agent.scrape();
     if text.contains("nodetap_capture_info{tier=\"socket\"} 1") {
         1 + 2 + 1 + 2
     } else if text.contains("nodetap_capture_info{tier=\"syscall\"} 1") {
-        1 + 22 + 17 + 1 + 2
+        1 + 11 + 17 + 1 + 2
     } else {
         panic!("no capture tier reported:\n{text}")
     }

@@ -59,7 +59,8 @@ const fn syscall_hook(program: &'static str, need: Need) -> Hook {
 
 /// Every tracing program, in attach order. The connection life cycle comes first so a
 /// connection's role is known before its first data call; a syscall's exit comes before
-/// its entry so a call is never entered without its exit hooked.
+/// its entry so a call is never entered without its exit hooked. The data syscalls have
+/// only their exits (their arguments are read from the task's registers there).
 pub const HOOKS: &[Hook] = &[
     Hook {
         program: "inet_sock_set_state",
@@ -111,27 +112,16 @@ pub const HOOKS: &[Hook] = &[
         tier: Some(Tier::Syscall),
     },
     syscall_hook("sys_exit_read", Need::Required),
-    syscall_hook("sys_enter_read", Need::Required),
     syscall_hook("sys_exit_write", Need::Required),
-    syscall_hook("sys_enter_write", Need::Required),
     syscall_hook("sys_exit_readv", Need::Required),
-    syscall_hook("sys_enter_readv", Need::Required),
     syscall_hook("sys_exit_writev", Need::Required),
-    syscall_hook("sys_enter_writev", Need::Required),
     syscall_hook("sys_exit_recvfrom", Need::Required),
-    syscall_hook("sys_enter_recvfrom", Need::Required),
     syscall_hook("sys_exit_sendto", Need::Required),
-    syscall_hook("sys_enter_sendto", Need::Required),
     syscall_hook("sys_exit_recvmsg", Need::Required),
-    syscall_hook("sys_enter_recvmsg", Need::Required),
     syscall_hook("sys_exit_sendmsg", Need::Required),
-    syscall_hook("sys_enter_sendmsg", Need::Required),
     syscall_hook("sys_exit_recvmmsg", Need::Optional),
-    syscall_hook("sys_enter_recvmmsg", Need::Optional),
     syscall_hook("sys_exit_sendmmsg", Need::Optional),
-    syscall_hook("sys_enter_sendmmsg", Need::Optional),
     syscall_hook("sys_exit_sendfile64", Need::Optional),
-    syscall_hook("sys_enter_sendfile64", Need::Optional),
     // Cgroups as they are created (agent-ebpf/src/cgroups.rs): without it, a cgroup
     // removed before the agent's walk of the hierarchy saw it leaves its last traffic
     // labelled by process name.

@@ -343,12 +343,12 @@ mod tests {
     fn ready_only_when_every_required_hook_is_attached() {
         let ready = Readiness::new(&[
             hook("tp_btf:inet_sock_set_state", Need::Required, None),
-            hook("sys_enter_sendfile64", Need::Optional, Some("EINVAL")),
+            hook("sys_exit_sendfile64", Need::Optional, Some("EINVAL")),
         ]);
         assert_eq!(ready.respond().status(), StatusCode::OK);
         let not_ready = Readiness::new(&[
             hook("tp_btf:inet_sock_set_state", Need::Required, Some("EPERM")),
-            hook("sys_enter_sendfile64", Need::Optional, None),
+            hook("sys_exit_sendfile64", Need::Optional, None),
         ]);
         assert_eq!(
             not_ready.respond().status(),
