@@ -173,8 +173,7 @@ fn on_exit(ctx: &TracePointContext, syscall: Syscall) {
 /// earlier socket at the same address (its close was not seen) is replaced.
 #[inline(always)]
 fn state_of(sk: u64, ino: u64) -> Option<&'static mut SockState> {
-    let key = sk;
-    if let Some(state) = SYS_STATES.get_ptr_mut(&key) {
+    if let Some(state) = SYS_STATES.get_ptr_mut(&sk) {
         let state = unsafe { &mut *state };
         if state.ino == 0 {
             // Created at the handshake, before any fd named it.
@@ -185,7 +184,7 @@ fn state_of(sk: u64, ino: u64) -> Option<&'static mut SockState> {
         }
     }
     let fresh = scratch_state(Slot::DataPath)?;
-    match socket::is_tcp(key) {
+    match socket::is_tcp(sk) {
         Ok(true) => reset(fresh, agent_common::Role::Unknown as u8, Slot::DataPath),
         Ok(false) => {
             fresh.kind = STATE_IGNORED;
@@ -198,11 +197,11 @@ fn state_of(sk: u64, ino: u64) -> Option<&'static mut SockState> {
     }
     fresh.ino = ino;
     fresh.fd = FD_UNCHECKED;
-    if SYS_STATES.insert(&key, fresh, 0).is_err() {
+    if SYS_STATES.insert(&sk, fresh, 0).is_err() {
         count_drop(DropReason::StateFull);
         return None;
     }
-    let state = SYS_STATES.get_ptr_mut(&key)?;
+    let state = SYS_STATES.get_ptr_mut(&sk)?;
     let state = unsafe { &mut *state };
     (state.kind == STATE_TCP || state.kind == STATE_IGNORED).then_some(state)
 }

@@ -159,9 +159,6 @@ pub fn process_cpu_seconds(pid: u32) -> f64 {
 /// Sum of the samples named `name` whose labels include `labels` (others may differ).
 pub use nodetap_tests::metric_sum;
 
-/// Kernel records the agent lost, every reason but `payload_unreadable` and
-/// `call_capped` (records sent without all of their payload, not lost), so reasons added
-/// later are counted too.
 /// A helper program of the tests crate (tests/src/bin), built for release if needed.
 pub fn test_helper(name: &str) -> Result<std::path::PathBuf> {
     crate::run_cmd(
@@ -174,6 +171,9 @@ pub fn test_helper(name: &str) -> Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// Kernel records the agent lost, every reason but `payload_unreadable` and
+/// `call_capped` (records sent without all of their payload, not lost), so reasons added
+/// later are counted too.
 pub fn events_lost(text: &str) -> f64 {
     let sent_anyway = ["payload_unreadable", "call_capped"]
         .iter()
