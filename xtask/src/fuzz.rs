@@ -65,8 +65,31 @@ pub struct Outcome {
     pub hangs: u64,
 }
 
-/// Fuzzes `target` (or `all`) for `seconds` each; [`check`] tells whether any crashed.
-pub fn run(root: &Path, target: &str, seconds: u64) -> Result<Vec<Outcome>> {
+/// How long each target runs: `seconds`, or until `executions` (AFL++'s `-E`), capped by
+/// `seconds` when both are given.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub seconds: Option<u64>,
+    pub executions: Option<u64>,
+}
+
+impl Budget {
+    /// The command-line words that give this budget, for the record.
+    fn words(&self) -> String {
+        let mut w = Vec::new();
+        if let Some(e) = self.executions {
+            w.push(format!("--executions {e}"));
+        }
+        if let Some(s) = self.seconds {
+            w.push(format!("--seconds {s}"));
+        }
+        w.join(" ")
+    }
+}
+
+/// Fuzzes `target` (or `all`), `jobs` targets at a time, each for its `budget`;
+/// [`check`] tells whether any crashed.
+pub fn run(root: &Path, target: &str, budget: Budget, jobs: usize) -> Result<Vec<Outcome>> {
     let target_dir = root.join("target/fuzz");
     run_cmd(
         Command::new("cargo")
@@ -94,49 +117,73 @@ pub fn run(root: &Path, target: &str, seconds: u64) -> Result<Vec<Outcome>> {
             names.join(", ")
         );
     };
-    let mut outcomes = Vec::new();
-    for t in &targets {
-        let t = t.as_str();
-        let seeds = target_dir.join("seeds").join(t);
-        let out = target_dir.join("out").join(t);
-        for d in [&seeds, &out] {
-            if d.exists() {
-                std::fs::remove_dir_all(d)
-                    .with_context(|| format!("cannot empty {}", d.display()))?;
-            }
+    std::fs::create_dir_all(target_dir.join("out"))?;
+    // `jobs` workers take targets in order; each afl-fuzz is one process on one core.
+    let queue = std::sync::Mutex::new(targets.iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let Some((i, t)) = queue.lock().expect("queue").next() else {
+                    return;
+                };
+                let outcome = fuzz_one(&bin, &target_dir, t, budget);
+                results.lock().expect("results").push((i, outcome));
+            });
         }
-        std::fs::create_dir_all(target_dir.join("out"))?;
-        // AFL++ without its UI prints a line per test case: keep that out of CI's log.
-        let log_path = target_dir.join("out").join(format!("{t}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        run_cmd(Command::new(&bin).arg("seeds").arg(t).arg(&seeds))?;
-        run_cmd(
-            Command::new("cargo")
-                .args(["afl", "fuzz", "-i"])
-                .arg(&seeds)
-                .arg("-o")
-                .arg(&out)
-                // A hang is an input that takes over 5 s: far above any parser's time,
-                // far below what a loaded shared machine can add to a normal run.
-                .args(["-t", "5000", "-V", &seconds.to_string(), "--"])
-                .arg(&bin)
-                .env("NODETAP_FUZZ_TARGET", t)
-                .env("AFL_NO_UI", "1")
-                // Shared machines: no core pinning, no CPU governor or core_pattern checks.
-                .env("AFL_NO_AFFINITY", "1")
-                .env("AFL_SKIP_CPUFREQ", "1")
-                .env("AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES", "1")
-                .stdout(log),
-        )?;
-        let outcome = read_stats(t, &out.join("default"))?;
-        eprintln!(
-            "xtask: fuzz {t}: {} execs ({:.0}/s), corpus {}, crashes {}, hangs {}",
-            outcome.execs, outcome.execs_per_sec, outcome.corpus, outcome.crashes, outcome.hangs
-        );
-        outcomes.push(outcome);
+    });
+    let mut results = results.into_inner().expect("results");
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, outcome)| outcome).collect()
+}
+
+/// One target's run, from fresh seeds into a fresh output directory.
+fn fuzz_one(bin: &Path, target_dir: &Path, t: &str, budget: Budget) -> Result<Outcome> {
+    let seeds = target_dir.join("seeds").join(t);
+    let out = target_dir.join("out").join(t);
+    for d in [&seeds, &out] {
+        if d.exists() {
+            std::fs::remove_dir_all(d).with_context(|| format!("cannot empty {}", d.display()))?;
+        }
     }
-    Ok(outcomes)
+    // AFL++ without its UI prints a line per test case: keep that out of CI's log.
+    let log_path = target_dir.join("out").join(format!("{t}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    run_cmd(Command::new(bin).arg("seeds").arg(t).arg(&seeds))?;
+    let mut limits = Vec::new();
+    if let Some(seconds) = budget.seconds {
+        limits.extend(["-V".to_owned(), seconds.to_string()]);
+    }
+    if let Some(executions) = budget.executions {
+        limits.extend(["-E".to_owned(), executions.to_string()]);
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args(["afl", "fuzz", "-i"])
+            .arg(&seeds)
+            .arg("-o")
+            .arg(&out)
+            // A hang is an input that takes over 5 s: far above any parser's time,
+            // far below what a loaded shared machine can add to a normal run.
+            .args(["-t", "5000"])
+            .args(&limits)
+            .arg("--")
+            .arg(bin)
+            .env("NODETAP_FUZZ_TARGET", t)
+            .env("AFL_NO_UI", "1")
+            // Shared machines: no core pinning, no CPU governor or core_pattern checks.
+            .env("AFL_NO_AFFINITY", "1")
+            .env("AFL_SKIP_CPUFREQ", "1")
+            .env("AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES", "1")
+            .stdout(log),
+    )?;
+    let outcome = read_stats(t, &out.join("default"))?;
+    eprintln!(
+        "xtask: fuzz {t}: {} execs ({:.0}/s), corpus {}, crashes {}, hangs {}",
+        outcome.execs, outcome.execs_per_sec, outcome.corpus, outcome.crashes, outcome.hangs
+    );
+    Ok(outcome)
 }
 
 /// Fails if a run saved a crash or a hang, naming where they are.
@@ -189,28 +236,112 @@ fn read_stats(target: &str, dir: &Path) -> Result<Outcome> {
     })
 }
 
-/// Writes a run into BENCHMARKS.md (section `fuzz`).
-pub fn record(root: &Path, target: &str, seconds: u64, outcomes: &[Outcome]) -> Result<()> {
-    let mut section = format!(
-        "## fuzz: AFL++ (cargo-afl {CARGO_AFL_VERSION}) on every parser of outside input\n\n\
-         Command: `cargo xtask fuzz {target} --seconds {seconds} --record` (as root). Machine: {}, \
-         shared with other builds (exec rates are not comparable between runs).\n\n\
-         Each target starts from its seeds (tests/fixtures, via `nodetap::fuzzing`), one \
-         afl-fuzz instance, no dictionary. A crash or hang fails the run.\n\n\
-         | target | executions | execs/s | corpus | crashes | hangs |\n|---|---|---|---|---|---|\n",
-        crate::bench::machine()
+/// The goal of a long run, per target.
+const GOAL_EXECUTIONS: u64 = 10_000_000;
+
+/// Writes a run into BENCHMARKS.md (section `fuzz`): one row per target, its latest
+/// recorded run with its command and date, so targets fuzzed in separate long runs add
+/// up to one table.
+pub fn record(
+    root: &Path,
+    target: &str,
+    budget: Budget,
+    jobs: usize,
+    outcomes: &[Outcome],
+) -> Result<()> {
+    let path = root.join("BENCHMARKS.md");
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut rows = recorded_rows(&text);
+    let date = Command::new("date")
+        .args(["-u", "+%F"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let jobs = if jobs > 1 {
+        format!(" --jobs {jobs}")
+    } else {
+        String::new()
+    };
+    let command = format!(
+        "`cargo xtask fuzz {target} {}{jobs} --record`",
+        budget.words()
     );
     for o in outcomes {
-        section.push_str(&format!(
-            "| {} | {} | {:.0} | {} | {} | {} |\n",
-            o.target, o.execs, o.execs_per_sec, o.corpus, o.crashes, o.hangs
-        ));
+        let row = format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {command} | {date} |",
+            o.target,
+            o.execs,
+            o.execs_per_sec,
+            o.corpus,
+            o.crashes,
+            o.hangs,
+            if o.execs >= GOAL_EXECUTIONS {
+                "yes"
+            } else {
+                "no"
+            },
+        );
+        match rows.iter_mut().find(|(t, _)| *t == o.target) {
+            Some(r) => r.1 = row,
+            None => rows.push((o.target.clone(), row)),
+        }
     }
-    let total: u64 = outcomes.iter().map(|o| o.execs).sum();
-    section.push_str(&format!(
-        "\nTotal: {total} executions. The goal is 10^7 executions per target: at the rates above \
-         that takes `--seconds 600` to `--seconds 2400` per target.\n"
-    ));
+    let reached = rows.iter().filter(|(_, r)| r.contains("| yes |")).count();
+    let mut section = format!(
+        "## fuzz: AFL++ (cargo-afl {CARGO_AFL_VERSION}) on every parser of outside input\n\n\
+         Commands: in each row, as root. Machine: {}, shared with other builds (exec rates \
+         are not comparable between runs). Each row is the latest recorded run of its target \
+         (`--record` replaces the rows of the targets it ran).\n\n\
+         Each target starts from its seeds (tests/fixtures, via `nodetap::fuzzing`), one \
+         afl-fuzz instance per target, no dictionary. A crash or hang fails the run. The \
+         goal is {GOAL_EXECUTIONS} executions per target: `cargo xtask fuzz all --executions \
+         {GOAL_EXECUTIONS} --jobs 2 --record` (about 4.4 hours of one core for all targets \
+         at the rates of the 60 s runs), or one target at a time with `TARGET` for `all`. \
+         Targets at the goal: **{reached} of {}**.\n\n\
+         | target | executions | execs/s | corpus | crashes | hangs | 10^7 reached | command | date |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        crate::bench::machine(),
+        rows.len(),
+    );
+    for (_, row) in &rows {
+        section.push_str(row);
+        section.push('\n');
+    }
     println!("{section}");
-    crate::bench::write_section(&root.join("BENCHMARKS.md"), "fuzz", &section)
+    crate::bench::write_section(&path, "fuzz", &section)
+}
+
+/// The rows of the recorded `fuzz` section, by target. Rows written before rows carried
+/// their command (6 columns) were all from one 60 s run of every target on 2026-11-30.
+fn recorded_rows(text: &str) -> Vec<(String, String)> {
+    let (Some(a), Some(b)) = (
+        text.find("<!-- bench:fuzz -->"),
+        text.find("<!-- /bench:fuzz -->"),
+    ) else {
+        return Vec::new();
+    };
+    let Some(section) = text.get(a..b) else {
+        return Vec::new();
+    };
+    section
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| target"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let target = cells.first()?.to_string();
+            let row = match cells.len() {
+                6 => {
+                    let execs: u64 = cells[1].parse().ok()?;
+                    let reached = if execs >= GOAL_EXECUTIONS { "yes" } else { "no" };
+                    format!(
+                        "| {} | {reached} | `cargo xtask fuzz all --seconds 60 --record` | 2026-11-30 |",
+                        cells.join(" | "),
+                    )
+                }
+                9 => l.to_owned(),
+                _ => return None,
+            };
+            Some((target, row))
+        })
+        .collect()
 }

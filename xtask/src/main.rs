@@ -60,9 +60,17 @@ enum Task {
     Fuzz {
         /// A target of `nodetap::fuzzing::TARGETS` (a wrong name lists them) or `all`.
         target: String,
-        /// How long to fuzz each target.
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
+        /// How long to fuzz each target (default 60 unless `--executions` is given; with
+        /// it, a cap).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Fuzz each target until it has run this many executions (the long runs:
+        /// 10000000).
+        #[arg(long)]
+        executions: Option<u64>,
+        /// How many targets to fuzz at once (one afl-fuzz process each).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
         /// Write the run into BENCHMARKS.md (the long runs; CI's smoke run does not).
         #[arg(long)]
         record: bool,
@@ -108,12 +116,18 @@ fn main() -> Result<()> {
         Task::Fuzz {
             target,
             seconds,
+            executions,
+            jobs,
             record,
         } => {
             setup()?;
-            let outcomes = fuzz::run(&root(), &target, seconds)?;
+            let budget = fuzz::Budget {
+                seconds: seconds.or(if executions.is_none() { Some(60) } else { None }),
+                executions,
+            };
+            let outcomes = fuzz::run(&root(), &target, budget, jobs)?;
             if record {
-                fuzz::record(&root(), &target, seconds, &outcomes)?;
+                fuzz::record(&root(), &target, budget, jobs, &outcomes)?;
             }
             fuzz::check(&root(), &outcomes)
         }
@@ -379,7 +393,11 @@ fn test() -> Result<()> {
     // Release artifacts, which tests/tests/dist.rs inspects.
     dist::run(&root)?;
     // Every fuzz target briefly under AFL++ (the long runs are in BENCHMARKS.md).
-    fuzz::check(&root, &fuzz::run(&root, "all", fuzz::SMOKE_SECONDS)?)?;
+    let smoke = fuzz::Budget {
+        seconds: Some(fuzz::SMOKE_SECONDS),
+        executions: None,
+    };
+    fuzz::check(&root, &fuzz::run(&root, "all", smoke, 1)?)?;
     // Unit tests and the integration suite in the socket tier (this kernel has it)...
     run_cmd(
         Command::new("cargo")
