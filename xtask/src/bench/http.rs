@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use nodetap_tests::servers::Nginx;
 
-use crate::bench::{events_lost, machine, metric_sum, RunningAgent};
+use crate::bench::{events_lost, machine, metric_sum, overhead, RunningAgent};
 
 /// Sum of `_count` samples of a histogram family whose labels include `labels`.
 fn count(text: &str, family: &str, labels: &[(&str, &str)]) -> f64 {
@@ -87,15 +87,38 @@ pub fn run() -> Result<String> {
             h2load,
         ),
     ];
+    let mut breakdowns = Vec::new();
+    let mut hook_count = 0;
     for (name, client, port, load) in loads {
-        let (rps0, _) = load(port)?;
+        let mut rps0 = 0.0;
+        let without_pass = overhead::pass(|| {
+            let (rps, done) = load(port)?;
+            rps0 = rps;
+            Ok(done)
+        })?;
         let agent = RunningAgent::start(&[]);
+        let hooks = overhead::AgentHooks::of(&agent)?;
+        hook_count = hooks.tracepoint_count();
         let before = agent.scrape();
         let cpu0 = agent.cpu_seconds();
-        let (rps1, done) = load(port)?;
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (mut rps1, mut done) = (0.0, 0.0);
+        let with_pass = overhead::pass(|| {
+            (rps1, done) = load(port)?;
+            Ok(done)
+        })?;
         let after = agent.scrape();
         let cpu = agent.cpu_seconds() - cpu0;
+        let again = || load(port).map(|(_, done)| done);
+        let kernel_us = hooks.kernel_us_per_request(again)?;
+        drop(agent);
+        breakdowns.push(overhead::Breakdown {
+            load: name.to_owned(),
+            without: without_pass,
+            with: with_pass,
+            floor: hooks.floor(again)?,
+            kernel_us,
+            agent_us: cpu / done * 1e6,
+        });
         let port_label = port.to_string();
         let counted = |side: &str, service: &str| {
             let labels = [
@@ -126,7 +149,8 @@ pub fn run() -> Result<String> {
          `h2load -n 200000 -c 4 -m 10`, first without the agent, then with it (default \
          settings). Counted: the agent's request-duration `_count` for the run on each side.\n\n\
          | load | req/s without | req/s with | ratio | requests done (generator) | counted (client) | counted (server) | agent CPU-s per million requests | events lost |\n\
-         |---|---|---|---|---|---|---|---|---|\n{rows}\n{notes}",
+         |---|---|---|---|---|---|---|---|---|\n{rows}\n{notes}\n{breakdown}",
         machine = machine(),
+        breakdown = overhead::section(&breakdowns, hook_count),
     ))
 }

@@ -13,6 +13,7 @@ mod http;
 pub mod kernel;
 mod network;
 mod node;
+mod overhead;
 mod soak;
 mod spans;
 mod stats;
