@@ -409,3 +409,84 @@ fn spans_are_grouped_by_workload_into_resources() {
     assert_eq!(span.flags, otlp::SPAN_FLAGS_SAMPLED);
     assert!(span.status.is_none() && span.parent_span_id.is_empty());
 }
+
+/// The export request's bytes for a batch, as the exporter makes them.
+fn encoded(batch: &[FinishedSpan], options: &ExportOptions) -> Vec<u8> {
+    use prost::Message;
+    build_request(batch, options).encode_to_vec()
+}
+
+/// A measurement, not a test (nothing is asserted of the times): the CPU a span costs
+/// from its record to its encoded bytes, by step, on this thread. Run it with
+/// `cargo test --release -p nodetap --lib per_span_cost -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement: prints the cost per span"]
+fn per_span_cost() {
+    use std::time::Instant;
+    const N: u64 = 100_000;
+    let metrics = Arc::new(Metrics::new("test"));
+    let mut o = options(Sampler::AlwaysOn);
+    o.queue_size = 4 * N as usize;
+    let (mut s, mut rx) = Spans::new(o, metrics);
+    let client = WorkloadLabels::service(Name::new("redis-benchmark"));
+    let server = WorkloadLabels::service(Name::new("redis-server"));
+    let zone = PeerZone(None);
+    let get = redis_get(None, 20_000);
+    let http = http_get(200, None);
+    let options = ExportOptions {
+        endpoint: "http://127.0.0.1:4318/v1/traces".parse().unwrap(),
+        protocol: OtlpProtocol::HttpProtobuf,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(1),
+        gzip: false,
+        batch_size: 512,
+        batch_delay: Duration::from_millis(10),
+        retry_budget: Duration::from_secs(1),
+        resource: vec![("host.name".into(), "node-1".into())],
+        ca_certificates: None,
+        local_zone: Arc::new(|| None),
+    };
+    for round in 0..3 {
+        let started = Instant::now();
+        for i in 0..N {
+            let link = Some(LinkKey {
+                client_conn: 7,
+                server_conn: 9,
+                sequence: i,
+            });
+            let (request, p) = if i % 4 == 3 {
+                (&http, protocol("http"))
+            } else {
+                (&get, protocol("redis"))
+            };
+            let mut r = record(p, Role::Client, request, &zone, &client);
+            r.link = link;
+            s.record(&r);
+            let mut r = record(p, Role::Server, request, &zone, &server);
+            r.link = link;
+            s.record(&r);
+        }
+        let made = started.elapsed();
+        let mut all = Vec::with_capacity(2 * N as usize);
+        while let Ok(span) = rx.try_recv() {
+            all.push(span);
+        }
+        let started = Instant::now();
+        let mut bytes = 0;
+        for batch in all.chunks(512) {
+            bytes += encoded(batch, &options).len();
+        }
+        let encoding = started.elapsed();
+        let started = Instant::now();
+        drop(all);
+        let dropping = started.elapsed();
+        let per = |d: Duration| d.as_nanos() as f64 / (2 * N) as f64;
+        println!(
+            "round {round}: record {:.0} ns, encode {:.0} ns, drop {:.0} ns per span; {} bytes per span",
+            per(made),
+            per(encoding),
+            per(dropping),
+            bytes as u64 / (2 * N),
+        );
+    }
+}
