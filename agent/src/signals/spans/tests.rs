@@ -1,6 +1,11 @@
 use std::net::SocketAddr;
 
-use super::{export::build_request, *};
+use prost::Message;
+
+use super::{
+    export::{build_request, encode_request},
+    *,
+};
 use crate::{
     metadata::workload::PeerZone,
     protocols::{request::Request, Protocol},
@@ -374,7 +379,7 @@ fn spans_are_grouped_by_workload_into_resources() {
         ca_certificates: None,
         local_zone: Arc::new(|| Some("use1-az1".into())),
     };
-    let request = build_request(&batch, &options);
+    let request = otlp::ExportTraceServiceRequest::decode(&encoded(&batch, &options)[..]).unwrap();
     let resources: Vec<(Vec<(String, String)>, usize)> = request
         .resource_spans
         .iter()
@@ -412,8 +417,9 @@ fn spans_are_grouped_by_workload_into_resources() {
 
 /// The export request's bytes for a batch, as the exporter makes them.
 fn encoded(batch: &[FinishedSpan], options: &ExportOptions) -> Vec<u8> {
-    use prost::Message;
-    build_request(batch, options).encode_to_vec()
+    let mut out = Vec::new();
+    encode_request(batch, options, &mut out);
+    out
 }
 
 /// A measurement, not a test (nothing is asserted of the times): the CPU a span costs
@@ -488,5 +494,223 @@ fn per_span_cost() {
             per(dropping),
             bytes as u64 / (2 * N),
         );
+    }
+}
+
+/// Every kind of span the signal makes, on both sides, with and without parents, errors,
+/// zones and IPv6 peers, over several workloads (one of them twice, as two equal values).
+fn every_kind_of_span(s: &Spans) -> Vec<FinishedSpan> {
+    use crate::metadata::workload::{PodLabels, WorkloadFields};
+    use crate::protocols::request::{Statement, UrlPath};
+    let pod = |container: &str| {
+        WorkloadLabels::new(WorkloadFields {
+            k8s: Some(PodLabels {
+                namespace: Name::new("shop"),
+                pod: Name::new("cart-7d9f"),
+                container: Name::new(container),
+                owner: Name::new("cart"),
+            }),
+            service_name: Name::new("cart"),
+        })
+    };
+    let workloads = [
+        WorkloadLabels::service(Name::new("api")),
+        pod("cart"),
+        pod(""),
+        WorkloadLabels::service(Name::new("api")),
+    ];
+    let zones = [PeerZone(None), PeerZone(Some(Name::new("use1-az2")))];
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let postgres = Request {
+        start_ns: 0,
+        end_ns: 7_000,
+        attributes: Attributes::Db(DbRequest {
+            operation: "SELECT",
+            error_type: Some("42".into()),
+            status_code: Some("42P01".into()),
+            statement: Statement::from(
+                "SELECT a, b, c FROM orders o JOIN customers c ON o.customer = c.id \
+                 WHERE o.id = ? AND c.region IN (?, ?, ?) ORDER BY o.created DESC LIMIT ?",
+            ),
+            collection: Some("orders".into()),
+            namespace: Some("shop".into()),
+        }),
+        stream: None,
+    };
+    let redis_set = Request {
+        attributes: Attributes::Db(DbRequest {
+            operation: "SET",
+            error_type: None,
+            status_code: None,
+            statement: Statement::Placeholders {
+                head: "SET",
+                count: 2,
+            },
+            collection: None,
+            namespace: Some("0".into()),
+        }),
+        ..redis_get(None, 3_000)
+    };
+    let redis_other = Request {
+        attributes: Attributes::Db(DbRequest {
+            operation: "_OTHER",
+            error_type: None,
+            status_code: None,
+            statement: Statement::EMPTY,
+            collection: None,
+            namespace: None,
+        }),
+        ..redis_get(None, 3_000)
+    };
+    let mut no_response = http_get(0, None);
+    if let Attributes::Http(h) = &mut no_response.attributes {
+        h.method = "_OTHER";
+        h.path = UrlPath::Unknown;
+    }
+    let mut route_path = http_get(201, Some(tp));
+    if let Attributes::Http(h) = &mut route_path.attributes {
+        h.path = UrlPath::Route;
+    }
+    let rpc = |status| Request {
+        start_ns: 10,
+        end_ns: 20,
+        attributes: Attributes::Rpc(RpcRequest {
+            system: "grpc",
+            service: "shop.Cart".into(),
+            method: "Add".into(),
+            status,
+            traceparent: None,
+        }),
+        stream: Some(3),
+    };
+    let requests = [
+        (protocol("redis"), redis_get(None, 2_000)),
+        (protocol("redis"), redis_get(Some("WRONGTYPE"), 2_000)),
+        (protocol("redis"), redis_set),
+        (protocol("redis"), redis_other),
+        (protocol("postgresql"), postgres),
+        (protocol("http"), http_get(200, None)),
+        (protocol("http"), http_get(404, Some(tp))),
+        (protocol("http"), http_get(503, None)),
+        (protocol("http"), no_response),
+        (protocol("http"), route_path),
+        (protocol("http2"), rpc(0)),
+        (protocol("http2"), rpc(14)),
+    ];
+    let v6_server: SocketAddr = "[2001:db8::5]:8080".parse().unwrap();
+    let v6_client: SocketAddr = "[::ffff:10.1.2.3]:51000".parse().unwrap();
+    let mut out = Vec::new();
+    let mut n = 0u64;
+    for (protocol, request) in &requests {
+        for role in [Role::Client, Role::Server] {
+            for (i, workload) in workloads.iter().enumerate() {
+                let zone = &zones[i % 2];
+                let mut r = record(*protocol, role, request, zone, workload);
+                n += 1;
+                match n % 4 {
+                    0 => {
+                        r.server = v6_server;
+                        r.client = v6_client;
+                    }
+                    1 => {
+                        r.link = Some(LinkKey {
+                            client_conn: 1,
+                            server_conn: 2,
+                            sequence: n,
+                        })
+                    }
+                    2 => {
+                        r.thread = Some(match role {
+                            Role::Server => ThreadContext::Parent {
+                                key: RequestKey {
+                                    conn: 3,
+                                    sequence: n,
+                                },
+                                trace: TraceSource::Own(RequestKey {
+                                    conn: 3,
+                                    sequence: n,
+                                }),
+                                parent: None,
+                            },
+                            _ => ThreadContext::Child {
+                                parent: RequestKey {
+                                    conn: 3,
+                                    sequence: n,
+                                },
+                                trace: TraceSource::Own(RequestKey {
+                                    conn: 3,
+                                    sequence: n,
+                                }),
+                            },
+                        })
+                    }
+                    _ => {}
+                }
+                out.push(s.span_of(&r).expect("always_on keeps it"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_exporter_writes_the_bytes_prost_writes_for_the_same_messages() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let spans = every_kind_of_span(&s);
+    let mut options = export_options();
+    for zone in [None, Some("use1-az1")] {
+        options.local_zone = Arc::new(move || zone.map(str::to_owned));
+        for batch in [&spans[..], &spans[..1], &spans[5..9], &[]] {
+            let reference = build_request(batch, &options).encode_to_vec();
+            assert!(
+                encoded(batch, &options) == reference,
+                "the encoding of {} spans differs from prost's",
+                batch.len()
+            );
+        }
+        // Past 16 KiB a resource's spans need a 3-byte length.
+        let many: Vec<FinishedSpan> = spans.iter().cycle().take(600).cloned().collect();
+        assert!(encoded(&many, &options) == build_request(&many, &options).encode_to_vec());
+    }
+}
+
+fn export_options() -> ExportOptions {
+    ExportOptions {
+        endpoint: "http://127.0.0.1:4318/v1/traces".parse().unwrap(),
+        protocol: OtlpProtocol::HttpProtobuf,
+        headers: Vec::new(),
+        timeout: Duration::from_secs(1),
+        gzip: false,
+        batch_size: 512,
+        batch_delay: Duration::from_millis(10),
+        retry_budget: Duration::from_secs(1),
+        resource: vec![
+            ("host.name".into(), "node-1".into()),
+            ("k8s.pod.name".into(), "not-the-pod".into()),
+            ("deployment.environment.name".into(), "prod".into()),
+        ],
+        ca_certificates: None,
+        local_zone: Arc::new(|| None),
+    }
+}
+
+#[test]
+fn addresses_are_written_as_display_writes_them() {
+    let mut addresses: Vec<std::net::IpAddr> = (0..=255u8)
+        .map(|b| std::net::Ipv4Addr::new(b, 255 - b, b / 3, b.wrapping_mul(7)).into())
+        .collect();
+    for v6 in [
+        "::",
+        "::1",
+        "2001:db8::5",
+        "::ffff:10.1.2.3",
+        "fe80::1:2:3:4",
+    ] {
+        addresses.push(v6.parse().unwrap());
+    }
+    for ip in addresses {
+        let mut out = b"x".to_vec();
+        export::write_ip(&mut out, &ip);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("x{ip}"));
     }
 }
