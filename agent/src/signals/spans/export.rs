@@ -604,8 +604,9 @@ fn encode_span(out: &mut Vec<u8>, span: &FinishedSpan) {
     if let Some((parent, _)) = &span.parent {
         wire::bytes(out, 4, parent);
     }
-    if !span.name.is_empty() {
-        wire::bytes(out, 5, span.name.as_bytes());
+    let name = span.name();
+    if !name.is_empty() {
+        wire::bytes(out, 5, name.as_bytes());
     }
     wire::int64(out, 6, i64::from(span_kind(span.kind)));
     if span.start_unix_ns != 0 {
@@ -614,23 +615,40 @@ fn encode_span(out: &mut Vec<u8>, span: &FinishedSpan) {
     if span.end_unix_ns != 0 {
         wire::fixed64(out, 8, span.end_unix_ns);
     }
-    for (key, value) in &span.attributes {
-        let kv = wire::begin(out, 9, 1);
-        wire::bytes(out, 1, key.as_bytes());
-        let any = wire::begin(out, 2, 1);
+    for (key, value) in span.attributes() {
         match value {
-            AttributeValue::Str(s) => wire::bytes(out, 1, s.as_bytes()),
-            AttributeValue::Name(n) => wire::bytes(out, 1, n.0.as_bytes()),
-            AttributeValue::Static(s) => wire::bytes(out, 1, s.as_bytes()),
-            AttributeValue::Int(i) => wire::int64(out, 3, *i),
-            AttributeValue::Ip(ip) => {
-                let text = wire::begin(out, 1, 1);
-                write_ip(out, ip);
-                text.end(out);
+            AttributeValue::Int(i) => {
+                // `AnyValue.int_value` (field 3).
+                let any_len = 1 + wire::varint_len(*i as u64);
+                key_value_head(out, key, any_len);
+                wire::int64(out, 3, *i);
             }
+            AttributeValue::Placeholders { head, count } => {
+                let len = head.len() + 2 * usize::from(*count);
+                key_value_head(out, key, 1 + wire::varint_len(len as u64) + len);
+                wire::key(out, 1, wire::LEN);
+                wire::varint(out, len as u64);
+                out.extend_from_slice(head.as_bytes());
+                (0..*count).for_each(|_| out.extend_from_slice(b" ?"));
+            }
+            AttributeValue::Ip(ip) => {
+                let mut text = Vec::with_capacity(0);
+                let ip = match ip {
+                    IpAddr::V4(v4) => {
+                        let mut buf = [0u8; 15];
+                        let len = write_ipv4(&mut buf, v4);
+                        string_value(out, key, &buf[..len]);
+                        continue;
+                    }
+                    IpAddr::V6(_) => {
+                        write_ip(&mut text, ip);
+                        &text
+                    }
+                };
+                string_value(out, key, ip);
+            }
+            other => string_value(out, key, span.str_of(other).unwrap_or_default().as_bytes()),
         }
-        any.end(out);
-        kv.end(out);
     }
     if span.error {
         // `Status`: the code alone (an empty message is not sent).
@@ -640,6 +658,33 @@ fn encode_span(out: &mut Vec<u8>, span: &FinishedSpan) {
     }
     wire::fixed32(out, 16, span_flags(span));
     message.end(out);
+}
+
+/// A `KeyValue` (field 9 of `Span`) up to its `AnyValue`'s body, which is `any_len` bytes.
+#[inline]
+fn key_value_head(out: &mut Vec<u8>, key: &str, any_len: usize) {
+    let kv_len = 1
+        + wire::varint_len(key.len() as u64)
+        + key.len()
+        + 1
+        + wire::varint_len(any_len as u64)
+        + any_len;
+    wire::key(out, 9, wire::LEN);
+    wire::varint(out, kv_len as u64);
+    wire::bytes(out, 1, key.as_bytes());
+    wire::key(out, 2, wire::LEN);
+    wire::varint(out, any_len as u64);
+}
+
+/// A `KeyValue` (field 9 of `Span`) with a string value (`AnyValue.string_value`, field 1).
+#[inline]
+fn string_value(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    key_value_head(
+        out,
+        key,
+        1 + wire::varint_len(value.len() as u64) + value.len(),
+    );
+    wire::bytes(out, 1, value);
 }
 
 fn span_kind(kind: Role) -> i32 {
@@ -665,23 +710,37 @@ fn span_flags(span: &FinishedSpan) -> u32 {
 pub(crate) fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                if octet >= 100 {
-                    out.push(b'0' + octet / 100);
-                }
-                if octet >= 10 {
-                    out.push(b'0' + octet / 10 % 10);
-                }
-                out.push(b'0' + octet % 10);
-            }
+            let mut buf = [0u8; 15];
+            let len = write_ipv4(&mut buf, v4);
+            out.extend_from_slice(&buf[..len]);
         }
         IpAddr::V6(v6) => {
             write!(out, "{v6}").expect("writing to memory");
         }
     }
+}
+
+/// Writes `a.b.c.d` into `buf` (15 bytes at most); returns its length.
+#[inline]
+fn write_ipv4(buf: &mut [u8; 15], ip: &std::net::Ipv4Addr) -> usize {
+    let mut at = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[at] = b'.';
+            at += 1;
+        }
+        if octet >= 100 {
+            buf[at] = b'0' + octet / 100;
+            at += 1;
+        }
+        if octet >= 10 {
+            buf[at] = b'0' + octet / 10 % 10;
+            at += 1;
+        }
+        buf[at] = b'0' + octet % 10;
+        at += 1;
+    }
+    at
 }
 
 /// The export request for a batch as prost messages: the reference [`encode_request`]'s
@@ -753,21 +812,18 @@ fn resource(
 #[cfg(test)]
 fn to_otlp(span: &FinishedSpan) -> otlp::Span {
     let attributes = span
-        .attributes
+        .attributes()
         .iter()
         .map(|(key, value)| match value {
-            AttributeValue::Str(s) => otlp::KeyValue::string(key, s.as_str()),
-            AttributeValue::Name(n) => otlp::KeyValue::string(key, n.0.as_ref()),
-            AttributeValue::Static(s) => otlp::KeyValue::string(key, *s),
             AttributeValue::Int(i) => otlp::KeyValue::int(key, *i),
-            AttributeValue::Ip(ip) => otlp::KeyValue::string(key, ip.to_string()),
+            other => otlp::KeyValue::string(key, span.text_of(other)),
         })
         .collect();
     otlp::Span {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
         parent_span_id: span.parent.map_or_else(Vec::new, |(p, _)| p.to_vec()),
-        name: span.name.clone(),
+        name: span.name().to_owned(),
         kind: span_kind(span.kind),
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,

@@ -7,7 +7,7 @@ use super::{
     *,
 };
 use crate::{
-    metadata::workload::PeerZone,
+    metadata::workload::{Name, PeerZone},
     protocols::{request::Request, Protocol},
 };
 
@@ -91,20 +91,10 @@ fn record<'a>(
     }
 }
 
-fn text(v: &AttributeValue) -> String {
-    match v {
-        AttributeValue::Str(s) => s.clone(),
-        AttributeValue::Name(n) => n.0.to_string(),
-        AttributeValue::Static(s) => (*s).to_owned(),
-        AttributeValue::Int(i) => i.to_string(),
-        AttributeValue::Ip(ip) => ip.to_string(),
-    }
-}
-
 fn attributes(span: &FinishedSpan) -> Vec<(String, String)> {
-    span.attributes
+    span.attributes()
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), text(v)))
+        .map(|(k, v)| ((*k).to_owned(), span.text_of(v)))
         .collect()
 }
 
@@ -129,7 +119,7 @@ fn a_redis_client_span_has_the_db_conventions() {
             &workload,
         ))
         .expect("always_on keeps it");
-    assert_eq!(span.name, "GET");
+    assert_eq!(span.name(), "GET");
     assert_eq!(span.kind, Role::Client);
     assert!(!span.error && span.parent.is_none());
     assert_eq!(
@@ -175,7 +165,7 @@ fn an_http_server_span_joins_the_callers_trace() {
             &workload,
         ))
         .unwrap();
-    assert_eq!(span.name, "GET /users/{id}");
+    assert_eq!(span.name(), "GET /users/{id}");
     assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
     let (parent, remote) = span.parent.unwrap();
     assert_eq!(
@@ -211,7 +201,7 @@ fn an_http_server_span_joins_the_callers_trace() {
             &workload,
         ))
         .unwrap();
-    assert_eq!(span.name, "GET");
+    assert_eq!(span.name(), "GET");
     assert_eq!(hex_of(&span.span_id), "b7ad6b7169203331");
     assert_eq!(hex_of(&span.trace_id), "0af7651916cd43dd8448eb211c80319c");
     assert!(span.parent.is_none());
@@ -713,4 +703,115 @@ fn addresses_are_written_as_display_writes_them() {
         export::write_ip(&mut out, &ip);
         assert_eq!(String::from_utf8(out).unwrap(), format!("x{ip}"));
     }
+}
+
+/// The values a span keeps in its own text (names joining two parts, routes, paths,
+/// errors) and the ones it shares with the request read back whole.
+#[test]
+fn joined_names_and_owned_values_read_back_whole() {
+    let (s, _rx, _) = spans(Sampler::AlwaysOn);
+    let all = every_kind_of_span(&s);
+    let find = |name: &str, kind: Role| {
+        all.iter()
+            .find(|span| span.name() == name && span.kind == kind)
+            .unwrap_or_else(|| panic!("no {kind:?} span {name:?}"))
+    };
+    let values = |span: &FinishedSpan, keys: &[&str]| -> Vec<String> {
+        keys.iter()
+            .map(|k| span.attribute(k).map_or("-".into(), |v| span.text_of(v)))
+            .collect()
+    };
+    let pg = find("SELECT orders", Role::Server);
+    assert_eq!(
+        values(
+            pg,
+            &[
+                "db.system.name",
+                "db.collection.name",
+                "db.namespace",
+                "db.response.status_code",
+                "error.type"
+            ]
+        ),
+        ["postgresql", "orders", "shop", "42P01", "42"]
+    );
+    assert!(pg.attribute("db.query.text").is_some_and(|v| pg
+        .text_of(v)
+        .starts_with("SELECT a, b, c FROM orders o JOIN")));
+    let set = find("SET", Role::Client);
+    assert_eq!(
+        values(set, &["db.query.text", "db.namespace"]),
+        ["SET ? ?", "0"]
+    );
+    let other = find("redis", Role::Client);
+    assert_eq!(
+        values(other, &["db.operation.name", "db.query.text"]),
+        ["_OTHER", "-"]
+    );
+    let rpc = find("shop.Cart/Add", Role::Client);
+    assert_eq!(
+        values(
+            rpc,
+            &[
+                "rpc.system",
+                "rpc.service",
+                "rpc.method",
+                "rpc.grpc.status_code"
+            ]
+        ),
+        ["grpc", "shop.Cart", "Add", "0"]
+    );
+    let server = find("GET /users/{id}", Role::Server);
+    assert_eq!(
+        values(server, &["http.route", "url.path"]),
+        ["/users/{id}", "/users/42"]
+    );
+    let client = all
+        .iter()
+        .find(|span| {
+            span.kind == Role::Client
+                && span
+                    .attribute("http.response.status_code")
+                    .is_some_and(|v| *v == AttributeValue::Int(201))
+        })
+        .unwrap();
+    assert_eq!(client.name(), "GET");
+    assert_eq!(
+        values(client, &["http.route", "url.path", "error.type"]),
+        ["/users/{id}", "/users/{id}", "-"]
+    );
+    let unknown = find("HTTP", Role::Client);
+    assert_eq!(
+        values(
+            unknown,
+            &[
+                "http.request.method",
+                "http.response.status_code",
+                "url.path",
+                "error.type"
+            ]
+        ),
+        ["_OTHER", "-", "-", "_OTHER"]
+    );
+    let failed = all
+        .iter()
+        .find(|span| {
+            span.kind == Role::Client
+                && span
+                    .attribute("http.response.status_code")
+                    .is_some_and(|v| *v == AttributeValue::Int(404))
+        })
+        .unwrap();
+    assert_eq!(values(failed, &["error.type"]), ["404"]);
+    let v6 = all
+        .iter()
+        .find(|span| {
+            span.attribute("server.address")
+                == Some(&AttributeValue::Ip("2001:db8::5".parse().unwrap()))
+        })
+        .unwrap();
+    assert_eq!(
+        v6.text_of(v6.attribute("server.address").unwrap()),
+        "2001:db8::5"
+    );
 }
