@@ -145,27 +145,13 @@ impl FinishedSpan {
     }
 }
 
-/// Builds a span's text and attributes.
-struct Builder {
-    text: String,
-    attributes: [(&'static str, AttributeValue); MAX_ATTRIBUTES],
-    count: u8,
-}
-
-impl Builder {
-    fn new(text_capacity: usize) -> Self {
-        Self {
-            text: String::with_capacity(text_capacity),
-            attributes: [const { ("", AttributeValue::Int(0)) }; MAX_ATTRIBUTES],
-            count: 0,
-        }
-    }
-
+/// Building a span in place: its attributes and its own text.
+impl FinishedSpan {
     fn push(&mut self, key: &'static str, value: AttributeValue) {
         // The protocols' attribute lists fit by construction (see MAX_ATTRIBUTES).
-        if let Some(slot) = self.attributes.get_mut(usize::from(self.count)) {
+        if let Some(slot) = self.attributes.get_mut(usize::from(self.attribute_count)) {
             *slot = (key, value);
-            self.count += 1;
+            self.attribute_count += 1;
         } else {
             debug_assert!(false, "more than {MAX_ATTRIBUTES} attributes");
         }
@@ -415,23 +401,13 @@ impl Spans {
             self.metrics.spans_not_sampled.inc();
             return None;
         }
-        let mut b;
-        let name = match &r.request.attributes {
-            Attributes::Db(db) => {
-                b = Builder::new(db_text_len(db));
-                db_attributes(r, db, &mut b)
-            }
-            Attributes::Http(http) => {
-                b = Builder::new(http_text_len(r.role, http));
-                http_attributes(r, http, &mut b)
-            }
-            Attributes::Rpc(rpc) => {
-                b = Builder::new(rpc.service.len() + 1 + rpc.method.len());
-                rpc_attributes(rpc, &mut b)
-            }
+        let text_len = match &r.request.attributes {
+            Attributes::Db(db) => db_text_len(db),
+            Attributes::Http(http) => http_text_len(role, http),
+            Attributes::Rpc(rpc) => rpc.service.len() + 1 + rpc.method.len(),
         };
-        connection_attributes(r, &mut b);
-        Some(FinishedSpan {
+        // Built where it stays until it is queued: the attributes are most of its size.
+        let mut span = FinishedSpan {
             trace_id,
             span_id,
             parent,
@@ -440,11 +416,18 @@ impl Spans {
             end_unix_ns: r.request.end_ns.wrapping_add(self.wall_offset_ns),
             error,
             workload: r.workload.clone(),
-            text: b.text,
-            name,
-            attributes: b.attributes,
-            attribute_count: b.count,
-        })
+            text: String::with_capacity(text_len),
+            name: AttributeValue::Static(""),
+            attributes: [const { ("", AttributeValue::Int(0)) }; MAX_ATTRIBUTES],
+            attribute_count: 0,
+        };
+        span.name = match &r.request.attributes {
+            Attributes::Db(db) => db_attributes(r, db, &mut span),
+            Attributes::Http(http) => http_attributes(r, http, &mut span),
+            Attributes::Rpc(rpc) => rpc_attributes(rpc, &mut span),
+        };
+        connection_attributes(r, &mut span);
+        Some(span)
     }
 }
 
@@ -496,7 +479,7 @@ fn db_text_len(db: &DbRequest) -> usize {
 
 /// Database attributes; the name is `{db.operation.name} {db.collection.name}`, or the
 /// operation alone, or the system when the operation is unknown.
-fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, b: &mut Builder) -> AttributeValue {
+fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, b: &mut FinishedSpan) -> AttributeValue {
     let system = r.protocol.label();
     b.push("db.system.name", AttributeValue::Static(system));
     b.push("db.operation.name", AttributeValue::Static(db.operation));
@@ -560,7 +543,11 @@ fn http_text_len(role: Role, http: &HttpRequest) -> usize {
 /// HTTP attributes; the name is `{method} {http.route}` on the server side, `{method}` on
 /// the client side (the route there is the agent's guess, not the caller's template), and
 /// `HTTP` for an unknown method.
-fn http_attributes(r: &RequestRecord<'_>, http: &HttpRequest, b: &mut Builder) -> AttributeValue {
+fn http_attributes(
+    r: &RequestRecord<'_>,
+    http: &HttpRequest,
+    b: &mut FinishedSpan,
+) -> AttributeValue {
     b.push("http.request.method", AttributeValue::Static(http.method));
     if http.status != 0 {
         b.push(
@@ -631,7 +618,7 @@ fn status_digits(mut status: u16, buf: &mut [u8; 5]) -> &str {
 }
 
 /// gRPC attributes; the name is `{rpc.service}/{rpc.method}`, which holds both.
-fn rpc_attributes(rpc: &RpcRequest, b: &mut Builder) -> AttributeValue {
+fn rpc_attributes(rpc: &RpcRequest, b: &mut FinishedSpan) -> AttributeValue {
     let name = b.own(&[&rpc.service, "/", &rpc.method]);
     let AttributeValue::Own { start, end } = name else {
         unreachable!("own text")
@@ -661,7 +648,7 @@ fn rpc_attributes(rpc: &RpcRequest, b: &mut Builder) -> AttributeValue {
 /// Where the request went: the server's address and port on both sides; the client's
 /// address on the server side; the other end of the connection as the network peer; the
 /// other end's zone when the agent knows it.
-fn connection_attributes(r: &RequestRecord<'_>, b: &mut Builder) {
+fn connection_attributes(r: &RequestRecord<'_>, b: &mut FinishedSpan) {
     b.push("server.address", AttributeValue::Ip(r.server.ip()));
     b.push(
         "server.port",
