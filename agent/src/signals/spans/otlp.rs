@@ -1,10 +1,12 @@
-//! The OTLP trace messages the agent sends, as prost structs written from the published
+//! The OTLP messages the agent sends and reads, as prost structs written from the published
 //! definitions (opentelemetry-proto, `opentelemetry/proto/collector/trace/v1/
 //! trace_service.proto`, `trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto`). Only the fields the agent fills are declared: protobuf
 //! readers skip what they do not know, and a field left out here is simply never sent.
 //! Field numbers and types must match the definitions exactly; the integration tests
-//! decode what the agent sends with the official Python bindings.
+//! decode what the agent sends with the official Python bindings. Spans are not built as
+//! these structs: the exporter writes their bytes with [`wire`], and its unit tests check
+//! those bytes against prost's encoding of the same `ExportTraceServiceRequest`.
 
 /// `ExportTraceServiceRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
