@@ -12,7 +12,14 @@
 //! that is the whole of what OTLP/gRPC needs, on the hyper client the HTTP exporter uses,
 //! without a gRPC framework.
 
-use std::{collections::HashMap, io::Write, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    io::Write,
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use agent_common::Role;
 use bytes::Bytes;
@@ -26,7 +33,10 @@ use hyper_util::{
 use prost::Message;
 use tokio::{sync::mpsc, time::Instant};
 
-use super::{otlp, AttributeValue, FinishedSpan};
+use super::{
+    otlp::{self, wire},
+    AttributeValue, FinishedSpan,
+};
 use crate::{
     metadata::workload::WorkloadLabels,
     metrics::{Metrics, ReasonLabels},
@@ -306,6 +316,8 @@ impl Transport {
 pub struct Exporter {
     transport: Transport,
     metrics: Arc<Metrics>,
+    /// The last request's size: the next one's buffer is allocated at that size once.
+    last_request_len: usize,
 }
 
 impl Exporter {
@@ -313,12 +325,13 @@ impl Exporter {
         Ok(Self {
             transport: Transport::new(options, GRPC_EXPORT_PATH)?,
             metrics,
+            last_request_len: 0,
         })
     }
 
     /// Takes spans off the queue until it closes (the capture side ended), exporting them
     /// in batches; what is queued when it closes is still exported.
-    pub async fn run(self, mut queue: mpsc::Receiver<FinishedSpan>) {
+    pub async fn run(mut self, mut queue: mpsc::Receiver<FinishedSpan>) {
         let batch_size = self.transport.options.batch_size.max(1);
         let mut batch = Vec::with_capacity(batch_size);
         loop {
@@ -339,10 +352,11 @@ impl Exporter {
     }
 
     /// Exports one batch, retrying what may succeed later within the retry budget.
-    async fn export(&self, spans: &[FinishedSpan]) {
-        let body = self
-            .transport
-            .frame(build_request(spans, &self.transport.options).encode_to_vec());
+    async fn export(&mut self, spans: &[FinishedSpan]) {
+        let mut message = Vec::with_capacity(self.last_request_len);
+        encode_request(spans, &self.transport.options, &mut message);
+        self.last_request_len = message.len();
+        let body = self.transport.frame(message);
         let count = spans.len() as u64;
         let started = Instant::now();
         let mut backoff = Duration::from_millis(100);
@@ -447,8 +461,291 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     encoder.finish().expect("writing to memory")
 }
 
-/// The export request for a batch: one `ResourceSpans` per workload, in the order the
-/// workloads first appear.
+/// The export request for a batch (`ExportTraceServiceRequest`), encoded into `out`: one
+/// `ResourceSpans` per workload, in the order the workloads first appear, each span in
+/// batch order. Written straight from the spans, field by field: no message structs, no
+/// per-span copies of keys, values or ids; each group's resource is written once.
+pub fn encode_request(spans: &[FinishedSpan], options: &ExportOptions, out: &mut Vec<u8>) {
+    let zone = (options.local_zone)();
+    let (groups, order) = group_by_workload(spans);
+    let mut next = 0;
+    for (workload, len) in groups {
+        let resource_spans = wire::begin(out, 1, 3);
+        encode_resource(out, workload, options, zone.as_deref());
+        let scope_spans = wire::begin(out, 2, 3);
+        let scope = wire::begin(out, 1, 1);
+        wire::bytes(out, 1, b"nodetap");
+        wire::bytes(out, 2, env!("CARGO_PKG_VERSION").as_bytes());
+        scope.end(out);
+        for &i in &order[next..next + len] {
+            encode_span(out, &spans[i as usize]);
+        }
+        next += len;
+        scope_spans.end(out);
+        resource_spans.end(out);
+    }
+}
+
+/// The batch's workloads in the order they first appear, each with its number of spans,
+/// and the spans' indices grouped that way (batch order within a group). Clones of one
+/// workload (the usual case) are matched by address; distinct but equal values by value.
+fn group_by_workload(spans: &[FinishedSpan]) -> (Vec<(&WorkloadLabels, usize)>, Vec<u32>) {
+    let mut by_address: HashMap<usize, u32, BuildHasherDefault<AddressHasher>> = HashMap::default();
+    let mut by_value: HashMap<&WorkloadLabels, u32> = HashMap::new();
+    let mut groups: Vec<(&WorkloadLabels, usize)> = Vec::new();
+    let mut group_of = Vec::with_capacity(spans.len());
+    for span in spans {
+        let group = *by_address
+            .entry(span.workload.identity())
+            .or_insert_with(|| {
+                *by_value.entry(&span.workload).or_insert_with(|| {
+                    groups.push((&span.workload, 0));
+                    (groups.len() - 1) as u32
+                })
+            });
+        groups[group as usize].1 += 1;
+        group_of.push(group);
+    }
+    // Counting sort: each group's first slot, then the spans in batch order.
+    let mut slot = Vec::with_capacity(groups.len());
+    let mut start = 0;
+    for (_, len) in &groups {
+        slot.push(start);
+        start += len;
+    }
+    let mut order = vec![0u32; spans.len()];
+    for (i, group) in group_of.into_iter().enumerate() {
+        let at = &mut slot[group as usize];
+        order[*at] = i as u32;
+        *at += 1;
+    }
+    (groups, order)
+}
+
+/// Hashes a pointer-sized address: multiplied by a 64-bit odd constant (Fibonacci
+/// hashing), which spreads allocations' aligned addresses over the table.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        self.0 = (address as u64)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(32);
+    }
+}
+
+/// A `Resource` (field 1 of `ResourceSpans`): `service.name` and the workload's
+/// Kubernetes names, this node's zone, then the node's and the user's attributes (a key
+/// the workload sets is not repeated).
+fn encode_resource(
+    out: &mut Vec<u8>,
+    workload: &WorkloadLabels,
+    options: &ExportOptions,
+    zone: Option<&str>,
+) {
+    let fields = workload.fields();
+    let mut keys: Vec<&str> = Vec::with_capacity(5 + options.resource.len());
+    let resource = wire::begin(out, 1, 1);
+    let mut attribute = |out: &mut Vec<u8>, key: &'static str, value: &str| {
+        encode_string_attribute(out, 1, key, value);
+        keys.push(key);
+    };
+    attribute(out, "service.name", &fields.service_name.0);
+    if let Some(k8s) = &fields.k8s {
+        for (key, value) in [
+            ("k8s.namespace.name", &k8s.namespace),
+            ("k8s.pod.name", &k8s.pod),
+            ("k8s.container.name", &k8s.container),
+        ] {
+            if !value.0.is_empty() {
+                attribute(out, key, &value.0);
+            }
+        }
+    }
+    if let Some(zone) = zone {
+        attribute(out, "cloud.availability_zone", zone);
+    }
+    for (key, value) in &options.resource {
+        if !keys.contains(&key.as_str()) {
+            encode_string_attribute(out, 1, key, value);
+        }
+    }
+    resource.end(out);
+}
+
+/// A `KeyValue` with a string value, as field `field` of its message.
+fn encode_string_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: &str) {
+    let kv = wire::begin(out, field, 1);
+    if !key.is_empty() {
+        wire::bytes(out, 1, key.as_bytes());
+    }
+    let any = wire::begin(out, 2, 1);
+    wire::bytes(out, 1, value.as_bytes());
+    any.end(out);
+    kv.end(out);
+}
+
+/// A `Span` (field 2 of `ScopeSpans`).
+fn encode_span(out: &mut Vec<u8>, span: &FinishedSpan) {
+    let message = wire::begin(out, 2, 2);
+    wire::bytes(out, 1, &span.trace_id);
+    wire::bytes(out, 2, &span.span_id);
+    if let Some((parent, _)) = &span.parent {
+        wire::bytes(out, 4, parent);
+    }
+    let name = span.name();
+    if !name.is_empty() {
+        wire::bytes(out, 5, name.as_bytes());
+    }
+    wire::int64(out, 6, i64::from(span_kind(span.kind)));
+    if span.start_unix_ns != 0 {
+        wire::fixed64(out, 7, span.start_unix_ns);
+    }
+    if span.end_unix_ns != 0 {
+        wire::fixed64(out, 8, span.end_unix_ns);
+    }
+    for (key, value) in span.attributes() {
+        match value {
+            AttributeValue::Int(i) => {
+                // `AnyValue.int_value` (field 3).
+                let any_len = 1 + wire::varint_len(*i as u64);
+                key_value_head(out, key, any_len);
+                wire::int64(out, 3, *i);
+            }
+            AttributeValue::Placeholders { head, count } => {
+                let len = head.len() + 2 * usize::from(*count);
+                key_value_head(out, key, 1 + wire::varint_len(len as u64) + len);
+                wire::key(out, 1, wire::LEN);
+                wire::varint(out, len as u64);
+                out.extend_from_slice(head.as_bytes());
+                (0..*count).for_each(|_| out.extend_from_slice(b" ?"));
+            }
+            AttributeValue::Ip(ip) => {
+                let mut text = Vec::with_capacity(0);
+                let ip = match ip {
+                    IpAddr::V4(v4) => {
+                        let mut buf = [0u8; 15];
+                        let len = write_ipv4(&mut buf, v4);
+                        string_value(out, key, &buf[..len]);
+                        continue;
+                    }
+                    IpAddr::V6(_) => {
+                        write_ip(&mut text, ip);
+                        &text
+                    }
+                };
+                string_value(out, key, ip);
+            }
+            other => string_value(out, key, span.str_of(other).unwrap_or_default().as_bytes()),
+        }
+    }
+    if span.error {
+        // `Status`: the code alone (an empty message is not sent).
+        let status = wire::begin(out, 15, 1);
+        wire::int64(out, 3, i64::from(otlp::STATUS_CODE_ERROR));
+        status.end(out);
+    }
+    wire::fixed32(out, 16, span_flags(span));
+    message.end(out);
+}
+
+/// A `KeyValue` (field 9 of `Span`) up to its `AnyValue`'s body, which is `any_len` bytes.
+#[inline]
+fn key_value_head(out: &mut Vec<u8>, key: &str, any_len: usize) {
+    let kv_len = 1
+        + wire::varint_len(key.len() as u64)
+        + key.len()
+        + 1
+        + wire::varint_len(any_len as u64)
+        + any_len;
+    wire::key(out, 9, wire::LEN);
+    wire::varint(out, kv_len as u64);
+    wire::bytes(out, 1, key.as_bytes());
+    wire::key(out, 2, wire::LEN);
+    wire::varint(out, any_len as u64);
+}
+
+/// A `KeyValue` (field 9 of `Span`) with a string value (`AnyValue.string_value`, field 1).
+#[inline]
+fn string_value(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    key_value_head(
+        out,
+        key,
+        1 + wire::varint_len(value.len() as u64) + value.len(),
+    );
+    wire::bytes(out, 1, value);
+}
+
+fn span_kind(kind: Role) -> i32 {
+    match kind {
+        Role::Server => otlp::SPAN_KIND_SERVER,
+        _ => otlp::SPAN_KIND_CLIENT,
+    }
+}
+
+/// Sampled (a span exported was kept), and whether the parent is remote when there is one.
+fn span_flags(span: &FinishedSpan) -> u32 {
+    let mut flags = otlp::SPAN_FLAGS_SAMPLED;
+    match span.parent {
+        Some((_, true)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE | otlp::SPAN_FLAGS_IS_REMOTE,
+        Some((_, false)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE,
+        None => {}
+    }
+    flags
+}
+
+/// An address as `Display` writes it, straight into the buffer: IPv4 digit by digit (the
+/// common case, without the formatting machinery), IPv6 through `Display`.
+pub(crate) fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut buf = [0u8; 15];
+            let len = write_ipv4(&mut buf, v4);
+            out.extend_from_slice(&buf[..len]);
+        }
+        IpAddr::V6(v6) => {
+            write!(out, "{v6}").expect("writing to memory");
+        }
+    }
+}
+
+/// Writes `a.b.c.d` into `buf` (15 bytes at most); returns its length.
+#[inline]
+fn write_ipv4(buf: &mut [u8; 15], ip: &std::net::Ipv4Addr) -> usize {
+    let mut at = 0;
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[at] = b'.';
+            at += 1;
+        }
+        if octet >= 100 {
+            buf[at] = b'0' + octet / 100;
+            at += 1;
+        }
+        if octet >= 10 {
+            buf[at] = b'0' + octet / 10 % 10;
+            at += 1;
+        }
+        buf[at] = b'0' + octet % 10;
+        at += 1;
+    }
+    at
+}
+
+/// The export request for a batch as prost messages: the reference [`encode_request`]'s
+/// bytes are checked against (tests only).
+#[cfg(test)]
 pub fn build_request(
     spans: &[FinishedSpan],
     options: &ExportOptions,
@@ -479,8 +776,7 @@ pub fn build_request(
     }
 }
 
-/// A workload's resource: `service.name` and its Kubernetes names, then the node's and
-/// the user's attributes (a key the workload sets is not repeated).
+#[cfg(test)]
 fn resource(
     workload: &WorkloadLabels,
     options: &ExportOptions,
@@ -513,33 +809,22 @@ fn resource(
     otlp::Resource { attributes }
 }
 
+#[cfg(test)]
 fn to_otlp(span: &FinishedSpan) -> otlp::Span {
     let attributes = span
-        .attributes
+        .attributes()
         .iter()
         .map(|(key, value)| match value {
-            AttributeValue::Str(s) => otlp::KeyValue::string(key, s.as_str()),
-            AttributeValue::Name(n) => otlp::KeyValue::string(key, n.0.as_ref()),
-            AttributeValue::Static(s) => otlp::KeyValue::string(key, *s),
             AttributeValue::Int(i) => otlp::KeyValue::int(key, *i),
-            AttributeValue::Ip(ip) => otlp::KeyValue::string(key, ip.to_string()),
+            other => otlp::KeyValue::string(key, span.text_of(other)),
         })
         .collect();
-    let mut flags = otlp::SPAN_FLAGS_SAMPLED;
-    match span.parent {
-        Some((_, true)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE | otlp::SPAN_FLAGS_IS_REMOTE,
-        Some((_, false)) => flags |= otlp::SPAN_FLAGS_HAS_IS_REMOTE,
-        None => {}
-    }
     otlp::Span {
         trace_id: span.trace_id.to_vec(),
         span_id: span.span_id.to_vec(),
         parent_span_id: span.parent.map_or_else(Vec::new, |(p, _)| p.to_vec()),
-        name: span.name.clone(),
-        kind: match span.kind {
-            Role::Server => otlp::SPAN_KIND_SERVER,
-            _ => otlp::SPAN_KIND_CLIENT,
-        },
+        name: span.name().to_owned(),
+        kind: span_kind(span.kind),
         start_time_unix_nano: span.start_unix_ns,
         end_time_unix_nano: span.end_unix_ns,
         attributes,
@@ -547,6 +832,6 @@ fn to_otlp(span: &FinishedSpan) -> otlp::Span {
             message: String::new(),
             code: otlp::STATUS_CODE_ERROR,
         }),
-        flags,
+        flags: span_flags(span),
     }
 }

@@ -15,8 +15,6 @@ pub mod sampler;
 
 use std::{
     cell::Cell,
-    collections::hash_map::RandomState,
-    hash::BuildHasher,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -27,14 +25,15 @@ use tokio::sync::mpsc;
 
 use super::{LinkKey, ParentRef, RequestKey, RequestRecord, Signal, ThreadContext, TraceSource};
 use crate::{
-    metadata::workload::{Name, WorkloadLabels},
+    metadata::workload::WorkloadLabels,
     metrics::{Metrics, ReasonLabels, SpanExemplar},
-    protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
+    protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest, Statement, UrlPath},
 };
 pub use export::{ExportOptions, OtlpProtocol};
 pub use sampler::Sampler;
 
-/// Spans queued for the exporter by default; a span is a few hundred bytes.
+/// Spans queued for the exporter by default; a span is under 700 bytes (its attributes
+/// inline) and shares or owns the rest of its text, so a full queue holds about 10.5 MiB.
 pub const DEFAULT_QUEUE_SIZE: usize = 16_384;
 /// Spans slower than this are kept whatever the sampler says, by default.
 pub const DEFAULT_SLOW_THRESHOLD: Duration = Duration::from_secs(1);
@@ -53,43 +52,120 @@ pub struct SpanOptions {
     pub exporter_addresses: Vec<SocketAddr>,
 }
 
+/// Most attributes a span has (a database span with every optional attribute, on the
+/// server side, with the peer's zone).
+pub const MAX_ATTRIBUTES: usize = 14;
+
 /// One finished span, as the signal hands it to the exporter: plain values, so that
-/// building the protobuf messages (and grouping by resource) happens on the exporter's
-/// task, not on the capture path.
+/// encoding the protobuf (and grouping by resource) happens on the exporter's task, not on
+/// the capture path. Built without copying what the request already shares (statements,
+/// names) and with one allocation at most: the text the span does not share with the
+/// request (its name when it joins two parts, a route, an error) lives in one buffer that
+/// its values point into.
 #[derive(Clone, Debug)]
 pub struct FinishedSpan {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     /// The parent's span id, and whether the parent is in another process.
     pub parent: Option<([u8; 8], bool)>,
-    pub name: String,
     pub kind: Role,
     pub start_unix_ns: u64,
     pub end_unix_ns: u64,
-    pub attributes: Vec<(&'static str, AttributeValue)>,
     /// Span status Error (the convention's rule for the protocol and side).
     pub error: bool,
     /// The resource: who on this node made or served the request.
     pub workload: WorkloadLabels,
+    /// The span's own text, which its name and values point into.
+    text: String,
+    /// [`AttributeValue::Static`] or [`AttributeValue::Own`].
+    name: AttributeValue,
+    attributes: [(&'static str, AttributeValue); MAX_ATTRIBUTES],
+    attribute_count: u8,
 }
 
+/// An attribute's value (or a span's name), without copies of what the request shares.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AttributeValue {
-    Str(String),
-    Name(Name),
     Static(&'static str),
+    /// The span's own text, `start..end`.
+    Own {
+        start: u32,
+        end: u32,
+    },
+    /// Text the request shares (a statement, a namespace, a zone).
+    Shared(Arc<str>),
+    /// A command followed by one ` ?` per argument (`SET ? ?`), written out when encoded.
+    Placeholders {
+        head: &'static str,
+        count: u16,
+    },
     Int(i64),
     /// An address, formatted by the exporter (off the capture path).
     Ip(IpAddr),
 }
 
 impl FinishedSpan {
-    /// The value of attribute `key` (tests and the exporter's grouping read it).
+    pub fn name(&self) -> &str {
+        self.str_of(&self.name).unwrap_or_default()
+    }
+
+    pub fn attributes(&self) -> &[(&'static str, AttributeValue)] {
+        &self.attributes[..usize::from(self.attribute_count)]
+    }
+
+    /// The value of attribute `key` (tests read it).
     pub fn attribute(&self, key: &str) -> Option<&AttributeValue> {
-        self.attributes
+        self.attributes()
             .iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)
+    }
+
+    /// A value's text where it is held whole (not for placeholders, numbers or addresses).
+    pub fn str_of<'a>(&'a self, value: &'a AttributeValue) -> Option<&'a str> {
+        match value {
+            AttributeValue::Static(s) => Some(s),
+            AttributeValue::Own { start, end } => self.text.get(*start as usize..*end as usize),
+            AttributeValue::Shared(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A value as text, as it is exported (numbers as their digits).
+    pub fn text_of(&self, value: &AttributeValue) -> String {
+        match value {
+            AttributeValue::Placeholders { head, count } => {
+                let mut text = (*head).to_owned();
+                (0..*count).for_each(|_| text.push_str(" ?"));
+                text
+            }
+            AttributeValue::Int(i) => i.to_string(),
+            AttributeValue::Ip(ip) => ip.to_string(),
+            other => self.str_of(other).unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Building a span in place: its attributes and its own text.
+impl FinishedSpan {
+    fn push(&mut self, key: &'static str, value: AttributeValue) {
+        // The protocols' attribute lists fit by construction (see MAX_ATTRIBUTES).
+        if let Some(slot) = self.attributes.get_mut(usize::from(self.attribute_count)) {
+            *slot = (key, value);
+            self.attribute_count += 1;
+        } else {
+            debug_assert!(false, "more than {MAX_ATTRIBUTES} attributes");
+        }
+    }
+
+    /// Appends `parts` to the span's text as one value.
+    fn own(&mut self, parts: &[&str]) -> AttributeValue {
+        let start = self.text.len() as u32;
+        parts.iter().for_each(|p| self.text.push_str(p));
+        AttributeValue::Own {
+            start,
+            end: self.text.len() as u32,
+        }
     }
 }
 
@@ -147,9 +223,9 @@ pub struct Spans {
     wall_offset_ns: u64,
     /// splitmix64 state for trace and span ids (seeded from the OS's randomness).
     rng: Cell<u64>,
-    /// Keys the ids derived from a [`LinkKey`]: random per agent, so ids are not
-    /// guessable and differ between agents.
-    link_ids: RandomState,
+    /// Keys the ids derived from a [`LinkKey`] or a [`RequestKey`]: random per agent, so
+    /// ids differ between agents and do not give away connection ids.
+    link_keys: [u64; 4],
     queue_full: prometheus_client::metrics::counter::Counter,
 }
 
@@ -169,7 +245,7 @@ impl Spans {
             metrics,
             wall_offset_ns: wall_offset_ns(),
             rng: Cell::new(random_seed()),
-            link_ids: RandomState::new(),
+            link_keys: [random_seed(), random_seed(), random_seed(), random_seed()],
             queue_full,
         };
         (spans, rx)
@@ -205,8 +281,29 @@ impl Spans {
     /// An id derived from a request's link key: both ends of the request compute the
     /// same one without meeting.
     fn linked_id(&self, link: &LinkKey, part: u8) -> u64 {
-        let id = self.link_ids.hash_one((link, part));
-        id.max(1)
+        self.derived_id(
+            link.client_conn,
+            link.server_conn,
+            link.sequence,
+            u64::from(part),
+        )
+        .max(1)
+    }
+
+    /// An id derived from a server request's key (`part` 0x100 and up, apart from the
+    /// link keys' parts).
+    fn request_id(&self, key: &RequestKey, part: u8) -> u64 {
+        self.derived_id(key.conn, key.sequence, 0, 0x100 | u64::from(part))
+    }
+
+    /// A keyed mix of four words: folded 64x64->128-bit multiplications of the words
+    /// xored with the agent's random keys (the construction of foldhash and wyhash),
+    /// cheaper than SipHash on every linked span and as well spread for ids.
+    fn derived_id(&self, a: u64, b: u64, c: u64, d: u64) -> u64 {
+        let [k0, k1, k2, k3] = self.link_keys;
+        let h = fold(a ^ k0, b ^ k1);
+        let h = fold(h ^ c ^ k2, d ^ k3);
+        fold(h ^ k1, k2 ^ 0x9e37_79b9_7f4a_7c15)
     }
 
     /// The trace id a thread-linked request's trace source names.
@@ -215,10 +312,7 @@ impl Spans {
         let (high, low) = match source {
             TraceSource::Header { trace_id, .. } => return *trace_id,
             TraceSource::Link(link) => (self.linked_id(link, 0), self.linked_id(link, 1)),
-            TraceSource::Own(key) => (
-                self.link_ids.hash_one((key, 0u8)).max(1),
-                self.link_ids.hash_one((key, 1u8)),
-            ),
+            TraceSource::Own(key) => (self.request_id(key, 0).max(1), self.request_id(key, 1)),
         };
         trace_id[..8].copy_from_slice(&high.to_be_bytes());
         trace_id[8..].copy_from_slice(&low.to_be_bytes());
@@ -228,7 +322,7 @@ impl Spans {
     /// The span id of a server request whose thread made client requests: derived from
     /// its key, so its children (which end first) name it.
     fn request_span_id(&self, key: &RequestKey) -> [u8; 8] {
-        self.link_ids.hash_one((key, 2u8)).max(1).to_be_bytes()
+        self.request_id(key, 2).max(1).to_be_bytes()
     }
 
     /// Builds the span of a record, or `None` where the record makes no span (unknown role).
@@ -308,25 +402,33 @@ impl Spans {
             self.metrics.spans_not_sampled.inc();
             return None;
         }
-        let mut attributes = Vec::with_capacity(12);
-        let name = match &r.request.attributes {
-            Attributes::Db(db) => db_attributes(r, db, &mut attributes),
-            Attributes::Http(http) => http_attributes(r, http, &mut attributes),
-            Attributes::Rpc(rpc) => rpc_attributes(rpc, &mut attributes),
+        let text_len = match &r.request.attributes {
+            Attributes::Db(db) => db_text_len(db),
+            Attributes::Http(http) => http_text_len(role, http),
+            Attributes::Rpc(rpc) => rpc.service.len() + 1 + rpc.method.len(),
         };
-        connection_attributes(r, &mut attributes);
-        Some(FinishedSpan {
+        // Built where it stays until it is queued: the attributes are most of its size.
+        let mut span = FinishedSpan {
             trace_id,
             span_id,
             parent,
-            name,
             kind: role,
             start_unix_ns: r.request.start_ns.wrapping_add(self.wall_offset_ns),
             end_unix_ns: r.request.end_ns.wrapping_add(self.wall_offset_ns),
-            attributes,
             error,
             workload: r.workload.clone(),
-        })
+            text: String::with_capacity(text_len),
+            name: AttributeValue::Static(""),
+            attributes: [const { ("", AttributeValue::Int(0)) }; MAX_ATTRIBUTES],
+            attribute_count: 0,
+        };
+        span.name = match &r.request.attributes {
+            Attributes::Db(db) => db_attributes(r, db, &mut span),
+            Attributes::Http(http) => http_attributes(r, http, &mut span),
+            Attributes::Rpc(rpc) => rpc_attributes(rpc, &mut span),
+        };
+        connection_attributes(r, &mut span);
+        Some(span)
     }
 }
 
@@ -366,121 +468,219 @@ fn is_error(role: Role, attributes: &Attributes) -> bool {
     }
 }
 
-type Attrs = Vec<(&'static str, AttributeValue)>;
+/// The text a database span owns: its name when it joins operation and collection, and
+/// the error's code and type.
+fn db_text_len(db: &DbRequest) -> usize {
+    db.collection
+        .as_ref()
+        .map_or(0, |c| db.operation.len() + 1 + c.len())
+        + db.status_code.as_ref().map_or(0, String::len)
+        + db.error_type.as_ref().map_or(0, String::len)
+}
 
 /// Database attributes; the name is `{db.operation.name} {db.collection.name}`, or the
 /// operation alone, or the system when the operation is unknown.
-fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, out: &mut Attrs) -> String {
+fn db_attributes(r: &RequestRecord<'_>, db: &DbRequest, b: &mut FinishedSpan) -> AttributeValue {
     let system = r.protocol.label();
-    out.push(("db.system.name", AttributeValue::Static(system)));
-    out.push(("db.operation.name", AttributeValue::Static(db.operation)));
-    if let Some(collection) = &db.collection {
-        out.push((
-            "db.collection.name",
-            AttributeValue::Str(collection.to_string()),
-        ));
+    b.push("db.system.name", AttributeValue::Static(system));
+    b.push("db.operation.name", AttributeValue::Static(db.operation));
+    // The name joins operation and collection; the collection is the end of it.
+    let joined = db
+        .collection
+        .as_ref()
+        .map(|collection| b.own(&[db.operation, " ", collection]));
+    if let (Some(AttributeValue::Own { end, .. }), Some(collection)) = (&joined, &db.collection) {
+        let end = *end;
+        let start = end - collection.len() as u32;
+        b.push("db.collection.name", AttributeValue::Own { start, end });
     }
     if let Some(namespace) = &db.namespace {
-        out.push((
-            "db.namespace",
-            AttributeValue::Name(Name(namespace.clone())),
-        ));
+        b.push("db.namespace", AttributeValue::Shared(namespace.clone()));
     }
-    if !db.statement.is_empty() {
-        out.push((
-            "db.query.text",
-            AttributeValue::Str(db.statement.to_string()),
-        ));
+    match &db.statement {
+        Statement::Text(text) if !text.is_empty() => {
+            b.push("db.query.text", AttributeValue::Shared(text.clone()));
+        }
+        Statement::Placeholders { head, count } if !(head.is_empty() && *count == 0) => {
+            b.push(
+                "db.query.text",
+                AttributeValue::Placeholders {
+                    head,
+                    count: *count,
+                },
+            );
+        }
+        _ => {}
     }
     if let Some(code) = &db.status_code {
-        out.push(("db.response.status_code", AttributeValue::Str(code.clone())));
+        let code = b.own(&[code]);
+        b.push("db.response.status_code", code);
     }
     if let Some(error) = &db.error_type {
-        out.push(("error.type", AttributeValue::Str(error.clone())));
+        let error = b.own(&[error]);
+        b.push("error.type", error);
     }
-    match (&db.collection, db.operation) {
-        (_, "_OTHER") => system.to_owned(),
-        (Some(collection), op) => format!("{op} {collection}"),
-        (None, op) => op.to_owned(),
+    match (joined, db.operation) {
+        (_, "_OTHER") => AttributeValue::Static(system),
+        (Some(joined), _) => joined,
+        (None, op) => AttributeValue::Static(op),
     }
+}
+
+/// The text an HTTP span owns: the route (in the name, on the server side), the path
+/// where it is not the route, an error's status code.
+fn http_text_len(role: Role, http: &HttpRequest) -> usize {
+    let name = match role {
+        Role::Server if !http.route.is_empty() => "HTTP".len().max(http.method.len()) + 1,
+        _ => 0,
+    };
+    let path = match &http.path {
+        UrlPath::Path(p) => p.len(),
+        _ => 0,
+    };
+    name + http.route.len() + path + 3
 }
 
 /// HTTP attributes; the name is `{method} {http.route}` on the server side, `{method}` on
 /// the client side (the route there is the agent's guess, not the caller's template), and
 /// `HTTP` for an unknown method.
-fn http_attributes(r: &RequestRecord<'_>, http: &HttpRequest, out: &mut Attrs) -> String {
-    out.push(("http.request.method", AttributeValue::Static(http.method)));
+fn http_attributes(
+    r: &RequestRecord<'_>,
+    http: &HttpRequest,
+    b: &mut FinishedSpan,
+) -> AttributeValue {
+    b.push("http.request.method", AttributeValue::Static(http.method));
     if http.status != 0 {
-        out.push((
+        b.push(
             "http.response.status_code",
             AttributeValue::Int(i64::from(http.status)),
-        ));
-    }
-    if !http.route.is_empty() {
-        out.push(("http.route", AttributeValue::Str(http.route.clone())));
-    }
-    if let Some(path) = http.path.resolve(&http.route) {
-        out.push(("url.path", AttributeValue::Str(path.to_owned())));
-    }
-    if is_error(r.role, &r.request.attributes) {
-        let error = if http.status == 0 {
-            AttributeValue::Static("_OTHER")
-        } else {
-            AttributeValue::Str(http.status.to_string())
-        };
-        out.push(("error.type", error));
+        );
     }
     let method = if http.method == "_OTHER" {
         "HTTP"
     } else {
         http.method
     };
-    match r.role {
-        Role::Server if !http.route.is_empty() => format!("{method} {}", http.route),
-        _ => method.to_owned(),
+    // The route, inside the name where the name has it.
+    let (name, route) = match r.role {
+        Role::Server if !http.route.is_empty() => {
+            let name = b.own(&[method, " ", &http.route]);
+            let AttributeValue::Own { end, .. } = name else {
+                unreachable!("own text")
+            };
+            let route = AttributeValue::Own {
+                start: end - http.route.len() as u32,
+                end,
+            };
+            (name, Some(route))
+        }
+        _ => (
+            AttributeValue::Static(method),
+            (!http.route.is_empty()).then(|| b.own(&[&http.route])),
+        ),
+    };
+    if let Some(route) = &route {
+        b.push("http.route", route.clone());
     }
+    match (&http.path, &route) {
+        (UrlPath::Route, Some(route)) => b.push("url.path", route.clone()),
+        // An empty route held as the path: an empty path.
+        (UrlPath::Route, None) => b.push("url.path", AttributeValue::Static("")),
+        (UrlPath::Path(path), _) => {
+            let path = b.own(&[path]);
+            b.push("url.path", path);
+        }
+        (UrlPath::Unknown, _) => {}
+    }
+    if is_error(r.role, &r.request.attributes) {
+        let error = if http.status == 0 {
+            AttributeValue::Static("_OTHER")
+        } else {
+            let mut digits = [0u8; 5];
+            b.own(&[status_digits(http.status, &mut digits)])
+        };
+        b.push("error.type", error);
+    }
+    name
 }
 
-/// gRPC attributes; the name is `{rpc.service}/{rpc.method}`.
-fn rpc_attributes(rpc: &RpcRequest, out: &mut Attrs) -> String {
-    out.push(("rpc.system", AttributeValue::Static(rpc.system)));
-    out.push(("rpc.service", AttributeValue::Str(rpc.service.clone())));
-    out.push(("rpc.method", AttributeValue::Str(rpc.method.clone())));
-    out.push((
+/// A status code's decimal digits, without the formatting machinery.
+fn status_digits(mut status: u16, buf: &mut [u8; 5]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (status % 10) as u8;
+        status /= 10;
+        if status == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
+}
+
+/// gRPC attributes; the name is `{rpc.service}/{rpc.method}`, which holds both.
+fn rpc_attributes(rpc: &RpcRequest, b: &mut FinishedSpan) -> AttributeValue {
+    let name = b.own(&[&rpc.service, "/", &rpc.method]);
+    let AttributeValue::Own { start, end } = name else {
+        unreachable!("own text")
+    };
+    b.push("rpc.system", AttributeValue::Static(rpc.system));
+    b.push(
+        "rpc.service",
+        AttributeValue::Own {
+            start,
+            end: start + rpc.service.len() as u32,
+        },
+    );
+    b.push(
+        "rpc.method",
+        AttributeValue::Own {
+            start: end - rpc.method.len() as u32,
+            end,
+        },
+    );
+    b.push(
         "rpc.grpc.status_code",
         AttributeValue::Int(i64::from(rpc.status)),
-    ));
-    format!("{}/{}", rpc.service, rpc.method)
+    );
+    name
 }
 
 /// Where the request went: the server's address and port on both sides; the client's
 /// address on the server side; the other end of the connection as the network peer; the
 /// other end's zone when the agent knows it.
-fn connection_attributes(r: &RequestRecord<'_>, out: &mut Attrs) {
-    out.push(("server.address", AttributeValue::Ip(r.server.ip())));
-    out.push((
+fn connection_attributes(r: &RequestRecord<'_>, b: &mut FinishedSpan) {
+    b.push("server.address", AttributeValue::Ip(r.server.ip()));
+    b.push(
         "server.port",
         AttributeValue::Int(i64::from(r.server.port())),
-    ));
+    );
     let peer: SocketAddr = match r.role {
         Role::Server => {
-            out.push(("client.address", AttributeValue::Ip(r.client.ip())));
-            out.push((
+            b.push("client.address", AttributeValue::Ip(r.client.ip()));
+            b.push(
                 "client.port",
                 AttributeValue::Int(i64::from(r.client.port())),
-            ));
+            );
             r.client
         }
         _ => r.server,
     };
-    out.push(("network.peer.address", AttributeValue::Ip(peer.ip())));
-    out.push((
+    b.push("network.peer.address", AttributeValue::Ip(peer.ip()));
+    b.push(
         "network.peer.port",
         AttributeValue::Int(i64::from(peer.port())),
-    ));
+    );
     if let Some(zone) = &r.peer_zone.0 {
-        out.push(("nodetap.peer.zone", AttributeValue::Name(zone.clone())));
+        b.push("nodetap.peer.zone", AttributeValue::Shared(zone.0.clone()));
     }
+}
+
+/// The high and low halves of `x * y` xored: every bit of both inputs reaches the result.
+#[inline]
+fn fold(x: u64, y: u64) -> u64 {
+    let product = u128::from(x) * u128::from(y);
+    (product as u64) ^ ((product >> 64) as u64)
 }
 
 /// CLOCK_REALTIME minus CLOCK_MONOTONIC, both read back to back, in ns.

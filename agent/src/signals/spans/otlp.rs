@@ -1,10 +1,12 @@
-//! The OTLP trace messages the agent sends, as prost structs written from the published
+//! The OTLP messages the agent sends and reads, as prost structs written from the published
 //! definitions (opentelemetry-proto, `opentelemetry/proto/collector/trace/v1/
 //! trace_service.proto`, `trace/v1/trace.proto`, `common/v1/common.proto`,
 //! `resource/v1/resource.proto`). Only the fields the agent fills are declared: protobuf
 //! readers skip what they do not know, and a field left out here is simply never sent.
 //! Field numbers and types must match the definitions exactly; the integration tests
-//! decode what the agent sends with the official Python bindings.
+//! decode what the agent sends with the official Python bindings. Spans are not built as
+//! these structs: the exporter writes their bytes with [`wire`], and its unit tests check
+//! those bytes against prost's encoding of the same `ExportTraceServiceRequest`.
 
 /// `ExportTraceServiceRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -154,6 +156,136 @@ impl KeyValue {
             value: Some(AnyValue {
                 value: Some(Value::IntValue(value)),
             }),
+        }
+    }
+}
+
+/// The protobuf wire format, written straight into a buffer: what the span exporter
+/// encodes with, so that a batch becomes its request's bytes without building the
+/// messages above first (they stay for decoding, and as the tests' reference: the bytes
+/// written here are the bytes prost writes for the same messages, fields in tag order and
+/// proto3 defaults left out where prost leaves them out).
+pub mod wire {
+    /// Wire types (protobuf encoding, "Message Structure").
+    pub const VARINT: u32 = 0;
+    pub const FIXED64: u32 = 1;
+    pub const LEN: u32 = 2;
+    pub const FIXED32: u32 = 5;
+
+    #[inline]
+    pub fn varint(buf: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            buf.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        buf.push(value as u8);
+    }
+
+    /// Bytes the varint of `value` takes.
+    #[inline]
+    pub fn varint_len(value: u64) -> usize {
+        // 1 byte per 7 significant bits, at least 1.
+        (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
+    }
+
+    #[inline]
+    pub fn key(buf: &mut Vec<u8>, field: u32, wire_type: u32) {
+        varint(buf, u64::from(field << 3 | wire_type));
+    }
+
+    /// A `bytes` or `string` field (written even when empty: callers leave out what
+    /// prost leaves out).
+    #[inline]
+    pub fn bytes(buf: &mut Vec<u8>, field: u32, value: &[u8]) {
+        key(buf, field, LEN);
+        varint(buf, value.len() as u64);
+        buf.extend_from_slice(value);
+    }
+
+    #[inline]
+    pub fn fixed64(buf: &mut Vec<u8>, field: u32, value: u64) {
+        key(buf, field, FIXED64);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    #[inline]
+    pub fn fixed32(buf: &mut Vec<u8>, field: u32, value: u32) {
+        key(buf, field, FIXED32);
+        buf.extend_from_slice(&value.to_le_bytes());
+    }
+
+    /// An `int32` or `int64` field: negative values take ten bytes, as the format says.
+    #[inline]
+    pub fn int64(buf: &mut Vec<u8>, field: u32, value: i64) {
+        key(buf, field, VARINT);
+        varint(buf, value as u64);
+    }
+
+    /// A length-delimited field whose body is being written: [`begin`] writes its key and
+    /// sets bytes aside for the length, [`Open::end`] writes the length there.
+    #[must_use]
+    pub struct Open {
+        /// Where the length goes.
+        at: usize,
+        /// Bytes set aside for it: a guess at the body's size, the usual size of the
+        /// message; a wrong guess costs one move of the body.
+        reserved: usize,
+    }
+
+    #[inline]
+    pub fn begin(buf: &mut Vec<u8>, field: u32, reserved: usize) -> Open {
+        key(buf, field, LEN);
+        let at = buf.len();
+        buf.resize(at + reserved, 0);
+        Open { at, reserved }
+    }
+
+    impl Open {
+        #[inline]
+        pub fn end(self, buf: &mut Vec<u8>) {
+            let body = self.at + self.reserved;
+            let len = buf.len() - body;
+            let needed = varint_len(len as u64);
+            if needed != self.reserved {
+                // Move the body to where the length's real size puts it.
+                let end = buf.len();
+                if needed > self.reserved {
+                    buf.resize(end + needed - self.reserved, 0);
+                }
+                buf.copy_within(body..end, self.at + needed);
+                buf.truncate(self.at + needed + len);
+            }
+            let mut value = len as u64;
+            for byte in &mut buf[self.at..self.at + needed] {
+                *byte = value as u8 | 0x80;
+                value >>= 7;
+            }
+            buf[self.at + needed - 1] &= 0x7f;
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lengths_are_minimal_varints_whatever_was_reserved() {
+            for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000, 2_097_152] {
+                for reserved in 0..4 {
+                    let mut buf = vec![0xee];
+                    let open = begin(&mut buf, 2, reserved);
+                    buf.extend(std::iter::repeat_n(0xab, len));
+                    open.end(&mut buf);
+                    let mut expected = vec![0xee];
+                    bytes(&mut expected, 2, &vec![0xab; len]);
+                    assert!(buf == expected, "len {len}, reserved {reserved}");
+                }
+            }
+            for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::MAX] {
+                let mut buf = Vec::new();
+                varint(&mut buf, v);
+                assert_eq!(buf.len(), varint_len(v), "{v}");
+            }
         }
     }
 }
