@@ -24,7 +24,7 @@ use nodetap_tests::{exposition, servers::RedisServer, ChildGuard};
 
 use crate::bench::{
     events_lost, events_total,
-    kernel::{Group, Held, Sample, StatsEnabled, Tracefs},
+    kernel::{Group, Held, Hook, RawNoop, Sample, StatsEnabled, Tracefs},
     machine, metric_sum, RunningAgent,
 };
 
@@ -467,20 +467,77 @@ pub fn start_agent(mode: Option<&str>) -> Option<RunningAgent> {
     std::panic::catch_unwind(|| RunningAgent::start(&args)).ok()
 }
 
-/// bpftrace with an empty program on each tracepoint (`category:name`).
-pub(super) fn noop_programs(tracepoints: &[String]) -> Result<ChildGuard> {
-    ensure!(!tracepoints.is_empty(), "no tracepoints for no-op programs");
-    let script = tracepoints
-        .iter()
-        .map(|t| format!("tracepoint:{t} {{}}"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let mut cmd = Command::new("bpftrace");
-    cmd.arg("-e")
-        .arg(script)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Ok(ChildGuard::spawn(cmd))
+/// "4 tracepoints (4 raw)" and the like.
+pub(super) fn floor_words(hooks: &[Hook]) -> String {
+    let raw = hooks.iter().filter(|h| matches!(h, Hook::Raw(_))).count();
+    format!("{} tracepoints ({raw} raw)", hooks.len())
+}
+
+/// No-op programs on the agent's capture hooks, each of the same kind: bpftrace with an
+/// empty program on each classic tracepoint, and raw tracepoint programs this process
+/// holds for the raw and BTF ones.
+pub(super) struct Floor {
+    bpftrace: Option<ChildGuard>,
+    raw: Option<RawNoop>,
+}
+
+impl Floor {
+    pub(super) fn attach(hooks: &[Hook]) -> Result<Floor> {
+        ensure!(!hooks.is_empty(), "no tracepoints for no-op programs");
+        let classic: Vec<&str> = hooks
+            .iter()
+            .filter_map(|h| match h {
+                Hook::Classic(t) => Some(t.as_str()),
+                Hook::Raw(_) => None,
+            })
+            .collect();
+        let raw: Vec<String> = hooks
+            .iter()
+            .filter_map(|h| match h {
+                Hook::Raw(t) => Some(t.clone()),
+                Hook::Classic(_) => None,
+            })
+            .collect();
+        let bpftrace = if classic.is_empty() {
+            None
+        } else {
+            let script = classic
+                .iter()
+                .map(|t| format!("tracepoint:{t} {{}}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            let mut cmd = Command::new("bpftrace");
+            cmd.arg("-e")
+                .arg(script)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let child = ChildGuard::spawn(cmd);
+            Held::wait_for(child.pid(), classic.len(), Duration::from_secs(60))?;
+            Some(child)
+        };
+        let raw = if raw.is_empty() {
+            None
+        } else {
+            Some(RawNoop::attach(&raw)?)
+        };
+        Ok(Floor { bpftrace, raw })
+    }
+
+    /// The no-op programs, wherever they are held.
+    pub(super) fn held(&self) -> Result<Held> {
+        let mut held: Option<Held> = None;
+        if let Some(b) = &self.bpftrace {
+            held = Some(Held::of(b.pid())?);
+        }
+        if self.raw.is_some() {
+            let own = Held::of(std::process::id())?;
+            held = Some(match held {
+                Some(h) => h.with(own),
+                None => own,
+            });
+        }
+        held.context("no no-op programs")
+    }
 }
 
 pub fn run() -> Result<String> {
@@ -503,7 +560,7 @@ pub fn run() -> Result<String> {
             .unwrap_or_else(|| "syscall (no `--capture-mode`)".into());
         eprintln!("cost: agent, tier {tier}, {} programs", held.programs.len());
         let results = measure_all(&held, Some(&agent), &redis)?;
-        let tracepoints = held.capture_tracepoints();
+        let hooks = held.capture_hooks();
         let label = match mode {
             Some(m) => format!("agent, `--capture-mode {m}`"),
             None => "agent, defaults".to_owned(),
@@ -517,15 +574,13 @@ pub fn run() -> Result<String> {
         });
         drop(agent);
 
-        eprintln!("cost: floor, no-op programs on {tracepoints:?}");
-        let bpftrace = noop_programs(&tracepoints)?;
-        let held = Held::wait_for(bpftrace.pid(), tracepoints.len(), Duration::from_secs(60))?;
+        eprintln!("cost: floor, no-op programs on {hooks:?}");
+        let floor = Floor::attach(&hooks)?;
+        let held = floor.held()?;
         let results = measure_all(&held, None, &redis)?;
+        drop(floor);
         runs.push(Run {
-            label: format!(
-                "floor: no-op programs on the same {} tracepoints",
-                tracepoints.len()
-            ),
+            label: format!("floor: no-op programs on the same {}", floor_words(&hooks)),
             tier,
             held,
             results,
@@ -715,11 +770,14 @@ fn section(runs: &[Run], notes: &[String]) -> String {
          over every repetition of the parsed workload, each with 0.5 s of draining after \
          it (the agent CPU-s and events columns below are these sums). Events \
          lost: the `nodetap_events_lost_total` delta (every reason but \
-         `payload_unreadable` and `call_capped`, records sent without all their payload) over every repetition of every workload. The floor: bpftrace (`tracepoint:<category>:<name> {{}}`) on \
-         the tracepoints under the agent's capture programs (a raw or BTF tracepoint as \
-         the classic tracepoint of the same name), the same workloads, the same \
-         statistics; bpftrace cannot attach cgroup_skb programs, so the byte accounting \
-         has no floor here.\n\n\
+         `payload_unreadable` and `call_capped`, records sent without all their payload) over every repetition of every workload. The floor: no-op programs (`r0 = 0; exit`) on \
+         the tracepoints under the agent's capture programs, each of the same kind (raw \
+         tracepoint programs for its raw and BTF tracepoints, loaded by this command; \
+         bpftrace `tracepoint:<category>:<name> {{}}` for classic ones), the same \
+         workloads, the same statistics. A no-op run measures about 60 ns here: the \
+         statistics time each run with two clock reads, so the same overhead is inside \
+         every figure of the agent's too. The byte accounting (cgroup_skb) has no floor \
+         here.\n\n\
          | run | tier | ns per parsed TCP syscall (≤ 300) | ns per counts-only TCP syscall (≤ 100) | ns per bystander pipe syscall (≤ 20; 0 in the socket tier) | byte accounting ns per packet (≤ 100) | agent CPU µs per event (≤ 0.1) | events lost |\n\
          |---|---|---|---|---|---|---|---|\n{summary}{notes}\n\
          Per workload, the kept repetition (capture programs unless named; runs per syscall above \

@@ -88,7 +88,7 @@ pub fn run() -> Result<String> {
         ),
     ];
     let mut breakdowns = Vec::new();
-    let mut hook_count = 0;
+    let mut hook_words = String::new();
     for (name, client, port, load) in loads {
         let mut rps0 = 0.0;
         let without_pass = overhead::pass(|| {
@@ -98,7 +98,7 @@ pub fn run() -> Result<String> {
         })?;
         let agent = RunningAgent::start(&[]);
         let hooks = overhead::AgentHooks::of(&agent)?;
-        hook_count = hooks.tracepoint_count();
+        hook_words = hooks.describe();
         let before = agent.scrape();
         let cpu0 = agent.cpu_seconds();
         let (mut rps1, mut done) = (0.0, 0.0);
@@ -151,6 +151,6 @@ pub fn run() -> Result<String> {
          | load | req/s without | req/s with | ratio | requests done (generator) | counted (client) | counted (server) | agent CPU-s per million requests | events lost |\n\
          |---|---|---|---|---|---|---|---|---|\n{rows}\n{notes}\n{breakdown}",
         machine = machine(),
-        breakdown = overhead::section(&breakdowns, hook_count),
+        breakdown = overhead::section(&breakdowns, &hook_words),
     ))
 }

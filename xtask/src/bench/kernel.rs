@@ -251,28 +251,113 @@ impl Held {
             .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
-    /// The classic tracepoints (`category:name`) under the capture programs' hooks, for
-    /// no-op programs on the same kernel hooks: a raw or BTF tracepoint maps to the
-    /// classic tracepoint of the same name.
-    pub fn capture_tracepoints(&self) -> Vec<String> {
-        let set: BTreeSet<String> = self
+    /// The tracepoints under the capture programs, each as the kind of hook it is, for
+    /// no-op programs on the same kernel hooks: a raw or BTF tracepoint costs less to
+    /// enter than a classic (perf event) tracepoint of the same name, so each is matched
+    /// by its own kind.
+    pub fn capture_hooks(&self) -> Vec<Hook> {
+        let set: BTreeSet<Hook> = self
             .programs
             .iter()
             .filter(|p| p.group == Group::Capture && !p.hook.is_empty())
             .filter_map(|p| {
-                let name = p
+                if let Some(name) = p
                     .hook
                     .strip_prefix("raw:")
                     .or_else(|| p.hook.strip_prefix("btf:"))
-                    .unwrap_or(&p.hook);
-                if name.contains(':') {
-                    Some(name.to_owned())
+                {
+                    return Some(Hook::Raw(name.to_owned()));
+                }
+                if p.hook.contains(':') {
+                    Some(Hook::Classic(p.hook.clone()))
                 } else {
-                    tracepoint_path(name)
+                    tracepoint_path(&p.hook).map(Hook::Classic)
                 }
             })
             .collect();
         set.into_iter().collect()
+    }
+
+    /// Both processes' programs as one set (the floor's bpftrace and this process).
+    pub fn with(mut self, other: Held) -> Held {
+        self.programs.extend(other.programs);
+        self
+    }
+}
+
+/// A tracepoint the agent's capture programs run on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Hook {
+    /// A classic tracepoint, `category:name` (bpftrace `tracepoint:`).
+    Classic(String),
+    /// A raw or BTF tracepoint, by name.
+    Raw(String),
+}
+
+/// No-op raw tracepoint programs (`r0 = 0; exit`), one per tracepoint name, attached while
+/// this lives: the floor of the agent's raw and BTF tracepoints (bpftrace 0.17, Debian's,
+/// has no raw tracepoint probes). Loaded by the bpf(2) syscall directly; this process
+/// holds them, so `Held::of(std::process::id())` finds them.
+pub struct RawNoop {
+    _fds: Vec<std::os::fd::OwnedFd>,
+}
+
+impl RawNoop {
+    pub fn attach(names: &[String]) -> Result<RawNoop> {
+        use std::os::fd::FromRawFd;
+        const BPF_PROG_LOAD: libc::c_long = 5;
+        const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+        const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+        // mov64 r0, 0; exit
+        let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 0, 0, 0, 0]), 0x95];
+        let license = c"GPL";
+        let mut fds = Vec::new();
+        for name in names {
+            // union bpf_attr for BPF_PROG_LOAD: prog_type, insn_cnt, insns, license, then
+            // log_level, log_size, log_buf, kern_version, prog_flags, prog_name[16].
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&BPF_PROG_TYPE_RAW_TRACEPOINT.to_ne_bytes());
+            attr[4..8].copy_from_slice(&(insns.len() as u32).to_ne_bytes());
+            attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+            attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+            attr[48..52].copy_from_slice(b"noop");
+            let prog = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_PROG_LOAD,
+                    attr.as_ptr(),
+                    attr.len() as u32,
+                )
+            };
+            ensure!(
+                prog >= 0,
+                "loading a no-op raw tracepoint program: {}",
+                std::io::Error::last_os_error()
+            );
+            let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
+            // raw_tracepoint: name (a pointer), prog_fd.
+            let cname = std::ffi::CString::new(name.as_str())?;
+            let mut attr = [0u8; 128];
+            attr[0..8].copy_from_slice(&(cname.as_ptr() as u64).to_ne_bytes());
+            attr[8..12]
+                .copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&prog) as u32).to_ne_bytes());
+            let link = unsafe {
+                libc::syscall(
+                    libc::SYS_bpf,
+                    BPF_RAW_TRACEPOINT_OPEN,
+                    attr.as_ptr(),
+                    attr.len() as u32,
+                )
+            };
+            ensure!(
+                link >= 0,
+                "attaching a no-op program to raw tracepoint {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            fds.push(prog);
+            fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) });
+        }
+        Ok(RawNoop { _fds: fds })
     }
 }
 

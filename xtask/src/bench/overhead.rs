@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 use crate::bench::{
-    cost::noop_programs,
-    kernel::{Group, Held, StatsEnabled, Tracefs},
+    cost::{floor_words, Floor},
+    kernel::{Group, Held, Hook, StatsEnabled, Tracefs},
     RunningAgent,
 };
 
@@ -70,7 +70,7 @@ pub fn pass(load: impl FnOnce() -> Result<f64>) -> Result<Pass> {
 /// The agent's kernel programs and its tracepoints, taken while it runs.
 pub struct AgentHooks {
     held: Held,
-    tracepoints: Vec<String>,
+    hooks: Vec<Hook>,
     _tracefs: Tracefs,
 }
 
@@ -78,10 +78,10 @@ impl AgentHooks {
     pub fn of(agent: &RunningAgent) -> Result<AgentHooks> {
         let tracefs = Tracefs::ensure()?;
         let held = Held::of(agent.pid())?;
-        let tracepoints = held.capture_tracepoints();
+        let hooks = held.capture_hooks();
         Ok(AgentHooks {
             held,
-            tracepoints,
+            hooks,
             _tracefs: tracefs,
         })
     }
@@ -98,22 +98,19 @@ impl AgentHooks {
         Ok(ns / requests / 1e3)
     }
 
-    /// Runs `load` with no-op programs (bpftrace) on the agent's tracepoints and nothing
-    /// else of the agent: the floor.
+    /// Runs `load` with no-op programs on the agent's tracepoints (each of the same
+    /// kind: raw for raw and BTF, classic for classic) and nothing else of the agent: the
+    /// floor.
     pub fn floor(&self, load: impl FnOnce() -> Result<f64>) -> Result<Pass> {
-        let bpftrace = noop_programs(&self.tracepoints)?;
-        Held::wait_for(
-            bpftrace.pid(),
-            self.tracepoints.len(),
-            Duration::from_secs(60),
-        )?;
+        let floor = Floor::attach(&self.hooks)?;
         let result = pass(load);
-        drop(bpftrace);
+        drop(floor);
         result
     }
 
-    pub fn tracepoint_count(&self) -> usize {
-        self.tracepoints.len()
+    /// "4 tracepoints (4 raw)" and the like.
+    pub fn describe(&self) -> String {
+        floor_words(&self.hooks)
     }
 }
 
@@ -151,18 +148,19 @@ impl Breakdown {
 }
 
 /// The breakdown table and how to read it.
-pub fn section(rows: &[Breakdown], hooks: usize) -> String {
+pub fn section(rows: &[Breakdown], hooks: &str) -> String {
     let body: String = rows.iter().map(Breakdown::row).collect();
     format!(
         "Where the throughput goes (each load run again in this bench: under no-op programs \
-         on the agent's {hooks} tracepoints, bpftrace, for the floor; and with the agent and \
+         on the agent's {hooks}, for the floor: raw tracepoint programs for its raw and \
+         BTF tracepoints, bpftrace for classic ones, as each kind costs its own to enter; and with the agent and \
          the kernel's BPF statistics on, for its program time). Rates here are requests per \
          wall-clock second of each whole pass. CPU per request is the machine's busy time \
          (/proc/stat, every core, the 0.5 s drain included) over the pass's requests; the \
          load keeps this machine's cores busy, so what the agent adds per request is taken \
          from the load, and *without / with* CPU per request predicts the ratio. The added \
          CPU splits into the agent's kernel programs (capture and byte accounting; the \
-         no-op floor has no byte accounting, which bpftrace cannot attach), the agent \
+         no-op floor has no byte accounting), the agent \
          process (utime + stime), and the rest (the hooks' own entry, wake-ups, cache and \
          scheduler effects: what neither accounts).\n\n\
          | load | req/s without | req/s with agent | ratio | req/s no-op floor | floor ratio | machine CPU µs/request without | with agent | predicted ratio | added µs/request | kernel programs | agent process | rest |\n\
