@@ -376,6 +376,122 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
     }
 }
 
+/// Plain HTTP/2 (not gRPC) from a real client library: httpx over h2c with prior
+/// knowledge, one connection, requests one after the other.
+#[test]
+fn h2_spans_from_httpx_join_the_callers_traceparent_over_http() {
+    const TRACED: usize = 20;
+    const UNTRACED: usize = 5;
+    let _serial = serial();
+    let receiver = OtlpReceiver::start(Transport::Http);
+    let nginx = Nginx::start();
+    let agent = agent_exporting_to(&receiver, &[]);
+    let run = &nodetap_tests::random_token(24)
+        .bytes()
+        .map(|b| format!("{:x}", b % 16))
+        .collect::<String>();
+    let name = nodetap_tests::unique_name("nth2");
+    let done = nodetap_tests::peers::run_peer(
+        "h2_client.py",
+        &[
+            &name,
+            &nginx.h2c_port.to_string(),
+            run,
+            &TRACED.to_string(),
+            &UNTRACED.to_string(),
+        ],
+    );
+    let statuses: Vec<u64> = done["statuses"]
+        .as_array()
+        .expect("statuses")
+        .iter()
+        .filter_map(Value::as_u64)
+        .collect();
+    assert_eq!(statuses, vec![200; TRACED + UNTRACED]);
+    assert!(
+        done["http_versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .all(|v| v == "HTTP/2"),
+        "httpx spoke {}",
+        done["http_versions"]
+    );
+    let client_port = done["local_port"].as_u64().expect("local port").to_string();
+
+    let n = TRACED + UNTRACED;
+    let spans = receiver.wait_for(2 * n, Duration::from_secs(30), on_port(nginx.h2c_port));
+    let (client_spans, server_spans) = by_kind(&spans);
+    assert_eq!(
+        (client_spans.len(), server_spans.len()),
+        (n, n),
+        "spans of the h2c port (agent tier {}):\n{}",
+        agent.tier(),
+        agent.output()
+    );
+    let port = nginx.h2c_port.to_string();
+    // One request at a time: the i-th span of each side by start time is the i-th request.
+    let (mut client_spans, mut server_spans) = (client_spans, server_spans);
+    client_spans.sort_by_key(|s| u64_of(s, "start"));
+    server_spans.sort_by_key(|s| u64_of(s, "start"));
+    for (i, (client_span, server_span)) in client_spans.iter().zip(&server_spans).enumerate() {
+        let expected_server = map(&[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "200"),
+            ("http.route", "/api/orders"),
+            ("url.path", "/api/orders"),
+            ("server.address", "127.0.0.1"),
+            ("server.port", &port),
+            ("client.address", "127.0.0.1"),
+            ("client.port", &client_port),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.peer.port", &client_port),
+        ]);
+        let expected_client = map(&[
+            ("http.request.method", "GET"),
+            ("http.response.status_code", "200"),
+            ("http.route", "/api/orders"),
+            ("url.path", "/api/orders"),
+            ("server.address", "127.0.0.1"),
+            ("server.port", &port),
+            ("network.peer.address", "127.0.0.1"),
+            ("network.peer.port", &port),
+        ]);
+        assert_eq!(attributes(server_span), expected_server, "server span {i}");
+        assert_eq!(attributes(client_span), expected_client, "client span {i}");
+        assert_eq!(server_span["name"], "GET /api/orders");
+        assert_eq!(client_span["name"], "GET");
+        assert_eq!(
+            (&server_span["status"], &client_span["status"]),
+            (&Value::from(0), &Value::from(0)),
+            "span status of request {i}"
+        );
+        assert_eq!(resource(server_span)["service.name"], "nginx");
+        assert_eq!(resource(client_span)["service.name"], name);
+        if i < TRACED {
+            let (_, trace, parent) = traceparent(run, i);
+            // The server span: the caller's trace, the caller's span as parent.
+            assert_eq!(server_span["trace_id"], trace, "server span {i}");
+            assert_eq!(server_span["parent_span_id"], parent, "server span {i}");
+            // The client span is the caller's span the header names.
+            assert_eq!(client_span["trace_id"], trace, "client span {i}");
+            assert_eq!(client_span["span_id"], parent, "client span {i}");
+            assert_eq!(client_span["parent_span_id"], "", "client span {i}");
+        } else {
+            // No header, both ends on this node: linked by connection and stream.
+            assert_eq!(
+                server_span["trace_id"], client_span["trace_id"],
+                "request {i}"
+            );
+            assert_eq!(
+                server_span["parent_span_id"], client_span["span_id"],
+                "request {i}"
+            );
+            assert_eq!(client_span["parent_span_id"], "", "client span {i}");
+        }
+    }
+}
+
 #[test]
 fn grpc_calls_are_spans_with_rpc_attributes_and_status() {
     let _serial = serial();
