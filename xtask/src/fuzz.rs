@@ -107,15 +107,18 @@ pub fn run(root: &Path, target: &str, budget: Budget, jobs: usize) -> Result<Vec
         .lines()
         .map(str::to_owned)
         .collect();
+    // `all`, one target, or several separated by commas.
     let targets: Vec<String> = if target == "all" {
         names
-    } else if names.iter().any(|n| n == target) {
-        vec![target.to_owned()]
     } else {
-        bail!(
-            "no fuzz target {target:?}; targets: all, {}",
-            names.join(", ")
-        );
+        let wanted: Vec<String> = target.split(',').map(str::to_owned).collect();
+        if let Some(unknown) = wanted.iter().find(|t| !names.contains(t)) {
+            bail!(
+                "no fuzz target {unknown:?}; targets: all, {}",
+                names.join(", ")
+            );
+        }
+        wanted
     };
     std::fs::create_dir_all(target_dir.join("out"))?;
     // `jobs` workers take targets in order; each afl-fuzz is one process on one core.

@@ -58,7 +58,8 @@ enum Task {
     /// `nodetap::fuzzing::TARGETS`, or `all` of them one after another, seeded from
     /// tests/fixtures. Fails if AFL++ saved a crash or a hang.
     Fuzz {
-        /// A target of `nodetap::fuzzing::TARGETS` (a wrong name lists them) or `all`.
+        /// A target of `nodetap::fuzzing::TARGETS` (a wrong name lists them), several
+        /// separated by commas, or `all`.
         target: String,
         /// How long to fuzz each target (default 60 unless `--executions` is given; with
         /// it, a cap).
