@@ -285,6 +285,16 @@ impl Held {
     }
 }
 
+/// The bpf(2) syscall with a 128-byte `union bpf_attr`; the descriptor it returns.
+fn bpf(cmd: libc::c_long, attr: &[u8; 128]) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// A tracepoint the agent's capture programs run on.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Hook {
@@ -304,7 +314,6 @@ pub struct RawNoop {
 
 impl RawNoop {
     pub fn attach(names: &[String]) -> Result<RawNoop> {
-        use std::os::fd::FromRawFd;
         const BPF_PROG_LOAD: libc::c_long = 5;
         const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
         const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
@@ -321,41 +330,18 @@ impl RawNoop {
             attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
             attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
             attr[48..52].copy_from_slice(b"noop");
-            let prog = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_PROG_LOAD,
-                    attr.as_ptr(),
-                    attr.len() as u32,
-                )
-            };
-            ensure!(
-                prog >= 0,
-                "loading a no-op raw tracepoint program: {}",
-                std::io::Error::last_os_error()
-            );
-            let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(prog as i32) };
+            let prog =
+                bpf(BPF_PROG_LOAD, &attr).context("loading a no-op raw tracepoint program")?;
             // raw_tracepoint: name (a pointer), prog_fd.
             let cname = std::ffi::CString::new(name.as_str())?;
             let mut attr = [0u8; 128];
             attr[0..8].copy_from_slice(&(cname.as_ptr() as u64).to_ne_bytes());
             attr[8..12]
                 .copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&prog) as u32).to_ne_bytes());
-            let link = unsafe {
-                libc::syscall(
-                    libc::SYS_bpf,
-                    BPF_RAW_TRACEPOINT_OPEN,
-                    attr.as_ptr(),
-                    attr.len() as u32,
-                )
-            };
-            ensure!(
-                link >= 0,
-                "attaching a no-op program to raw tracepoint {name}: {}",
-                std::io::Error::last_os_error()
-            );
+            let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &attr)
+                .with_context(|| format!("attaching a no-op program to raw tracepoint {name}"))?;
             fds.push(prog);
-            fds.push(unsafe { std::os::fd::OwnedFd::from_raw_fd(link as i32) });
+            fds.push(link);
         }
         Ok(RawNoop { _fds: fds })
     }
