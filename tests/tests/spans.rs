@@ -259,6 +259,36 @@ fn traceparent(run: &str, i: usize) -> (String, String, String) {
     (format!("00-{trace}-{parent}-01"), trace, parent)
 }
 
+/// The attributes of an HTTP span to nginx on 127.0.0.1:`port` from `client_port` (a
+/// server span names its client, a client span the server it called).
+fn http_span_attributes(
+    kind: u64,
+    (route, path, status): (&str, &str, &str),
+    port: &str,
+    client_port: &str,
+) -> BTreeMap<String, String> {
+    let (peer_port, client) = if kind == KIND_SERVER {
+        (client_port, true)
+    } else {
+        (port, false)
+    };
+    let mut expected = map(&[
+        ("http.request.method", "GET"),
+        ("http.response.status_code", status),
+        ("http.route", route),
+        ("url.path", path),
+        ("server.address", "127.0.0.1"),
+        ("server.port", port),
+        ("network.peer.address", "127.0.0.1"),
+        ("network.peer.port", peer_port),
+    ]);
+    if client {
+        expected.insert("client.address".into(), "127.0.0.1".into());
+        expected.insert("client.port".into(), client_port.into());
+    }
+    expected
+}
+
 #[test]
 fn http1_spans_join_the_callers_traceparent_over_grpc() {
     let _serial = serial();
@@ -313,28 +343,9 @@ fn http1_spans_join_the_callers_traceparent_over_grpc() {
             // The agent's default route normalisation (digits are an id).
             ("/status/{id}", "/status/500", "500")
         };
-        let mut expected_server = map(&[
-            ("http.request.method", "GET"),
-            ("http.response.status_code", status),
-            ("http.route", route),
-            ("url.path", path),
-            ("server.address", "127.0.0.1"),
-            ("server.port", &port),
-            ("client.address", "127.0.0.1"),
-            ("client.port", client_port),
-            ("network.peer.address", "127.0.0.1"),
-            ("network.peer.port", client_port),
-        ]);
-        let mut expected_client = map(&[
-            ("http.request.method", "GET"),
-            ("http.response.status_code", status),
-            ("http.route", route),
-            ("url.path", path),
-            ("server.address", "127.0.0.1"),
-            ("server.port", &port),
-            ("network.peer.address", "127.0.0.1"),
-            ("network.peer.port", &port),
-        ]);
+        let request = (route, path, status);
+        let mut expected_server = http_span_attributes(KIND_SERVER, request, &port, client_port);
+        let mut expected_client = http_span_attributes(KIND_CLIENT, request, &port, client_port);
         if !traced {
             expected_server.insert("error.type".into(), "500".into());
             expected_client.insert("error.type".into(), "500".into());
@@ -435,28 +446,9 @@ fn h2_spans_from_httpx_join_the_callers_traceparent_over_http() {
     client_spans.sort_by_key(|s| u64_of(s, "start"));
     server_spans.sort_by_key(|s| u64_of(s, "start"));
     for (i, (client_span, server_span)) in client_spans.iter().zip(&server_spans).enumerate() {
-        let expected_server = map(&[
-            ("http.request.method", "GET"),
-            ("http.response.status_code", "200"),
-            ("http.route", "/api/orders"),
-            ("url.path", "/api/orders"),
-            ("server.address", "127.0.0.1"),
-            ("server.port", &port),
-            ("client.address", "127.0.0.1"),
-            ("client.port", &client_port),
-            ("network.peer.address", "127.0.0.1"),
-            ("network.peer.port", &client_port),
-        ]);
-        let expected_client = map(&[
-            ("http.request.method", "GET"),
-            ("http.response.status_code", "200"),
-            ("http.route", "/api/orders"),
-            ("url.path", "/api/orders"),
-            ("server.address", "127.0.0.1"),
-            ("server.port", &port),
-            ("network.peer.address", "127.0.0.1"),
-            ("network.peer.port", &port),
-        ]);
+        let request = ("/api/orders", "/api/orders", "200");
+        let expected_server = http_span_attributes(KIND_SERVER, request, &port, &client_port);
+        let expected_client = http_span_attributes(KIND_CLIENT, request, &port, &client_port);
         assert_eq!(attributes(server_span), expected_server, "server span {i}");
         assert_eq!(attributes(client_span), expected_client, "client span {i}");
         assert_eq!(server_span["name"], "GET /api/orders");
