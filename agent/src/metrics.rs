@@ -459,20 +459,30 @@ impl Metrics {
     }
 
     /// `labels` with its route bounded by the learned per-service budget; a collapse is
-    /// counted.
-    pub fn bound_http_route(&self, client_side: bool, labels: &HttpLabels) -> HttpLabels {
+    /// counted, and its counter returned. A route once bounded is bounded the same way
+    /// ever after (the budget only learns), so a caller may keep the result and count
+    /// the collapse again itself.
+    pub fn bound_http_route(
+        &self,
+        client_side: bool,
+        labels: &HttpLabels,
+    ) -> (HttpLabels, Option<Counter>) {
         let service = (client_side, labels.server_port, labels.workload.clone());
         let mut routes = self.http_routes.lock().unwrap_or_else(|p| p.into_inner());
         let (route, collapse) = routes.bound(service, &labels.http_route);
-        if let Some(c) = collapse {
-            self.http_route_collapses
+        let counter = collapse.map(|c| {
+            let counter = self
+                .http_route_collapses
                 .get_or_create(&ReasonLabels { reason: c.label() })
-                .inc();
-        }
-        HttpLabels {
+                .clone();
+            counter.inc();
+            counter
+        });
+        let labels = HttpLabels {
             http_route: route.into_owned(),
             ..labels.clone()
-        }
+        };
+        (labels, counter)
     }
 
     pub fn new(version: &str) -> Self {

@@ -679,4 +679,20 @@ mod tests {
             prop_assert!(s.routes.len() < limit);
         });
     }
+
+    /// The RED metrics keep a series' bounded route and collapse per request route: sound
+    /// only if the budget bounds a route the same way every time it sees it again.
+    #[test]
+    fn a_route_is_bounded_the_same_way_every_time() {
+        proptest!(|(paths in proptest::collection::vec("(/[a-c{}]{1,2}){1,4}", 1..300))| {
+            let mut b = RouteBudget::new(8, Arc::default());
+            let mut first = HashMap::new();
+            for p in &paths {
+                let bounded = b.bound((), p);
+                let bounded = (bounded.0.into_owned(), bounded.1);
+                let earlier = first.entry(p.clone()).or_insert_with(|| bounded.clone());
+                prop_assert_eq!(&*earlier, &bounded, "{}", p);
+            }
+        });
+    }
 }

@@ -9,12 +9,15 @@ use std::{
 };
 
 use agent_common::Role;
+use prometheus_client::metrics::counter::Counter;
 
 use super::{RequestRecord, Signal};
 use crate::{
     capture::id_hash::IdMap,
     metadata::workload::{Name, PeerZone, WorkloadLabels},
-    metrics::{DbLabels, DurationHistogram, HttpLabels, Metrics, Observe, RpcLabels},
+    metrics::{
+        AtomicHistogram, DbLabels, DurationHistogram, HttpLabels, Metrics, Observe, RpcLabels,
+    },
     protocols::request::{Attributes, DbRequest, HttpRequest, RpcRequest},
 };
 
@@ -27,6 +30,31 @@ pub struct RedMetrics {
     /// building the label set and hashing its strings per request was a quarter of the
     /// agent's CPU under pipelined Redis load.
     db_series: IdMap<u64, Vec<(DbSeriesKey, DurationHistogram)>>,
+    /// HTTP series the same way: the label set, the route budget's lock and three family
+    /// lookups, each hashing every label's text, were a quarter of the agent's CPU per
+    /// HTTP request.
+    http_series: IdMap<u64, Vec<(HttpSeriesKey, HttpHandles)>>,
+}
+
+/// What names an HTTP series before its route is bounded: the request's own route,
+/// shared values compared by address as in [`DbSeriesKey`].
+struct HttpSeriesKey {
+    role: Role,
+    method: &'static str,
+    status: u16,
+    route: String,
+    server_port: u16,
+    peer: PeerZone,
+    workload: WorkloadLabels,
+}
+
+/// An HTTP series' histograms, and the collapse counter its route counts in when the
+/// route budget relabelled it (the budget bounds a route the same way every time).
+struct HttpHandles {
+    duration: DurationHistogram,
+    request_size: AtomicHistogram,
+    response_size: AtomicHistogram,
+    collapse: Option<Counter>,
 }
 
 /// Most addresses kept in the label cache (it starts over when full).
@@ -103,12 +131,60 @@ impl DbSeries<'_> {
     }
 }
 
+/// An HTTP request's series, borrowed from the record (see [`DbSeries`]).
+struct HttpSeries<'a> {
+    role: Role,
+    method: &'static str,
+    status: u16,
+    route: &'a str,
+    server_port: u16,
+    peer: &'a PeerZone,
+    workload: &'a WorkloadLabels,
+}
+
+impl HttpSeries<'_> {
+    fn fingerprint(&self) -> u64 {
+        let mut h = crate::capture::id_hash::IdHasher::default();
+        (self.role as u8).hash(&mut h);
+        (self.method.as_ptr() as usize).hash(&mut h);
+        self.status.hash(&mut h);
+        self.route.hash(&mut h);
+        self.server_port.hash(&mut h);
+        peer_address(self.peer).hash(&mut h);
+        self.workload.identity().hash(&mut h);
+        h.finish()
+    }
+
+    fn is(&self, key: &HttpSeriesKey) -> bool {
+        self.role == key.role
+            && std::ptr::eq(self.method, key.method)
+            && self.status == key.status
+            && self.server_port == key.server_port
+            && peer_address(self.peer) == peer_address(&key.peer)
+            && self.workload.identity() == key.workload.identity()
+            && self.route == key.route
+    }
+
+    fn key(&self) -> HttpSeriesKey {
+        HttpSeriesKey {
+            role: self.role,
+            method: self.method,
+            status: self.status,
+            route: self.route.to_owned(),
+            server_port: self.server_port,
+            peer: self.peer.clone(),
+            workload: self.workload.clone(),
+        }
+    }
+}
+
 impl RedMetrics {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             metrics,
             addresses: HashMap::new(),
             db_series: IdMap::default(),
+            http_series: IdMap::default(),
         }
     }
 
@@ -165,7 +241,35 @@ impl RedMetrics {
         }
     }
 
-    fn http(&self, r: &RequestRecord<'_>, http: &HttpRequest) {
+    fn http(&mut self, r: &RequestRecord<'_>, http: &HttpRequest) {
+        let series = HttpSeries {
+            role: r.role,
+            method: http.method,
+            status: http.status,
+            route: &http.route,
+            server_port: r.server.port(),
+            peer: r.peer_zone,
+            workload: r.workload,
+        };
+        let fingerprint = series.fingerprint();
+        let exemplar = r.kept_span.get();
+        if let Some((_, handles)) = self
+            .http_series
+            .get(&fingerprint)
+            .and_then(|entries| entries.iter().find(|(key, _)| series.is(key)))
+        {
+            if let Some(collapse) = &handles.collapse {
+                collapse.inc();
+            }
+            handles
+                .duration
+                .observe_with(r.request.seconds(), exemplar.as_ref());
+            handles.request_size.observe(http.request_body_bytes as f64);
+            handles
+                .response_size
+                .observe(http.response_body_bytes as f64);
+            return;
+        }
         let labels = HttpLabels {
             http_request_method: http.method,
             http_response_status_code: http.status,
@@ -175,19 +279,37 @@ impl RedMetrics {
             workload: r.workload.clone(),
         };
         // The route bounded by the service's learned budget (a collapse is counted).
-        let labels = self
+        let (labels, collapse) = self
             .metrics
             .bound_http_route(r.role == Role::Client, &labels);
         let families = self.metrics.http(r.role);
         families
             .duration
-            .observe_with(&labels, r.request.seconds(), r.kept_span.get().as_ref());
+            .observe_with(&labels, r.request.seconds(), exemplar.as_ref());
         families
             .request_size
             .observe(&labels, http.request_body_bytes as f64);
         families
             .response_size
             .observe(&labels, http.response_body_bytes as f64);
+        // Cached only once all three series exist (past a series limit one may not).
+        let handles = || {
+            Some(HttpHandles {
+                duration: families.duration.family.get(&labels)?.clone(),
+                request_size: families.request_size.family.get(&labels)?.clone(),
+                response_size: families.response_size.family.get(&labels)?.clone(),
+                collapse,
+            })
+        };
+        if let Some(handles) = handles() {
+            if self.http_series.len() >= SERIES_CACHE {
+                self.http_series.clear();
+            }
+            self.http_series
+                .entry(fingerprint)
+                .or_default()
+                .push((series.key(), handles));
+        }
     }
 
     fn rpc(&self, r: &RequestRecord<'_>, rpc: &RpcRequest) {
