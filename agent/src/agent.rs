@@ -233,6 +233,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stop_reader.clone(),
     ));
 
+    // Start-up is over: what it allocated and freed goes back to the kernel, and from
+    // now on what scrapes and bursts free (see `heap`).
+    tokio::spawn(crate::heap::trim_periodically());
     let listener = listener.expect("bound above");
     log::info!(
         "serving metrics on {}://{}/metrics{}",

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod collectors;
 pub mod config;
 pub mod fuzzing;
+pub mod heap;
 pub mod metadata;
 pub mod metrics;
 pub mod network;

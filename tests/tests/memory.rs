@@ -96,6 +96,9 @@ fn series_count(text: &str, family: &str) -> usize {
 /// The agent's RSS at a steady point, printed with what dominates it; over
 /// [`RSS_LIMIT`] it fails the test when `enforce` says so.
 fn check_rss(agent: &Agent, point: &str, enforce: bool) -> u64 {
+    // Steady: after the agent's periodic return of freed heap (every 10 s,
+    // `agent/src/heap.rs`), so a scrape's text just dropped is not counted as held.
+    std::thread::sleep(Duration::from_secs(11));
     let pid = agent.process.pid();
     let bytes = rss(pid);
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
