@@ -793,7 +793,12 @@ impl Metrics {
     /// The whole exposition in Prometheus text format 0.0.4 (no exemplars: the format
     /// has none).
     pub fn encode(&self) -> String {
-        to_prometheus_text(&self.encode_open_metrics())
+        let mut text = String::with_capacity(16 * 1024);
+        let mut writer = PrometheusTextWriter::new(&mut text);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(&mut writer, &self.registry);
+        writer.finish();
+        text
     }
 
     /// The agent's families in OpenMetrics text 1.0.0, exemplars included, without the
@@ -815,12 +820,48 @@ impl Metrics {
 /// `_info`, `unknown` becomes `untyped`, and UNIT/EOF lines go.
 pub fn to_prometheus_text(open_metrics: &str) -> String {
     let mut out = String::with_capacity(open_metrics.len());
-    let mut pending_help: Option<(&str, &str)> = None;
-    for line in open_metrics.lines() {
+    let mut writer = PrometheusTextWriter::new(&mut out);
+    // Writing to a String cannot fail.
+    let _ = fmt::Write::write_str(&mut writer, open_metrics);
+    writer.finish();
+    out
+}
+
+/// [`to_prometheus_text`] as the OpenMetrics text is written, line by line: a scrape then
+/// holds its text once, not in both formats at once (at the series limits each is
+/// about 170 MB, and a scrape held 400 MB at its peak).
+pub struct PrometheusTextWriter<'a> {
+    out: &'a mut String,
+    /// The start of a line whose end has not been written yet.
+    partial: String,
+    /// A HELP line's name and text, written once its TYPE line says the series' name.
+    pending_help: Option<(String, String)>,
+}
+
+impl<'a> PrometheusTextWriter<'a> {
+    pub fn new(out: &'a mut String) -> Self {
+        Self {
+            out,
+            partial: String::new(),
+            pending_help: None,
+        }
+    }
+
+    /// Converts a last line that had no newline.
+    pub fn finish(mut self) {
+        if !self.partial.is_empty() {
+            let line = std::mem::take(&mut self.partial);
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &str) {
+        // As `str::lines` splits: a line's own trailing carriage return goes.
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
-            pending_help = Some((name, text));
-            continue;
+            self.pending_help = Some((name.to_owned(), text.to_owned()));
+            return;
         }
         if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
@@ -830,21 +871,40 @@ pub fn to_prometheus_text(open_metrics: &str) -> String {
                 "unknown" => (name.to_owned(), "untyped"),
                 other => (name.to_owned(), other),
             };
-            if let Some((help_name, text)) = pending_help.take() {
+            if let Some((help_name, text)) = self.pending_help.take() {
                 if help_name == name {
-                    out.push_str(&format!("# HELP {series} {text}\n"));
+                    self.out.push_str(&format!("# HELP {series} {text}\n"));
                 }
             }
-            out.push_str(&format!("# TYPE {series} {kind}\n"));
-            continue;
+            self.out.push_str(&format!("# TYPE {series} {kind}\n"));
+            return;
         }
         if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
+            return;
         }
-        out.push_str(without_exemplar(line));
-        out.push('\n');
+        self.out.push_str(without_exemplar(line));
+        self.out.push('\n');
     }
-    out
+}
+
+impl fmt::Write for PrometheusTextWriter<'_> {
+    fn write_str(&mut self, mut s: &str) -> fmt::Result {
+        while let Some(end) = s.find('\n') {
+            if self.partial.is_empty() {
+                self.line(&s[..end]);
+            } else {
+                let mut line = std::mem::take(&mut self.partial);
+                line.push_str(&s[..end]);
+                self.line(&line);
+                // Keep the allocation for the next partial line.
+                line.clear();
+                self.partial = line;
+            }
+            s = &s[end + 1..];
+        }
+        self.partial.push_str(s);
+        Ok(())
+    }
 }
 
 /// A bucket line without its OpenMetrics exemplar (` # {trace_id="..",span_id=".."} value
@@ -895,6 +955,41 @@ pub fn prometheus_text_to_open_metrics(text: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_converter_gives_the_same_text_however_its_input_is_cut() {
+        let om = "# HELP a_bytes Bytes.\n# TYPE a_bytes counter\n# UNIT a_bytes bytes\n\
+                  a_bytes_total{x=\"1\"} 5\n# HELP b Info.\n# TYPE b info\nb_info{version=\"1\"} 1\n\
+                  # HELP h Latency.\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 1 # {trace_id=\"ab\",span_id=\"cd\"} 0.1 1.0\n\
+                  h_sum 0.5\r\nh_count 1\n# EOF\nlast";
+        let whole = to_prometheus_text(om);
+        proptest::proptest!(|(mut cuts in proptest::collection::vec(0..om.len(), 0..12))| {
+            cuts.sort_unstable();
+            let mut out = String::new();
+            let mut writer = PrometheusTextWriter::new(&mut out);
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([om.len()]) {
+                fmt::Write::write_str(&mut writer, &om[from..cut]).unwrap();
+                from = cut;
+            }
+            writer.finish();
+            proptest::prop_assert_eq!(&out, &whole);
+        });
+        // And the agent's own families, encoded straight into the converter.
+        let m = Metrics::new("test");
+        let labels = HttpLabels {
+            http_request_method: "GET",
+            http_response_status_code: 200,
+            http_route: "/a".into(),
+            server_port: 80,
+            peer: PeerZone::default(),
+            workload: WorkloadLabels::service(Name::new("s")),
+        };
+        m.http(agent_common::Role::Server)
+            .duration
+            .observe_with(&labels, 0.01, None);
+        assert_eq!(m.encode(), to_prometheus_text(&m.encode_open_metrics()));
+    }
 
     #[test]
     fn converts_open_metrics_to_prometheus_text() {
