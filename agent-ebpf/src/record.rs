@@ -191,11 +191,6 @@ pub fn data(state: &SockState, call: &Call, from: u64, to: u64) -> bool {
             direct::<MAX_SEGMENT>(state, call, from, src, n)
         };
     }
-    let Some(template) = TEMPLATE.get_ptr_mut(0) else {
-        return false;
-    };
-    let template = unsafe { &mut *template };
-    fill(template, EventKind::Data, state, call);
     let mut payload = call.payload;
     if payload.class == PAYLOAD_MSGHDR {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
@@ -224,6 +219,14 @@ pub fn data(state: &SockState, call: &Call, from: u64, to: u64) -> bool {
     walk.iov_start = 0;
     walk.sent = 0;
     walk.lost = 0;
+    if payload.class == PAYLOAD_IOVEC && from < to && to - from <= GATHER_MAX as u64 {
+        return gathered(state, call, from);
+    }
+    let Some(template) = TEMPLATE.get_ptr_mut(0) else {
+        return false;
+    };
+    let template = unsafe { &mut *template };
+    fill(template, EventKind::Data, state, call);
     if payload.class != PAYLOAD_NONE && from < to {
         unsafe {
             aya_ebpf::helpers::generated::bpf_loop(
@@ -324,6 +327,128 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
     walk.lost += !sent as u64;
     walk.from += n;
     i64::from(last)
+}
+
+/// Most bytes of a vectored call (writev, sendmsg, readv, recvmsg) gathered into one
+/// record. A server's response is often a head and a body in two pieces, and gRPC's C
+/// core writes a piece per header: one record per piece cost a reservation, a header and
+/// userspace's reassembly each.
+const GATHER_MAX: usize = 4096;
+
+/// Per-CPU room to gather a vectored call in: the record's header, then its payload.
+/// Twice [`GATHER_MAX`]: the verifier bounds a piece's place and its length apart, each by
+/// [`GATHER_MAX`], so their sum needs twice the room (the walk never fills more than one).
+#[repr(C)]
+struct Gather {
+    header: EventHeader,
+    payload: [u8; 2 * GATHER_MAX],
+}
+
+#[map(name = "GATHER")]
+static GATHER: PerCpuArray<Gather> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sends the vectored call's bytes `from..` (the walk, set up by [`data`], holds where
+/// they are and where they end, at most [`GATHER_MAX`] bytes) as one record: its pieces
+/// are read into the per-CPU [`Gather`] and the record is written to the ring in one go.
+/// A piece that cannot be read ends the copy: what follows is a gap for userspace. False
+/// if the record was lost.
+#[inline(always)]
+fn gathered(state: &SockState, call: &Call, from: u64) -> bool {
+    let Some(gather) = GATHER.get_ptr_mut(0) else {
+        return false;
+    };
+    let gather = unsafe { &mut *gather };
+    fill(&mut gather.header, EventKind::Data, state, call);
+    gather.header.payload_offset = call.call_offset + from;
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_loop(
+            MAX_STEPS,
+            gather_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return false;
+    };
+    let captured = unsafe { (*walk).sent };
+    gather.header.captured = captured as u32;
+    // For the verifier: a length it can bound by the room.
+    let len = opaque(HEADER_LEN as u64 + captured);
+    if len > (HEADER_LEN + GATHER_MAX) as u64 {
+        return false;
+    }
+    let Some(ring) = crate::events() else {
+        count_drop(DropReason::RingbufFull);
+        return false;
+    };
+    let ret = unsafe {
+        aya_ebpf::helpers::generated::bpf_ringbuf_output(
+            ring as *const crate::Ring as *mut c_void,
+            (gather as *mut Gather).cast(),
+            len,
+            wakeup_flags(len as usize),
+        )
+    };
+    if ret < 0 {
+        count_drop(DropReason::RingbufFull);
+        return false;
+    }
+    true
+}
+
+/// One piece of a gathered call: reads the next iovec entry and copies its part of
+/// `from..to` after what was gathered so far (`sent`); returns 1 to stop.
+extern "C" fn gather_step(_index: u32, _ctx: *mut c_void) -> i64 {
+    let Some(walk) = WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    let walk = unsafe { &mut *walk };
+    if walk.from >= walk.to || walk.index >= walk.count {
+        return 1;
+    }
+    let Some(gather) = GATHER.get_ptr_mut(0) else {
+        return 1;
+    };
+    let gather = unsafe { &mut *gather };
+    let Ok(entry) =
+        (unsafe { bpf_probe_read_user((walk.base + walk.index * 16) as *const [u64; 2]) })
+    else {
+        count_drop(DropReason::PayloadUnreadable);
+        return 1;
+    };
+    let (iov_base, iov_len) = (entry[0], entry[1]);
+    let iov_start = walk.iov_start;
+    let iov_end = iov_start + iov_len;
+    walk.index += 1;
+    walk.iov_start = iov_end;
+    if iov_end <= walk.from {
+        // Entirely before what is still to send (skipped by the parser's word).
+        return 0;
+    }
+    let end = if iov_end < walk.to { iov_end } else { walk.to };
+    let src = iov_base + (walk.from - iov_start);
+    // For the verifier: a place and a length each bounded by GATHER_MAX (the walk's
+    // `to - from` already is, so neither bound ever cuts).
+    let at = opaque(walk.sent) & (GATHER_MAX as u64 - 1);
+    let len = opaque(end - walk.from);
+    if len == 0 || len > GATHER_MAX as u64 {
+        return 1;
+    }
+    let ret = unsafe {
+        probe_read_user_raw(
+            gather.payload.as_mut_ptr().add(at as usize).cast(),
+            len as u32,
+            src as *const c_void,
+        )
+    };
+    if ret != 0 {
+        count_drop(DropReason::PayloadUnreadable);
+        return 1;
+    }
+    walk.sent += len;
+    walk.from = end;
+    i64::from(walk.from >= walk.to)
 }
 
 /// Reserves a record of class `N`, fills its header from the connection and the call,
