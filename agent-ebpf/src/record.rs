@@ -265,6 +265,20 @@ struct Walk {
     lost: u64,
 }
 
+impl Walk {
+    /// The current iovec entry (base, length); an unreadable one is counted.
+    #[inline(always)]
+    fn entry(&self) -> Option<(u64, u64)> {
+        match unsafe { bpf_probe_read_user((self.base + self.index * 16) as *const [u64; 2]) } {
+            Ok([base, len]) => Some((base, len)),
+            Err(_) => {
+                count_drop(DropReason::PayloadUnreadable);
+                None
+            }
+        }
+    }
+}
+
 #[map(name = "WALK")]
 static WALK: PerCpuArray<Walk> = PerCpuArray::with_max_entries(1, 0);
 
@@ -287,13 +301,9 @@ extern "C" fn step(_index: u32, _ctx: *mut c_void) -> i64 {
         if walk.index >= walk.count {
             return 1;
         }
-        let Ok(entry) =
-            (unsafe { bpf_probe_read_user((walk.base + walk.index * 16) as *const [u64; 2]) })
-        else {
-            count_drop(DropReason::PayloadUnreadable);
+        let Some((iov_base, iov_len)) = walk.entry() else {
             return 1;
         };
-        let (iov_base, iov_len) = (entry[0], entry[1]);
         let iov_end = walk.iov_start + iov_len;
         if iov_end <= walk.from {
             // Entirely before what is still to send (skipped, or sent already).
@@ -411,13 +421,9 @@ extern "C" fn gather_step(_index: u32, _ctx: *mut c_void) -> i64 {
         return 1;
     };
     let gather = unsafe { &mut *gather };
-    let Ok(entry) =
-        (unsafe { bpf_probe_read_user((walk.base + walk.index * 16) as *const [u64; 2]) })
-    else {
-        count_drop(DropReason::PayloadUnreadable);
+    let Some((iov_base, iov_len)) = walk.entry() else {
         return 1;
     };
-    let (iov_base, iov_len) = (entry[0], entry[1]);
     let iov_start = walk.iov_start;
     let iov_end = iov_start + iov_len;
     walk.index += 1;
