@@ -33,8 +33,7 @@ fn main() {
     cmd.current_dir(&ebpf_dir)
         .args(["build", "--release", "--target", "bpfel-unknown-none"])
         .env("RUSTC", &bpf_rustc)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .env("CARGO_TARGET_DIR", &target_dir);
+        .env("RUSTC_BOOTSTRAP", "1");
     for (key, _) in env::vars() {
         let inherited_build_setting = (key.starts_with("CARGO_") && key != "CARGO_HOME")
             || key.starts_with("RUSTC_WRAPPER")
@@ -45,6 +44,9 @@ fn main() {
             cmd.env_remove(&key);
         }
     }
+    // Set after the clean-up above, which would otherwise remove it again when the host
+    // build has its own CARGO_TARGET_DIR (`cargo xtask fuzz` does).
+    cmd.env("CARGO_TARGET_DIR", &target_dir);
     // bpf-linker lives in cargo's bin directory.
     let home = env::var("CARGO_HOME")
         .map(PathBuf::from)
