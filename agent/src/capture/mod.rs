@@ -21,6 +21,7 @@ use std::{
 use agent_common::{Direction, Role, Syscall, Totals, CALL_KINDS};
 use event::Counted;
 use prometheus_client::metrics::counter::Counter;
+use smallvec::SmallVec;
 
 use crate::{
     metadata::{
@@ -64,8 +65,9 @@ pub struct Connection {
     /// The kernel's call counters of the kinds this connection used (one or two per
     /// direction, so a short list rather than a table of every kind: with 50,000
     /// connections tracked the table's 512 bytes a connection were most of the agent's
-    /// memory).
-    kinds: Vec<KindCalls>,
+    /// memory). Two inline: most connections use one kind each way, and a list on the
+    /// heap was a 112-byte allocation each.
+    kinds: SmallVec<[KindCalls; 2]>,
     /// What the metrics have of `bytes`: they are brought up to date once per drain, not
     /// per record (an atomic add per record and counter waited for the record's stores
     /// each time).
@@ -162,7 +164,7 @@ impl Connection {
             last_ns: common.exit_ns,
             bytes: [0; 2],
             calls: [0; 2],
-            kinds: Vec::new(),
+            kinds: SmallVec::new(),
             reported_bytes: [0; 2],
             unreported: false,
             fd_key: None,

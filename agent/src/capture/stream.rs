@@ -34,11 +34,22 @@ impl Segment<'_> {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stream {
     fed: u64,
-    /// Copied bytes of the call in progress, from stream offset `fed`.
+    /// The call in progress, once a call has come in pieces. Boxed, and kept for the next
+    /// such call: most connections' calls arrive whole, and then a direction is 16 bytes
+    /// (with 50,000 connections tracked, the 112 bytes of two inline directions were
+    /// 5.3 MiB).
+    held: Option<Box<Held>>,
+}
+
+/// Copied bytes of a call whose last segment has not arrived yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Held {
+    /// Copied bytes of the call, from stream offset `fed`.
     pending: Vec<u8>,
-    /// The call in progress: its offset and end, when `pending_open`.
-    pending_call: (u64, u64),
-    pending_open: bool,
+    /// The call's offset and end.
+    call: (u64, u64),
+    /// Whether a call is in progress (`call` is its).
+    open: bool,
 }
 
 /// Most bytes of one call held while its other segments arrive (the kernel's per-call copy
@@ -51,79 +62,93 @@ impl Stream {
         self.fed
     }
 
+    /// Bytes held of the call in progress.
+    fn held_len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.pending.len())
+    }
+
+    /// The offset and end of the call in progress, if one is.
+    fn open_call(&self) -> Option<(u64, u64)> {
+        self.held.as_ref().filter(|h| h.open).map(|h| h.call)
+    }
+
     /// Feeds a segment to `parse(data, len)`: gaps (`data` empty, `len` bytes) for what was
     /// not copied (skipped at the parser's word, beyond the per-call limit, or lost on the
     /// way), and the copied bytes of each call in one piece once its last segment is in.
     pub fn feed(&mut self, segment: &Segment<'_>, mut parse: impl FnMut(&[u8], usize)) {
         // A record of another call while one is open: that call's last segment was lost.
-        if self.pending_open && segment.call_offset != self.pending_call.0 {
-            self.finish_call(&mut parse);
+        if let Some((offset, end)) = self.open_call() {
+            if segment.call_offset != offset {
+                self.end_call(end, &mut parse);
+            }
         }
-        let expected = self.fed + self.pending.len() as u64;
+        let expected = self.fed + self.held_len() as u64;
         if segment.payload_offset > expected {
             self.flush(&mut parse);
             parse(&[], gap(segment.payload_offset - self.fed));
             self.fed = segment.payload_offset;
         }
         // Bytes already fed (a record that overlaps an earlier one) are not fed again.
-        let expected = self.fed + self.pending.len() as u64;
+        let expected = self.fed + self.held_len() as u64;
         let fresh = usize::try_from(expected - segment.payload_offset.min(expected))
             .ok()
             .and_then(|already| segment.payload.get(already..))
             .unwrap_or(&[]);
-        if segment.last && !self.pending_open && self.pending.is_empty() {
+        if segment.last && self.open_call().is_none() && self.held_len() == 0 {
             // A call in one record: no copy.
             if !fresh.is_empty() {
                 parse(fresh, fresh.len());
                 self.fed += fresh.len() as u64;
             }
         } else {
-            if self.pending.len() + fresh.len() > MAX_PENDING {
+            if self.held_len() + fresh.len() > MAX_PENDING {
                 self.flush(&mut parse);
             }
-            self.pending.extend_from_slice(fresh);
-            self.pending_open = true;
-            self.pending_call = (segment.call_offset, segment.call_end());
+            let held = self.held.get_or_insert_with(Box::default);
+            held.pending.extend_from_slice(fresh);
+            held.open = true;
+            held.call = (segment.call_offset, segment.call_end());
         }
         if segment.last {
-            self.pending_call = (segment.call_offset, segment.call_end());
-            self.pending_open = true;
-            self.finish_call(&mut parse);
+            self.end_call(segment.call_end(), &mut parse);
         }
     }
 
-    /// Feeds what is held of the open call, then a gap to its end.
-    fn finish_call(&mut self, parse: &mut impl FnMut(&[u8], usize)) {
+    /// Feeds what is held of the call in progress, then a gap to its `end`.
+    fn end_call(&mut self, end: u64, parse: &mut impl FnMut(&[u8], usize)) {
         self.flush(parse);
-        let end = self.pending_call.1;
-        if self.pending_open && end > self.fed {
+        if end > self.fed {
             parse(&[], gap(end - self.fed));
             self.fed = end;
         }
-        self.pending_open = false;
+        if let Some(held) = self.held.as_mut() {
+            held.open = false;
+        }
     }
 
     /// Feeds the bytes held, as one piece.
     fn flush(&mut self, parse: &mut impl FnMut(&[u8], usize)) {
-        if !self.pending.is_empty() {
-            parse(&self.pending, self.pending.len());
-            self.fed += self.pending.len() as u64;
-            self.pending.clear();
+        if let Some(held) = self.held.as_mut() {
+            if !held.pending.is_empty() {
+                parse(&held.pending, held.pending.len());
+                self.fed += held.pending.len() as u64;
+                held.pending.clear();
+            }
         }
     }
 
     /// Feeds what is held of a call whose last segment never came (the connection closed
     /// or went quiet).
     pub fn finish(&mut self, mut parse: impl FnMut(&[u8], usize)) {
-        if self.pending_open {
-            self.finish_call(&mut parse);
+        if let Some((_, end)) = self.open_call() {
+            self.end_call(end, &mut parse);
         }
     }
 
-    /// Moves past a segment without parsing it (a connection that is not parsed).
+    /// Moves past a segment without parsing it (a connection that is not parsed): what
+    /// is held is let go.
     pub fn skip_to(&mut self, segment: &Segment<'_>) {
-        self.pending.clear();
-        self.pending_open = false;
+        self.held = None;
         let end = if segment.last {
             segment.call_end()
         } else {
